@@ -197,3 +197,13 @@ def test_bad_reader_options(tmp_path):
         ActivationWriter(tmp_path / "x", 3, HOOK, dtype="bfloat16")
     with pytest.raises(IndexError):
         store.rows(np.array([20]))
+
+
+@pytest.mark.parametrize("buffer_rows", [1000, 64])
+def test_accelerator_path_gathers_on_the_device(tmp_path, buffer_rows):
+    # No GPU in tests: the "meta" device runs the copy-group-then-gather-there path, shapes only.
+    write_store(tmp_path / "s", 300, 3, dtype="float16", rows_per_shard=37)
+    store = ActivationStore(tmp_path / "s")
+    batches = list(store.shuffled_batches(32, seed=0, buffer_rows=buffer_rows, device="meta"))
+    assert [tuple(b.shape) for b in batches] == [(32, 3)] * 9 + [(12, 3)]
+    assert all(b.device.type == "meta" and b.dtype == torch.float32 for b in batches)

@@ -12,8 +12,9 @@ permutation. So:
   or two epochs);
 - a batch mixes rows from up to 256 random places in the store; a store of at most
   ``buffer_rows`` rows is read once and gets an exact fresh permutation every epoch;
-- memory is about ``2 × buffer_rows × d_in`` values of the stored dtype (one buffer being drawn
-  from, one being filled);
+- host memory is about ``2 × buffer_rows × d_in`` values of the stored dtype (one buffer being
+  drawn from, one being filled); with an accelerator ``device``, each group is copied there once
+  (``buffer_rows × d_in`` more values on the device) and batches are gathered on the device;
 - all randomness comes from ``np.random.default_rng(seed)``: the same seed gives the same batches.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -62,38 +63,52 @@ def shuffled_batches(
         groups = _resident_groups(store, rng, epochs)
     else:
         groups = _streamed_groups(store, rng, buffer_rows, epochs)
-    batches = _batches(groups, batch_size)
+    batches = _batches(groups, batch_size, torch.device(device if device is not None else "cpu"))
     if n_batches is not None:
         batches = itertools.islice(batches, n_batches)
     try:
         for batch_BD in batches:
-            tensor = torch.from_numpy(batch_BD)
-            if device is not None:
-                tensor = tensor.to(device)  # before .float(): a float16 store moves half the bytes
-            yield tensor.float()
+            yield batch_BD.float()
     finally:
         groups.close()
 
 
-def _batches(groups: Iterator[_Group], batch_size: int) -> Iterator[np.ndarray]:
-    """Cut the concatenated ``buffer[perm]`` row streams into [batch_size, D] pieces (the last may be short)."""
-    carry_RD: np.ndarray | None = None
+def _batches(groups: Iterator[_Group], batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Cut the concatenated ``buffer[perm]`` row streams into [batch_size, D] pieces (the last may be short).
+
+    Pieces are on ``device`` in the stored dtype.
+    """
+    carry_RD: torch.Tensor | None = None
     for buffer, perm_R in groups:
+        take = _gatherer(buffer, perm_R, device)
         at = 0
         if carry_RD is not None:
             at = batch_size - len(carry_RD)
-            carry_RD = np.concatenate([carry_RD, buffer[perm_R[:at]]])
+            carry_RD = torch.cat([carry_RD, take(0, at)])
             if len(carry_RD) < batch_size:
                 continue
             yield carry_RD
             carry_RD = None
         while at + batch_size <= len(perm_R):
-            yield buffer[perm_R[at : at + batch_size]]
+            yield take(at, at + batch_size)
             at += batch_size
         if at < len(perm_R):
-            carry_RD = buffer[perm_R[at:]]  # a copy: the buffer is refilled once we ask for the next group
+            carry_RD = take(at, len(perm_R))  # a copy: the buffer is refilled once we ask for the next group
     if carry_RD is not None:
         yield carry_RD
+
+
+def _gatherer(buffer: np.ndarray, perm_R: np.ndarray, device: torch.device) -> Callable[[int, int], torch.Tensor]:
+    """``take(start, stop)`` → a new tensor ``buffer[perm_R[start:stop]]`` on ``device``.
+
+    On the CPU numpy gathers (faster than torch's index_select there); on an accelerator the group is
+    copied over once and gathered there, so each batch costs no host work.
+    """
+    if device.type == "cpu":
+        return lambda start, stop: torch.from_numpy(buffer[perm_R[start:stop]])
+    rows_RD = torch.from_numpy(buffer[: len(perm_R)]).to(device)
+    perm_dev_R = torch.from_numpy(perm_R).to(device)
+    return lambda start, stop: rows_RD[perm_dev_R[start:stop]]
 
 
 def _resident_groups(store: ActivationStore, rng: np.random.Generator, epochs: int | None) -> Iterator[_Group]:
