@@ -1,0 +1,161 @@
+"""The ``monosemantic`` command line: one typer app, one subcommand per stage, ``run`` chains them.
+
+Bad input is a ``UserError``: one line on stderr and exit code 2 (a traceback only with
+``--debug``). Re-running a command skips every stage whose artifacts are current and resumes a
+stage that was interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from monosemantic.config import RunConfig, load_config, preset_names
+from monosemantic.errors import UserError
+from monosemantic.pipeline import RunDir
+from monosemantic.progress import set_quiet
+
+app = typer.Typer(
+    help="Dictionary learning on neural networks: train a 1-layer transformer, learn sparse "
+         "autoencoders on its MLP, analyse and browse the features.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+_debug = False
+
+
+@app.callback()
+def _global_options(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    global _debug
+    _debug = debug or bool(os.environ.get("MONOSEMANTIC_DEBUG"))
+    set_quiet(quiet)
+
+
+OutOption = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory.")
+PresetOption = typer.Option("demo", "--preset", "-p", help=f"Preset: {', '.join(preset_names())}.")
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML file merged over the preset.")
+SetOption = typer.Option(None, "--set", help="Override a value, e.g. --set lm.n_steps=500 (repeatable).")
+CorpusOption = typer.Option(None, "--corpus", help="Your own text: a .txt/.jsonl file or a directory.")
+DatasetOption = typer.Option(None, "--dataset", help="A Hugging Face dataset name (streamed; needs network).")
+SeedOption = typer.Option(None, "--seed", help="Seed for every random choice of every stage.")
+DeviceOption = typer.Option(None, "--device", help="cpu, cuda or auto.")
+ForceOption = typer.Option(False, "--force", help="Re-run the stages even if their artifacts are current.")
+
+
+def _config(preset: str, config: Optional[Path], set_: Optional[list[str]], corpus: Optional[str],
+            dataset: Optional[str], seed: Optional[int], device: Optional[str]) -> RunConfig:
+    overrides = list(set_ or [])
+    if corpus is not None:
+        overrides.append(f"corpus.corpus={corpus}")
+    if dataset is not None:
+        overrides.append(f"corpus.dataset={dataset}")
+    if device is not None:
+        overrides.append(f"device={device}")
+    if seed is not None:
+        overrides += [f"{section}.seed={seed}" for section in _SEEDED_SECTIONS]
+    return load_config(preset, config, overrides)
+
+
+_SEEDED_SECTIONS = ("lm",)
+
+
+def _run_stages(cfg: RunConfig, out: Path, upto: Optional[str], force: bool) -> RunDir:
+    from monosemantic.stages import all_stages
+
+    stages = all_stages(cfg)
+    names = [s.name for s in stages]
+    if upto is not None and upto not in names:
+        raise UserError(f"unknown stage {upto} (stages: {', '.join(names)})")
+    rd = RunDir(out)
+    rd.manifest["config"] = cfg.model_dump()
+    rows = []
+    for stage in stages:
+        figures, skipped = rd.run_stage(stage, force=force and (upto is None or stage.name == upto))
+        rows.append((stage.name, "current (skipped)" if skipped else "ran", figures))
+        if stage.name == upto:
+            break
+    rd.save()
+    _print_summary(rd, rows)
+    return rd
+
+
+def _print_summary(rd: RunDir, rows: list[tuple[str, str, dict]]) -> None:
+    out = Console()
+    table = Table(title=f"monosemantic run — {rd.path}")
+    for col in ("stage", "status", "seconds", "figures"):
+        table.add_column(col)
+    for name, status, figures in rows:
+        table.add_row(name, status, f"{figures.get('seconds', 0):.1f}", _headline(name, figures))
+    out.print(table)
+    lm = rd.manifest.get("lm")
+    if lm:
+        beats = lm["val_loss"] < min(lm["unigram_loss"], lm["bigram_loss"])
+        out.print(f"LM validation loss {lm['val_loss']:.3f} nats/token vs unigram "
+                  f"{lm['unigram_loss']:.3f} and bigram {lm['bigram_loss']:.3f}: "
+                  + ("[green]beats both[/green]" if beats else "[red]does NOT beat both[/red]"))
+    out.print(f"Manifest: {rd.manifest_path}")
+
+
+def _headline(stage: str, f: dict) -> str:
+    if stage == "corpus":
+        return (f"{f['n_docs']:,} docs, {f['chars'] / 1e6:.1f}M chars, {f['train_tokens']:,} train + "
+                f"{f['val_tokens']:,} val tokens, vocab {f['vocab_size']:,}")
+    if stage == "lm":
+        return (f"{f['steps']:,} steps, {f['train_tokens']:,} tokens, val loss {f['val_loss']:.3f} "
+                f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
+    return ""
+
+
+@app.command()
+def run(
+    out: Path = OutOption, preset: str = PresetOption, config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption, corpus: Optional[str] = CorpusOption,
+    dataset: Optional[str] = DatasetOption, seed: Optional[int] = SeedOption,
+    device: Optional[str] = DeviceOption, force: bool = ForceOption,
+    upto: Optional[str] = typer.Option(None, "--upto", help="Stop after this stage."),
+) -> None:
+    """Run the whole pipeline (skipping stages whose artifacts are current) and print a summary."""
+    cfg = _config(preset, config, set_, corpus, dataset, seed, device)
+    _run_stages(cfg, out, upto, force)
+
+
+def _stage_command(stage: str, doc: str):
+    def command(
+        out: Path = OutOption, preset: str = PresetOption, config: Optional[Path] = ConfigOption,
+        set_: Optional[list[str]] = SetOption, corpus: Optional[str] = CorpusOption,
+        dataset: Optional[str] = DatasetOption, seed: Optional[int] = SeedOption,
+        device: Optional[str] = DeviceOption, force: bool = ForceOption,
+    ) -> None:
+        cfg = _config(preset, config, set_, corpus, dataset, seed, device)
+        _run_stages(cfg, out, stage, force)
+
+    command.__doc__ = doc + " (Runs the stages before it first if they are not current.)"
+    app.command(name=stage)(command)
+
+
+_stage_command("corpus", "Build the tokenizer and the token shards from the corpus.")
+_stage_command("lm", "Train the 1-layer transformer and compare it with unigram/bigram baselines.")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as err:
+        if _debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        sys.exit(130)

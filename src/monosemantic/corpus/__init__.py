@@ -1,0 +1,1 @@
+"""Corpus stage: documents (bundled, local or Hugging Face), BPE tokenizer, token shards."""

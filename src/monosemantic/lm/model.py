@@ -1,0 +1,141 @@
+"""The paper's one-layer transformer as a TransformerLens ``HookedTransformer``.
+
+Towards Monosemanticity studies a transformer with one attention block and one ReLU MLP block
+(residual width 128, 512 MLP neurons). Building it in TransformerLens gives every hook point for
+free — above all ``blocks.0.mlp.hook_post``, the 512 post-ReLU neuron activations the sparse
+autoencoders are trained on. Weights are saved as safetensors next to a JSON config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors.torch import load_file, save_file
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from monosemantic.atomic import atomic_path
+from monosemantic.errors import UserError
+
+
+class LMConfig(BaseModel):
+    """Architecture and training recipe of the LM (or where to load an existing one from)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pretrained: str | None = None  # a TransformerLens model name, e.g. "gelu-1l" (needs network)
+    hf_model_dir: str | None = None  # a local Hugging Face causal-LM directory
+    hf_architecture: str | None = None  # TransformerLens name of that directory's architecture
+    hook_name: str = "blocks.0.mlp.hook_post"
+
+    n_layers: int = Field(1, ge=1)
+    d_model: int = Field(128, ge=1)
+    d_mlp: int = Field(512, ge=1)
+    n_heads: int = Field(4, ge=1)
+    n_ctx: int = Field(128, ge=2)
+    act_fn: str = "relu"
+
+    batch_size: int = Field(32, ge=1)
+    n_steps: int = Field(2000, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_frac: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: int = Field(250, ge=1)
+    eval_windows: int = Field(64, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "LMConfig":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.pretrained and self.hf_model_dir:
+            raise ValueError("give pretrained or hf_model_dir, not both")
+        return self
+
+    @property
+    def trains_own_model(self) -> bool:
+        return self.pretrained is None and self.hf_model_dir is None
+
+
+def build_lm(cfg: LMConfig, vocab_size: int) -> HookedTransformer:
+    """A freshly initialised transformer of ``cfg``'s shape (seeded)."""
+    tl_cfg = HookedTransformerConfig(
+        n_layers=cfg.n_layers,
+        d_model=cfg.d_model,
+        d_mlp=cfg.d_mlp,
+        n_heads=cfg.n_heads,
+        d_head=cfg.d_model // cfg.n_heads,
+        n_ctx=cfg.n_ctx,
+        d_vocab=vocab_size,
+        act_fn=cfg.act_fn,
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        seed=cfg.seed,
+        device="cpu",
+    )
+    return HookedTransformer(tl_cfg, move_to_device=False)
+
+
+def save_lm(model: HookedTransformer, cfg: LMConfig, vocab_size: int, out_dir: Path) -> None:
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, tmp / "model.safetensors")
+        config = {"lm": cfg.model_dump(), "vocab_size": vocab_size}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def load_lm(model_dir: Path, device: torch.device | str = "cpu") -> HookedTransformer:
+    """Load a model saved by ``save_lm``; a missing or corrupt file is a ``UserError``."""
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        cfg = LMConfig(**config["lm"])
+        model = build_lm(cfg, config["vocab_size"])
+        state = load_file(model_dir / "model.safetensors")
+        model.load_state_dict(state, strict=True)
+    except FileNotFoundError as err:
+        raise UserError(f"LM checkpoint {model_dir}: missing {Path(err.filename).name}") from None
+    except Exception as err:  # safetensors/json/torch each raise their own types on corruption
+        raise UserError(f"LM checkpoint {model_dir}: corrupt or foreign ({type(err).__name__}: "
+                        f"{str(err)[:200]})") from None
+    return model.to(device, print_details=False).eval()
+
+
+def load_external_lm(cfg: LMConfig, device: torch.device | str = "cpu"):
+    """An existing model: a TransformerLens pretrained name or a local Hugging Face directory.
+
+    Returns (model, tokenizer) where the tokenizer is the model's own (a HF tokenizer).
+    Loading by name needs the network; a local directory also needs ``hf_architecture``, the
+    TransformerLens name of its architecture (e.g. "gpt2"), to map the weights onto hook points.
+    """
+    if cfg.pretrained:
+        try:
+            model = HookedTransformer.from_pretrained(cfg.pretrained, device=str(device))
+        except Exception as err:  # the hub client raises many types; all mean "could not load"
+            raise UserError(f"--set lm.pretrained={cfg.pretrained}: could not load it "
+                            f"({type(err).__name__}: {str(err)[:200]})") from None
+        return model.eval(), model.tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(cfg.hf_model_dir)
+    if not path.is_dir():
+        raise UserError(f"--set lm.hf_model_dir={path}: no such directory")
+    if not cfg.hf_architecture:
+        raise UserError("lm.hf_model_dir needs lm.hf_architecture (a TransformerLens model name "
+                        "with the same architecture, e.g. gpt2)")
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = HookedTransformer.from_pretrained(cfg.hf_architecture, hf_model=hf_model,
+                                                  tokenizer=tokenizer, device=str(device))
+    except Exception as err:
+        raise UserError(f"--set lm.hf_model_dir={path}: could not load it "
+                        f"({type(err).__name__}: {str(err)[:200]})") from None
+    return model.eval(), tokenizer

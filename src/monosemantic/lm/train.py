@@ -1,0 +1,125 @@
+"""Train the one-layer transformer: AdamW, linear warmup then cosine decay, seeded batches.
+
+The loop reads top to bottom (nanoGPT style). Batches are random windows of ``n_ctx`` tokens
+from the train shards, drawn from a generator seeded by ``cfg.seed``; every ``checkpoint_every``
+steps the model, optimizer and generator state are saved atomically, so a killed run resumes
+exactly where it stopped and gives the same losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformer_lens import HookedTransformer
+
+from monosemantic.corpus.shards import TokenShards
+from monosemantic.errors import UserError
+from monosemantic.atomic import atomic_path
+from monosemantic.lm.model import LMConfig, build_lm
+from monosemantic.progress import progress
+
+
+def lr_at(step: int, cfg: LMConfig) -> float:
+    """lr(t) = lr·t/warmup during warmup, then cosine from lr down to min_lr_frac·lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress_frac = (step - cfg.warmup_steps) / max(1, cfg.n_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress_frac)))
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cosine)
+
+
+def next_token_loss(model: HookedTransformer, tokens_BT: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats) of predicting tokens[:, 1:] from their prefixes."""
+    logits_BTV = model(tokens_BT, return_type="logits")
+    return F.cross_entropy(logits_BTV[:, :-1].flatten(0, 1), tokens_BT[:, 1:].flatten())
+
+
+@torch.no_grad()
+def evaluate_lm(model: HookedTransformer, shards: TokenShards, ctx: int, max_windows: int | None,
+                batch_size: int = 32, device: torch.device | str = "cpu") -> float:
+    """Mean next-token loss over the first ``max_windows`` (None: all) non-overlapping windows."""
+    model.eval()
+    total, count = 0.0, 0
+    windows = [w for _, _, w in shards.sequential_windows(ctx, max_windows)]
+    for i in range(0, len(windows), batch_size):
+        tokens_BT = torch.from_numpy(np.stack(windows[i:i + batch_size])).to(device)
+        n = tokens_BT.shape[0] * (ctx - 1)
+        total += next_token_loss(model, tokens_BT).item() * n
+        count += n
+    model.train()
+    return total / count
+
+
+def train_lm(cfg: LMConfig, tokens_dir: Path, checkpoint_path: Path,
+             device: torch.device | str = "cpu") -> tuple[HookedTransformer, dict]:
+    """Train from scratch (or resume from ``checkpoint_path``); return the model and its figures."""
+    train = TokenShards(tokens_dir, "train")
+    val = TokenShards(tokens_dir, "val")
+    torch.manual_seed(cfg.seed)
+    model = build_lm(cfg, train.vocab_size).to(device, print_details=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                  weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    step, history, seconds_before = 0, [], 0.0
+    if checkpoint_path.exists():
+        step, history, seconds_before = _resume(checkpoint_path, model, optimizer, rng)
+
+    start = time.perf_counter()
+    tokens_per_step = cfg.batch_size * cfg.n_ctx
+    with progress("train LM", cfg.n_steps * tokens_per_step, unit="tok") as advance:
+        advance(step * tokens_per_step)
+        while step < cfg.n_steps:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            tokens_BT = torch.from_numpy(train.random_windows(cfg.batch_size, cfg.n_ctx, rng)).to(device)
+            loss = next_token_loss(model, tokens_BT)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            if not math.isfinite(loss.item()):
+                raise UserError(f"LM training diverged at step {step} (loss {loss.item()}); "
+                                f"lower lm.lr (now {cfg.lr})")
+            info = f"loss {loss.item():.3f}"
+            if step % cfg.eval_every == 0 or step == cfg.n_steps:
+                val_loss = evaluate_lm(model, val, cfg.n_ctx, cfg.eval_windows, device=device)
+                history.append({"step": step, "train_loss": loss.item(), "val_loss": val_loss})
+                info += f" val {val_loss:.3f}"
+            if step % cfg.checkpoint_every == 0 and step < cfg.n_steps:
+                _save_checkpoint(checkpoint_path, model, optimizer, rng, step, history,
+                                 seconds_before + time.perf_counter() - start)
+            advance(tokens_per_step, info=info)
+    model.eval()
+    figures = {"steps": step, "train_tokens": step * tokens_per_step,
+               "train_loss": history[-1]["train_loss"], "history": history,
+               "train_seconds": seconds_before + time.perf_counter() - start}
+    return model, figures
+
+
+def _save_checkpoint(path: Path, model, optimizer, rng: np.random.Generator, step: int,
+                     history: list, seconds: float) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": pickle.dumps(rng.bit_generator.state), "step": step,
+                    "history": history, "seconds": seconds,
+                    "torch_rng": torch.get_rng_state()}, tmp)
+
+
+def _resume(path: Path, model, optimizer, rng: np.random.Generator) -> tuple[int, list, float]:
+    try:
+        state = torch.load(path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = pickle.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+    except Exception as err:  # torch.load / load_state_dict raise many types on a bad file
+        raise UserError(f"LM checkpoint {path}: corrupt or from another config "
+                        f"({type(err).__name__}); delete it to start over") from None
+    return state["step"], state["history"], state["seconds"]

@@ -1,0 +1,91 @@
+"""The run directory and its manifest: which stages ran, with what config, and what they measured.
+
+``runs/<name>/run.json`` holds, per stage, the hash of the config that produced its artifacts
+(chained with the hashes of the stages it reads from) and the figures it measured, plus
+``timings``. A stage whose hash matches and whose artifacts exist is skipped; any change upstream
+changes every downstream hash, so stale artifacts are never reused. Each stage writes its
+artifacts atomically and the manifest is rewritten atomically after each stage, so a killed run
+leaves a consistent directory and simply continues on the next invocation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from monosemantic import __version__
+from monosemantic.atomic import write_json
+from monosemantic.errors import UserError
+
+
+def config_hash(config: Any, upstream: list[str] = ()) -> str:
+    blob = json.dumps({"config": config, "upstream": list(upstream)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline: ``run(run_dir)`` writes ``artifacts`` and returns its figures."""
+
+    name: str
+    config: Any
+    run: Callable[["RunDir"], dict]
+    artifacts: list[str]
+    needs: list[str] = field(default_factory=list)
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.manifest_path = self.path / "run.json"
+        self.manifest: dict = {}
+        if self.manifest_path.exists():
+            try:
+                self.manifest = json.loads(self.manifest_path.read_text())
+            except json.JSONDecodeError as err:
+                raise UserError(f"{self.manifest_path}: not valid JSON ({err.msg}); "
+                                f"delete it to start the run over") from None
+        self.manifest.setdefault("stages", {})
+        self.manifest.setdefault("timings", {})
+
+    def __truediv__(self, rel: str) -> Path:
+        return self.path / rel
+
+    def stage_hash(self, stage: Stage) -> str:
+        upstream = [self.manifest["stages"][n]["config_hash"] for n in stage.needs]
+        return config_hash(stage.config, upstream)
+
+    def is_current(self, stage: Stage) -> bool:
+        recorded = self.manifest["stages"].get(stage.name)
+        if not recorded or any(n not in self.manifest["stages"] for n in stage.needs):
+            return False
+        return (recorded["config_hash"] == self.stage_hash(stage)
+                and all((self.path / a).exists() for a in stage.artifacts))
+
+    def run_stage(self, stage: Stage, force: bool = False) -> tuple[dict, bool]:
+        """Run ``stage`` unless current; returns (its figures, whether it was skipped)."""
+        missing = [n for n in stage.needs if n not in self.manifest["stages"]]
+        if missing:
+            raise UserError(f"stage {stage.name} needs {', '.join(missing)} first "
+                            f"(run `monosemantic run --out {self.path}`)")
+        if not force and self.is_current(stage):
+            return self.manifest[stage.name], True
+        self.path.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        figures = stage.run(self)
+        seconds = round(time.perf_counter() - start, 2)
+        figures["seconds"] = seconds
+        self.manifest["stages"][stage.name] = {"config_hash": self.stage_hash(stage),
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.manifest[stage.name] = figures
+        self.manifest["timings"][stage.name] = seconds
+        self.manifest["monosemantic_version"] = __version__
+        self.save()
+        return figures, False
+
+    def save(self) -> None:
+        write_json(self.manifest_path, self.manifest)
