@@ -207,3 +207,23 @@ def test_accelerator_path_gathers_on_the_device(tmp_path, buffer_rows):
     batches = list(store.shuffled_batches(32, seed=0, buffer_rows=buffer_rows, device="meta"))
     assert [tuple(b.shape) for b in batches] == [(32, 3)] * 9 + [(12, 3)]
     assert all(b.device.type == "meta" and b.dtype == torch.float32 for b in batches)
+
+
+@pytest.mark.parametrize("buffer_rows", [1000, 64])
+def test_start_batch_resumes_the_same_stream_without_reading_skipped_groups(tmp_path, buffer_rows):
+    write_store(tmp_path / "s", 300, 3, rows_per_shard=37)
+    store = ActivationStore(tmp_path / "s")
+    full = [row_ids(b) for b in store.shuffled_batches(32, seed=5, buffer_rows=buffer_rows, n_batches=30)]
+    for start in (1, 9, 12, 29):  # 12 batches = 384 rows: into the second epoch
+        resumed = list(store.shuffled_batches(32, seed=5, buffer_rows=buffer_rows, n_batches=30, start_batch=start))
+        assert len(resumed) == 30 - start
+        assert all(np.array_equal(a, row_ids(b)) for a, b in zip(full[start:], resumed))
+    epoch = [row_ids(b) for b in store.shuffled_batches(32, seed=5, buffer_rows=buffer_rows)]
+    tail = [row_ids(b) for b in store.shuffled_batches(32, seed=5, buffer_rows=buffer_rows, start_batch=8)]
+    assert [len(t) for t in tail] == [32, 12] and all(np.array_equal(a, b) for a, b in zip(epoch[8:], tail))
+
+    read = []
+    original = store.read_range
+    store.read_range = lambda start, stop, out=None: read.append(stop - start) or original(start, stop, out)
+    list(store.shuffled_batches(32, seed=5, buffer_rows=buffer_rows, n_batches=13, start_batch=12))
+    assert sum(read) == 300 if buffer_rows == 1000 else sum(read) <= 2 * 64  # not the 384 rows skipped

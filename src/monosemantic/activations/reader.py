@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from monosemantic.activations.store import ActivationStore
 
 BLOCKS_PER_GROUP = 256
-_Group = tuple[np.ndarray, np.ndarray]  # (buffer [≥R, D], perm [R]): draw buffer[perm]
+_Group = tuple[np.ndarray, np.ndarray]  # (rows [R, D], perm [≤R]): draw rows[perm]
 
 
 def shuffled_batches(
@@ -44,12 +44,15 @@ def shuffled_batches(
     buffer_rows: int = 2**20,
     n_batches: int | None = None,
     device: str | torch.device | None = None,
+    start_batch: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Yield float32 [batch_size, d_in] batches on ``device`` (CPU when None).
 
     With ``n_batches`` None: one epoch, the last batch holding the remaining ``n_rows % batch_size``
-    rows when that is not zero. Otherwise: exactly ``n_batches`` full batches, over as many epochs
-    as that takes.
+    rows when that is not zero. Otherwise: batches number ``n_batches`` in all, full, over as many
+    epochs as that takes. ``start_batch`` resumes the same stream there (batches before it are not
+    yielded, and groups wholly before it are not read), so a resumed training run sees exactly the
+    batches an uninterrupted one would have.
     """
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size}: must be at least 1")
@@ -57,15 +60,18 @@ def shuffled_batches(
         raise UserError(f"shuffle buffer_rows={buffer_rows}: must be at least 1")
     if n_batches is not None and n_batches < 1:
         raise UserError(f"n_batches={n_batches}: must be at least 1")
+    if start_batch < 0:
+        raise UserError(f"start_batch={start_batch}: must be at least 0")
     rng = np.random.default_rng(seed)
     epochs = 1 if n_batches is None else None
+    skip_rows = start_batch * batch_size
     if store.n_rows <= buffer_rows:
-        groups = _resident_groups(store, rng, epochs)
+        groups = _resident_groups(store, rng, epochs, skip_rows)
     else:
-        groups = _streamed_groups(store, rng, buffer_rows, epochs)
+        groups = _streamed_groups(store, rng, buffer_rows, epochs, skip_rows)
     batches = _batches(groups, batch_size, torch.device(device if device is not None else "cpu"))
     if n_batches is not None:
-        batches = itertools.islice(batches, n_batches)
+        batches = itertools.islice(batches, max(0, n_batches - start_batch))
     try:
         for batch_BD in batches:
             yield batch_BD.float()
@@ -106,20 +112,29 @@ def _gatherer(buffer: np.ndarray, perm_R: np.ndarray, device: torch.device) -> C
     """
     if device.type == "cpu":
         return lambda start, stop: torch.from_numpy(buffer[perm_R[start:stop]])
-    rows_RD = torch.from_numpy(buffer[: len(perm_R)]).to(device)
+    rows_RD = torch.from_numpy(buffer).to(device)
     perm_dev_R = torch.from_numpy(perm_R).to(device)
     return lambda start, stop: rows_RD[perm_dev_R[start:stop]]
 
 
-def _resident_groups(store: ActivationStore, rng: np.random.Generator, epochs: int | None) -> Iterator[_Group]:
+def _resident_groups(
+    store: ActivationStore, rng: np.random.Generator, epochs: int | None, skip_rows: int
+) -> Iterator[_Group]:
     """The whole store read once; each epoch one group, a fresh permutation of every row."""
-    acts_ND = store.read_range(0, store.n_rows)
+    acts_ND: np.ndarray | None = None
     for _ in range(epochs) if epochs is not None else itertools.count():
-        yield acts_ND, rng.permutation(store.n_rows)
+        perm_N = rng.permutation(store.n_rows)
+        if skip_rows >= store.n_rows:
+            skip_rows -= store.n_rows
+            continue
+        if acts_ND is None:
+            acts_ND = store.read_range(0, store.n_rows)
+        yield acts_ND, perm_N[skip_rows:]
+        skip_rows = 0
 
 
 def _streamed_groups(
-    store: ActivationStore, rng: np.random.Generator, buffer_rows: int, epochs: int | None
+    store: ActivationStore, rng: np.random.Generator, buffer_rows: int, epochs: int | None, skip_rows: int
 ) -> Iterator[_Group]:
     """Groups of random blocks, read by a background thread into one of two buffers."""
     block_rows = max(1, buffer_rows // BLOCKS_PER_GROUP)
@@ -128,23 +143,31 @@ def _streamed_groups(
     free: queue.Queue[np.ndarray] = queue.Queue()
     for _ in range(2):
         free.put(np.empty((blocks_per_group * block_rows, store.d_in), dtype=store.stored_dtype))
-    ready: queue.Queue[_Group | BaseException | None] = queue.Queue()
+    ready: queue.Queue[tuple[np.ndarray, int, np.ndarray] | BaseException | None] = queue.Queue()
     stop = threading.Event()
 
     def load() -> None:
+        skip = skip_rows
         try:
             for _ in range(epochs) if epochs is not None else itertools.count():
                 order = rng.permutation(len(block_starts))
                 for first in range(0, len(order), blocks_per_group):
+                    starts = np.sort(block_starts[order[first : first + blocks_per_group]])
+                    stops = np.minimum(starts + block_rows, store.n_rows)
+                    filled = int((stops - starts).sum())
+                    perm = rng.permutation(filled)
+                    if skip >= filled:
+                        skip -= filled
+                        continue
                     buffer = _take(free, stop)
                     if buffer is None:
                         return
-                    filled = 0
-                    for start in np.sort(block_starts[order[first : first + blocks_per_group]]):
-                        stop_row = min(store.n_rows, int(start) + block_rows)
-                        store.read_range(int(start), stop_row, out=buffer[filled : filled + stop_row - int(start)])
-                        filled += stop_row - int(start)
-                    ready.put((buffer, rng.permutation(filled)))
+                    at = 0
+                    for start, stop_row in zip(starts.tolist(), stops.tolist()):
+                        store.read_range(start, stop_row, out=buffer[at : at + stop_row - start])
+                        at += stop_row - start
+                    ready.put((buffer, filled, perm[skip:]))
+                    skip = 0
             ready.put(None)
         except BaseException as error:  # handed to the consumer, which re-raises it
             ready.put(error)
@@ -155,8 +178,9 @@ def _streamed_groups(
         while (item := ready.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            yield item
-            free.put(item[0])
+            buffer, filled, perm = item
+            yield buffer[:filled], perm
+            free.put(buffer)
     finally:
         stop.set()
         thread.join()

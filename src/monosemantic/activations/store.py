@@ -331,9 +331,10 @@ class ActivationStore:
         buffer_rows: int = 2**20,
         n_batches: int | None = None,
         device: str | torch.device | None = None,
+        start_batch: int = 0,
     ) -> Iterator[torch.Tensor]:
         """Shuffled float32 [batch_size, d_in] batches streamed from disk; see ``reader.shuffled_batches``."""
-        return shuffled_batches(self, batch_size, seed, buffer_rows, n_batches, device)
+        return shuffled_batches(self, batch_size, seed, buffer_rows, n_batches, device, start_batch)
 
     def __repr__(self) -> str:
         return (
