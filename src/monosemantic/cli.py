@@ -114,6 +114,8 @@ def _headline(stage: str, f: dict) -> str:
     if stage == "lm":
         return (f"{f['steps']:,} steps, {f['train_tokens']:,} tokens, val loss {f['val_loss']:.3f} "
                 f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
+    if stage == "harvest":
+        return f"{f['train']['rows']:,} train + {f['val']['rows']:,} val rows at {f['train']['hook_name']}"
     return ""
 
 
@@ -146,6 +148,7 @@ def _stage_command(stage: str, doc: str):
 
 _stage_command("corpus", "Build the tokenizer and the token shards from the corpus.")
 _stage_command("lm", "Train the 1-layer transformer and compare it with unigram/bigram baselines.")
+_stage_command("harvest", "Record the LM's activations at the hook point into the activation store.")
 
 
 def main() -> None:

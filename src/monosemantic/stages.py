@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from monosemantic.activations.harvest import harvest_activations
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
 from monosemantic.corpus.sources import iter_documents
@@ -53,11 +54,29 @@ def lm_stage(cfg: RunConfig) -> Stage:
         figures["val_loss"] = evaluate_lm(model, val, cfg.lm.n_ctx, None, device=device)
         figures.update(baseline_losses(train, val, cfg.lm.n_ctx))
         figures["n_params"] = sum(p.numel() for p in model.parameters())
-        save_lm(model.cpu(), cfg.lm, train.vocab_size, rd / "lm")
+        save_lm(model.cpu(), cfg.lm, rd / "lm")
         checkpoint.unlink(missing_ok=True)
         return figures
 
     return Stage("lm", cfg.lm.model_dump(), run, ["lm/model.safetensors"], needs=["corpus"])
+
+
+def harvest_stage(cfg: RunConfig) -> Stage:
+    device = resolve_device(cfg.device)
+    h = cfg.harvest
+
+    def run(rd: RunDir) -> dict:
+        model = load_lm(rd / "lm", device)
+        figures = {}
+        for split, n_tokens in (("train", h.n_train_tokens), ("val", h.n_val_tokens)):
+            shards = TokenShards(rd / "tokens", split)
+            figures[split] = harvest_activations(model, shards, cfg.lm.hook_name, n_tokens,
+                                                 cfg.lm.n_ctx, h.batch_size,
+                                                 rd / f"activations/{split}", h.dtype, device)
+        return figures
+
+    return Stage("harvest", {**h.model_dump(), "hook_name": cfg.lm.hook_name}, run,
+                 ["activations/train/store.json", "activations/val/store.json"], needs=["lm"])
 
 
 def load_run_lm(rd: RunDir, device: torch.device | str = "cpu"):
@@ -67,4 +86,4 @@ def load_run_lm(rd: RunDir, device: torch.device | str = "cpu"):
 
 def all_stages(cfg: RunConfig) -> list[Stage]:
     """Every stage of ``monosemantic run``, in order."""
-    return [corpus_stage(cfg), lm_stage(cfg)]
+    return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg)]

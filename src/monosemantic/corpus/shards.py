@@ -124,6 +124,7 @@ class TokenShards:
         self.eos_id: int = index["eos_id"]
         self.shard_info: list[dict] = index["splits"][split]
         self.tokens = [self._load(s) for s in self.shard_info]
+        self._docs: dict[int, np.ndarray] = {}
         self.n_tokens = sum(len(t) for t in self.tokens)
 
     def _load(self, shard: dict) -> np.ndarray:
@@ -166,6 +167,8 @@ class TokenShards:
 
     def document_of(self, shard: int, offsets_N: np.ndarray) -> np.ndarray:
         """Corpus document index of each token offset in ``shard``."""
-        docs = np.load(self.dir / f"{self.shard_info[shard]['name']}.docs.npy")
+        if shard not in self._docs:
+            self._docs[shard] = np.load(self.dir / f"{self.shard_info[shard]['name']}.docs.npy")
+        docs = self._docs[shard]
         row_N = np.searchsorted(docs[:, 0], offsets_N, side="right") - 1
         return docs[row_N, 1]

@@ -1,0 +1,3 @@
+from monosemantic.cli import main
+
+main()

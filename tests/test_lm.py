@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+import monosemantic.lm.train as train_module
+from monosemantic.config import LMConfig
+from monosemantic.corpus.shards import TokenShards, write_token_shards
+from monosemantic.corpus.tokenizer import train_tokenizer
+from monosemantic.errors import UserError
+from monosemantic.lm.baselines import baseline_losses
+from monosemantic.lm.model import load_lm, save_lm
+from monosemantic.lm.train import evaluate_lm, train_lm
+from monosemantic.progress import set_quiet
+
+from conftest import make_corpus_text
+
+set_quiet(True)
+TINY = dict(d_model=32, d_mlp=64, n_heads=2, n_ctx=32, batch_size=8, warmup_steps=5,
+            eval_every=10, eval_windows=8, checkpoint_every=10)
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm") / "tokens"
+    docs = make_corpus_text(n_docs=120).split("\n\n\n")
+    write_token_shards(iter(docs), train_tokenizer(iter(docs), 400), out, val_fraction=0.2)
+    return out
+
+
+def test_lm_learns_beats_unigram_and_is_deterministic(tokens_dir, tmp_path):
+    cfg = LMConfig(**TINY, n_steps=60, lr=1e-2)
+    model, figures = train_lm(cfg, tokens_dir, tmp_path / "a.pt")
+    _, again = train_lm(cfg, tokens_dir, tmp_path / "b.pt")
+    assert [h["val_loss"] for h in figures["history"]] == [h["val_loss"] for h in again["history"]]
+    train, val = TokenShards(tokens_dir, "train"), TokenShards(tokens_dir, "val")
+    val_loss = evaluate_lm(model, val, cfg.n_ctx, None)
+    base = baseline_losses(train, val, cfg.n_ctx)
+    assert figures["history"][-1]["val_loss"] < figures["history"][0]["val_loss"]
+    assert val_loss < base["unigram_loss"] - 0.5
+    assert base["bigram_loss"] < base["unigram_loss"]
+
+
+def test_resume_after_interruption_gives_identical_losses(tokens_dir, tmp_path, monkeypatch):
+    cfg = LMConfig(**TINY, n_steps=30)
+    _, uninterrupted = train_lm(cfg, tokens_dir, tmp_path / "u.pt")
+
+    real_lr_at = train_module.lr_at
+
+    def crash_at_step_25(step, c):
+        if step == 25:
+            raise KeyboardInterrupt
+        return real_lr_at(step, c)
+
+    monkeypatch.setattr(train_module, "lr_at", crash_at_step_25)
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(cfg, tokens_dir, tmp_path / "r.pt")
+    assert (tmp_path / "r.pt").exists()  # the step-20 checkpoint survived the crash
+    monkeypatch.setattr(train_module, "lr_at", real_lr_at)
+    _, resumed = train_lm(cfg, tokens_dir, tmp_path / "r.pt")
+    assert resumed["history"] == uninterrupted["history"]
+
+
+def test_save_load_round_trip_and_corrupt_checkpoint(tokens_dir, tmp_path):
+    cfg = LMConfig(**TINY, n_steps=5)
+    model, _ = train_lm(cfg, tokens_dir, tmp_path / "c.pt")
+    save_lm(model, cfg, tmp_path / "lm")
+    loaded = load_lm(tmp_path / "lm")
+    tokens_BT = torch.randint(0, 300, (2, 16))
+    assert torch.allclose(model(tokens_BT), loaded(tokens_BT))
+    (tmp_path / "lm" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="corrupt"):
+        load_lm(tmp_path / "lm")
+
+
+def test_baselines_on_a_known_sequence(tmp_path):
+    docs = ["a b c d " * 200] * 10 + ["a b c d " * 50]
+    tok = train_tokenizer(iter(docs), 300)
+    write_token_shards(iter(docs), tok, tmp_path / "tokens", val_fraction=0.3)
+    train, val = TokenShards(tmp_path / "tokens", "train"), TokenShards(tmp_path / "tokens", "val")
+    base = baseline_losses(train, val, 16)
+    # A deterministic cycle: the bigram predicts almost perfectly, the unigram cannot.
+    assert base["bigram_loss"] < 0.05
+    assert base["unigram_loss"] > 1.0
+
+
+def test_impossible_config():
+    with pytest.raises(ValueError, match="divisible"):
+        LMConfig(d_model=30, n_heads=4)
