@@ -1,0 +1,137 @@
+"""The interface every sparse-autoencoder variant shares, and the parts they have in common.
+
+A variant is one small subclass that states its sparsity rule (``activate``) and its training loss
+(``training_output``); the trainer (``sae/trainer.py``) does everything else for all of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F_
+from torch import nn
+
+from monosemantic.errors import UserError
+from monosemantic.sae.config import SAEConfig
+
+
+class StepOutput(NamedTuple):
+    """What one training forward pass hands back to the trainer."""
+
+    loss: torch.Tensor  # scalar that the optimizer minimises
+    recon_BD: torch.Tensor
+    fired_F: torch.Tensor  # bool: feature was active on some token of the batch
+    l0: torch.Tensor  # detached scalar: mean active features per token
+    terms: dict[str, torch.Tensor]  # detached named loss terms, for the log
+
+
+class SparseAutoencoder(nn.Module, ABC):
+    """A dictionary of F directions in R^D with a sparse encoder.
+
+    Math (OpenAI ``sparse_autoencoder`` notation, b_dec doubling as the pre-encoder bias):
+
+        x̄         = x − b_dec
+        pre       = x̄ W_enc + b_enc                 (pre-activations,  [B, F])
+        latents   = σ(pre)                          (variant's sparsity rule, [B, F])
+        x̂         = latents W_dec + b_dec           ([B, D])
+
+    Parameters: ``W_enc`` [D, F], ``b_enc`` [F], ``W_dec`` [F, D] (row f = feature f's unit-norm
+    dictionary vector), ``b_dec`` [D]. These names and layouts are SAELens's, so saving is a copy.
+    """
+
+    variant: ClassVar[str]
+    saelens_architecture: ClassVar[str]
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, F = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(D, F))
+        self.b_enc = nn.Parameter(torch.zeros(F))
+        self.W_dec = nn.Parameter(torch.empty(F, D))
+        self.b_dec = nn.Parameter(torch.zeros(D))
+        self.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Random unit decoder rows, encoder = decoder transpose (Gao et al. 2024; Anthropic's
+        April 2024 update), so every feature starts out detecting its own direction."""
+        W_dec_FD = torch.randn(self.W_dec.shape, generator=generator)
+        self.W_dec.copy_(W_dec_FD / W_dec_FD.norm(dim=1, keepdim=True))
+        self.W_enc.copy_(self.W_dec.T)
+
+    def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """pre_BF = (x − b_dec) W_enc + b_enc, with b_dec folded into a [F] bias so that its
+        gradient costs a vector product rather than a second [B, F]×[F, D] matmul."""
+        return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x_BD, self.W_enc)
+
+    @abstractmethod
+    def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:
+        """The variant's sparsity rule σ at inference: pre_BF [B, F] → latents_BF [B, F]."""
+
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """x_BD [B, D] → latents_BF [B, F]."""
+        return self.activate(self.pre_acts(x_BD))
+
+    def decode(self, latents_BF: torch.Tensor) -> torch.Tensor:
+        """latents_BF [B, F] → x̂_BD [B, D]."""
+        return latents_BF @ self.W_dec + self.b_dec
+
+    def decode_sparse(
+        self, idx: torch.Tensor, vals: torch.Tensor, offsets_B: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Σ_f vals_f W_dec[f] per token, touching only the named rows (no b_dec).
+
+        Either ``idx``/``vals`` are [B, K] (K latents per token), or they are flat [N] with
+        ``offsets_B`` [B] marking where each token's entries start.
+        """
+        return F_.embedding_bag(idx, self.W_dec, offsets_B, mode="sum", per_sample_weights=vals)
+
+    def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """x_BD [B, D] → x̂_BD [B, D]."""
+        return self.decode(self.encode(x_BD))
+
+    @abstractmethod
+    def training_output(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float
+    ) -> StepOutput:
+        """Loss on one batch. ``dead_F`` [F] bool marks features that have not fired for the
+        dead window; ``sparsity_scale`` ∈ [0, 1] is the sparsity-penalty warm-up factor."""
+
+    @torch.no_grad()
+    def rescale_units(self, scale: float) -> None:
+        """Turn an SAE trained on ``scale·x`` into the same SAE on ``x``: every quantity measured
+        in input units (biases, thresholds) is divided by ``scale``; latents shrink by ``scale``,
+        directions (and unit-norm decoder rows) are unchanged."""
+        self.b_enc /= scale
+        self.b_dec /= scale
+
+    def saelens_tensors(self) -> dict[str, torch.Tensor]:
+        """The state SAELens expects for ``saelens_architecture`` (its names and layouts)."""
+        return {name: getattr(self, name).detach() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+
+    def saelens_fields(self) -> dict[str, object]:
+        """Architecture-specific ``cfg.json`` fields."""
+        return {}
+
+    @torch.no_grad()
+    def load_saelens_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``saelens_tensors`` (shapes already checked by the loader)."""
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(self, name).copy_(tensors[name])
+
+
+def mse(recon_BD: torch.Tensor, x_BD: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every element (the 2023 paper's reconstruction term)."""
+    return (recon_BD - x_BD).pow(2).mean()
+
+
+
+def check_activations(x_BD: torch.Tensor, d_in: int, what: str) -> None:
+    """Raise a UserError unless ``x_BD`` is a finite [B, d_in] batch."""
+    if x_BD.ndim != 2 or x_BD.shape[1] != d_in:
+        raise UserError(f"{what}: expected activations of shape [batch, {d_in}], got {list(x_BD.shape)}")
+    if not torch.isfinite(x_BD).all():
+        raise UserError(f"{what}: activations contain NaN or inf")

@@ -1,0 +1,71 @@
+"""BatchTopK sparse autoencoder, with a global threshold for inference.
+
+Bussmann, Leask & Nanda 2024, *BatchTopK Sparse Autoencoders* (arXiv 2412.06410): during training
+keep the k·B largest ReLU'd pre-activations over the whole batch (so k active per token on
+average, adaptively spread over tokens); at inference, where batches are not available, keep
+every pre-activation above one global threshold θ, estimated during training from the smallest
+activation the batch selection kept. The paper averages that minimum over batches; we keep an
+exponential moving average (rate ``threshold_ema``, default 0.01) so θ tracks the final
+weights. Everything else — AuxK, unit-norm decoder, encoder = decoder transpose init — is TopK's
+(the paper trains with Gao et al.'s AuxK loss), hence the subclass.
+
+SAELens stores BatchTopK SAEs as JumpReLU SAEs with θ in every feature's threshold; so do we.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from monosemantic.sae.topk import TopKSAE
+
+
+class BatchTopKSAE(TopKSAE):
+    """Training: latents = BatchTopK_{k·B}(ReLU(pre)) over the flattened [B·F] batch.
+    Inference: σ(pre) = pre · 1[pre > θ] with θ ≥ 0 the learned global threshold.
+    """
+
+    variant = "batchtopk"
+    saelens_architecture = "jumprelu"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros(()))
+
+    def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:
+        return torch.where(pre_BF > self.threshold, pre_BF.relu(), 0.0)
+
+    def select_active(
+        self, pre_BF: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's top k·B latents, flattened [N] and ordered by token, with offsets [B]."""
+        B, F = pre_BF.shape
+        vals_N, flat_idx_N = pre_BF.relu().flatten().topk(self.cfg.k * B, sorted=False)
+        flat_idx_N, order_N = flat_idx_N.sort()  # flat index b·F + f: sorting groups by token
+        vals_N = vals_N[order_N]
+        counts_B = torch.bincount(flat_idx_N // F, minlength=B)
+        offsets_B = torch.cumsum(counts_B, 0) - counts_B
+        self._update_threshold(vals_N.detach())
+        return flat_idx_N % F, vals_N, offsets_B
+
+    @torch.no_grad()
+    def _update_threshold(self, vals_N: torch.Tensor) -> None:
+        if self.training and (vals_N > 0).any():
+            smallest = vals_N[vals_N > 0].min()
+            rate = self.cfg.threshold_ema if self.threshold > 0 else 1.0  # first batch: start there
+            self.threshold.lerp_(smallest, rate)
+
+    @torch.no_grad()
+    def rescale_units(self, scale: float) -> None:
+        super().rescale_units(scale)
+        self.threshold /= scale
+
+    def saelens_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().saelens_tensors(), "threshold": self.threshold.expand(self.cfg.d_sae)}
+
+    def saelens_fields(self) -> dict[str, object]:
+        return {}
+
+    @torch.no_grad()
+    def load_saelens_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_saelens_tensors(tensors)
+        self.threshold.copy_(tensors["threshold"][0])

@@ -1,0 +1,105 @@
+"""JumpReLU sparse autoencoder trained on L0 with straight-through estimators.
+
+Rajamanoharan et al. 2024, *Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU Sparse
+Autoencoders* (arXiv 2407.14435). Per-feature thresholds θ = exp(log θ); the loss penalises the L0
+of the latents directly. The step function has zero gradient almost everywhere, so the paper
+gives θ a pseudo-derivative through a rectangle kernel of width ε (the bandwidth); the encoder
+weights get gradient only from the reconstruction, through the kept pre-activations. ε and the
+initial θ are the paper's 0.001, rescaled to our input normalisation (see ``sae/config.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from monosemantic.sae.base import SparseAutoencoder, StepOutput, mse
+
+
+def _rectangle(u: torch.Tensor) -> torch.Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """y = z · H(z − θ); ∂y/∂z = H(z − θ); ∂y/∂θ ≈ −(θ/ε) K((z − θ)/ε)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre_BF: torch.Tensor, threshold_F: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(pre_BF, threshold_F)
+        ctx.eps = eps
+        return pre_BF * (pre_BF > threshold_F)
+
+    @staticmethod
+    def backward(ctx: Any, grad_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        pre_BF, threshold_F = ctx.saved_tensors
+        kernel_BF = _rectangle((pre_BF - threshold_F) / ctx.eps)
+        grad_threshold_F = -(threshold_F / ctx.eps * kernel_BF * grad_BF).sum(dim=0)
+        return (pre_BF > threshold_F) * grad_BF, grad_threshold_F, None
+
+
+class _Step(torch.autograd.Function):
+    """y = H(z − θ); ∂y/∂z = 0; ∂y/∂θ ≈ −(1/ε) K((z − θ)/ε)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre_BF: torch.Tensor, threshold_F: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(pre_BF, threshold_F)
+        ctx.eps = eps
+        return (pre_BF > threshold_F).to(pre_BF.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_BF: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        pre_BF, threshold_F = ctx.saved_tensors
+        kernel_BF = _rectangle((pre_BF - threshold_F) / ctx.eps)
+        return None, -(kernel_BF * grad_BF).sum(dim=0) / ctx.eps, None
+
+
+class JumpReLUSAE(SparseAutoencoder):
+    """σ(pre) = pre · H(pre − θ) with θ_F = exp(log_threshold_F) > 0 per feature.
+
+    loss = MSE(x̂, x) + λ · Σ_f H(pre_f − θ_f)   (mean over the batch; λ warmed up by the trainer).
+    """
+
+    variant = "jumprelu"
+    saelens_architecture = "jumprelu"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        init = torch.full((cfg.d_sae,), float(cfg.jumprelu_init_threshold))
+        self.log_threshold = torch.nn.Parameter(init.log())
+
+    def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:
+        return pre_BF * (pre_BF > self.log_threshold.exp())
+
+    def training_output(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float
+    ) -> StepOutput:
+        pre_BF = self.pre_acts(x_BD)
+        threshold_F = self.log_threshold.exp()
+        eps = self.cfg.jumprelu_bandwidth
+        latents_BF = _JumpReLU.apply(pre_BF, threshold_F, eps)
+        recon_BD = self.decode(latents_BF)
+        mse_loss = mse(recon_BD, x_BD)
+        active_BF = _Step.apply(pre_BF, threshold_F, eps)
+        l0 = active_BF.sum(dim=1).mean()
+        return StepOutput(
+            loss=mse_loss + sparsity_scale * self.cfg.l0_coeff * l0,
+            recon_BD=recon_BD,
+            fired_F=active_BF.detach().bool().any(dim=0),
+            l0=l0.detach(),
+            terms={"mse": mse_loss.detach(), "l0": l0.detach()},
+        )
+
+    @torch.no_grad()
+    def rescale_units(self, scale: float) -> None:
+        super().rescale_units(scale)
+        self.log_threshold -= torch.log(torch.tensor(scale))
+
+    def saelens_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().saelens_tensors(), "threshold": self.log_threshold.detach().exp()}
+
+    @torch.no_grad()
+    def load_saelens_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_saelens_tensors(tensors)
+        # SAELens computes ReLU(pre)·H(pre − θ): θ ≤ 0 acts as 0, i.e. log θ = −inf, a plain ReLU.
+        self.log_threshold.copy_(tensors["threshold"].clamp_min(0).log())

@@ -1,0 +1,71 @@
+"""TopK sparse autoencoder with the AuxK loss for dead latents.
+
+Gao et al. 2024, *Scaling and evaluating sparse autoencoders* (arXiv 2406.04093): keep the k
+largest pre-activations per token (then ReLU), no sparsity penalty; encoder initialised to the
+decoder transpose; decoder rows unit norm with the parallel gradient component removed; dead
+latents (no activation for a while — our ``dead_window``) get the auxiliary loss with
+α = 1/32 and k_aux ≈ d_model/2 (both the paper's values).
+
+Training decodes sparsely: only the k active decoder rows per token are read and get gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from monosemantic.sae.base import SparseAutoencoder, StepOutput, mse
+
+
+class TopKSAE(SparseAutoencoder):
+    """σ(pre) = ReLU(TopK_k(pre)): the k largest entries of each row kept, the rest zeroed.
+
+    loss = MSE(x̂, x) + α · AuxK, where, with e = x − x̂ (detached) the residual and
+    ê = Σ_{f ∈ TopK_{k_aux} over dead f} ReLU(pre_f) W_dec[f] its reconstruction from dead
+    latents only, AuxK = ‖e − ê‖² / ‖e − mean(e)‖² (normalised as in Gao et al.'s code).
+    """
+
+    variant = "topk"
+    saelens_architecture = "topk"
+
+    def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:
+        vals_BK, idx_BK = pre_BF.topk(self.cfg.k, dim=1, sorted=False)
+        return torch.zeros_like(pre_BF).scatter_(1, idx_BK, vals_BK.relu())
+
+    def select_active(
+        self, pre_BF: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The active latents as (idx, vals, offsets) for ``decode_sparse``: here [B, K]."""
+        vals_BK, idx_BK = pre_BF.topk(self.cfg.k, dim=1, sorted=False)
+        return idx_BK, vals_BK.relu(), None
+
+    def training_output(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float
+    ) -> StepOutput:
+        B = x_BD.shape[0]
+        pre_BF = self.pre_acts(x_BD)
+        idx, vals, offsets_B = self.select_active(pre_BF)
+        recon_BD = self.decode_sparse(idx, vals, offsets_B) + self.b_dec
+        mse_loss = mse(recon_BD, x_BD)
+        loss, terms = mse_loss, {"mse": mse_loss.detach()}
+        if dead_F.any():
+            aux = self.aux_loss(pre_BF, dead_F, (x_BD - recon_BD).detach())
+            loss = loss + self.cfg.aux_coeff * aux
+            terms["auxk"] = aux.detach()
+        active = vals > 0
+        fired_F = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x_BD.device)
+        fired_F[idx[active]] = True
+        return StepOutput(loss, recon_BD, fired_F, active.sum().float().detach() / B, terms)
+
+    def aux_loss(
+        self, pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Tensor
+    ) -> torch.Tensor:
+        """Normalised error of reconstructing ``residual_BD`` from the top-k_aux dead latents."""
+        k_aux = min(self.cfg.aux_k, int(dead_F.sum()))
+        dead_pre_BF = pre_BF.masked_fill(~dead_F, float("-inf"))
+        vals_BK, idx_BK = dead_pre_BF.topk(k_aux, dim=1, sorted=False)
+        aux_recon_BD = self.decode_sparse(idx_BK, vals_BK.relu())
+        baseline = (residual_BD - residual_BD.mean(dim=0)).pow(2).mean()
+        return mse(aux_recon_BD, residual_BD) / baseline.clamp_min(1e-12)
+
+    def saelens_fields(self) -> dict[str, object]:
+        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}

@@ -1,0 +1,281 @@
+"""The one training loop every SAE variant shares.
+
+It owns what the variants have in common: input normalisation, b_dec initialisation at the
+geometric median (Bricken et al. 2023), Adam with LR warm-up/decay, the unit-norm decoder
+constraint (gradient component parallel to each dictionary vector removed before the step, rows
+renormalised after — Bricken et al. 2023; Gao et al. 2024 do the same), dead-feature tracking,
+scheduled resampling, logging, checkpoint/resume and the progress bar. A variant contributes only
+its loss (``SparseAutoencoder.training_output``).
+
+Inputs are multiplied by one constant so that E‖x‖² = d_in (Anthropic's April 2024 update;
+Gemma Scope normalises likewise), so the defaults of λ, k and learning rates do not depend on the
+scale of the activations. The returned SAE has that constant folded back in: it takes raw
+activations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from monosemantic.atomic import atomic_path
+from monosemantic.device import resolve_device
+from monosemantic.errors import UserError
+from monosemantic.progress import progress
+from monosemantic.sae.base import SparseAutoencoder, check_activations
+from monosemantic.sae.build import build_sae
+from monosemantic.sae.config import SAEConfig
+from monosemantic.sae.resampling import resample_dead_features
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "monosemantic-sae-checkpoint/1"
+LOG_POINTS = 100  # history entries per run
+
+
+@dataclass
+class TrainResult:
+    """A trained SAE (raw activation units, eval mode) and how its training went."""
+
+    sae: SparseAutoencoder
+    train_seconds: float
+    samples_seen: int
+    input_scale: float  # the constant the inputs were multiplied by during training
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    """Everything besides weights and optimizer that a resumed run needs."""
+
+    samples_seen: int
+    steps: int
+    samples_since_fired_F: torch.Tensor
+    resamples_done: int
+    train_seconds: float
+    input_scale: float
+    history: list[dict[str, float]]
+
+
+@torch.no_grad()
+def geometric_median(points_ND: torch.Tensor, n_iter: int = 100, tol: float = 1e-7) -> torch.Tensor:
+    """The point minimising Σ_n ‖p_n − m‖ (Weiszfeld's algorithm), [N, D] → [D]."""
+    median_D = points_ND.mean(dim=0)
+    for _ in range(n_iter):
+        weights_N = 1 / (points_ND - median_D).norm(dim=1).clamp_min(1e-8)
+        new_D = (weights_N[:, None] * points_ND).sum(dim=0) / weights_N.sum()
+        if (new_D - median_D).norm() <= tol * median_D.norm().clamp_min(1e-8):
+            return new_D
+        median_D = new_D
+    return median_D
+
+
+def input_scale_for(acts_ND: torch.Tensor) -> float:
+    """The constant c with E‖c·x‖² = D over ``acts_ND`` [N, D]."""
+    mean_sq = acts_ND.double().pow(2).sum(dim=1).mean().item()
+    if mean_sq == 0:
+        raise UserError("init activations are all zero: nothing for an SAE to learn")
+    return math.sqrt(acts_ND.shape[1] / mean_sq)
+
+
+def learning_rate(cfg: SAEConfig, frac: float) -> float:
+    """Linear warm-up over ``warmup_frac``, constant, linear decay to 0 over ``decay_frac``."""
+    lr = cfg.lr
+    if cfg.warmup_frac > 0:
+        lr *= min(1.0, frac / cfg.warmup_frac)
+    if cfg.decay_frac > 0:
+        lr *= min(1.0, max(0.0, 1 - frac) / cfg.decay_frac)
+    return lr
+
+
+@torch.no_grad()
+def _project_out_parallel_grad(W_dec_FD: torch.nn.Parameter) -> None:
+    grad_FD = W_dec_FD.grad
+    grad_FD -= (grad_FD * W_dec_FD).sum(dim=1, keepdim=True) * W_dec_FD
+
+
+@torch.no_grad()
+def _normalise_rows(W_dec_FD: torch.nn.Parameter) -> None:
+    W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def train_sae(
+    cfg: SAEConfig,
+    batches: Iterable[torch.Tensor],
+    init_acts_ND: torch.Tensor,
+    checkpoint_dir: Path | None = None,
+) -> TrainResult:
+    """Train ``cfg.variant`` on ``batches`` (float [B, D] activation batches, already shuffled)
+    until ``cfg.n_samples`` activations have been seen.
+
+    ``init_acts_ND`` [N, D] (a few thousand activations suffice) sets the input scale and b_dec.
+    With ``checkpoint_dir``, the state is saved there every ``cfg.checkpoint_every`` samples and
+    at the end, and a run finding a checkpoint continues from it (``batches`` then supplies the
+    remaining samples). Resampling scores fresh inputs taken from ``batches``; they are trained on
+    afterwards, so no data is skipped.
+    """
+    device = resolve_device(cfg.device)
+    check_activations(init_acts_ND, cfg.d_in, "init activations")
+    sae = build_sae(cfg).to(device)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
+
+    if ckpt_path is not None and ckpt_path.exists():
+        state = _load_checkpoint(ckpt_path, cfg, sae, optimizer, generator, device)
+    else:
+        scale = input_scale_for(init_acts_ND)
+        with torch.no_grad():
+            sae.b_dec.copy_(geometric_median(init_acts_ND.to(device).float() * scale))
+        state = _State(0, 0, torch.zeros(cfg.d_sae, dtype=torch.long, device=device), 0, 0.0, scale, [])
+
+    dead_window = max(1, int(cfg.dead_window * cfg.n_samples))
+    resample_points = [int(f * cfg.n_samples) for f in cfg.resample_at]
+    log_every = max(1, math.ceil(cfg.n_samples / cfg.batch_size / LOG_POINTS))
+    stream: Iterator[torch.Tensor] = iter(batches)
+    sae.train()
+
+    with progress(f"SAE {cfg.variant} F={cfg.d_sae}", total=cfg.n_samples, unit="samples") as advance:
+        advance(state.samples_seen)
+        started = time.perf_counter()
+        while state.samples_seen < cfg.n_samples:
+            if state.resamples_done < len(resample_points) and state.samples_seen >= resample_points[state.resamples_done]:
+                stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device)
+            x_BD = next(stream, None)
+            if x_BD is None:
+                raise UserError(
+                    f"activation batches ran out after {state.samples_seen:,} of n_samples="
+                    f"{cfg.n_samples:,} samples: lower n_samples or provide more activations"
+                )
+            check_activations(x_BD, cfg.d_in, f"activation batch {state.steps}")
+            x_BD = x_BD.to(device, torch.float32, non_blocking=True) * state.input_scale
+            B = x_BD.shape[0]
+
+            frac = (state.samples_seen + B) / cfg.n_samples
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, frac)
+            sparsity_scale = min(1.0, frac / cfg.sparsity_warmup) if cfg.sparsity_warmup > 0 else 1.0
+            dead_F = state.samples_since_fired_F >= dead_window
+
+            out = sae.training_output(x_BD, dead_F, sparsity_scale)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            _project_out_parallel_grad(sae.W_dec)
+            optimizer.step()
+            _normalise_rows(sae.W_dec)
+
+            state.samples_since_fired_F += B
+            state.samples_since_fired_F[out.fired_F] = 0
+            previous = state.samples_seen
+            state.samples_seen += B
+            state.steps += 1
+
+            info = None
+            if state.steps % log_every == 0 or state.samples_seen >= cfg.n_samples:
+                entry = {
+                    "samples": state.samples_seen,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "loss": out.loss.item(),
+                    "l0": out.l0.item(),
+                    "dead_frac": dead_F.float().mean().item(),
+                    **{name: value.item() for name, value in out.terms.items()},
+                }
+                state.history.append(entry)
+                info = f"loss {entry['loss']:.4g}  L0 {entry['l0']:.1f}  dead {entry['dead_frac']:.1%}"
+            advance(B, info=info)
+
+            done = state.samples_seen >= cfg.n_samples
+            if ckpt_path is not None and (done or state.samples_seen // cfg.checkpoint_every > previous // cfg.checkpoint_every):
+                state.train_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                _save_checkpoint(ckpt_path, cfg, sae, optimizer, generator, state)
+        state.train_seconds += time.perf_counter() - started
+
+    sae.eval()
+    sae.rescale_units(state.input_scale)
+    return TrainResult(sae, state.train_seconds, state.samples_seen, state.input_scale, state.history)
+
+
+def _resample(
+    sae: SparseAutoencoder,
+    optimizer: torch.optim.Adam,
+    state: _State,
+    stream: Iterator[torch.Tensor],
+    dead_window: int,
+    generator: torch.Generator,
+    cfg: SAEConfig,
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
+    """Resample dead features on inputs drawn from ``stream``; returns the stream with those
+    batches put back in front."""
+    taken: list[torch.Tensor] = []
+    n = 0
+    while n < cfg.resample_inputs and (x_BD := next(stream, None)) is not None:
+        check_activations(x_BD, cfg.d_in, f"activation batch {state.steps + len(taken)}")
+        taken.append(x_BD)
+        n += x_BD.shape[0]
+    dead_F = state.samples_since_fired_F >= dead_window
+    if taken:
+        inputs_ND = torch.cat(taken).to(device, torch.float32) * state.input_scale
+        n_resampled = resample_dead_features(sae, optimizer, dead_F, inputs_ND, generator)
+        state.samples_since_fired_F[dead_F] = 0
+        state.history.append({"samples": state.samples_seen, "resampled": n_resampled})
+    state.resamples_done += 1
+    return itertools.chain(taken, stream)
+
+
+def _save_checkpoint(
+    path: Path,
+    cfg: SAEConfig,
+    sae: SparseAutoencoder,
+    optimizer: torch.optim.Adam,
+    generator: torch.Generator,
+    state: _State,
+) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": cfg.model_dump(mode="json"),
+        "sae": sae.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "state": {**vars(state)},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(
+    path: Path,
+    cfg: SAEConfig,
+    sae: SparseAutoencoder,
+    optimizer: torch.optim.Adam,
+    generator: torch.Generator,
+    device: torch.device,
+) -> _State:
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not an SAE training checkpoint")
+        saved_cfg = {k: v for k, v in payload["config"].items() if k != "device"}
+        ours = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "device"}
+        if saved_cfg != ours:
+            changed = sorted(k for k in ours if saved_cfg.get(k) != ours[k])
+            raise UserError(
+                f"checkpoint {path}: made with a different SAE config (differs in {', '.join(changed)}); "
+                "delete it to start over"
+            )
+        sae.load_state_dict(payload["sae"])
+        optimizer.load_state_dict(payload["optimizer"])
+        generator.set_state(payload["generator"])
+        state = _State(**payload["state"])
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 — any unreadable checkpoint is the same user problem
+        raise UserError(f"checkpoint {path}: corrupt or not ours ({type(err).__name__}: {err}); delete it to start over") from None
+    state.samples_since_fired_F = state.samples_since_fired_F.to(device)
+    return state

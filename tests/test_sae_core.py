@@ -1,0 +1,227 @@
+"""SAE variants and the shared trainer: math, constraints, determinism, resume, bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from monosemantic.errors import UserError
+from monosemantic.progress import set_quiet
+from monosemantic.sae import SAEConfig, build_sae, train_sae
+from monosemantic.sae.resampling import resample_dead_features
+from monosemantic.sae.trainer import CHECKPOINT_NAME, geometric_median
+
+set_quiet(True)
+D, F = 16, 64
+
+
+def _batches(n_batches: int, batch: int = 128, seed: int = 0):
+    dirs = torch.randn(32, D, generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n_batches):
+        codes = (torch.rand(batch, 32, generator=g) < 0.1) * torch.rand(batch, 32, generator=g)
+        yield codes @ dirs + 0.5
+
+
+def _cfg(variant: str, **kw) -> SAEConfig:
+    return SAEConfig(variant=variant, d_in=D, d_sae=F, n_samples=128 * 20, batch_size=128, **kw)
+
+
+def test_config_fills_variant_defaults_and_rejects_bad_values():
+    topk = _cfg("topk")
+    assert (topk.k, topk.aux_k, topk.aux_coeff, topk.lr) == (32, D // 2, 1 / 32, 2e-4)
+    std = _cfg("standard")
+    assert std.resample_at == (0.1, 0.2, 0.3, 0.4) and std.l1_coeff is not None
+    assert SAEConfig.model_validate(topk.model_dump()) == topk  # a filled config round-trips
+    with pytest.raises(ValidationError, match="k=64 must be smaller"):
+        _cfg("topk", k=64)
+    with pytest.raises(ValidationError, match="l1_coeff must be"):
+        _cfg("standard", l1_coeff=-1.0)
+    with pytest.raises(ValidationError, match="l1_coeff applies to variant standard"):
+        _cfg("topk", l1_coeff=0.1)
+    with pytest.raises(ValidationError, match="extra"):
+        SAEConfig(d_in=D, d_sae=F, lambda_=1)
+
+
+@pytest.mark.parametrize("variant", ["standard", "topk", "batchtopk", "jumprelu"])
+def test_encode_matches_the_documented_math(variant):
+    sae = build_sae(_cfg(variant, k=4) if "topk" in variant else _cfg(variant))
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+    x = torch.randn(10, D)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    torch.testing.assert_close(sae.pre_acts(x), pre, rtol=1e-5, atol=1e-5)
+    latents = sae.encode(x)
+    if variant == "standard":
+        expected = pre.relu()
+    elif variant == "topk":
+        kth = pre.topk(4, dim=1).values[:, -1:]
+        expected = torch.where(pre >= kth, pre, 0).relu()
+    else:
+        threshold = sae.threshold if variant == "batchtopk" else sae.log_threshold.exp()
+        expected = torch.where(pre > threshold, pre, 0).relu()
+    torch.testing.assert_close(latents, expected)
+    torch.testing.assert_close(sae(x), latents @ sae.W_dec + sae.b_dec)
+
+
+def test_sparse_decoding_equals_dense_decoding_for_topk_and_batchtopk():
+    x = torch.randn(32, D)
+    for variant in ("topk", "batchtopk"):
+        sae = build_sae(_cfg(variant, k=5))
+        pre = sae.pre_acts(x)
+        idx, vals, offsets = sae.select_active(pre)
+        sparse = sae.decode_sparse(idx, vals, offsets)
+        if variant == "topk":
+            dense = sae.activate(pre) @ sae.W_dec
+        else:
+            kept = pre.relu().flatten().topk(5 * 32).values.min()
+            dense = torch.where(pre.relu() >= kept, pre.relu(), 0) @ sae.W_dec
+            assert idx.numel() == 5 * 32 and offsets.shape == (32,)
+        torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_jumprelu_threshold_gets_the_straight_through_gradient():
+    cfg = _cfg("jumprelu", jumprelu_bandwidth=0.5, jumprelu_init_threshold=0.2, l0_coeff=1.0)
+    sae = build_sae(cfg)
+    x = torch.randn(64, D)
+    out = sae.training_output(x, torch.zeros(F, dtype=torch.bool), sparsity_scale=1.0)
+    out.loss.backward()
+    pre = sae.pre_acts(x).detach()
+    theta = sae.log_threshold.exp().detach()
+    in_window = ((pre - theta) / 0.5).abs() < 0.5
+    # L0 term alone: d/dθ mean_B Σ H(pre − θ) ≈ −(1/ε) mean_B K(...); times dθ/dlogθ = θ
+    l0_grad = -(in_window.float().sum(0) / 64) / 0.5 * theta
+    assert sae.log_threshold.grad is not None
+    # reconstruction contributes too, so compare only where it cannot (no sample in the window)
+    quiet = ~in_window.any(0)
+    assert torch.all(sae.log_threshold.grad[quiet] == 0)
+    assert (sae.log_threshold.grad[~quiet] != 0).all()
+    assert l0_grad[~quiet].lt(0).all()
+
+
+@pytest.mark.parametrize("variant", ["standard", "topk", "batchtopk", "jumprelu"])
+def test_training_lowers_the_loss_keeps_unit_decoder_rows_and_is_deterministic(variant):
+    cfg = _cfg(variant, k=4, lr=1e-2) if "topk" in variant else _cfg(variant, lr=1e-2)
+    init = torch.cat(list(_batches(4, seed=9)))
+    first = train_sae(cfg, _batches(40), init)
+    second = train_sae(cfg, _batches(40), init)
+    assert first.samples_seen == 128 * 20
+    losses = [h["mse"] for h in first.history if "mse" in h]
+    assert losses[-1] < 0.6 * losses[0]
+    torch.testing.assert_close(first.sae.W_dec.norm(dim=1), torch.ones(F))
+    for name, tensor in first.sae.state_dict().items():
+        assert torch.equal(tensor, second.sae.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("variant", ["standard", "batchtopk", "jumprelu"])
+def test_returned_sae_takes_raw_activations(variant):
+    cfg = _cfg(variant, k=4, lr=1e-2) if "topk" in variant else _cfg(variant, lr=1e-2)
+    init = torch.cat(list(_batches(4, seed=9)))
+    result = train_sae(cfg, _batches(40), init)
+    scale = result.input_scale
+    assert scale == pytest.approx(math.sqrt(D / init.pow(2).sum(1).mean().item()), rel=1e-6)
+    x = torch.cat(list(_batches(2, seed=5)))
+    fvu = (result.sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert fvu < 0.8
+    in_training_units = copy.deepcopy(result.sae)
+    in_training_units.rescale_units(1 / scale)
+    torch.testing.assert_close(in_training_units.encode(x * scale) / scale, result.sae.encode(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(in_training_units(x * scale) / scale, result.sae(x), rtol=1e-4, atol=1e-5)
+
+
+def test_geometric_median_resists_outliers():
+    points = torch.cat([torch.zeros(99, 3), torch.full((1, 3), 1000.0)])
+    assert geometric_median(points).norm() < 1e-2
+    assert points.mean(0).norm() > 10
+
+
+def test_resampling_follows_the_paper():
+    cfg = _cfg("standard")
+    sae = build_sae(cfg)
+    opt = torch.optim.Adam(sae.parameters())
+    sae(torch.randn(8, D)).sum().backward()
+    opt.step()
+    dead = torch.zeros(F, dtype=torch.bool)
+    dead[[3, 7]] = True
+    inputs = torch.zeros(50, D)
+    inputs[17] = torch.arange(D, dtype=torch.float32)  # the two inputs with non-trivial loss
+    inputs[23] = -torch.arange(D, dtype=torch.float32)
+    with torch.no_grad():
+        sae.b_dec.zero_()
+        sae.W_enc[:, 3:8] = 0.0  # encoder kills reconstruction everywhere except via bias
+    live_norm = sae.W_enc[:, ~dead].norm(dim=0).mean()
+    n = resample_dead_features(sae, opt, dead, inputs, torch.Generator().manual_seed(0))
+    assert n == 2
+    unit = inputs[17] / inputs[17].norm()
+    assert sorted(round((sae.W_dec[i] @ unit).item(), 5) for i in (3, 7)) == [-1.0, 1.0]
+    torch.testing.assert_close(sae.W_enc[:, 7], sae.W_dec[7] * 0.2 * live_norm)
+    assert sae.b_enc[3] == 0 and sae.b_enc[7] == 0
+    assert torch.all(opt.state[sae.W_dec]["exp_avg"][[3, 7]] == 0)
+    assert torch.all(opt.state[sae.W_enc]["exp_avg_sq"][:, [3, 7]] == 0)
+    assert opt.state[sae.W_dec]["exp_avg"][0].abs().sum() > 0
+
+
+def test_trainer_resamples_on_schedule_and_reuses_the_inputs():
+    # Nearly constant inputs: every feature whose pre-activation is negative there never fires.
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(D, generator=g)
+    stream = [c + 0.01 * torch.randn(128, D, generator=g) for _ in range(20)]
+    cfg = _cfg("standard", resample_at=(0.5,), dead_window=0.2, resample_inputs=256)
+    init = torch.randn(512, D, generator=g)  # b_dec starts near 0, far from c
+    never_fire = (c @ build_sae(cfg).W_enc < -0.5).sum().item()
+    result = train_sae(cfg, iter(stream), init)  # exactly n_samples: nothing may be skipped
+    events = [h for h in result.history if "resampled" in h]
+    assert [e["samples"] for e in events] == [128 * 10]
+    assert events[0]["resampled"] >= never_fire > 10
+    assert result.samples_seen == cfg.n_samples
+    cos_to_c = result.sae.W_dec @ (c / c.norm())
+    assert (cos_to_c > 0.99).sum() >= events[0]["resampled"]  # resampled towards the inputs
+
+
+def test_killed_run_resumes_from_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
+    cfg = _cfg("topk", k=4, lr=3e-3, checkpoint_every=128 * 5)
+    init = torch.cat(list(_batches(4, seed=9)))
+    full = train_sae(cfg, _batches(20), init)
+
+    class Killed(Exception):
+        pass
+
+    def dies_after(n):
+        for i, batch in enumerate(_batches(20)):
+            if i == n:
+                raise Killed
+            yield batch
+
+    with pytest.raises(Killed):
+        train_sae(cfg, dies_after(12), init, checkpoint_dir=tmp_path)
+    assert (tmp_path / CHECKPOINT_NAME).exists()
+    remaining = (b for i, b in enumerate(_batches(20)) if i >= 10)  # checkpoint was at 10 batches
+    resumed = train_sae(cfg, remaining, init, checkpoint_dir=tmp_path)
+    assert resumed.samples_seen == cfg.n_samples
+    torch.testing.assert_close(resumed.sae.W_dec, full.sae.W_dec)
+    again = train_sae(cfg, iter(()), init, checkpoint_dir=tmp_path)  # finished: nothing to do
+    torch.testing.assert_close(again.sae.W_enc, full.sae.W_enc)
+
+
+def test_bad_input_gives_one_clear_user_error(tmp_path):
+    cfg = _cfg("topk", k=4)
+    init = torch.cat(list(_batches(2)))
+    with pytest.raises(UserError, match=r"shape \[batch, 16\]"):
+        train_sae(cfg, iter([torch.randn(128, D + 1)]), init)
+    with pytest.raises(UserError, match="NaN or inf"):
+        train_sae(cfg, iter([torch.full((128, D), float("nan"))]), init)
+    with pytest.raises(UserError, match="init activations"):
+        train_sae(cfg, _batches(2), torch.randn(10, 3))
+    with pytest.raises(UserError, match="ran out after 256"):
+        train_sae(cfg, _batches(2), init)
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="corrupt or not ours"):
+        train_sae(cfg, _batches(20), init, checkpoint_dir=tmp_path)
+    train_sae(cfg, _batches(20), init, checkpoint_dir=tmp_path / "other")
+    with pytest.raises(UserError, match="different SAE config .*k"):
+        train_sae(_cfg("topk", k=5), _batches(20), init, checkpoint_dir=tmp_path / "other")
