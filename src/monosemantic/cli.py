@@ -91,7 +91,7 @@ def _run_stages(cfg: RunConfig, out: Path, upto: Optional[str], force: bool) -> 
 
 
 def _print_summary(rd: RunDir, rows: list[tuple[str, str, dict]]) -> None:
-    out = Console()
+    out = Console(width=max(Console().width, 110))
     table = Table(title=f"monosemantic run — {rd.path}")
     for col in ("stage", "status", "seconds", "figures"):
         table.add_column(col)
@@ -104,6 +104,16 @@ def _print_summary(rd: RunDir, rows: list[tuple[str, str, dict]]) -> None:
         out.print(f"LM validation loss {lm['val_loss']:.3f} nats/token vs unigram "
                   f"{lm['unigram_loss']:.3f} and bigram {lm['bigram_loss']:.3f}: "
                   + ("[green]beats both[/green]" if beats else "[red]does NOT beat both[/red]"))
+    saes = rd.manifest.get("sae", {}).get("saes", [])
+    if saes:
+        t = Table(title="Sparse autoencoders (held-out activations)")
+        for col in ("SAE", "L0", "FVU", "loss rec.", "vs mean-abl.", "dead", "dense", "train s"):
+            t.add_column(col, justify="right")
+        for e in saes:
+            t.add_row(e["name"], f"{e['l0']:.1f}", f"{e['fvu']:.3f}",
+                      f"{e['loss_recovered']:.1%}", f"{e['loss_recovered_mean_ablation']:.1%}",
+                      f"{e['dead_frac']:.1%}", f"{e['dense_frac']:.1%}", f"{e['train_seconds']:.0f}")
+        out.print(t)
     out.print(f"Manifest: {rd.manifest_path}")
 
 
@@ -114,6 +124,8 @@ def _headline(stage: str, f: dict) -> str:
     if stage == "lm":
         return (f"{f['steps']:,} steps, {f['train_tokens']:,} tokens, val loss {f['val_loss']:.3f} "
                 f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
+    if stage == "sae":
+        return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
     if stage == "harvest":
         return f"{f['train']['rows']:,} train + {f['val']['rows']:,} val rows at {f['train']['hook_name']}"
     return ""
@@ -149,6 +161,7 @@ def _stage_command(stage: str, doc: str):
 _stage_command("corpus", "Build the tokenizer and the token shards from the corpus.")
 _stage_command("lm", "Train the 1-layer transformer and compare it with unigram/bigram baselines.")
 _stage_command("harvest", "Record the LM's activations at the hook point into the activation store.")
+_stage_command("sae", "Train the sweep of sparse autoencoders (sizes from the config) and measure them.")
 
 
 def main() -> None:

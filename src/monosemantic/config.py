@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from monosemantic.errors import UserError
+from monosemantic.sae.config import SAEConfig, Variant
 
 
 class CorpusConfig(BaseModel):
@@ -86,6 +87,27 @@ class HarvestConfig(BaseModel):
     dtype: str = Field("float32", pattern="^(float32|float16)$")
 
 
+class SAESweepConfig(BaseModel):
+    """A family of SAEs of growing size trained on the same activations (the paper's A/0…A/5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: Variant = "standard"
+    sizes: list[int] = Field(default_factory=lambda: [512, 1024, 2048, 4096], min_length=1)
+    n_samples: int = Field(1_000_000, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)  # further SAEConfig fields: l1_coeff, k, lr…
+    seed: int = 0
+    buffer_rows: int = Field(262_144, ge=1)
+    init_rows: int = Field(16_384, ge=1)  # activations that set b_dec and the input scale
+    loss_windows: int = Field(64, ge=1)  # val windows scored for loss recovered
+
+    def sae_config(self, d_in: int, size: int, device: str) -> SAEConfig:
+        """The full ``SAEConfig`` of the sweep member with ``size`` features."""
+        return SAEConfig(variant=self.variant, d_in=d_in, d_sae=size, n_samples=self.n_samples,
+                         batch_size=self.batch_size, seed=self.seed, device=device, **self.params)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +116,14 @@ class RunConfig(BaseModel):
     corpus: CorpusConfig = CorpusConfig()
     lm: LMConfig = LMConfig()
     harvest: HarvestConfig = HarvestConfig()
+    sae: SAESweepConfig = SAESweepConfig()
+
+    @model_validator(mode="after")
+    def _check_saes(self) -> "RunConfig":
+        # Build every sweep member's config now, so a bad λ or k fails before any training.
+        for size in self.sae.sizes:
+            self.sae.sae_config(self.lm.d_mlp, size, self.device)
+        return self
 
 
 PRESETS_PACKAGE = "monosemantic.configs"
@@ -152,5 +182,5 @@ def load_config(preset: str = "demo", config_file: Path | None = None,
         return RunConfig(**data)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise UserError(f"config {where}: {first['msg']}") from None
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"config{' ' + where if where else ''}: {first['msg']}") from None

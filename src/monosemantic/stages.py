@@ -6,8 +6,13 @@ corpus → lm → harvest → (sae, analysis, …); toy stands apart. Each ``*_s
 
 from __future__ import annotations
 
+import json
+import shutil
+
+import numpy as np
 import torch
 
+from monosemantic.activations import ActivationStore
 from monosemantic.activations.harvest import harvest_activations
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
@@ -17,7 +22,11 @@ from monosemantic.device import resolve_device
 from monosemantic.lm.baselines import baseline_losses
 from monosemantic.lm.model import load_lm, save_lm
 from monosemantic.lm.train import evaluate_lm, train_lm
-from monosemantic.pipeline import RunDir, Stage
+from monosemantic.pipeline import RunDir, Stage, config_hash
+from monosemantic.sae.config import SAEConfig
+from monosemantic.sae.io import save_sae
+from monosemantic.sae.metrics import evaluate_sae, loss_recovered, plot_density_histogram
+from monosemantic.sae.trainer import train_sae
 
 
 def corpus_stage(cfg: RunConfig) -> Stage:
@@ -79,6 +88,65 @@ def harvest_stage(cfg: RunConfig) -> Stage:
                  ["activations/train/store.json", "activations/val/store.json"], needs=["lm"])
 
 
+def sae_stage(cfg: RunConfig) -> Stage:
+    """Train the sweep's SAEs one by one; a finished SAE whose config is unchanged is kept."""
+    sweep = cfg.sae
+    device = resolve_device(cfg.device)
+
+    def run(rd: RunDir) -> dict:
+        train = ActivationStore(rd / "activations/train")
+        val = ActivationStore(rd / "activations/val")
+        model = load_lm(rd / "lm", device)
+        rng = np.random.default_rng(sweep.seed)
+        init_ND = train.rows(np.sort(rng.choice(train.n_rows, min(sweep.init_rows, train.n_rows),
+                                                replace=False)))
+        mean_D = train.mean()
+        val_tokens = TokenShards(rd / "tokens", "val")
+        tokens_BT = torch.from_numpy(np.stack(
+            [w for _, _, w in val_tokens.sequential_windows(cfg.lm.n_ctx, sweep.loss_windows)])).to(device)
+        entries = []
+        for size in sweep.sizes:
+            sae_cfg = sweep.sae_config(train.d_in, size, str(device))
+            entries.append(_train_one_sae(rd, sae_cfg, sweep, train, val, init_ND, mean_D, model,
+                                          tokens_BT, cfg.lm.hook_name))
+        return {"variant": sweep.variant, "saes": entries}
+
+    return Stage("sae", {**sweep.model_dump(), "hook_name": cfg.lm.hook_name}, run,
+                 [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes], needs=["harvest"])
+
+
+def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore,
+                   val: ActivationStore, init_ND: torch.Tensor, mean_D: torch.Tensor, model,
+                   tokens_BT: torch.Tensor, hook_name: str) -> dict:
+    name = f"{sae_cfg.variant}-{sae_cfg.d_sae}"
+    folder = rd / "saes" / name
+    digest = config_hash(sae_cfg.model_dump(mode="json"))
+    cfg_file = folder / "cfg.json"
+    if cfg_file.exists():
+        meta = json.loads(cfg_file.read_text()).get("metadata", {})
+        if meta.get("config_hash") == digest and "figures" in meta:
+            return meta["figures"]
+    n_batches = -(-sae_cfg.n_samples // sae_cfg.batch_size)
+    batches = train.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows, n_batches)
+    checkpoint_dir = rd / "saes" / f".checkpoint-{name}"
+    result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir)
+    metrics = evaluate_sae(result.sae, (chunk for _, chunk in val.iter_chunks(65_536)))
+    density_F = metrics.pop("density")
+    plot = plot_density_histogram(density_F, rd / "plots" / f"density-{name}.png",
+                                  title=f"Feature density, {name} ({metrics['n_tokens']:,} val tokens)")
+    losses = loss_recovered(model, result.sae, tokens_BT, hook_name, mean_D)
+    figures = {"name": name, "variant": sae_cfg.variant, "d_sae": sae_cfg.d_sae, **metrics, **losses,
+               "train_seconds": round(result.train_seconds, 2), "samples": result.samples_seen,
+               "path": f"saes/{name}", "density_plot": str(plot.relative_to(rd.path)),
+               "density_log10_hist": np.histogram(np.log10(density_F[density_F > 0]),
+                                                  bins=40, range=(-8, 0))[0].tolist()}
+    save_sae(result.sae, sae_cfg, folder,
+             extra={"hook_name": hook_name, "model_name": str(rd / "lm"),
+                    "config_hash": digest, "figures": figures})
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return figures
+
+
 def load_run_lm(rd: RunDir, device: torch.device | str = "cpu"):
     """The run's trained LM and tokenizer."""
     return load_lm(rd / "lm", device), load_tokenizer(rd / "tokenizer.json")
@@ -86,4 +154,4 @@ def load_run_lm(rd: RunDir, device: torch.device | str = "cpu"):
 
 def all_stages(cfg: RunConfig) -> list[Stage]:
     """Every stage of ``monosemantic run``, in order."""
-    return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg)]
+    return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg), sae_stage(cfg)]
