@@ -122,7 +122,9 @@ def _headline(stage: str, f: dict) -> str:
         return (f"{f['n_docs']:,} docs, {f['chars'] / 1e6:.1f}M chars, {f['train_tokens']:,} train + "
                 f"{f['val_tokens']:,} val tokens, vocab {f['vocab_size']:,}")
     if stage == "lm":
-        return (f"{f['steps']:,} steps, {f['train_tokens']:,} tokens, val loss {f['val_loss']:.3f} "
+        trained = (f"external {f['external']}" if "external" in f
+                   else f"{f['steps']:,} steps, {f['train_tokens']:,} tokens")
+        return (f"{trained}, val loss {f['val_loss']:.3f} "
                 f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
     if stage == "sae":
         return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])

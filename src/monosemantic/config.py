@@ -40,8 +40,7 @@ class LMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pretrained: str | None = None  # a TransformerLens model name, e.g. "gelu-1l" (needs network)
-    hf_model_dir: str | None = None  # a local Hugging Face causal-LM directory
-    hf_architecture: str | None = None  # TransformerLens name of that directory's architecture
+    hf_model_dir: str | None = None  # a local Hugging Face causal-LM directory (works offline)
     hook_name: str = "blocks.0.mlp.hook_post"
 
     n_layers: int = Field(1, ge=1)

@@ -20,7 +20,9 @@ from monosemantic.corpus.sources import iter_documents
 from monosemantic.corpus.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.lm.baselines import baseline_losses
-from monosemantic.lm.model import load_lm, save_lm
+from monosemantic.errors import UserError
+from monosemantic.lm.model import (EXTERNAL_FILE, load_external_lm, load_lm, save_external_ref,
+                                   save_lm)
 from monosemantic.lm.train import evaluate_lm, train_lm
 from monosemantic.pipeline import RunDir, Stage, config_hash
 from monosemantic.sae.config import SAEConfig
@@ -43,14 +45,28 @@ def corpus_stage(cfg: RunConfig) -> Stage:
                 chars["n"] += len(doc)
                 yield doc
 
-        tokenizer = train_tokenizer(counted(), c.vocab_size)
+        if cfg.lm.trains_own_model:
+            tokenizer, eos = train_tokenizer(counted(), c.vocab_size), None
+        else:
+            tokenizer, eos = _external_tokenizer(cfg)
         save_tokenizer(tokenizer, rd / "tokenizer.json")
-        figures = write_token_shards(documents(), tokenizer, rd / "tokens", c.val_fraction)
+        figures = write_token_shards(counted() if eos is not None else documents(), tokenizer,
+                                     rd / "tokens", c.val_fraction, eos)
         figures["chars"] = chars["n"]
         figures["source"] = c.dataset or c.corpus or "bundled"
         return figures
 
-    return Stage("corpus", c.model_dump(), run, ["tokenizer.json", "tokens/index.json"])
+    tokenizer_from = cfg.lm.pretrained or cfg.lm.hf_model_dir or "trained here"
+    return Stage("corpus", {**c.model_dump(), "tokenizer": tokenizer_from}, run,
+                 ["tokenizer.json", "tokens/index.json"])
+
+
+def _external_tokenizer(cfg: RunConfig):
+    """The external model's own tokenizer (as a ``tokenizers.Tokenizer``) and its EOS id."""
+    _, hf_tokenizer = load_external_lm(cfg.lm)
+    if not getattr(hf_tokenizer, "is_fast", False) or hf_tokenizer.eos_token_id is None:
+        raise UserError("the external model's tokenizer must be a fast tokenizer with an EOS token")
+    return hf_tokenizer.backend_tokenizer, hf_tokenizer.eos_token_id
 
 
 def lm_stage(cfg: RunConfig) -> Stage:
@@ -58,16 +74,26 @@ def lm_stage(cfg: RunConfig) -> Stage:
 
     def run(rd: RunDir) -> dict:
         checkpoint = rd / "lm_checkpoint.pt"
-        model, figures = train_lm(cfg.lm, rd / "tokens", checkpoint, device)
+        if cfg.lm.trains_own_model:
+            model, figures = train_lm(cfg.lm, rd / "tokens", checkpoint, device)
+        else:
+            model, _ = load_external_lm(cfg.lm, device)
+            if cfg.lm.n_ctx > model.cfg.n_ctx:
+                raise UserError(f"lm.n_ctx={cfg.lm.n_ctx} exceeds the model's context {model.cfg.n_ctx}")
+            figures = {"external": cfg.lm.pretrained or cfg.lm.hf_model_dir}
         train, val = TokenShards(rd / "tokens", "train"), TokenShards(rd / "tokens", "val")
         figures["val_loss"] = evaluate_lm(model, val, cfg.lm.n_ctx, None, device=device)
         figures.update(baseline_losses(train, val, cfg.lm.n_ctx))
         figures["n_params"] = sum(p.numel() for p in model.parameters())
-        save_lm(model.cpu(), cfg.lm, rd / "lm")
-        checkpoint.unlink(missing_ok=True)
+        if cfg.lm.trains_own_model:
+            save_lm(model.cpu(), cfg.lm, rd / "lm")
+            checkpoint.unlink(missing_ok=True)
+        else:
+            save_external_ref(cfg.lm, rd / "lm")
         return figures
 
-    return Stage("lm", cfg.lm.model_dump(), run, ["lm/model.safetensors"], needs=["corpus"])
+    artifact = "lm/model.safetensors" if cfg.lm.trains_own_model else f"lm/{EXTERNAL_FILE}"
+    return Stage("lm", cfg.lm.model_dump(), run, [artifact], needs=["corpus"])
 
 
 def harvest_stage(cfg: RunConfig) -> Stage:

@@ -35,12 +35,15 @@ def is_val_document(text: str, val_fraction: float) -> bool:
 
 
 def write_token_shards(docs: Iterable[str], tokenizer: Tokenizer, out_dir: Path,
-                       val_fraction: float, shard_tokens: int = 1 << 24,
-                       encode_batch: int = 512, total_docs: int | None = None) -> dict:
-    """Tokenize ``docs`` into train/val shards under ``out_dir`` (atomically); return counts."""
+                       val_fraction: float, eos: int | None = None, shard_tokens: int = 1 << 24,
+                       encode_batch: int = 512) -> dict:
+    """Tokenize ``docs`` into train/val shards under ``out_dir`` (atomically); return counts.
+
+    ``eos`` separates documents; by default the tokenizer's ``<|endoftext|>``.
+    """
     vocab_size = tokenizer.get_vocab_size()
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
-    eos = eos_id(tokenizer)
+    eos = eos_id(tokenizer) if eos is None else eos
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         writers = {split: _ShardWriter(tmp, split, dtype, shard_tokens) for split in SPLITS}
@@ -49,13 +52,13 @@ def write_token_shards(docs: Iterable[str], tokenizer: Tokenizer, out_dir: Path,
 
         def flush_batch() -> None:
             nonlocal n_docs
-            for text, enc in zip(batch, tokenizer.encode_batch(batch)):
+            for text, enc in zip(batch, tokenizer.encode_batch(batch, add_special_tokens=False)):
                 split = "val" if is_val_document(text, val_fraction) else "train"
                 writers[split].add([eos, *enc.ids], n_docs)
                 n_docs += 1
             batch.clear()
 
-        with progress("tokenize", total_docs, unit="docs") as advance:
+        with progress("tokenize", None, unit="docs") as advance:
             for doc in docs:
                 batch.append(doc)
                 if len(batch) == encode_batch:

@@ -49,9 +49,16 @@ def save_lm(model: HookedTransformer, cfg: LMConfig, out_dir: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
 
 
+EXTERNAL_FILE = "external.json"
+
+
 def load_lm(model_dir: Path, device: torch.device | str = "cpu") -> HookedTransformer:
-    """Load a model saved by ``save_lm``; a missing or corrupt file is a ``UserError``."""
+    """Load the run's LM: one saved by ``save_lm``, or the external model ``save_external_ref``
+    points to. A missing or corrupt file is a ``UserError``."""
     model_dir = Path(model_dir)
+    if (model_dir / EXTERNAL_FILE).exists():
+        cfg = LMConfig(**json.loads((model_dir / EXTERNAL_FILE).read_text()))
+        return load_external_lm(cfg, device)[0]
     try:
         config = json.loads((model_dir / "config.json").read_text())
         cfg = LMConfig(**config["lm"])
@@ -66,34 +73,45 @@ def load_lm(model_dir: Path, device: torch.device | str = "cpu") -> HookedTransf
     return model.to(device, print_details=False).eval()
 
 
+def save_external_ref(cfg: LMConfig, out_dir: Path) -> None:
+    """Record (not copy) which external model the run uses, for ``load_lm``."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        ref = {"pretrained": cfg.pretrained, "hf_model_dir": cfg.hf_model_dir,
+               "hook_name": cfg.hook_name, "n_ctx": cfg.n_ctx}
+        (tmp / EXTERNAL_FILE).write_text(json.dumps(ref, indent=2))
+
+
 def load_external_lm(cfg: LMConfig, device: torch.device | str = "cpu"):
     """An existing model: a TransformerLens pretrained name or a local Hugging Face directory.
 
-    Returns (model, tokenizer) where the tokenizer is the model's own (a HF tokenizer).
-    Loading by name needs the network; a local directory also needs ``hf_architecture``, the
-    TransformerLens name of its architecture (e.g. "gpt2"), to map the weights onto hook points.
+    Returns (model, tokenizer), the tokenizer being the model's own (a HF fast tokenizer).
+    Loading by name needs the network. A local directory is converted offline: its config.json
+    is mapped to a TransformerLens config and its weights onto the hook points, unprocessed
+    (no LayerNorm folding), so activations are exactly the original model's.
     """
     if cfg.pretrained:
         try:
             model = HookedTransformer.from_pretrained(cfg.pretrained, device=str(device))
         except Exception as err:  # the hub client raises many types; all mean "could not load"
-            raise UserError(f"--set lm.pretrained={cfg.pretrained}: could not load it "
+            raise UserError(f"lm.pretrained={cfg.pretrained}: could not load it "
                             f"({type(err).__name__}: {str(err)[:200]})") from None
         return model.eval(), model.tokenizer
+    from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(cfg.hf_model_dir)
-    if not path.is_dir():
-        raise UserError(f"--set lm.hf_model_dir={path}: no such directory")
-    if not cfg.hf_architecture:
-        raise UserError("lm.hf_model_dir needs lm.hf_architecture (a TransformerLens model name "
-                        "with the same architecture, e.g. gpt2)")
+    if not (path / "config.json").is_file():
+        raise UserError(f"lm.hf_model_dir={path}: not a Hugging Face model directory (no config.json)")
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = HookedTransformer.from_pretrained(cfg.hf_architecture, hf_model=hf_model,
-                                                  tokenizer=tokenizer, device=str(device))
-    except Exception as err:
-        raise UserError(f"--set lm.hf_model_dir={path}: could not load it "
+        tl_cfg = HookedTransformerConfig(**loading.convert_hf_model_config(str(path)))
+        state = loading.get_pretrained_state_dict(str(path), tl_cfg, hf_model=hf_model)
+        model = HookedTransformer(tl_cfg, tokenizer=tokenizer, move_to_device=False)
+        model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
+                                          center_unembed=False, fold_value_biases=False)
+    except Exception as err:  # transformers/TransformerLens raise many types on a bad directory
+        raise UserError(f"lm.hf_model_dir={path}: could not load it "
                         f"({type(err).__name__}: {str(err)[:200]})") from None
-    return model.eval(), tokenizer
+    return model.to(device, print_details=False).eval(), tokenizer
