@@ -1,0 +1,261 @@
+"""Per-unit statistics over held-out activations, the same code for neurons and SAE features.
+
+A *basis* turns MLP activations x [N, D] into unit activations a [N, U] ≥ 0: the identity for the
+neurons (the baseline basis), ``sae.encode`` for a dictionary. Two sweeps over the first
+``n_rows`` rows of the activation store, chunk by chunk, never hold a dense [tokens × units] matrix:
+
+- sweep 1: fire count #{n: a_nu > 0}, Σ_n a_nu, max_n a_nu; the top-k activating rows per unit
+  (≤ ``doc_cap`` per document, ``GroupedBottomK`` keyed by −a); fire counts per (unit, token) and
+  Σ a per (unit, token) (sparse [U, V]); co-firing counts C_uv = #{n: a_nu > 0 ∧ a_nv > 0} (sparse
+  [U, U]); every unit's activations on a fixed seeded set of random contexts;
+- sweep 2 (needs each unit's max): a histogram of the nonzero activations over (0, max], and
+  ``per_interval`` uniform samples from each of ``n_intervals`` equal activation intervals
+  [i·max/I, (i+1)·max/I) — Bricken et al. 2023's dashboard intervals.
+
+Every example carries the unit's activation on each token of its context (``left`` tokens before,
+``right`` after, cut at the harvest window — the model saw nothing beyond it), gathered while the
+chunk is in memory: chunks are whole harvest windows, so a context never straddles two chunks.
+Activations are compared with 0 exactly: every SAE variant and the ReLU MLP give exact zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from monosemantic.activations import ActivationStore
+from monosemantic.analysis.sampling import GroupedBottomK
+from monosemantic.errors import UserError
+from monosemantic.progress import progress
+
+DENSE_COFIRE_FRACTION = 0.05  # above this fraction of nonzero activations, co-firing uses a dense matmul
+
+
+@dataclass
+class Basis:
+    """A set of units: ``encode`` maps acts_BD [B, D] → unit activations [B, n_units] (≥ 0)."""
+
+    name: str
+    kind: str  # "neuron" | "feature"
+    n_units: int
+    encode: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StatsConfig:
+    n_rows: int
+    top_k: int = 20
+    doc_cap: int = 3
+    n_intervals: int = 11
+    per_interval: int = 5
+    n_random: int = 20
+    hist_bins: int = 32
+    left: int = 12
+    right: int = 4
+    chunk_windows: int = 8
+    seed: int = 0
+
+
+@dataclass
+class UnitStats:
+    """Everything sweep 1 and 2 measured for one basis over ``n_rows`` tokens."""
+
+    name: str
+    kind: str
+    n_rows: int
+    fire_count_U: np.ndarray  # int64
+    act_sum_U: np.ndarray  # float64, Σ over all rows
+    max_act_U: np.ndarray  # float32
+    hist_UH: np.ndarray  # int64 counts of nonzero activations in H equal bins of (0, max]
+    top: GroupedBottomK  # groups = units, key = −activation
+    intervals: GroupedBottomK  # groups = unit·I + interval, key = U(0,1)
+    random_rows_P: np.ndarray  # the shared random contexts' centre rows
+    random_acts_UPW: np.ndarray  # float32 [U, P, W], NaN outside the window
+    token_fires_UV: sp.csr_matrix  # fire counts per (unit, token)
+    token_act_sums_UV: sp.csr_matrix  # Σ activation per (unit, token)
+    cofire_UU: sp.csr_matrix  # co-firing counts (diagonal = fire counts)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.fire_count_U)
+
+    @property
+    def density_U(self) -> np.ndarray:
+        return self.fire_count_U / self.n_rows
+
+    @property
+    def mean_act_U(self) -> np.ndarray:
+        """Mean activation over the tokens where the unit fires (0 for a unit that never fires)."""
+        return np.where(self.fire_count_U > 0, self.act_sum_U / np.maximum(self.fire_count_U, 1), 0.0)
+
+
+@dataclass
+class TokenContext:
+    """Rows of the analysed range, their token ids and documents, and each row's context window."""
+
+    tokens_N: np.ndarray
+    docs_N: np.ndarray
+    ctx: int  # harvest window length
+
+    def window_rows(self, rows_E: np.ndarray, left: int, right: int) -> tuple[np.ndarray, np.ndarray]:
+        """Context rows [E, W] (clipped) and a mask [E, W] of those inside the row's window."""
+        offsets_W = np.arange(-left, right + 1)
+        rows_EW = rows_E[:, None] + offsets_W[None, :]
+        start_E = rows_E // self.ctx * self.ctx
+        inside_EW = (rows_EW >= start_E[:, None]) & (rows_EW < start_E[:, None] + self.ctx)
+        inside_EW &= rows_EW < len(self.tokens_N)
+        return np.where(inside_EW, rows_EW, rows_E[:, None]), inside_EW
+
+
+def analysed_rows(store: ActivationStore, n_tokens: int) -> tuple[int, int]:
+    """(rows to analyse, harvest window length): whole windows, at most ``n_tokens`` and the store."""
+    ctx = int(store.meta.get("ctx") or store.n_rows)
+    n_rows = min(n_tokens, store.n_rows) // ctx * ctx
+    if n_rows == 0:
+        raise UserError(f"activation store {store.path}: fewer than one window ({ctx} rows) to analyse")
+    return n_rows, ctx
+
+
+def read_token_context(store: ActivationStore, n_rows: int, ctx: int) -> TokenContext:
+    origin = store.origin(np.arange(n_rows))
+    return TokenContext(origin["token"], origin["doc"], ctx)
+
+
+class _SparseSum:
+    """Σ of sparse matrices, summed in batches so each addition touches few large operands."""
+
+    def __init__(self, shape: tuple[int, int], every: int = 32):
+        self.total = sp.csr_matrix(shape, dtype=np.float64)
+        self.parts: list[sp.spmatrix] = []
+        self.every = every
+
+    def add(self, part: sp.spmatrix) -> None:
+        self.parts.append(part)
+        if len(self.parts) >= self.every:
+            self.collapse()
+
+    def collapse(self) -> sp.csr_matrix:
+        if self.parts:
+            self.total = (self.total + sum(self.parts[1:], self.parts[0])).tocsr()
+            self.parts = []
+        return self.total
+
+
+@torch.no_grad()
+def compute_unit_stats(store: ActivationStore, bases: list[Basis], text: TokenContext,
+                       vocab_size: int, cfg: StatsConfig) -> list[UnitStats]:
+    """Both sweeps over rows [0, cfg.n_rows) for every basis (one read of each chunk serves all)."""
+    n_rows, W = cfg.n_rows, cfg.left + cfg.right + 1
+    chunk = cfg.chunk_windows * text.ctx
+    rng = np.random.default_rng(cfg.seed)
+    random_rows = np.sort(rng.choice(n_rows, size=min(cfg.n_random, n_rows), replace=False))
+    states = [_Sweep1(b, cfg, W, vocab_size, len(random_rows)) for b in bases]
+    with progress("analysis: unit statistics", 2 * n_rows, unit="tok") as advance:
+        for start in range(0, n_rows, chunk):
+            stop = min(n_rows, start + chunk)
+            acts_BD = torch.from_numpy(store.read_range(start, stop)).float()
+            for state in states:
+                state.update(acts_BD, start, text, random_rows)
+            advance(stop - start)
+        sweeps2 = [_Sweep2(s, cfg, W, rng) for s in states]
+        for start in range(0, n_rows, chunk):
+            stop = min(n_rows, start + chunk)
+            acts_BD = torch.from_numpy(store.read_range(start, stop)).float()
+            for sweep in sweeps2:
+                sweep.update(acts_BD, start, text)
+            advance(stop - start)
+    return [sweep.result(random_rows) for sweep in sweeps2]
+
+
+def _nonzeros(latents_BU: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    b_E, u_E = (t.numpy() for t in torch.nonzero(latents_BU > 0, as_tuple=True))
+    return b_E, u_E, latents_BU[b_E, u_E].numpy()
+
+
+def _context_payload(latents_BU: np.ndarray, start: int, text: TokenContext, rows_E: np.ndarray,
+                     units_E: np.ndarray, cfg: StatsConfig) -> np.ndarray:
+    """Each entry's unit activation over its context, [E, W] (NaN outside the window)."""
+    ctx_rows_EW, inside_EW = text.window_rows(rows_E, cfg.left, cfg.right)
+    values = latents_BU[ctx_rows_EW - start, units_E[:, None]]
+    return np.where(inside_EW, values, np.nan).astype(np.float32)
+
+
+class _Sweep1:
+    def __init__(self, basis: Basis, cfg: StatsConfig, W: int, vocab_size: int, n_random: int):
+        U = basis.n_units
+        self.basis, self.cfg, self.vocab_size = basis, cfg, vocab_size
+        self.fire_count_U = np.zeros(U, dtype=np.int64)
+        self.act_sum_U = np.zeros(U, dtype=np.float64)
+        self.max_act_U = np.zeros(U, dtype=np.float32)
+        self.top = GroupedBottomK(U, cfg.top_k, W, doc_cap=cfg.doc_cap)
+        self.random_acts_PWU = np.full((n_random, W, U), np.nan, dtype=np.float32)
+        self.token_fires = _SparseSum((U, vocab_size))
+        self.token_acts = _SparseSum((U, vocab_size))
+        self.cofire = _SparseSum((U, U))
+
+    def update(self, acts_BD: torch.Tensor, start: int, text: TokenContext, random_rows: np.ndarray) -> None:
+        cfg, U = self.cfg, self.basis.n_units
+        latents_BU = self.basis.encode(acts_BD).float()
+        B = latents_BU.shape[0]
+        self.max_act_U = np.maximum(self.max_act_U, latents_BU.max(dim=0).values.numpy())
+        self.act_sum_U += latents_BU.sum(dim=0, dtype=torch.float64).numpy()
+        b_E, u_E, v_E = _nonzeros(latents_BU)
+        self.fire_count_U += np.bincount(u_E, minlength=U)
+        rows_E = start + b_E
+        latents_np = latents_BU.numpy()
+        self.top.offer(u_E, -v_E.astype(np.float64), rows_E, text.docs_N[rows_E], v_E,
+                       lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg))
+        token_E = text.tokens_N[rows_E]
+        self.token_fires.add(sp.coo_matrix((np.ones(len(u_E)), (u_E, token_E)), shape=(U, self.vocab_size)))
+        self.token_acts.add(sp.coo_matrix((v_E.astype(np.float64), (u_E, token_E)), shape=(U, self.vocab_size)))
+        if len(u_E) > DENSE_COFIRE_FRACTION * B * U:  # dense units (neurons): a matmul is cheaper
+            fired_BU = (latents_BU > 0).float()
+            self.cofire.add(sp.csr_matrix((fired_BU.T @ fired_BU).numpy()))
+        else:
+            fired_BU = sp.csr_matrix((np.ones(len(u_E), dtype=np.float32), (b_E, u_E)), shape=(B, U))
+            self.cofire.add((fired_BU.T @ fired_BU).tocsr())
+        here = np.flatnonzero((random_rows >= start) & (random_rows < start + B))
+        if len(here):
+            ctx_rows_PW, inside_PW = text.window_rows(random_rows[here], cfg.left, cfg.right)
+            values_PWU = latents_np[ctx_rows_PW - start]
+            self.random_acts_PWU[here] = np.where(inside_PW[:, :, None], values_PWU, np.nan)
+
+
+class _Sweep2:
+    def __init__(self, first: _Sweep1, cfg: StatsConfig, W: int, rng: np.random.Generator):
+        U, I = first.basis.n_units, cfg.n_intervals
+        self.first, self.cfg, self.rng = first, cfg, rng
+        first.top.flush()
+        self.scale_U = np.where(first.max_act_U > 0, 1 / np.maximum(first.max_act_U, 1e-30), 0)
+        self.hist_UH = np.zeros((U, cfg.hist_bins), dtype=np.int64)
+        self.intervals = GroupedBottomK(U * I, cfg.per_interval, W)
+
+    def update(self, acts_BD: torch.Tensor, start: int, text: TokenContext) -> None:
+        cfg, U = self.cfg, self.first.basis.n_units
+        latents_BU = self.first.basis.encode(acts_BD).float()
+        b_E, u_E, v_E = _nonzeros(latents_BU)
+        frac_E = v_E * self.scale_U[u_E]
+        H, I = cfg.hist_bins, cfg.n_intervals
+        hist_bin_E = np.minimum((frac_E * H).astype(np.int64), H - 1)
+        self.hist_UH += np.bincount(u_E * H + hist_bin_E, minlength=U * H).reshape(U, H)
+        interval_E = np.minimum((frac_E * I).astype(np.int64), I - 1)
+        rows_E = start + b_E
+        latents_np = latents_BU.numpy()
+        self.intervals.offer(u_E * I + interval_E, self.rng.random(len(u_E)), rows_E, text.docs_N[rows_E],
+                             v_E, lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg))
+
+    def result(self, random_rows: np.ndarray) -> UnitStats:
+        first = self.first
+        self.intervals.flush()
+        return UnitStats(
+            name=first.basis.name, kind=first.basis.kind, n_rows=self.cfg.n_rows,
+            fire_count_U=first.fire_count_U, act_sum_U=first.act_sum_U, max_act_U=first.max_act_U,
+            hist_UH=self.hist_UH, top=first.top, intervals=self.intervals,
+            random_rows_P=random_rows, random_acts_UPW=np.ascontiguousarray(first.random_acts_PWU.transpose(2, 0, 1)),
+            token_fires_UV=first.token_fires.collapse(), token_act_sums_UV=first.token_acts.collapse(),
+            cofire_UU=first.cofire.collapse(),
+        )
