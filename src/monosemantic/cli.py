@@ -146,7 +146,7 @@ def run(
     _run_stages(cfg, out, upto, force)
 
 
-def _stage_command(stage: str, doc: str):
+def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | None = None):
     def command(
         out: Path = OutOption, preset: str = PresetOption, config: Optional[Path] = ConfigOption,
         set_: Optional[list[str]] = SetOption, corpus: Optional[str] = CorpusOption,
@@ -157,13 +157,16 @@ def _stage_command(stage: str, doc: str):
         _run_stages(cfg, out, stage, force)
 
     command.__doc__ = doc + " (Runs the stages before it first if they are not current.)"
-    app.command(name=stage)(command)
+    target.command(name=name or stage)(command)
 
 
 _stage_command("corpus", "Build the tokenizer and the token shards from the corpus.")
 _stage_command("lm", "Train the 1-layer transformer and compare it with unigram/bigram baselines.")
 _stage_command("harvest", "Record the LM's activations at the hook point into the activation store.")
-_stage_command("sae", "Train the sweep of sparse autoencoders (sizes from the config) and measure them.")
+sae_app = typer.Typer(help="Sparse autoencoders on the run's activations.", no_args_is_help=True)
+app.add_typer(sae_app, name="sae")
+_stage_command("sae", "Train a family of SAEs of growing size (sae.sizes) on the same activations "
+               "and measure each.", sae_app, "sweep")
 
 
 def main() -> None:
