@@ -69,8 +69,10 @@ def test_encode_matches_the_documented_math(variant):
     torch.testing.assert_close(sae(x), latents @ sae.W_dec + sae.b_dec)
 
 
-def test_sparse_decoding_equals_dense_decoding_for_topk_and_batchtopk():
+@pytest.mark.parametrize("outlier", [1.0, 100.0])  # 100: one token owns most of the batch's top
+def test_sparse_decoding_equals_dense_decoding_for_topk_and_batchtopk(outlier):
     x = torch.randn(32, D)
+    x[7] *= outlier
     for variant in ("topk", "batchtopk"):
         sae = build_sae(_cfg(variant, k=5))
         pre = sae.pre_acts(x)
@@ -82,6 +84,8 @@ def test_sparse_decoding_equals_dense_decoding_for_topk_and_batchtopk():
             kept = pre.relu().flatten().topk(5 * 32).values.min()
             dense = torch.where(pre.relu() >= kept, pre.relu(), 0) @ sae.W_dec
             assert idx.numel() == 5 * 32 and offsets.shape == (32,)
+            if outlier > 1:
+                assert offsets[8] - offsets[7] > 4 * 5  # more than the first candidate round holds
         torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
 
 
@@ -225,3 +229,22 @@ def test_bad_input_gives_one_clear_user_error(tmp_path):
     train_sae(cfg, _batches(20), init, checkpoint_dir=tmp_path / "other")
     with pytest.raises(UserError, match="different SAE config .*k"):
         train_sae(_cfg("topk", k=5), _batches(20), init, checkpoint_dir=tmp_path / "other")
+
+
+@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
+def test_sparse_decoding_gradients_equal_dense_ones(variant):
+    sae = build_sae(_cfg(variant, k=5))
+    x = torch.randn(32, D)
+    pre = sae.pre_acts(x)
+    idx, vals, offsets = sae.select_active(pre)
+    (sae.decode_sparse(idx, vals, offsets) ** 2).sum().backward()
+    sparse_grads = [p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+    sae.zero_grad()
+    kept = torch.zeros_like(pre, dtype=torch.bool)
+    if variant == "topk":
+        kept.scatter_(1, pre.detach().topk(5, dim=1).indices, True)
+    else:
+        kept = pre.detach().relu() >= pre.detach().relu().flatten().topk(5 * 32).values.min()
+    ((torch.where(kept, sae.pre_acts(x).relu(), 0) @ sae.W_dec) ** 2).sum().backward()
+    for got, want in zip(sparse_grads, [p.grad for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -27,6 +27,35 @@ class StepOutput(NamedTuple):
     terms: dict[str, torch.Tensor]  # detached named loss terms, for the log
 
 
+class _SparseDecode(torch.autograd.Function):
+    """x̂_BD = Σ_n vals_n W_dec[idx_n] over each token's entries, with a sparse backward:
+    ∂/∂vals_n = ⟨grad_b, W_dec[idx_n]⟩ and ∂/∂W_dec = Sᵀ grad_BD for the sparse code S [B, F].
+    (``embedding_bag``'s own weight gradient does the same but is 2× slower on CPU at F=4096.)"""
+
+    @staticmethod
+    def forward(ctx, idx, vals, offsets_B, W_dec_FD):  # noqa: ANN001, ANN205 — autograd signature
+        ctx.save_for_backward(idx, vals, offsets_B, W_dec_FD)
+        return F_.embedding_bag(idx, W_dec_FD, offsets_B, mode="sum", per_sample_weights=vals)
+
+    @staticmethod
+    def backward(ctx, grad_BD):  # noqa: ANN001, ANN205
+        idx, vals, offsets_B, W_dec_FD = ctx.saved_tensors
+        with torch.enable_grad():  # embedding_bag's per-sample-weight gradient is the fast part
+            vals_leaf = vals.detach().requires_grad_()
+            recon_BD = F_.embedding_bag(idx, W_dec_FD.detach(), offsets_B, mode="sum", per_sample_weights=vals_leaf)
+            (grad_vals,) = torch.autograd.grad(recon_BD, vals_leaf, grad_BD)
+        B = grad_BD.shape[0]
+        if offsets_B is None:
+            rows_N = torch.arange(B, device=idx.device).repeat_interleave(idx.shape[1])
+        else:
+            ends_B = torch.cat([offsets_B[1:], offsets_B.new_tensor([idx.numel()])])
+            rows_N = torch.arange(B, device=idx.device).repeat_interleave(ends_B - offsets_B)
+        code_FB = torch.sparse_coo_tensor(
+            torch.stack([idx.flatten(), rows_N]), vals.flatten(), (W_dec_FD.shape[0], B), check_invariants=False
+        )
+        return None, grad_vals, None, torch.sparse.mm(code_FB, grad_BD)
+
+
 class SparseAutoencoder(nn.Module, ABC):
     """A dictionary of F directions in R^D with a sparse encoder.
 
@@ -87,7 +116,7 @@ class SparseAutoencoder(nn.Module, ABC):
         Either ``idx``/``vals`` are [B, K] (K latents per token), or they are flat [N] with
         ``offsets_B`` [B] marking where each token's entries start.
         """
-        return F_.embedding_bag(idx, self.W_dec, offsets_B, mode="sum", per_sample_weights=vals)
+        return _SparseDecode.apply(idx, vals, offsets_B, self.W_dec)
 
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
         """x_BD [B, D] → x̂_BD [B, D]."""
