@@ -4,8 +4,8 @@
     python benchmarks/sae_speed.py --sizes 4096 --steps 8 --quality-samples 0
 
 For every (variant, F) a fresh subprocess trains ``--steps`` steps with our trainer (resampling
-off: it is a one-off cost) and reports samples/s and its peak resident memory, next to the peak
-of the same process before training (``idle``: Python, torch and the batches). The floor is
+off: it is a one-off cost) and reports samples/s and its peak resident memory during training, next to its resident memory
+just before (``idle``: Python, torch and the batches). The floor is
 measured in the same run: the encoder's x_BD @ W_enc_DF matmul, three times (forward and two
 backward products) — a dense implementation cannot beat it. If sae-lens is
 installed, its TopK and standard SAEs train the same steps on the same data with the same
@@ -23,6 +23,7 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,8 +32,23 @@ from monosemantic.sae import SAEConfig, train_sae
 from monosemantic.sae.synthetic import SyntheticFeatures
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS counter (Linux ≥ 4.0); elsewhere the peak includes imports."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _rss_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) in MiB, falling back to getrusage's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _our_params(variant: str, lr: float) -> dict:
@@ -68,13 +84,14 @@ def _measure(impl: str, variant: str, d: int, F: int, batch: int, steps: int, th
     set_quiet(True)
     g = torch.Generator().manual_seed(0)
     batches = [torch.relu(torch.randn(batch, d, generator=g)) for _ in range(steps)]
-    baseline = _peak_rss_mb()
+    _reset_peak_rss()
+    idle = _rss_mb("VmRSS")
     if impl == "ours":
         cfg = SAEConfig(variant=variant, d_in=d, d_sae=F, n_samples=batch * steps, batch_size=batch, **_our_params(variant, 1e-4))
         seconds = train_sae(cfg, iter(batches), batches[0]).train_seconds
     else:
         seconds = _saelens_train(_saelens_sae(variant, d, F, 32), batches, 1e-4, variant)
-    queue.put((batch * steps / seconds, _peak_rss_mb(), baseline))
+    queue.put((batch * steps / seconds, _rss_mb("VmHWM"), idle))
 
 
 def _run_isolated(*args) -> tuple[float, float, float]:

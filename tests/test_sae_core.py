@@ -204,11 +204,10 @@ def test_killed_run_resumes_from_checkpoint_and_matches_an_uninterrupted_one(tmp
     with pytest.raises(Killed):
         train_sae(cfg, dies_after(12), init, checkpoint_dir=tmp_path)
     assert (tmp_path / CHECKPOINT_NAME).exists()
-    remaining = (b for i, b in enumerate(_batches(20)) if i >= 10)  # checkpoint was at 10 batches
-    resumed = train_sae(cfg, remaining, init, checkpoint_dir=tmp_path)
+    resumed = train_sae(cfg, _batches(20), init, checkpoint_dir=tmp_path)  # same stream, from its start
     assert resumed.samples_seen == cfg.n_samples
     torch.testing.assert_close(resumed.sae.W_dec, full.sae.W_dec)
-    again = train_sae(cfg, iter(()), init, checkpoint_dir=tmp_path)  # finished: nothing to do
+    again = train_sae(cfg, _batches(20), init, checkpoint_dir=tmp_path)  # finished: nothing to do
     torch.testing.assert_close(again.sae.W_enc, full.sae.W_enc)
 
 

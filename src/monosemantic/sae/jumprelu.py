@@ -4,8 +4,9 @@ Rajamanoharan et al. 2024, *Jumping Ahead: Improving Reconstruction Fidelity wit
 Autoencoders* (arXiv 2407.14435). Per-feature thresholds θ = exp(log θ); the loss penalises the L0
 of the latents directly. The step function has zero gradient almost everywhere, so the paper
 gives θ a pseudo-derivative through a rectangle kernel of width ε (the bandwidth); the encoder
-weights get gradient only from the reconstruction, through the kept pre-activations. ε and the
-initial θ are the paper's 0.001, rescaled to our input normalisation (see ``sae/config.py``).
+weights get gradient only from the reconstruction, through the kept pre-activations. Our
+default ε and initial θ differ from the paper's 0.001 so that short runs work; ``sae/config.py``
+says why and what we measured.
 """
 
 from __future__ import annotations

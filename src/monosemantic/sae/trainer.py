@@ -115,9 +115,10 @@ def train_sae(
 
     ``init_acts_ND`` [N, D] (a few thousand activations suffice) sets the input scale and b_dec.
     With ``checkpoint_dir``, the state is saved there every ``cfg.checkpoint_every`` samples and
-    at the end, and a run finding a checkpoint continues from it (``batches`` then supplies the
-    remaining samples). Resampling scores fresh inputs taken from ``batches``; they are trained on
-    afterwards, so no data is skipped.
+    at the end, and a run finding a checkpoint continues from it: pass the same stream again from
+    its start — the samples already trained on are skipped, so a deterministic stream resumes
+    exactly where the killed run was. Resampling scores fresh inputs taken from ``batches``; they
+    are trained on afterwards, so no data is skipped.
     """
     device = resolve_device(cfg.device)
     check_activations(init_acts_ND, cfg.d_in, "init activations")
@@ -138,6 +139,7 @@ def train_sae(
     resample_points = [int(f * cfg.n_samples) for f in cfg.resample_at]
     log_every = max(1, math.ceil(cfg.n_samples / cfg.batch_size / LOG_POINTS))
     stream: Iterator[torch.Tensor] = iter(batches)
+    _skip(stream, state.samples_seen)
     sae.train()
 
     with progress(f"SAE {cfg.variant} F={cfg.d_sae}", total=cfg.n_samples, unit="samples") as advance:
@@ -199,6 +201,16 @@ def train_sae(
     sae.eval()
     sae.rescale_units(state.input_scale)
     return TrainResult(sae, state.train_seconds, state.samples_seen, state.input_scale, state.history)
+
+
+def _skip(stream: Iterator[torch.Tensor], n_samples: int) -> None:
+    """Drop the first ``n_samples`` samples of ``stream`` (those a resumed run trained on)."""
+    skipped = 0
+    while skipped < n_samples:
+        x_BD = next(stream, None)
+        if x_BD is None:
+            raise UserError(f"resuming: activation batches ran out while skipping the {n_samples:,} samples already trained on")
+        skipped += x_BD.shape[0]
 
 
 def _resample(
