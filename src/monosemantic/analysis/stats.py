@@ -10,7 +10,8 @@ neurons (the baseline basis), ``sae.encode`` for a dictionary. Two sweeps over t
   [U, U]); every unit's activations on a fixed seeded set of random contexts;
 - sweep 2 (needs each unit's max): a histogram of the nonzero activations over (0, max], and
   ``per_interval`` uniform samples from each of ``n_intervals`` equal activation intervals
-  [i·max/I, (i+1)·max/I) — Bricken et al. 2023's dashboard intervals.
+  [i·max/I, (i+1)·max/I) — Bricken et al. 2023's dashboard intervals — keyed by a hash of
+  (row, unit, seed), so the sample is the same however the pass is chunked.
 
 Every example carries the unit's activation on each token of its context (``left`` tokens before,
 ``right`` after, cut at the harvest window — the model saw nothing beyond it), gathered while the
@@ -125,6 +126,18 @@ def read_token_context(store: ActivationStore, n_rows: int, ctx: int) -> TokenCo
     return TokenContext(origin["token"], origin["doc"], ctx)
 
 
+def uniform_hash(rows_E: np.ndarray, units_E: np.ndarray, seed: int) -> np.ndarray:
+    """A U(0, 1) number per (row, unit, seed) — splitmix64 of the triple — so a unit's samples do not
+    depend on chunking, on the other units, or on which other bases are analysed alongside."""
+    with np.errstate(over="ignore"):
+        z = (rows_E.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             + units_E.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03) + np.uint64(seed) * np.uint64(0xBF58476D1CE4E5B9))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
 class _SparseSum:
     """Σ of sparse matrices, summed in batches so each addition touches few large operands."""
 
@@ -161,7 +174,7 @@ def compute_unit_stats(store: ActivationStore, bases: list[Basis], text: TokenCo
             for state in states:
                 state.update(acts_BD, start, text, random_rows)
             advance(stop - start)
-        sweeps2 = [_Sweep2(s, cfg, W, rng) for s in states]
+        sweeps2 = [_Sweep2(s, cfg, W) for s in states]
         for start in range(0, n_rows, chunk):
             stop = min(n_rows, start + chunk)
             acts_BD = torch.from_numpy(store.read_range(start, stop)).float()
@@ -226,9 +239,9 @@ class _Sweep1:
 
 
 class _Sweep2:
-    def __init__(self, first: _Sweep1, cfg: StatsConfig, W: int, rng: np.random.Generator):
+    def __init__(self, first: _Sweep1, cfg: StatsConfig, W: int):
         U, I = first.basis.n_units, cfg.n_intervals
-        self.first, self.cfg, self.rng = first, cfg, rng
+        self.first, self.cfg = first, cfg
         first.top.flush()
         self.scale_U = np.where(first.max_act_U > 0, 1 / np.maximum(first.max_act_U, 1e-30), 0)
         self.hist_UH = np.zeros((U, cfg.hist_bins), dtype=np.int64)
@@ -245,7 +258,7 @@ class _Sweep2:
         interval_E = np.minimum((frac_E * I).astype(np.int64), I - 1)
         rows_E = start + b_E
         latents_np = latents_BU.numpy()
-        self.intervals.offer(u_E * I + interval_E, self.rng.random(len(u_E)), rows_E, text.docs_N[rows_E],
+        self.intervals.offer(u_E * I + interval_E, uniform_hash(rows_E, u_E, self.cfg.seed), rows_E, text.docs_N[rows_E],
                              v_E, lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg))
 
     def result(self, random_rows: np.ndarray) -> UnitStats:

@@ -1,0 +1,115 @@
+"""The analysis commands, as plain functions the CLI registers: ``search`` and ``steer``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from monosemantic.activations import ActivationStore
+from monosemantic.analysis.steer import ablation_loss_change, next_token_change, sample_continuation, steering_hook
+from monosemantic.analysis.store import FILENAME, FeatureStore
+from monosemantic.corpus.tokenizer import eos_id, load_tokenizer
+from monosemantic.errors import UserError
+from monosemantic.lm.model import load_lm
+from monosemantic.sae.io import load_sae
+
+
+def _score(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def search(run_dir: Path, token: str | None = None, text: str | None = None, sae: str | None = None,
+           top: int = 10, console: Console | None = None) -> list[dict]:
+    """Print the units that best match a token (by precision/recall) or an explanation text."""
+    if (token is None) == (text is None):
+        raise UserError("search: give exactly one of --token or --text")
+    store = FeatureStore(Path(run_dir) / FILENAME)
+    try:
+        results = store.search_token(token, sae, top) if token is not None else store.search_text(text, sae, top)
+        dict_name = store.dictionary(sae)["name"]
+    finally:
+        store.close()
+    query = f"token {token!r}" if token is not None else f"explanation text {text!r}"
+    table = Table(title=f"{dict_name}: units matching {query}")
+    for column in ("unit", "precision", "recall", "top tokens (fires)", "score", "explanation"):
+        table.add_column(column, overflow="fold")
+    if token is None:
+        table.columns[1].header, table.columns[2].header = "", ""
+    for r in results:
+        tokens = ", ".join(f"{t!r} ({n})" for t, n, _ in r["top_tokens"])
+        table.add_row(str(r["unit"]), f"{r['precision']:.2f}" if "precision" in r else "",
+                      f"{r['recall']:.2f}" if "recall" in r else "", tokens,
+                      f"{_score(r['simulation_score'])} [dim]{r['score_backend'] or ''}[/dim]", r["explanation"] or "")
+    (console or Console()).print(table)
+    return results
+
+
+def steer(run_dir: Path, sae: str, feature: int, prompt: str, value: float | None = None, mode: str = "clamp",
+          n_tokens: int = 20, top: int = 10, seed: int = 0, console: Console | None = None) -> dict:
+    """Print how steering (clamp/add) or ablating one feature changes the LM's next-token predictions
+    and a sampled continuation; with ablation, also the loss change on the feature's top contexts."""
+    run_dir = Path(run_dir)
+    out = console or Console()
+    folder = run_dir / "saes" / sae
+    if not folder.is_dir():
+        have = sorted(p.name for p in (run_dir / "saes").iterdir()) if (run_dir / "saes").is_dir() else []
+        raise UserError(f"--sae {sae}: no such SAE in {run_dir / 'saes'} (have: {', '.join(have) or 'none'})")
+    model, tokenizer = load_lm(run_dir / "lm"), load_tokenizer(run_dir / "tokenizer.json")
+    dictionary = load_sae(folder)
+    hook_name = ActivationStore(run_dir / "activations" / "val").hook_name
+    store = FeatureStore(run_dir / FILENAME) if (run_dir / FILENAME).is_file() else None
+    if value is None:
+        max_act = store.unit(sae, feature)["max_act"] if store is not None else 0.0
+        value = 2 * max_act if max_act > 0 else 10.0
+    hook = steering_hook(dictionary, feature, mode, value)
+    tokens_T = torch.tensor([eos_id(tokenizer), *tokenizer.encode(prompt).ids][-model.cfg.n_ctx:])
+
+    def show(t: int) -> str:
+        return repr(tokenizer.decode([t]))
+
+    change = next_token_change(model, hook_name, tokens_T, hook, top)
+    what = {"clamp": f"clamped to {value:.3g}", "add": f"+{value:.3g}·W_dec", "ablate": "ablated"}[mode]
+    table = Table(title=f"{sae} feature {feature} {what}: next token after {prompt!r}")
+    for column in ("before", "p", "after", "p", "largest gains", "p before → after"):
+        table.add_column(column)
+    for (b, pb, _), (a, _, pa), (g, gb, ga) in zip(change["before"], change["after"], change["gains"]):
+        table.add_row(show(b), f"{pb:.3f}", show(a), f"{pa:.3f}", show(g), f"{gb:.4f} → {ga:.4f}")
+    out.print(table)
+    plain = sample_continuation(model, hook_name, tokens_T, n_tokens, None, seed)
+    steered = sample_continuation(model, hook_name, tokens_T, n_tokens, hook, seed)
+    out.print(f"[bold]continuation[/bold] (seed {seed}): {prompt}[dim]{tokenizer.decode(plain)}[/dim]")
+    out.print(f"[bold]steered[/bold]      (seed {seed}): {prompt}[green]{tokenizer.decode(steered)}[/green]")
+    result = {"value": value, "next_token": change, "continuation": plain, "steered_continuation": steered}
+    if mode == "ablate" and store is not None:
+        result["ablation"] = _ablation_on_top_contexts(run_dir, store, model, hook_name, dictionary, sae, feature, out, show)
+    if store is not None:
+        store.close()
+    return result
+
+
+def _ablation_on_top_contexts(run_dir, store, model, hook_name, dictionary, sae, feature, out, show) -> dict:
+    """Δloss of the next token at each top example, re-run in its full harvest window."""
+    acts = ActivationStore(run_dir / "activations" / "val")
+    ctx = int(acts.meta.get("ctx") or model.cfg.n_ctx)
+    rows = [e["row"] for e in store.examples(sae, feature, "top") if (e["row"] % ctx) < ctx - 1]
+    if not rows:
+        out.print("no top examples with a next token to ablate on")
+        return {}
+    starts = np.array(rows) // ctx * ctx
+    windows_BT = torch.from_numpy(acts.origin((starts[:, None] + np.arange(ctx)).ravel())["token"].reshape(len(rows), ctx))
+    positions_B = torch.from_numpy(np.array(rows) - starts)
+    activation_B, delta_B = ablation_loss_change(model, hook_name, dictionary, feature, windows_BT, positions_B)
+    table = Table(title=f"ablating {sae} feature {feature}: next-token loss change at its top activations")
+    for column in ("token", "next", "activation", "Δloss (nats)"):
+        table.add_column(column)
+    for b in range(len(rows)):
+        p = int(positions_B[b])
+        table.add_row(show(int(windows_BT[b, p])), show(int(windows_BT[b, p + 1])), f"{activation_B[b]:.3f}",
+                      f"{delta_B[b]:+.4f}")
+    out.print(table)
+    out.print(f"mean Δloss {delta_B.mean():+.4f} nats over {len(rows)} top contexts")
+    return {"mean_delta_loss": float(delta_B.mean()), "n_contexts": len(rows)}
