@@ -85,3 +85,12 @@ def test_baselines_on_a_known_sequence(tmp_path):
 def test_impossible_config():
     with pytest.raises(ValueError, match="divisible"):
         LMConfig(d_model=30, n_heads=4)
+
+
+def test_bigram_dense_and_sparse_counts_agree(tokens_dir, monkeypatch):
+    import monosemantic.lm.baselines as baselines
+
+    train, val = TokenShards(tokens_dir, "train"), TokenShards(tokens_dir, "val")
+    dense = baseline_losses(train, val, 32)
+    monkeypatch.setattr(baselines, "DENSE_PAIRS_MAX", 0)
+    assert baseline_losses(train, val, 32) == dense

@@ -26,17 +26,30 @@ def _val_targets(val: TokenShards, ctx: int) -> tuple[np.ndarray, np.ndarray]:
     return windows_WT[:, :-1].ravel(), windows_WT[:, 1:].ravel()
 
 
+DENSE_PAIRS_MAX = 1 << 26  # up to this many (a, b) cells a dense count table is fastest
+
+
 class _Bigram:
     def __init__(self, tokens_T: np.ndarray, vocab: int):
         self.vocab = vocab
         self.unigram_V = (np.bincount(tokens_T, minlength=vocab) + 1.0) / (len(tokens_T) + vocab)
-        self.keys, self.pair_counts = np.unique(_pairs(tokens_T, vocab), return_counts=True)
+        pairs_N = _pairs(tokens_T, vocab)
+        if vocab * vocab <= DENSE_PAIRS_MAX:
+            self.dense_counts = np.bincount(pairs_N, minlength=vocab * vocab)
+        else:  # large vocabularies: sorted distinct pairs, looked up by binary search
+            self.dense_counts = None
+            self.keys, self.pair_counts = np.unique(pairs_N, return_counts=True)
         self.prev_counts_V = np.bincount(tokens_T[:-1], minlength=vocab).astype(np.float64)
+
+    def pair_counts_of(self, keys_N: np.ndarray) -> np.ndarray:
+        if self.dense_counts is not None:
+            return self.dense_counts[keys_N]
+        pos_N = np.clip(np.searchsorted(self.keys, keys_N), 0, len(self.keys) - 1)
+        return np.where(self.keys[pos_N] == keys_N, self.pair_counts[pos_N], 0)
 
     def nll(self, prev_N: np.ndarray, next_N: np.ndarray, beta: float) -> float:
         keys_N = prev_N.astype(np.int64) * self.vocab + next_N
-        pos_N = np.clip(np.searchsorted(self.keys, keys_N), 0, len(self.keys) - 1)
-        count_N = np.where(self.keys[pos_N] == keys_N, self.pair_counts[pos_N], 0)
+        count_N = self.pair_counts_of(keys_N)
         p_N = (count_N + beta * self.unigram_V[next_N]) / (self.prev_counts_V[prev_N] + beta)
         return float(-np.log(p_N).mean())
 
