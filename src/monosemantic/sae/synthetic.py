@@ -37,9 +37,10 @@ class SyntheticFeatures:
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n activation vectors, [n, D]."""
         fires_NG = torch.rand(n, self.density_G.numel(), generator=generator) < self.density_G
-        magnitude_NG = torch.empty(fires_NG.shape).exponential_(generator=generator)
-        x_ND = (fires_NG * magnitude_NG) @ self.dictionary_GD
+        token_M, feature_M = fires_NG.nonzero(as_tuple=True)  # M firings in all
+        magnitude_M = torch.empty(token_M.numel()).exponential_(generator=generator)
         d = self.dictionary_GD.shape[1]
+        x_ND = torch.zeros(n, d).index_add_(0, token_M, magnitude_M[:, None] * self.dictionary_GD[feature_M])
         return x_ND + self.noise / d**0.5 * torch.randn(x_ND.shape, generator=generator)
 
     def batches(self, batch_size: int, n_batches: int, seed: int = 0) -> Iterator[torch.Tensor]:

@@ -139,7 +139,8 @@ def train_sae(
     resample_points = [int(f * cfg.n_samples) for f in cfg.resample_at]
     log_every = max(1, math.ceil(cfg.n_samples / cfg.batch_size / LOG_POINTS))
     stream: Iterator[torch.Tensor] = iter(batches)
-    _skip(stream, state.samples_seen)
+    if state.samples_seen < cfg.n_samples:
+        _skip(stream, state.samples_seen)
     sae.train()
 
     with progress(f"SAE {cfg.variant} F={cfg.d_sae}", total=cfg.n_samples, unit="samples") as advance:
