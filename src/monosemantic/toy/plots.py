@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from monosemantic.toy.geometry import STRUCTURE_NAMES, Geometry
@@ -41,7 +42,11 @@ def plot_dimensionality(sparsities: list[float], geometries: list[Geometry], n_f
     x_max = inverse_density.max() * 1.15
     for value, label in GUIDES.items():
         ax.axhline(value, color="#bbbbbb", lw=0.8, ls="--", zorder=0)
-        ax.text(x_max, value, f" {label}", va="center", fontsize=8, color="#555555")
+        # 2/5 and 3/8 are close: put one label above its line and the other below
+        ax.text(x_max, value, f" {label}", va={0.4: "bottom", 0.375: "top"}.get(value, "center"), fontsize=8,
+                color="#555555")
+    ax.plot(inverse_density, [g.dims_per_feature for g in geometries], color="black", lw=2, marker="o", ms=3,
+            label="dimensions per feature D* = m/‖W‖²", zorder=3)
     rng = np.random.default_rng(0)
     for x, geometry in zip(inverse_density, geometries):
         labels = np.array(geometry.label_N)
@@ -52,11 +57,10 @@ def plot_dimensionality(sparsities: list[float], geometries: list[Geometry], n_f
                 jitter = np.exp(rng.uniform(-0.03, 0.03, int(chosen.sum())))
                 ax.scatter(x * jitter, geometry.dimensionality_N.numpy()[chosen], s=6, color=colour, alpha=0.5,
                            linewidths=0, label=name.replace("_", " "), zorder=2)
-    ax.plot(inverse_density, [g.dims_per_feature for g in geometries], color="black", lw=2, marker="o", ms=3,
-            label="dimensions per feature D* = m/‖W‖²", zorder=3)
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower left", markerscale=2)
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper right", markerscale=2,
+              title="feature D_i, by structure", title_fontsize=7)
     ax.set_xscale("log")
     ax.set_xlim(inverse_density.min() / 1.1, x_max)
     ax.set_ylim(-0.03, 1.1)
@@ -69,7 +73,9 @@ def plot_dimensionality(sparsities: list[float], geometries: list[Geometry], n_f
 def plot_plane(sparsities: list[float], W_INM: torch.Tensor, importance_N: torch.Tensor) -> Figure:
     """One panel per sparsity: each feature's direction W_i ∈ R² drawn from the origin."""
     fig = Figure(figsize=(2.4 * len(sparsities), 2.6))
-    colours = [(0.1, 0.3 + 0.6 * (1 - float(i)), 0.6) for i in importance_N / importance_N.max()]
+    relative_N = (importance_N / importance_N.max()).tolist()
+    colours = [colormaps["viridis"](0.15 + 0.85 * (r - min(relative_N)) / max(1e-9, 1 - min(relative_N)))
+               for r in relative_N]
     limit = max(1.2, float(W_INM.abs().max()) * 1.15)
     for k, sparsity in enumerate(sparsities):
         ax = fig.add_subplot(1, len(sparsities), k + 1)
@@ -82,15 +88,18 @@ def plot_plane(sparsities: list[float], W_INM: torch.Tensor, importance_N: torch
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"S = {sparsity:g}", fontsize=9)
-    fig.suptitle(f"n = {W_INM.shape[1]} features in m = 2 dimensions (darker = more important)", fontsize=10)
+    fig.suptitle(f"n = {W_INM.shape[1]} features in m = 2 dimensions (colour = importance, yellow highest)",
+                 fontsize=10)
     return fig
 
 
-def plot_gram(sparsities: list[float], W_INM: torch.Tensor, geometries: list[Geometry], columns: int = 4) -> Figure:
-    """WᵀW (n×n, feature overlaps) at up to ``columns`` sparsities, features grouped by tegum factor.
+def plot_gram(sparsities: list[float], W_INM: torch.Tensor, geometries: list[Geometry], columns: int = 4,
+              max_features: int = 80) -> Figure:
+    """WᵀW (feature overlaps Wᵢ · Wⱼ) at up to ``columns`` sparsities, features grouped by tegum factor.
 
-    Represented features come first, ordered by structure then factor, so digons, triangles, … show
-    as blocks on the diagonal; unlearned features (≈0 rows) follow.
+    Features are ordered by structure then factor, so digons, triangles, … show as blocks on the
+    diagonal; unlearned features are left out, and at most ``max_features`` are drawn so the blocks
+    stay visible when n is large.
     """
     picks = np.unique(np.linspace(0, len(sparsities) - 1, min(columns, len(sparsities))).round().astype(int))
     fig = Figure(figsize=(3.2 * len(picks), 3.4))
@@ -98,14 +107,16 @@ def plot_gram(sparsities: list[float], W_INM: torch.Tensor, geometries: list[Geo
     image = None
     for column, k in enumerate(picks):
         geometry = geometries[k]
-        order = sorted(range(W_INM.shape[1]),
-                       key=lambda i: (order_of[geometry.label_N[i]], geometry.factor_N[i], -float(geometry.norm_N[i])))
+        learned = [i for i in range(W_INM.shape[1]) if geometry.label_N[i] != "not_learned"] or [0]
+        order = sorted(learned, key=lambda i: (order_of[geometry.label_N[i]], geometry.factor_N[i],
+                                               -float(geometry.norm_N[i])))[:max_features]
         gram_NN = (W_INM[k][order] @ W_INM[k][order].T).numpy()
         ax = fig.add_subplot(1, len(picks), column + 1)
         image = ax.imshow(gram_NN, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"S = {sparsities[k]:.3f}\n{geometry.n_represented} represented", fontsize=9)
+        ax.set_title(f"S = {sparsities[k]:.3f}, D* = {geometry.dims_per_feature:.2f}\n"
+                     f"{len(order)} of {len(learned)} learned features", fontsize=9)
     fig.colorbar(image, ax=fig.axes, shrink=0.8, label="Wᵢ · Wⱼ")
     fig.suptitle("WᵀW across sparsity (features grouped by structure)", fontsize=10)
     return fig

@@ -125,7 +125,9 @@ def train_sweep(n_features: int, n_hidden: int, sparsities: list[float], importa
     generator = torch.Generator(device=device).manual_seed(seed)
     model = ToyModel(len(sparsities), n_features, n_hidden, generator, device)
     density_I = 1.0 - torch.tensor(sparsities, dtype=torch.float32, device=device)
-    with progress(description, total=steps, unit="step") as advance:
+    # below ~1M batch entries a step is too small for threads to pay; on a busy machine they cost 10-100×
+    threads = torch.get_num_threads() if len(sparsities) * cfg.batch_size * n_features >= 1_000_000 else 1
+    with cpu_threads(threads), progress(description, total=steps, unit="step") as advance:
         def on_step(step: int, loss_I: torch.Tensor) -> None:
             report = step % 100 == 0 or step == steps - 1
             advance(1, info=f"loss {float(loss_I.sum()):.4f}" if report else None)
@@ -181,11 +183,9 @@ def run_toy_sweep(cfg: ToyConfig, out_dir: Path) -> dict[str, Any]:
     geometries = [classify(W_NM) for W_NM in W_INM]
 
     plane_importance_N = importance(5, 0.9)
-    # a 5-feature model is far below the size where threads pay; on a busy machine they cost 10-100×
-    with cpu_threads(1):
-        plane_W_INM, plane_loss_I = train_sweep(5, 2, cfg.plane_sparsities, plane_importance_N,
-                                                steps=cfg.plane_steps, lr=cfg.plane_lr, cfg=cfg, seed=cfg.seed + 1,
-                                                description="toy plane demo 5→2")
+    plane_W_INM, plane_loss_I = train_sweep(5, 2, cfg.plane_sparsities, plane_importance_N, steps=cfg.plane_steps,
+                                            lr=cfg.plane_lr, cfg=cfg, seed=cfg.seed + 1,
+                                            description="toy plane demo 5→2")
     plane_geometries = [classify(W_NM) for W_NM in plane_W_INM]
     seconds = time.perf_counter() - started
 
