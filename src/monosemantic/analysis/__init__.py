@@ -1,0 +1,1 @@
+"""Feature analysis: statistics and dashboards, splitting, universality, feature map, autointerp."""
