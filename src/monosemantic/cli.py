@@ -20,6 +20,7 @@ from monosemantic.config import RunConfig, load_config, preset_names
 from monosemantic.errors import UserError
 from monosemantic.pipeline import RunDir
 from monosemantic.progress import set_quiet
+from monosemantic.toy.cli import toy_app
 
 app = typer.Typer(
     help="Dictionary learning on neural networks: train a 1-layer transformer, learn sparse "
@@ -67,7 +68,7 @@ def _config(preset: str, config: Optional[Path], set_: Optional[list[str]], corp
     return load_config(preset, config, overrides)
 
 
-_SEEDED_SECTIONS = ("lm",)
+_SEEDED_SECTIONS = ("lm", "sae", "toy")
 
 
 def _run_stages(cfg: RunConfig, out: Path, upto: Optional[str], force: bool) -> RunDir:
@@ -128,6 +129,10 @@ def _headline(stage: str, f: dict) -> str:
                 f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
     if stage == "sae":
         return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
+    if stage == "toy":
+        dims = [p["dims_per_feature"] for p in f["points"]]
+        return (f"{len(f['points'])} sparsities, D* from {dims[0]:.2f} to {dims[-1]:.2f}; "
+                f"plots in toy/")
     if stage == "harvest":
         return f"{f['train']['rows']:,} train + {f['val']['rows']:,} val rows at {f['train']['hook_name']}"
     return ""
@@ -163,6 +168,7 @@ def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | 
 _stage_command("corpus", "Build the tokenizer and the token shards from the corpus.")
 _stage_command("lm", "Train the 1-layer transformer and compare it with unigram/bigram baselines.")
 _stage_command("harvest", "Record the LM's activations at the hook point into the activation store.")
+app.add_typer(toy_app, name="toy")
 sae_app = typer.Typer(help="Sparse autoencoders on the run's activations.", no_args_is_help=True)
 app.add_typer(sae_app, name="sae")
 _stage_command("sae", "Train a family of SAEs of growing size (sae.sizes) on the same activations "

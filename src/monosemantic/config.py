@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from monosemantic.errors import UserError
 from monosemantic.sae.config import SAEConfig, Variant
+from monosemantic.toy.sweep import ToyConfig
 
 
 class CorpusConfig(BaseModel):
@@ -116,6 +117,7 @@ class RunConfig(BaseModel):
     lm: LMConfig = LMConfig()
     harvest: HarvestConfig = HarvestConfig()
     sae: SAESweepConfig = SAESweepConfig()
+    toy: ToyConfig = ToyConfig()
 
     @model_validator(mode="after")
     def _check_saes(self) -> "RunConfig":

@@ -29,6 +29,7 @@ from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.io import save_sae
 from monosemantic.sae.metrics import evaluate_sae, loss_recovered, plot_density_histogram
 from monosemantic.sae.trainer import train_sae
+from monosemantic.toy.sweep import run_toy_sweep
 
 
 def corpus_stage(cfg: RunConfig) -> Stage:
@@ -173,6 +174,16 @@ def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore
     return figures
 
 
+def toy_stage(cfg: RunConfig) -> Stage:
+    """Toy models of superposition: stands apart from the LM pipeline (needs nothing)."""
+    toy_cfg = cfg.toy.model_copy(update={"device": cfg.device})
+
+    def run(rd: RunDir) -> dict:
+        return run_toy_sweep(toy_cfg, rd / "toy")
+
+    return Stage("toy", cfg.toy.model_dump(), run, ["toy/toy.json"])
+
+
 def load_run_lm(rd: RunDir, device: torch.device | str = "cpu"):
     """The run's trained LM and tokenizer."""
     return load_lm(rd / "lm", device), load_tokenizer(rd / "tokenizer.json")
@@ -180,4 +191,4 @@ def load_run_lm(rd: RunDir, device: torch.device | str = "cpu"):
 
 def all_stages(cfg: RunConfig) -> list[Stage]:
     """Every stage of ``monosemantic run``, in order."""
-    return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg), sae_stage(cfg)]
+    return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg), sae_stage(cfg), toy_stage(cfg)]
