@@ -40,7 +40,7 @@ def main() -> None:
                         f"n={cfg.n_features}, m={cfg.n_hidden}, {cfg.steps} steps")
     for column in ("threads", "s/step", "sweep (projected s)"):
         table.add_column(column, justify="right")
-    for threads in sorted({1, torch.get_num_threads()}):
+    for threads in sorted({1, 2, torch.get_num_threads()}):
         with cpu_threads(threads):
             per_step = seconds_per_step(cfg, args.steps)
         table.add_row(str(threads), f"{per_step:.4f}", f"{per_step * cfg.steps:.0f}")

@@ -61,12 +61,13 @@ def sweep(
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps of the sweep."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per instance."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak AdamW learning rate."),
+    cpu_threads: Optional[int] = typer.Option(None, "--cpu-threads", help="torch CPU threads (default 1)."),
 ) -> None:
     """Train the sweep and the n=5, m=2 demo; write toy.json + PNG/SVG figures; print a summary."""
     overrides = {name: value for name, value in dict(
         seed=seed, device=device, n_features=n_features, n_hidden=n_hidden, n_sparsities=n_sparsities,
         sparsity_min=sparsity_min, sparsity_max=sparsity_max, importance_decay=importance_decay, steps=steps,
-        batch_size=batch_size, lr=lr).items() if value is not None}
+        batch_size=batch_size, lr=lr, cpu_threads=cpu_threads).items() if value is not None}
     cfg = ToyConfig.from_preset(preset, **overrides)
     result = run_toy_sweep(cfg, out)
     Console().print(summary_table(result))
