@@ -172,9 +172,10 @@ def run_toy_sweep(cfg: ToyConfig, out_dir: Path) -> dict[str, Any]:
     """Train the sweep and the plane demo, write toy.json and the figures into out_dir (atomically).
 
     Returns the summary for run.json: ``points`` (per sparsity: sparsity, inverse_density = 1/(1−S),
-    dims_per_feature D*, n_represented, structures — counts of tegum factors per polytope name,
-    and of unlearned features under ``not_learned`` — and loss), ``plane_demo`` (the same for
-    n=5, m=2), ``seconds``, ``plots`` ({name: {"png": path, "svg": path}}, paths relative to
+    dims_per_feature D*, n_represented, structures — counts of tegum factors per polytope name and
+    of "other" factors, and counts of features under ``partial`` and ``not_learned`` — and loss),
+    ``plane_demo`` (the same for n=5, m=2), ``seconds`` (training, measuring and plotting),
+    ``plots`` ({name: {"png": path, "svg": path}}, paths relative to
     out_dir) and ``details`` ("toy.json", which adds every feature's D_i, norm, interference and
     structure, and W at every demo sparsity).
     """
@@ -190,14 +191,12 @@ def run_toy_sweep(cfg: ToyConfig, out_dir: Path) -> dict[str, Any]:
                                             lr=cfg.plane_lr, cfg=cfg, seed=cfg.seed + 1,
                                             description="toy plane demo 5→2")
     plane_geometries = [classify(W_NM) for W_NM in plane_W_INM]
-    seconds = time.perf_counter() - started
 
     summary: dict[str, Any] = {
         "n_features": cfg.n_features,
         "n_hidden": cfg.n_hidden,
         "points": [_point(s, g, float(l)) for s, g, l in zip(sparsities, geometries, loss_I)],
         "plane_demo": [_point(s, g, float(l)) for s, g, l in zip(cfg.plane_sparsities, plane_geometries, plane_loss_I)],
-        "seconds": round(seconds, 2),
         "details": "toy.json",
     }
     with atomic_path(out_dir) as tmp:
@@ -209,6 +208,7 @@ def run_toy_sweep(cfg: ToyConfig, out_dir: Path) -> dict[str, Any]:
                 plots.plot_plane(cfg.plane_sparsities, plane_W_INM, plane_importance_N), tmp, "plane_demo"),
             "gram": plots.save_figure(plots.plot_gram(sparsities, W_INM, geometries), tmp, "gram"),
         }
+        summary["seconds"] = round(time.perf_counter() - started, 2)
         details = {
             **summary,
             "config": cfg.model_dump(),
