@@ -7,6 +7,7 @@ import torch
 
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, train_sae
+from monosemantic.sae.metrics import evaluate_sae
 from monosemantic.sae.synthetic import SyntheticFeatures, max_cosines, mmcs, recovered_fraction
 
 set_quiet(True)
@@ -44,7 +45,12 @@ def test_mmcs_of_a_rotated_and_permuted_copy():
 
 @pytest.mark.parametrize(
     ("variant", "params"),
-    [("topk", {"k": 8, "lr": 2e-3}), ("standard", {"l1_coeff": 0.1, "lr": 2e-3})],
+    [
+        ("topk", {"k": 8, "lr": 2e-3}),
+        ("standard", {"l1_coeff": 0.1, "lr": 2e-3}),
+        ("batchtopk", {"k": 8, "lr": 2e-3}),
+        ("jumprelu", {"l0_coeff": 3e-3, "lr": 2e-3}),
+    ],
 )
 def test_sae_recovers_the_true_dictionary(variant, params, one_thread):
     syn = SyntheticFeatures(d=64, n_features=256, mean_active=5.0, seed=0)
@@ -54,3 +60,9 @@ def test_sae_recovers_the_true_dictionary(variant, params, one_thread):
     decoder = result.sae.W_dec.detach()
     assert mmcs(decoder, syn.dictionary_GD) >= 0.95
     assert recovered_fraction(decoder, syn.dictionary_GD) >= 0.95
+    held_out = evaluate_sae(result.sae, list(syn.batches(4096, 2, seed=5)))
+    assert held_out["dead_frac"] <= 0.1
+    if variant == "batchtopk":  # the inference threshold keeps k per token on average
+        assert 6 <= held_out["l0"] <= 10
+    if variant == "jumprelu":  # the thresholds learned a sparsity near the true 5
+        assert 3 <= held_out["l0"] <= 12
