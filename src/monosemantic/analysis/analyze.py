@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from monosemantic.activations import ActivationStore
 from monosemantic.analysis import store as fs
+from monosemantic.analysis.config import AnalysisConfig
 from monosemantic.analysis.autointerp import Example, Explainer, OfflineExplainer, UnitScore, llm_explainer_from_env, score_unit
 from monosemantic.analysis.logits import logit_effects, top_and_bottom
 from monosemantic.analysis.neighbours import cofiring_neighbours, decoder_neighbours
@@ -34,30 +34,6 @@ from monosemantic.sae.io import load_sae
 
 NEURONS = "neurons"
 GOD_TOKENS = (" God", "God")
-
-
-class AnalysisConfig(BaseModel):
-    """What the analysis stage measures, and how much of the held-out store it reads."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n_tokens: int = Field(100_000, ge=1, description="held-out tokens analysed (whole harvest windows)")
-    top_k: int = Field(20, ge=2, description="top activating examples per unit")
-    doc_cap: int = Field(3, ge=1, description="at most this many top examples from one document")
-    n_quantile_intervals: int = Field(11, ge=1, description="equal activation intervals from 0 to max")
-    per_interval: int = Field(5, ge=1, description="uniform samples per interval")
-    n_random: int = Field(20, ge=1, description="random contexts shown for every unit")
-    context_left: int = Field(12, ge=0)
-    context_right: int = Field(4, ge=0)
-    hist_bins: int = Field(32, ge=2)
-    n_logits: int = Field(10, ge=1, description="promoted and suppressed tokens listed")
-    n_neighbours: int = Field(10, ge=1)
-    n_constituents: int = Field(10, ge=1)
-    n_unit_tokens: int = Field(20, ge=1, description="tokens kept per unit, and units kept per token, for search")
-    n_scored_units: int = Field(400, ge=1, description="neurons, and features, in the score comparison")
-    explainer: Literal["offline", "openai", "anthropic"] = "offline"
-    llm_model: str | None = None
-    seed: int = 0
 
 
 def _token_strings(tokenizer, vocab_size: int) -> list[str]:
@@ -327,3 +303,17 @@ def _unit_token_rows(name: str, stats: UnitStats, n: int) -> list[tuple]:
 
 def _nullable(value: float) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
+
+
+def analysis_headline(figures: dict[str, Any]) -> str:
+    """One line for the ``run`` summary: the score comparison and the God check."""
+    line = f"{figures['n_tokens']:,} tokens; autointerp ({figures['backend']}, {figures['n_scored_units']} each): "
+    if "feature_score_mean" not in figures:
+        return line + f"neurons {figures['neuron_score_mean']:.2f} (no SAE analysed)"
+    line += (f"features {figures['feature_score_mean']:.2f} vs neurons {figures['neuron_score_mean']:.2f} "
+             f"(mean simulation score)")
+    god = figures.get("god")
+    if god:
+        line += (f"; {god['token']!r} → {god['dictionary']}/{god['feature']} (precision {god['precision']:.2f}, "
+                 f"recall {god['recall']:.2f}, neurons {', '.join(str(n['neuron']) for n in god['constituent_neurons'])})")
+    return line

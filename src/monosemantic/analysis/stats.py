@@ -34,6 +34,7 @@ from monosemantic.errors import UserError
 from monosemantic.progress import progress
 
 DENSE_COFIRE_FRACTION = 0.05  # above this fraction of nonzero activations, co-firing uses a dense matmul
+DENSE_ENTRIES = 1 << 24  # count matrices up to this size (64 MB as float32) are kept dense
 
 
 @dataclass
@@ -138,23 +139,48 @@ def uniform_hash(rows_E: np.ndarray, units_E: np.ndarray, seed: int) -> np.ndarr
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-class _SparseSum:
-    """Σ of sparse matrices, summed in batches so each addition touches few large operands."""
+class _MatrixSum:
+    """A running Σ of sparse contributions to a [R, C] matrix: a dense float32 array when it has at
+    most ``DENSE_ENTRIES`` entries (each addition costs O(its nonzeros)), otherwise COO triples summed
+    in one COO → CSR conversion whenever they hold as many entries as the running total."""
 
-    def __init__(self, shape: tuple[int, int], every: int = 32):
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = shape
+        self.dense = torch.zeros(shape[0] * shape[1]) if shape[0] * shape[1] <= DENSE_ENTRIES else None
         self.total = sp.csr_matrix(shape, dtype=np.float64)
-        self.parts: list[sp.spmatrix] = []
-        self.every = every
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.n_pending = 0
 
-    def add(self, part: sp.spmatrix) -> None:
-        self.parts.append(part)
-        if len(self.parts) >= self.every:
+    def add(self, row_E: np.ndarray, col_E: np.ndarray, value_E: np.ndarray) -> None:
+        if self.dense is not None:
+            self.dense.index_add_(0, torch.from_numpy(row_E * self.shape[1] + col_E),
+                                  torch.from_numpy(np.asarray(value_E, dtype=np.float32)))
+            return
+        self.parts.append((row_E, col_E, value_E))
+        self.n_pending += len(row_E)
+        if self.n_pending >= max(1 << 22, self.total.nnz):
             self.collapse()
 
+    def add_csr(self, matrix: sp.csr_matrix) -> None:
+        self.add(np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)), matrix.indices.astype(np.int64),
+                 matrix.data)
+
+    def add_dense(self, matrix: torch.Tensor) -> None:
+        if self.dense is not None:
+            self.dense += matrix.reshape(-1)
+        else:
+            row_E, col_E = (t.numpy() for t in torch.nonzero(matrix, as_tuple=True))
+            self.add(row_E, col_E, matrix[row_E, col_E].numpy())
+
     def collapse(self) -> sp.csr_matrix:
+        if self.dense is not None:
+            return sp.csr_matrix(self.dense.double().numpy().reshape(self.shape))
         if self.parts:
-            self.total = (self.total + sum(self.parts[1:], self.parts[0])).tocsr()
-            self.parts = []
+            total = self.total.tocoo()
+            rows, cols, values = zip((total.row, total.col, total.data), *self.parts)
+            self.total = sp.coo_matrix((np.concatenate(values).astype(np.float64),
+                                        (np.concatenate(rows), np.concatenate(cols))), shape=self.shape).tocsr()
+            self.parts, self.n_pending = [], 0
         return self.total
 
 
@@ -184,9 +210,11 @@ def compute_unit_stats(store: ActivationStore, bases: list[Basis], text: TokenCo
     return [sweep.result(random_rows) for sweep in sweeps2]
 
 
-def _nonzeros(latents_BU: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    b_E, u_E = (t.numpy() for t in torch.nonzero(latents_BU > 0, as_tuple=True))
-    return b_E, u_E, latents_BU[b_E, u_E].numpy()
+def _nonzeros(latents_BU: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, unit, value) of every positive entry (row-major flat scan: the fastest on CPU)."""
+    flat = latents_BU.ravel()
+    idx_E = np.flatnonzero(flat > 0)
+    return idx_E // latents_BU.shape[1], idx_E % latents_BU.shape[1], flat[idx_E]
 
 
 def _context_payload(latents_BU: np.ndarray, start: int, text: TokenContext, rows_E: np.ndarray,
@@ -206,31 +234,33 @@ class _Sweep1:
         self.max_act_U = np.zeros(U, dtype=np.float32)
         self.top = GroupedBottomK(U, cfg.top_k, W, doc_cap=cfg.doc_cap)
         self.random_acts_PWU = np.full((n_random, W, U), np.nan, dtype=np.float32)
-        self.token_fires = _SparseSum((U, vocab_size))
-        self.token_acts = _SparseSum((U, vocab_size))
-        self.cofire = _SparseSum((U, U))
+        self.token_fires = _MatrixSum((U, vocab_size))
+        self.token_acts = _MatrixSum((U, vocab_size))
+        self.cofire = _MatrixSum((U, U))
 
     def update(self, acts_BD: torch.Tensor, start: int, text: TokenContext, random_rows: np.ndarray) -> None:
         cfg, U = self.cfg, self.basis.n_units
         latents_BU = self.basis.encode(acts_BD).float()
         B = latents_BU.shape[0]
-        self.max_act_U = np.maximum(self.max_act_U, latents_BU.max(dim=0).values.numpy())
-        self.act_sum_U += latents_BU.sum(dim=0, dtype=torch.float64).numpy()
-        b_E, u_E, v_E = _nonzeros(latents_BU)
+        latents_np = latents_BU.numpy()
+        b_E, u_E, v_E = _nonzeros(latents_np)
+        self.max_act_U = np.maximum(self.max_act_U, torch.zeros(U).scatter_reduce_(
+            0, torch.from_numpy(u_E), torch.from_numpy(v_E), "amax").numpy())
+        self.act_sum_U += np.bincount(u_E, weights=v_E, minlength=U)
         self.fire_count_U += np.bincount(u_E, minlength=U)
         rows_E = start + b_E
-        latents_np = latents_BU.numpy()
         self.top.offer(u_E, -v_E.astype(np.float64), rows_E, text.docs_N[rows_E], v_E,
                        lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg))
         token_E = text.tokens_N[rows_E]
-        self.token_fires.add(sp.coo_matrix((np.ones(len(u_E)), (u_E, token_E)), shape=(U, self.vocab_size)))
-        self.token_acts.add(sp.coo_matrix((v_E.astype(np.float64), (u_E, token_E)), shape=(U, self.vocab_size)))
+        self.token_fires.add(u_E, token_E, np.ones(len(u_E), dtype=np.float32))
+        self.token_acts.add(u_E, token_E, v_E)
         if len(u_E) > DENSE_COFIRE_FRACTION * B * U:  # dense units (neurons): a matmul is cheaper
             fired_BU = (latents_BU > 0).float()
-            self.cofire.add(sp.csr_matrix((fired_BU.T @ fired_BU).numpy()))
+            self.cofire.add_dense(fired_BU.T @ fired_BU)
         else:
-            fired_BU = sp.csr_matrix((np.ones(len(u_E), dtype=np.float32), (b_E, u_E)), shape=(B, U))
-            self.cofire.add((fired_BU.T @ fired_BU).tocsr())
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(b_E, minlength=B))])  # b_E is sorted
+            fired_BU = sp.csr_matrix((np.ones(len(u_E), dtype=np.float32), u_E, indptr), shape=(B, U))
+            self.cofire.add_csr((fired_BU.T @ fired_BU).tocsr())
         here = np.flatnonzero((random_rows >= start) & (random_rows < start + B))
         if len(here):
             ctx_rows_PW, inside_PW = text.window_rows(random_rows[here], cfg.left, cfg.right)
@@ -249,15 +279,14 @@ class _Sweep2:
 
     def update(self, acts_BD: torch.Tensor, start: int, text: TokenContext) -> None:
         cfg, U = self.cfg, self.first.basis.n_units
-        latents_BU = self.first.basis.encode(acts_BD).float()
-        b_E, u_E, v_E = _nonzeros(latents_BU)
+        latents_np = self.first.basis.encode(acts_BD).float().numpy()
+        b_E, u_E, v_E = _nonzeros(latents_np)
         frac_E = v_E * self.scale_U[u_E]
         H, I = cfg.hist_bins, cfg.n_intervals
         hist_bin_E = np.minimum((frac_E * H).astype(np.int64), H - 1)
         self.hist_UH += np.bincount(u_E * H + hist_bin_E, minlength=U * H).reshape(U, H)
         interval_E = np.minimum((frac_E * I).astype(np.int64), I - 1)
         rows_E = start + b_E
-        latents_np = latents_BU.numpy()
         self.intervals.offer(u_E * I + interval_E, uniform_hash(rows_E, u_E, self.cfg.seed), rows_E, text.docs_N[rows_E],
                              v_E, lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg))
 
