@@ -10,6 +10,7 @@ from monosemantic.activations import ActivationStore, ActivationWriter
 from monosemantic.analysis.neighbours import cofiring_neighbours, decoder_neighbours
 from monosemantic.analysis.neurons import constituent_neurons, neuron_users
 from monosemantic.analysis.sampling import GroupedBottomK
+from monosemantic.analysis import stats as stats_module
 from monosemantic.analysis.stats import Basis, StatsConfig, analysed_rows, compute_unit_stats, read_token_context
 from monosemantic.progress import set_quiet
 
@@ -63,7 +64,9 @@ def make_store(path, n_windows=12, seed=0):
     return acts.astype(np.float32), tokens, docs
 
 
-def test_unit_stats_match_brute_force(tmp_path):
+@pytest.mark.parametrize("dense_entries", [1 << 24, 0])  # dense and sparse count accumulators
+def test_unit_stats_match_brute_force(tmp_path, monkeypatch, dense_entries):
+    monkeypatch.setattr(stats_module, "DENSE_ENTRIES", dense_entries)
     set_quiet(True)
     acts, tokens, docs = make_store(tmp_path / "store")
     store = ActivationStore(tmp_path / "store")
@@ -123,3 +126,21 @@ def test_decoder_and_cofiring_neighbours_and_constituents():
     assert neurons.tolist() == [[1, 2], [2, 0]] and weights[0].tolist() == pytest.approx([-0.9, 0.4])
     weights, users = neuron_users(torch.tensor([[0.1, -0.9, 0.4], [0.6, 0.0, 0.8]]), 1)
     assert users.ravel().tolist() == [1, 0, 1] and weights.ravel().tolist() == pytest.approx([0.6, -0.9, 0.8])
+
+
+def test_samples_do_not_depend_on_chunking(tmp_path):
+    set_quiet(True)
+    make_store(tmp_path / "store", seed=3)
+    store = ActivationStore(tmp_path / "store")
+    n_rows, ctx = analysed_rows(store, 10**6)
+    text = read_token_context(store, n_rows, ctx)
+    results = []
+    for chunk_windows in (1, 5):
+        cfg = StatsConfig(n_rows=n_rows, top_k=3, n_intervals=2, per_interval=2, left=2, right=1,
+                          chunk_windows=chunk_windows, seed=4)
+        results.append(compute_unit_stats(store, [Basis("n", "neuron", D, lambda x: x)], text, V, cfg)[0])
+    a, b = results
+    np.testing.assert_array_equal(a.top.row, b.top.row)
+    np.testing.assert_array_equal(a.intervals.row, b.intervals.row)
+    np.testing.assert_array_equal(a.hist_UH, b.hist_UH)
+    assert (a.cofire_UU != b.cofire_UU).nnz == 0
