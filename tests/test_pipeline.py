@@ -25,7 +25,7 @@ def full_run(tiny_run, tmp_path_factory):
 def test_manifest_has_every_stage_and_the_checkable_fields(full_run):
     run, cfg = full_run
     manifest = json.loads((run / "run.json").read_text())
-    assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "toy"]
+    assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "analysis", "toy"]
     saes = manifest["sae"]["saes"]
     assert [e["d_sae"] for e in saes] == cfg.sae.sizes
     for entry in saes:
@@ -47,3 +47,11 @@ def test_second_run_skips_every_stage(full_run):
     _run_stages(cfg, run, None, force=False)
     after = json.loads((run / "run.json").read_text())
     assert after["stages"] == json.loads(before)["stages"]  # no stage re-ran (same finish times)
+
+
+def test_analysis_stage_writes_the_feature_store(full_run):
+    run, cfg = full_run
+    analysis = json.loads((run / "run.json").read_text())["analysis"]
+    assert (run / analysis["store"]).stat().st_size > 10_000
+    assert analysis["feature_dictionary"] == f"{cfg.sae.variant}-{max(cfg.sae.sizes)}"
+    assert -1 <= analysis["feature_score_mean"] <= 1 and -1 <= analysis["neuron_score_mean"] <= 1

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from monosemantic.analysis.analyze import analysis_headline
 from monosemantic.config import RunConfig, load_config, preset_names
 from monosemantic.errors import UserError
 from monosemantic.pipeline import RunDir
@@ -129,6 +130,8 @@ def _headline(stage: str, f: dict) -> str:
                 f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
     if stage == "sae":
         return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
+    if stage == "analysis":
+        return analysis_headline(f)
     if stage == "toy":
         dims = [p["dims_per_feature"] for p in f["points"]]
         return (f"{len(f['points'])} sparsities, D* from {dims[0]:.2f} to {dims[-1]:.2f}; "
@@ -169,6 +172,41 @@ _stage_command("corpus", "Build the tokenizer and the token shards from the corp
 _stage_command("lm", "Train the 1-layer transformer and compare it with unigram/bigram baselines.")
 _stage_command("harvest", "Record the LM's activations at the hook point into the activation store.")
 app.add_typer(toy_app, name="toy")
+_stage_command("analysis", "Analyse every feature and neuron (dashboards, logit effects, autointerp) "
+               "into the feature store.")
+
+
+@app.command()
+def search(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    token: Optional[str] = typer.Option(None, "--token", help='A token, e.g. " God" (leading space matters).'),
+    text: Optional[str] = typer.Option(None, "--text", help="Words to find in explanations."),
+    sae: Optional[str] = typer.Option(None, "--sae", help="SAE name (default: the largest)."),
+    top: int = typer.Option(10, "--top", min=1, help="How many units to list."),
+) -> None:
+    """Which features fire on a token (ranked by precision/recall), or match an explanation."""
+    from monosemantic.analysis.cli import search as search_units
+
+    search_units(run_dir, token, text, sae, top)
+
+
+@app.command()
+def steer(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    sae: str = typer.Option(..., "--sae", help="SAE name, e.g. standard-4096."),
+    feature: int = typer.Option(..., "--feature", help="Feature id."),
+    prompt: str = typer.Option(..., "--prompt", help="Text to continue."),
+    value: Optional[float] = typer.Option(None, "--value", help="Clamp/add value (default: the feature's max)."),
+    mode: str = typer.Option("clamp", "--mode", help="clamp, add or ablate."),
+    n_tokens: int = typer.Option(20, "--n-tokens", min=0, help="Tokens to sample."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Clamp, add or ablate one feature in the forward pass: next-token change and a continuation."""
+    from monosemantic.analysis.cli import steer as steer_feature
+
+    steer_feature(run_dir, sae, feature, prompt, value, mode, n_tokens, seed=seed)
+
+
 sae_app = typer.Typer(help="Sparse autoencoders on the run's activations.", no_args_is_help=True)
 app.add_typer(sae_app, name="sae")
 _stage_command("sae", "Train a family of SAEs of growing size (sae.sizes) on the same activations "

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from monosemantic.analysis.config import AnalysisConfig
 from monosemantic.errors import UserError
 from monosemantic.sae.config import SAEConfig, Variant
 from monosemantic.toy.sweep import ToyConfig
@@ -117,6 +118,7 @@ class RunConfig(BaseModel):
     lm: LMConfig = LMConfig()
     harvest: HarvestConfig = HarvestConfig()
     sae: SAESweepConfig = SAESweepConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
     toy: ToyConfig = ToyConfig()
 
     @model_validator(mode="after")

@@ -14,6 +14,8 @@ import torch
 
 from monosemantic.activations import ActivationStore
 from monosemantic.activations.harvest import harvest_activations
+from monosemantic.analysis.analyze import analyze_run
+from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
 from monosemantic.corpus.sources import iter_documents
@@ -174,6 +176,17 @@ def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore
     return figures
 
 
+def analysis_stage(cfg: RunConfig) -> Stage:
+    """Feature (and neuron) dashboards, logit effects, autointerp scores → RUN/features.sqlite."""
+    names = [f"{cfg.sae.variant}-{size}" for size in cfg.sae.sizes]
+
+    def run(rd: RunDir) -> dict:
+        return analyze_run(rd.path, names, cfg.analysis, str(resolve_device(cfg.device)))
+
+    return Stage("analysis", {**cfg.analysis.model_dump(), "saes": names}, run,
+                 [FEATURE_STORE_FILE], needs=["sae"])
+
+
 def toy_stage(cfg: RunConfig) -> Stage:
     """Toy models of superposition: stands apart from the LM pipeline (needs nothing)."""
     toy_cfg = cfg.toy.model_copy(update={"device": cfg.device})
@@ -191,4 +204,5 @@ def load_run_lm(rd: RunDir, device: torch.device | str = "cpu"):
 
 def all_stages(cfg: RunConfig) -> list[Stage]:
     """Every stage of ``monosemantic run``, in order."""
-    return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg), sae_stage(cfg), toy_stage(cfg)]
+    return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg), sae_stage(cfg),
+            analysis_stage(cfg), toy_stage(cfg)]

@@ -1,0 +1,31 @@
+"""What the analysis stage measures (a leaf module, so the run config can import it cheaply)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AnalysisConfig(BaseModel):
+    """What the analysis stage measures, and how much of the held-out store it reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_tokens: int = Field(100_000, ge=1, description="held-out tokens analysed (whole harvest windows)")
+    top_k: int = Field(20, ge=2, description="top activating examples per unit")
+    doc_cap: int = Field(3, ge=1, description="at most this many top examples from one document")
+    n_quantile_intervals: int = Field(11, ge=1, description="equal activation intervals from 0 to max")
+    per_interval: int = Field(5, ge=1, description="uniform samples per interval")
+    n_random: int = Field(20, ge=1, description="random contexts shown for every unit")
+    context_left: int = Field(12, ge=0)
+    context_right: int = Field(4, ge=0)
+    hist_bins: int = Field(32, ge=2)
+    n_logits: int = Field(10, ge=1, description="promoted and suppressed tokens listed")
+    n_neighbours: int = Field(10, ge=1)
+    n_constituents: int = Field(10, ge=1)
+    n_unit_tokens: int = Field(20, ge=1, description="tokens kept per unit, and units kept per token, for search")
+    n_scored_units: int = Field(400, ge=1, description="neurons, and features, in the score comparison")
+    explainer: Literal["offline", "openai", "anthropic"] = "offline"
+    llm_model: str | None = None
+    seed: int = 0
