@@ -124,7 +124,17 @@ class CrossStats:
         std_B = (self.sumsq_B / n - mean_B**2).clamp_min(0).sqrt()
         cov_AB = self.cross_AB[rows] / n - mean_A[:, None] * mean_B[None, :]
         denom_AB = std_A[:, None] * std_B[None, :]
-        return torch.where(denom_AB > 0, cov_AB / denom_AB.clamp_min(1e-300), torch.nan)
+        return torch.where(denom_AB > 0, (cov_AB / denom_AB.clamp_min(1e-300)).clamp(-1, 1), torch.nan)
+
+    def pearson_at(self, index_a: torch.Tensor, index_b: torch.Tensor) -> torch.Tensor:
+        """ρ of the unit pairs (index_a[k], index_b[k]), [K] (NaN where undefined)."""
+        n = max(self.n, 1)
+        mean_a, mean_b = self.sum_A[index_a] / n, self.sum_B[index_b] / n
+        var_a = (self.sumsq_A[index_a] / n - mean_a**2).clamp_min(0)
+        var_b = (self.sumsq_B[index_b] / n - mean_b**2).clamp_min(0)
+        cov = self.cross_AB[index_a, index_b] / n - mean_a * mean_b
+        denom = (var_a * var_b).sqrt()
+        return torch.where(denom > 0, (cov / denom.clamp_min(1e-300)).clamp(-1, 1), torch.nan)
 
     def masked_cosine(self, rows: slice = slice(None)) -> torch.Tensor:
         """s [A', B] for the A-units in ``rows`` (NaN where neither direction is defined)."""
@@ -135,7 +145,7 @@ class CrossStats:
         from_b = cross_AB / (self.sumsq_B[None, :] * self.masked_a_sq_AB[rows]).sqrt()
         both_live_AB = (self.fires_A[rows, None] > 0) & (self.fires_B[None, :] > 0)
         # fmax: an undefined (0/0) direction yields the other; live units that never co-fire score 0
-        return torch.where(both_live_AB, torch.fmax(from_a, from_b).nan_to_num(nan=0.0), torch.nan)
+        return torch.where(both_live_AB, torch.fmax(from_a, from_b).nan_to_num(nan=0.0).clamp(-1, 1), torch.nan)
 
 
 def _csr(x_NU: torch.Tensor) -> sp.csr_matrix:
