@@ -7,7 +7,7 @@ neurons (the baseline basis), ``sae.encode`` for a dictionary. Two sweeps over t
 - sweep 1: fire count #{n: a_nu > 0}, Σ_n a_nu, max_n a_nu; the top-k activating rows per unit
   (≤ ``doc_cap`` per document, ``GroupedBottomK`` keyed by −a); fire counts per (unit, token) and
   Σ a per (unit, token) (sparse [U, V]); co-firing counts C_uv = #{n: a_nu > 0 ∧ a_nv > 0} (sparse
-  [U, U]); every unit's activations on a fixed seeded set of random contexts;
+  [U, U], over the first ``cofire_rows`` rows only, as distinct pairs grow with the tokens); every unit's activations on a fixed seeded set of random contexts;
 - sweep 2 (needs each unit's max): a histogram of the nonzero activations over (0, max], and
   ``per_interval`` uniform samples from each of ``n_intervals`` equal activation intervals
   [i·max/I, (i+1)·max/I) — Bricken et al. 2023's dashboard intervals — keyed by a hash of
@@ -59,6 +59,7 @@ class StatsConfig:
     left: int = 12
     right: int = 4
     chunk_windows: int = 8
+    cofire_rows: int = 262_144  # co-firing counted on the first rows only: distinct pairs grow with tokens
     seed: int = 0
 
 
@@ -254,6 +255,16 @@ class _Sweep1:
         token_E = text.tokens_N[rows_E]
         self.token_fires.add(u_E, token_E, np.ones(len(u_E), dtype=np.float32))
         self.token_acts.add(u_E, token_E, v_E)
+        if start < cfg.cofire_rows:
+            self._count_cofiring(latents_BU, b_E, u_E)
+        here = np.flatnonzero((random_rows >= start) & (random_rows < start + B))
+        if len(here):
+            ctx_rows_PW, inside_PW = text.window_rows(random_rows[here], cfg.left, cfg.right)
+            values_PWU = latents_np[ctx_rows_PW - start]
+            self.random_acts_PWU[here] = np.where(inside_PW[:, :, None], values_PWU, np.nan)
+
+    def _count_cofiring(self, latents_BU: torch.Tensor, b_E: np.ndarray, u_E: np.ndarray) -> None:
+        B, U = latents_BU.shape
         if len(u_E) > DENSE_COFIRE_FRACTION * B * U:  # dense units (neurons): a matmul is cheaper
             fired_BU = (latents_BU > 0).float()
             self.cofire.add_dense(fired_BU.T @ fired_BU)
@@ -261,11 +272,6 @@ class _Sweep1:
             indptr = np.concatenate([[0], np.cumsum(np.bincount(b_E, minlength=B))])  # b_E is sorted
             fired_BU = sp.csr_matrix((np.ones(len(u_E), dtype=np.float32), u_E, indptr), shape=(B, U))
             self.cofire.add_csr((fired_BU.T @ fired_BU).tocsr())
-        here = np.flatnonzero((random_rows >= start) & (random_rows < start + B))
-        if len(here):
-            ctx_rows_PW, inside_PW = text.window_rows(random_rows[here], cfg.left, cfg.right)
-            values_PWU = latents_np[ctx_rows_PW - start]
-            self.random_acts_PWU[here] = np.where(inside_PW[:, :, None], values_PWU, np.nan)
 
 
 class _Sweep2:
