@@ -110,3 +110,34 @@ def test_feature_families_writes_trees_labels_and_pictures(tmp_path):
 
     with pytest.raises(UserError, match="smallest first"):
         feature_families(run, ["standard-5", "standard-3"])
+
+
+def test_feature_map_places_each_dictionary_and_joins_splitting_labels(tmp_path):
+    from monosemantic.analysis.feature_map import FeatureMapConfig, feature_map, project_2d
+
+    # two tight clusters of directions: PCA must put them on opposite sides of the first axis
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(6)[:2] * 5
+    dirs = torch.cat([centres[0] + 0.1 * torch.randn(10, 6, generator=g), centres[1] + 0.1 * torch.randn(10, 6, generator=g)])
+    coords, method = project_2d(dirs.numpy(), FeatureMapConfig(method="pca"))
+    assert method == "pca" and coords.shape == (20, 2)
+    assert (np.sign(coords[:10, 0]) == -np.sign(coords[10:, 0]).mean()).all()
+    again, _ = project_2d(dirs.numpy(), FeatureMapConfig(method="pca"))
+    np.testing.assert_array_equal(coords, again)
+
+    run = tmp_path / "run"
+    for name, W in (("standard-3", SMALL), ("standard-5", LARGE)):
+        save_sae(_sae(W), SAEConfig(variant="standard", d_in=4, d_sae=W.shape[1]), run / "saes" / name)
+    (run / "splitting").mkdir()
+    (run / "splitting/families.json").write_text(json.dumps({
+        "features": {"standard-3": {"label": ["a", "b", "c"], "density": [0.1, 0.2, 0.3]},
+                     "standard-5": {"label": list("vwxyz"), "density": [0.1] * 5}},
+        "links": [{"from": "standard-3", "to": "standard-5", "parent": [0, 0, 1, 2, 2]}]}))
+    figures = feature_map(run, ["standard-3", "standard-5"], FeatureMapConfig(method="pca"))
+    assert figures["n_points"] == 8 and figures["method"] == "pca"
+    points = json.loads((run / "feature_map/map.json").read_text())["points"]
+    assert [(p["sae"], p["feature"]) for p in points][2:4] == [("standard-3", 2), ("standard-5", 0)]
+    assert points[4]["parent"] == 0 and points[4]["label"] == "w" and "parent" not in points[0]
+    # identical decoder directions land on the same spot (small feature 1 = large feature 2 = x2)
+    assert (points[1]["x"], points[1]["y"]) == pytest.approx((points[5]["x"], points[5]["y"]), abs=1e-3)
+    assert (run / "feature_map/map.png").read_bytes()[:4] == b"\x89PNG"
