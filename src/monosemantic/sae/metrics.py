@@ -21,12 +21,13 @@ from monosemantic.errors import UserError
 from monosemantic.sae.base import SparseAutoencoder, check_activations
 
 DENSE_THRESHOLD = 0.1  # "dense": fires on more than 10 % of tokens (the issue's definition)
+ROWS_PER_PASS = 8192  # latents held at once: 8192 × F floats (128 MB at F = 4096)
 
 
 @torch.no_grad()
 def evaluate_sae(sae: SparseAutoencoder, chunks: Iterable[torch.Tensor]) -> dict[str, Any]:
-    """Stream held-out activation chunks ([N, D] each) through ``sae``; never holds more than one
-    chunk's latents. Returns ``mse``, ``fvu``, ``l0``, ``dead_frac``, ``dense_frac``,
+    """Stream held-out activation chunks ([N, D] each) through ``sae``, ``ROWS_PER_PASS`` rows at a
+    time, so memory does not grow with the chunk size or the number of tokens. Returns ``mse``, ``fvu``, ``l0``, ``dead_frac``, ``dense_frac``,
     ``n_tokens`` and ``density`` (float64 numpy array [F]: fraction of tokens each feature fired on).
     """
     device = sae.W_dec.device
@@ -39,16 +40,17 @@ def evaluate_sae(sae: SparseAutoencoder, chunks: Iterable[torch.Tensor]) -> dict
     fires_F = torch.zeros(F, dtype=torch.float64, device=device)
     for i, chunk_ND in enumerate(chunks):
         check_activations(chunk_ND, D, f"held-out activation chunk {i}")
-        x_ND = chunk_ND.to(device, torch.float32)
-        latents_NF = sae.encode(x_ND)
-        recon_ND = sae.decode(latents_NF)
-        sq_err += (recon_ND - x_ND).double().pow(2).sum()
-        sum_D += x_ND.double().sum(dim=0)
-        sum_sq_D += x_ND.double().pow(2).sum(dim=0)
-        active_NF = latents_NF != 0
-        active += active_NF.sum()
-        fires_F += active_NF.sum(dim=0)
-        n += x_ND.shape[0]
+        for x_ND in chunk_ND.split(ROWS_PER_PASS):
+            x_ND = x_ND.to(device, torch.float32)
+            latents_NF = sae.encode(x_ND)
+            recon_ND = sae.decode(latents_NF)
+            sq_err += (recon_ND - x_ND).double().pow(2).sum()
+            sum_D += x_ND.double().sum(dim=0)
+            sum_sq_D += x_ND.double().pow(2).sum(dim=0)
+            active_NF = latents_NF != 0
+            active += active_NF.sum()
+            fires_F += active_NF.sum(dim=0)
+            n += x_ND.shape[0]
     if n == 0:
         raise UserError("held-out activations: no tokens to evaluate the SAE on")
     total_var = (sum_sq_D - sum_D.pow(2) / n).sum().clamp_min(1e-30)
