@@ -88,6 +88,7 @@ def test_unit_stats_match_brute_force(tmp_path, monkeypatch, dense_entries):
     np.testing.assert_array_equal(stats2.fire_count_U, stats.fire_count_U)
     np.testing.assert_array_equal(stats2.top.row, stats.top.row)  # scaling a unit changes no ranking
     np.testing.assert_array_equal(stats.cofire_UU.toarray(), fired.T.astype(int) @ fired.astype(int))
+    assert stats.cofire_rows == n_rows
     for u in range(D):
         np.testing.assert_array_equal(stats.token_fires_UV.toarray()[u], np.bincount(tokens[fired[:, u]], minlength=V))
         rows = np.flatnonzero(fired[:, u])
@@ -144,3 +145,17 @@ def test_samples_do_not_depend_on_chunking(tmp_path):
     np.testing.assert_array_equal(a.intervals.row, b.intervals.row)
     np.testing.assert_array_equal(a.hist_UH, b.hist_UH)
     assert (a.cofire_UU != b.cofire_UU).nnz == 0
+
+
+def test_cofiring_stops_at_its_budget(tmp_path, monkeypatch):
+    set_quiet(True)
+    monkeypatch.setattr(stats_module, "DENSE_ENTRIES", 0)
+    monkeypatch.setattr(stats_module, "MAX_COFIRE_PAIRS", 1)
+    acts, _, _ = make_store(tmp_path / "store")
+    store = ActivationStore(tmp_path / "store")
+    n_rows, ctx = analysed_rows(store, 10**6)
+    cfg = StatsConfig(n_rows=n_rows, chunk_windows=2, left=1, right=1)
+    stats = compute_unit_stats(store, [Basis("n", "neuron", D, lambda x: x)], read_token_context(store, n_rows, ctx), V, cfg)[0]
+    fired = (acts[: 2 * CTX] > 0).astype(int)
+    assert stats.cofire_rows == 2 * CTX  # the first chunk filled the budget
+    np.testing.assert_array_equal(stats.cofire_UU.toarray(), fired.T @ fired)

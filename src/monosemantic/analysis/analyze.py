@@ -57,6 +57,7 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
     explain_intervals = cfg.per_interval // 2 + 1
     out = {}
     random_tokens = [_context_tokens(text, r, cfg) for r in stats.random_rows_P]
+    tokens_of: dict[int, np.ndarray] = {}
     for u in range(stats.n_units):
         records = []  # (kind, bucket, rank, row, activation, acts, split)
         for rank in range(cfg.top_k):
@@ -80,7 +81,12 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
         records = [r for r in records if r[6] == "explain" or r[3] not in explain_rows]
         explain, score = [], []
         for kind, bucket, rank, row, activation, acts, split in records:
-            tokens = random_tokens[rank] if kind == "random" else _context_tokens(text, row, cfg)
+            if kind == "random":
+                tokens = random_tokens[rank]
+            else:
+                tokens = tokens_of.get(row)
+                if tokens is None:
+                    tokens = tokens_of[row] = _context_tokens(text, row, cfg)
             (explain if split == "explain" else score).append(Example(tokens, acts[~np.isnan(acts)].astype(np.float64)))
         out[u] = {"records": records, "explain": explain, "score": score}
     return out
@@ -180,7 +186,7 @@ def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device
         figures["dictionaries"][stats.name] = {
             "n_units": stats.n_units, "alive": int(len(alive[stats.name])),
             "dead_fraction": float(1 - len(alive[stats.name]) / stats.n_units),
-            "mean_density": float(stats.density_U.mean())}
+            "mean_density": float(stats.density_U.mean()), "cofiring_tokens": stats.cofire_rows}
     neuron_sample = [scores[NEURONS][u].simulation for u in samples[NEURONS]]
     figures["neuron_score_mean"] = _finite_mean(neuron_sample)
     figures["neuron_score_median"] = float(np.median(np.nan_to_num(neuron_sample, nan=0.0)))

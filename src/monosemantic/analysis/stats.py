@@ -7,7 +7,8 @@ neurons (the baseline basis), ``sae.encode`` for a dictionary. Two sweeps over t
 - sweep 1: fire count #{n: a_nu > 0}, Σ_n a_nu, max_n a_nu; the top-k activating rows per unit
   (≤ ``doc_cap`` per document, ``GroupedBottomK`` keyed by −a); fire counts per (unit, token) and
   Σ a per (unit, token) (sparse [U, V]); co-firing counts C_uv = #{n: a_nu > 0 ∧ a_nv > 0} (sparse
-  [U, U], over the first ``cofire_rows`` rows only, as distinct pairs grow with the tokens); every unit's activations on a fixed seeded set of random contexts;
+  [U, U], over the first ``cofire_rows`` rows only and until it holds ``MAX_COFIRE_PAIRS`` pairs, as
+  distinct pairs grow with the tokens); every unit's activations on a fixed seeded set of random contexts;
 - sweep 2 (needs each unit's max): a histogram of the nonzero activations over (0, max], and
   ``per_interval`` uniform samples from each of ``n_intervals`` equal activation intervals
   [i·max/I, (i+1)·max/I) — Bricken et al. 2023's dashboard intervals — keyed by a hash of
@@ -35,6 +36,7 @@ from monosemantic.progress import progress
 
 DENSE_COFIRE_FRACTION = 0.05  # above this fraction of nonzero activations, co-firing uses a dense matmul
 DENSE_ENTRIES = 1 << 24  # count matrices up to this size (64 MB as float32) are kept dense
+MAX_COFIRE_PAIRS = 1 << 24  # a sparse co-firing matrix stops growing here (~200 MB)
 
 
 @dataclass
@@ -80,7 +82,8 @@ class UnitStats:
     random_acts_UPW: np.ndarray  # float32 [U, P, W], NaN outside the window
     token_fires_UV: sp.csr_matrix  # fire counts per (unit, token)
     token_act_sums_UV: sp.csr_matrix  # Σ activation per (unit, token)
-    cofire_UU: sp.csr_matrix  # co-firing counts (diagonal = fire counts)
+    cofire_UU: sp.csr_matrix  # co-firing counts (diagonal = fire counts) over the first cofire_rows rows
+    cofire_rows: int
 
     @property
     def n_units(self) -> int:
@@ -162,6 +165,10 @@ class _MatrixSum:
         if self.n_pending >= max(1 << 22, self.total.nnz):
             self.collapse()
 
+    def sparse_entries(self) -> int:
+        """Entries held by the sparse sum (its memory grows with them); 0 for a dense one."""
+        return 0 if self.dense is not None else self.total.nnz + self.n_pending
+
     def add_csr(self, matrix: sp.csr_matrix) -> None:
         self.add(np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)), matrix.indices.astype(np.int64),
                  matrix.data)
@@ -238,6 +245,7 @@ class _Sweep1:
         self.token_fires = _MatrixSum((U, vocab_size))
         self.token_acts = _MatrixSum((U, vocab_size))
         self.cofire = _MatrixSum((U, U))
+        self.cofire_rows = 0
 
     def update(self, acts_BD: torch.Tensor, start: int, text: TokenContext, random_rows: np.ndarray) -> None:
         cfg, U = self.cfg, self.basis.n_units
@@ -255,8 +263,9 @@ class _Sweep1:
         token_E = text.tokens_N[rows_E]
         self.token_fires.add(u_E, token_E, np.ones(len(u_E), dtype=np.float32))
         self.token_acts.add(u_E, token_E, v_E)
-        if start < cfg.cofire_rows:
+        if start < cfg.cofire_rows and self.cofire.sparse_entries() < MAX_COFIRE_PAIRS:
             self._count_cofiring(latents_BU, b_E, u_E)
+            self.cofire_rows += B
         here = np.flatnonzero((random_rows >= start) & (random_rows < start + B))
         if len(here):
             ctx_rows_PW, inside_PW = text.window_rows(random_rows[here], cfg.left, cfg.right)
@@ -305,5 +314,5 @@ class _Sweep2:
             hist_UH=self.hist_UH, top=first.top, intervals=self.intervals,
             random_rows_P=random_rows, random_acts_UPW=np.ascontiguousarray(first.random_acts_PWU.transpose(2, 0, 1)),
             token_fires_UV=first.token_fires.collapse(), token_act_sums_UV=first.token_acts.collapse(),
-            cofire_UU=first.cofire.collapse(),
+            cofire_UU=first.cofire.collapse(), cofire_rows=first.cofire_rows,
         )
