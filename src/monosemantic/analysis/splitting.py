@@ -174,7 +174,7 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
         raise UserError(f"splitting: SAEs must be given smallest first with distinct sizes, got {dict(zip(sae_names_by_size, sizes))}")
     store = ActivationStore(run / "activations/val")
     n_rows = min(cfg.max_tokens or store.n_rows, store.n_rows)
-    chunks = (store.rows(np.arange(start, min(start + cfg.chunk_rows, n_rows)))
+    chunks = (torch.from_numpy(store.read_range(start, min(start + cfg.chunk_rows, n_rows))).float()
               for start in range(0, n_rows, cfg.chunk_rows))
     analysis = analyse_splitting(chunks, [sae.encode for sae in saes], [sae.W_dec.detach() for sae in saes],
                                  cfg.threshold, cfg.top_k, device)

@@ -150,10 +150,10 @@ def compare_units(store_a: ActivationStore, store_b: ActivationStore,
     with torch.no_grad():
         for (_, acts_a), (_, acts_b) in zip(store_a.iter_chunks(chunk_rows), store_b.iter_chunks(chunk_rows)):
             acts = {"a": acts_a.to(device), "b": acts_b.to(device)}
-            cache: dict[tuple[int, str], torch.Tensor] = {}  # encode each (encoder, store) once per chunk
+            cache: dict[tuple[Callable, str], torch.Tensor] = {}  # encode each (encoder, store) once per chunk
 
             def encoded(encode: Callable, source: str) -> torch.Tensor:
-                key = (id(encode), source)
+                key = (encode, source)  # bound methods of one SAE compare equal
                 if key not in cache:
                     cache[key] = encode(acts[source])
                 return cache[key]
