@@ -9,7 +9,7 @@ import torch
 from monosemantic.activations import ActivationStore, ActivationWriter
 from monosemantic.analysis.neighbours import cofiring_neighbours, decoder_neighbours
 from monosemantic.analysis.neurons import constituent_neurons, neuron_users
-from monosemantic.analysis.sampling import GroupedBottomK
+from monosemantic.analysis.sampling import GroupedBottomK, fill_up
 from monosemantic.analysis import stats as stats_module
 from monosemantic.analysis.stats import Basis, StatsConfig, analysed_rows, compute_unit_stats, read_token_context
 from monosemantic.progress import set_quiet
@@ -28,6 +28,28 @@ def greedy_capped(keys, docs, k, cap):
         if len(taken) == k:
             break
     return taken
+
+
+def capped_then_filled(keys, docs, k, cap):
+    """Reference for the top examples: the capped list, topped up with the best entries it lacks."""
+    taken = greedy_capped(keys, docs, k, cap)
+    rest = [i for i in np.lexsort((np.arange(len(keys)), keys)) if i not in taken]
+    chosen = taken + rest[: k - len(taken)]
+    return sorted(chosen, key=lambda i: (keys[i], i))
+
+
+def test_fill_up_tops_up_lists_short_of_documents():
+    keys = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    docs = np.array([0, 0, 0, 0, 1, 0])  # doc 0 dominates
+    capped, uncapped = GroupedBottomK(1, 4, 1, doc_cap=2), GroupedBottomK(1, 4, 1)
+    for sampler in (capped, uncapped):
+        sampler.offer(np.zeros(6, int), keys, np.arange(6), docs, keys.astype(np.float32),
+                      lambda idx: idx[:, None].astype(np.float32))
+        sampler.flush()
+    assert capped.row[0].tolist() == [0, 1, 4, -1]
+    fill_up(capped, uncapped)
+    assert capped.row[0].tolist() == [0, 1, 2, 4] == capped_then_filled(keys, docs, 4, 2)
+    assert capped.payload[0, :, 0].tolist() == [0, 1, 2, 4]
 
 
 @pytest.mark.parametrize("cap", [None, 2])
@@ -92,7 +114,7 @@ def test_unit_stats_match_brute_force(tmp_path, monkeypatch, dense_entries):
     for u in range(D):
         np.testing.assert_array_equal(stats.token_fires_UV.toarray()[u], np.bincount(tokens[fired[:, u]], minlength=V))
         rows = np.flatnonzero(fired[:, u])
-        expected = rows[greedy_capped(-acts[rows, u].astype(np.float64), docs[rows], cfg.top_k, cfg.doc_cap)]
+        expected = rows[capped_then_filled(-acts[rows, u].astype(np.float64), docs[rows], cfg.top_k, cfg.doc_cap)]
         got = stats.top.row[u][stats.top.row[u] >= 0]
         assert got.tolist() == expected.tolist()
         for slot, row in enumerate(got):  # context activations: 3 left, 1 right, cut at the window

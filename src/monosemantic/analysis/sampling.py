@@ -95,3 +95,21 @@ class GroupedBottomK:
         self.key[g, slot], self.row[g, slot], self.doc[g, slot] = key[order], row[order], doc[order]
         self.value[g, slot], self.payload[g, slot] = value[order], payload[order]
         self.threshold[touched] = self.key[touched, self.k - 1]
+
+
+def fill_up(capped: GroupedBottomK, uncapped: GroupedBottomK) -> GroupedBottomK:
+    """``capped``'s lists, each topped up to k with the best entries of ``uncapped`` (same groups and
+    keys, no document cap) that it lacks — "at most ``doc_cap`` per document unless there are not
+    enough documents". Exact: the best entries missing from a capped list are all among the k best.
+    Both must be flushed; ``capped`` is updated in place and returned."""
+    for g in np.flatnonzero(capped.row[:, -1] < 0):
+        have = capped.row[g][capped.row[g] >= 0]
+        extra = [s for s in range(uncapped.k) if uncapped.row[g, s] >= 0 and uncapped.row[g, s] not in have]
+        n = len(have)
+        take = extra[: capped.k - n]
+        keys = np.concatenate([capped.key[g, :n], uncapped.key[g, take]])
+        order = np.lexsort((np.concatenate([have, uncapped.row[g, take]]), keys))
+        for name in ("key", "row", "doc", "value", "payload"):
+            merged = np.concatenate([getattr(capped, name)[g, :n], getattr(uncapped, name)[g, take]])
+            getattr(capped, name)[g, : len(order)] = merged[order]
+    return capped

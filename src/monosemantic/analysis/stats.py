@@ -5,7 +5,7 @@ neurons (the baseline basis), ``sae.encode`` for a dictionary. Two sweeps over t
 ``n_rows`` rows of the activation store, chunk by chunk, never hold a dense [tokens × units] matrix:
 
 - sweep 1: fire count #{n: a_nu > 0}, Σ_n a_nu, max_n a_nu; the top-k activating rows per unit
-  (≤ ``doc_cap`` per document, ``GroupedBottomK`` keyed by −a); fire counts per (unit, token) and
+  (≤ ``doc_cap`` per document unless too few documents have any, ``GroupedBottomK`` keyed by −a); fire counts per (unit, token) and
   Σ a per (unit, token) (sparse [U, V]); co-firing counts C_uv = #{n: a_nu > 0 ∧ a_nv > 0} (sparse
   [U, U], over the first ``cofire_rows`` rows only and until it holds ``MAX_COFIRE_PAIRS`` pairs, as
   distinct pairs grow with the tokens); every unit's activations on a fixed seeded set of random contexts;
@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import torch
 
 from monosemantic.activations import ActivationStore
-from monosemantic.analysis.sampling import GroupedBottomK
+from monosemantic.analysis.sampling import GroupedBottomK, fill_up
 from monosemantic.errors import UserError
 from monosemantic.progress import progress
 
@@ -241,6 +241,7 @@ class _Sweep1:
         self.act_sum_U = np.zeros(U, dtype=np.float64)
         self.max_act_U = np.zeros(U, dtype=np.float32)
         self.top = GroupedBottomK(U, cfg.top_k, W, doc_cap=cfg.doc_cap)
+        self.top_any_doc = GroupedBottomK(U, cfg.top_k, W)
         self.random_acts_PWU = np.full((n_random, W, U), np.nan, dtype=np.float32)
         self.token_fires = _MatrixSum((U, vocab_size))
         self.token_acts = _MatrixSum((U, vocab_size))
@@ -258,8 +259,9 @@ class _Sweep1:
         self.act_sum_U += np.bincount(u_E, weights=v_E, minlength=U)
         self.fire_count_U += np.bincount(u_E, minlength=U)
         rows_E = start + b_E
-        self.top.offer(u_E, -v_E.astype(np.float64), rows_E, text.docs_N[rows_E], v_E,
-                       lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg))
+        for top in (self.top, self.top_any_doc):
+            top.offer(u_E, -v_E.astype(np.float64), rows_E, text.docs_N[rows_E], v_E,
+                      lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg))
         token_E = text.tokens_N[rows_E]
         self.token_fires.add(u_E, token_E, np.ones(len(u_E), dtype=np.float32))
         self.token_acts.add(u_E, token_E, v_E)
@@ -288,6 +290,8 @@ class _Sweep2:
         U, I = first.basis.n_units, cfg.n_intervals
         self.first, self.cfg = first, cfg
         first.top.flush()
+        first.top_any_doc.flush()
+        fill_up(first.top, first.top_any_doc)
         self.scale_U = np.where(first.max_act_U > 0, 1 / np.maximum(first.max_act_U, 1e-30), 0)
         self.hist_UH = np.zeros((U, cfg.hist_bins), dtype=np.int64)
         self.intervals = GroupedBottomK(U * I, cfg.per_interval, W)
