@@ -141,3 +141,17 @@ def test_feature_map_places_each_dictionary_and_joins_splitting_labels(tmp_path)
     # identical decoder directions land on the same spot (small feature 1 = large feature 2 = x2)
     assert (points[1]["x"], points[1]["y"]) == pytest.approx((points[5]["x"], points[5]["y"]), abs=1e-3)
     assert (run / "feature_map/map.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_features_firing_on_too_few_tokens_get_no_parent():
+    x = _hierarchy(3)
+    rare = torch.zeros(N, dtype=torch.bool)
+    rare[[10, 500, 4000]] = True
+    x[~rare, 3] = 0
+    x[rare, 3] = 1.0  # small feature 2 and large features 3, 4 fire on 3 tokens only
+    small, large = _sae(SMALL), _sae(LARGE)
+    decoders = [small.W_dec.detach(), large.W_dec.detach()]
+    strict = analyse_splitting([x], [small.encode, large.encode], decoders, threshold=0.4, min_fires=10).links[0]
+    loose = analyse_splitting([x], [small.encode, large.encode], decoders, threshold=0.4, min_fires=1).links[0]
+    np.testing.assert_array_equal(strict.parent_L, [0, 0, 1, -1, -1])
+    np.testing.assert_array_equal(loose.parent_L, [0, 0, 1, 2, 2])

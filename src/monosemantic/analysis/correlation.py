@@ -136,14 +136,21 @@ class CrossStats:
         denom = (var_a * var_b).sqrt()
         return torch.where(denom > 0, (cov / denom.clamp_min(1e-300)).clamp(-1, 1), torch.nan)
 
-    def masked_cosine(self, rows: slice = slice(None)) -> torch.Tensor:
-        """s [A', B] for the A-units in ``rows`` (NaN where neither direction is defined)."""
+    def masked_cosine(self, rows: slice = slice(None), min_fires: int = 1) -> torch.Tensor:
+        """s [A', B] for the A-units in ``rows`` (NaN where neither direction is defined).
+
+        A direction is used only when its masking unit fired on at least ``min_fires`` tokens: the
+        cosine of two nonnegative vectors of a handful of entries is high by chance alone.
+        """
         if not self.masked:
             raise ValueError("masked_cosine needs CrossStats(..., masked=True)")
         cross_AB = self.cross_AB[rows]
         from_a = cross_AB / (self.sumsq_A[rows, None] * self.masked_b_sq_AB[rows]).sqrt()
         from_b = cross_AB / (self.sumsq_B[None, :] * self.masked_a_sq_AB[rows]).sqrt()
+        from_a = torch.where(self.fires_A[rows, None] >= min_fires, from_a, torch.nan)
+        from_b = torch.where(self.fires_B[None, :] >= min_fires, from_b, torch.nan)
         both_live_AB = (self.fires_A[rows, None] > 0) & (self.fires_B[None, :] > 0)
+        both_live_AB &= (self.fires_A[rows, None] >= min_fires) | (self.fires_B[None, :] >= min_fires)
         # fmax: an undefined (0/0) direction yields the other; live units that never co-fire score 0
         return torch.where(both_live_AB, torch.fmax(from_a, from_b).nan_to_num(nan=0.0).clamp(-1, 1), torch.nan)
 
@@ -204,10 +211,12 @@ class Matches:
     n_tokens: int
 
 
-def best_matches(stats: CrossStats, measure: str = "pearson") -> Matches:
-    """Reduce the [A, B] similarity (``"pearson"`` or ``"masked_cosine"``) to each unit's best
-    partner, in blocks of ``ROW_BLOCK`` rows so that at most one block of it is ever formed."""
-    similarity = {"pearson": stats.pearson, "masked_cosine": stats.masked_cosine}[measure]
+def best_matches(stats: CrossStats, measure: str = "pearson", min_fires: int = 1) -> Matches:
+    """Reduce the [A, B] similarity (``"pearson"`` or ``"masked_cosine"`` with ``min_fires``) to
+    each unit's best partner, in blocks of ``ROW_BLOCK`` rows so that at most one block of it is
+    ever formed."""
+    similarity = {"pearson": stats.pearson,
+                  "masked_cosine": lambda rows: stats.masked_cosine(rows, min_fires)}[measure]
     A, B = stats.shape
     a_index, a_value = np.full(A, -1, dtype=np.int64), np.full(A, np.nan)
     b_value_B = torch.full((B,), -torch.inf, dtype=torch.float64, device=stats.device)

@@ -6,7 +6,9 @@ of both directions; see ``correlation.py``), with a threshold near 0.4. Here, fo
 consecutive sizes (small S, large L) and over the same held-out tokens:
 
 - every feature c of L gets a **parent** p(c) = argmax_p s(p, c) over the features of S, kept when
-  s ≥ ``threshold`` (each feature has at most one parent, so the links form a forest);
+  s ≥ ``threshold`` (each feature has at most one parent, so the links form a forest); a side of
+  s counts only when its masking feature fired on ≥ ``min_fires`` tokens, since the cosine of two
+  nonnegative vectors of a few entries is high by chance;
 - the **children** of p are the features that chose it; p has *split* when it has ≥ 2;
 - ``coverage`` of p = min(1, Σ_c Σ_{n: c_n≠0} p_n² / Σ_n p_n²): the share of p's (squared)
   activation on tokens where one of its children fires — exact when the children never fire
@@ -47,6 +49,7 @@ class SplittingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threshold: float = Field(0.4, ge=0, le=1, description="masked cosine needed for a parent link (paper ≈ 0.4)")
+    min_fires: int = Field(10, ge=1, description="tokens a feature must fire on for its side of the masked cosine")
     max_tokens: int | None = Field(None, ge=1, description="held-out tokens used; None: all of RUN/activations/val")
     chunk_rows: int = Field(8192, ge=1)
     top_k: int = Field(12, ge=1, description="top activations per feature that make its label")
@@ -86,7 +89,7 @@ class SplitAnalysis:
 
 def analyse_splitting(chunks: Iterable[torch.Tensor], encoders: list[Callable[[torch.Tensor], torch.Tensor]],
                       decoders: list[torch.Tensor], threshold: float, top_k: int = 12,
-                      device: torch.device | str = "cpu") -> SplitAnalysis:
+                      device: torch.device | str = "cpu", min_fires: int = 1) -> SplitAnalysis:
     """Stream ``chunks`` ([N, D] inputs, the same tokens for every size) through ``encoders``
     (sizes in increasing order, each [N, D] → [N, F_i]) and link consecutive sizes.
     ``decoders[i]`` is [F_i, D], one dictionary direction per feature."""
@@ -110,13 +113,13 @@ def analyse_splitting(chunks: Iterable[torch.Tensor], encoders: list[Callable[[t
             n_seen += x_ND.shape[0]
     if n_seen == 0:
         raise UserError("splitting: no tokens to compare the dictionaries on")
-    links = [_link(pair, dec_S, dec_L, threshold) for pair, dec_S, dec_L in zip(stats, decoders, decoders[1:])]
+    links = [_link(pair, dec_S, dec_L, threshold, min_fires) for pair, dec_S, dec_L in zip(stats, decoders, decoders[1:])]
     density = [(s.fires_A / s.n).cpu().numpy() for s in stats] + [(stats[-1].fires_B / stats[-1].n).cpu().numpy()]
     return SplitAnalysis(density, [t.rows() for t in tops], links, n_seen)
 
 
-def _link(stats: CrossStats, dec_SD: torch.Tensor, dec_LD: torch.Tensor, threshold: float) -> SizeLink:
-    matches = best_matches(stats, "masked_cosine").b_to_a
+def _link(stats: CrossStats, dec_SD: torch.Tensor, dec_LD: torch.Tensor, threshold: float, min_fires: int) -> SizeLink:
+    matches = best_matches(stats, "masked_cosine", min_fires).b_to_a
     parent = np.where(matches.value >= threshold, matches.index, -1)
     has = parent >= 0
     child_idx = torch.from_numpy(np.flatnonzero(has)).to(stats.device)
@@ -177,7 +180,7 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
     chunks = (torch.from_numpy(store.read_range(start, min(start + cfg.chunk_rows, n_rows))).float()
               for start in range(0, n_rows, cfg.chunk_rows))
     analysis = analyse_splitting(chunks, [sae.encode for sae in saes], [sae.W_dec.detach() for sae in saes],
-                                 cfg.threshold, cfg.top_k, device)
+                                 cfg.threshold, cfg.top_k, device, cfg.min_fires)
 
     tokenizer = load_tokenizer(run / "tokenizer.json")
     labels, top_tokens = [], []
