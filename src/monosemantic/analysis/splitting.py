@@ -196,6 +196,8 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
     summary = [_pair_summary(link, analysis.density[i], sizes[i], sizes[i + 1]) for i, link in enumerate(analysis.links)]
     highlights = {word: _find_family(families, top_tokens[0], word) for word in cfg.highlight}
     drawn = _pick_pictures(families, highlights, cfg.n_pictures)
+    for stale in out.glob("family_*.png"):  # pictures of an earlier selection
+        stale.unlink()
     pictures = []
     for family in drawn:
         path = out / f"family_{sae_names_by_size[0]}_{family['feature']}.png"
