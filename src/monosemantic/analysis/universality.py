@@ -87,7 +87,9 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig) -> dict:
     lm_a_cfg = LMConfig(**_read_json(run / "lm/config.json")["lm"])
     lm_b_cfg = lm_a_cfg.model_copy(update={"seed": lm_a_cfg.seed + cfg.lm_seed_offset,
                                           "n_steps": cfg.lm_steps or lm_a_cfg.n_steps})
-    lm_b_figures = steps.run("lm_b", lm_b_cfg.model_dump(), run / "lm_b/model.safetensors",
+    # run A's corpus/LM/harvest fingerprint: a re-run upstream invalidates every step here
+    upstream = _read_json(run / "run.json").get("stages", {}).get("harvest", {}).get("config_hash")
+    lm_b_figures = steps.run("lm_b", {**lm_b_cfg.model_dump(), "upstream": upstream}, run / "lm_b/model.safetensors",
                              lambda: _train_lm_b(run, lm_b_cfg, device))
 
     n_train = min(cfg.n_train_tokens or store_a_train.n_rows, store_a_train.n_rows)
@@ -106,7 +108,7 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig) -> dict:
     units = {"features_a_vs_b": (sae_a.encode, load_sae(out / "sae_b", device).encode, "b")}
     if cfg.same_model_check:
         reseed_cfg = _recipe(sae_a.cfg, cfg, seed=sae_a.cfg.seed + cfg.sae_seed_offset)
-        steps.run("sae_a_reseed", {**reseed_cfg.model_dump(mode="json"), "sae_a": sae_name},
+        steps.run("sae_a_reseed", {**reseed_cfg.model_dump(mode="json"), "sae_a": sae_name, "upstream": upstream},
                   out / "sae_a_reseed/cfg.json", lambda: _train_sae_on(store_a_train, reseed_cfg, out / "sae_a_reseed", "lm"))
         units["features_same_model"] = (sae_a.encode, load_sae(out / "sae_a_reseed", device).encode, "a")
     units["neurons_a_vs_b"] = (_identity, _identity, "b")
