@@ -24,12 +24,13 @@ from monosemantic.sae import SAEConfig, train_sae
 from monosemantic.sae.metrics import evaluate_sae
 from monosemantic.sae.synthetic import SyntheticFeatures, mmcs, recovered_fraction
 
-VARIANT_PARAMS = {
+VARIANT_PARAMS = {  # for the default d=128 setting
     "standard": {"l1_coeff": 0.1},
     "topk": {"k": 16},
     "batchtopk": {"k": 16},
     "jumprelu": {"l0_coeff": 3e-3},
 }
+DEMO_PARAMS = {"standard": {}, "topk": {"k": 16}, "batchtopk": {"k": 16}, "jumprelu": {}}  # d=512: config defaults
 
 
 def _row(label: str, syn: SyntheticFeatures, cfg: SAEConfig, held_out: list[torch.Tensor]) -> None:
@@ -71,7 +72,7 @@ def main() -> None:
         for variant in args.variants:
             for size in (512, 1024, 2048, 4096):
                 cfg = SAEConfig(variant=variant, d_in=512, d_sae=size, n_samples=args.demo_samples,
-                                batch_size=args.batch, lr=args.lr, **VARIANT_PARAMS[variant])
+                                batch_size=args.batch, lr=args.lr, **DEMO_PARAMS[variant])
                 _row(f"{variant} F={size}", syn, cfg, held_out)
         return
 
