@@ -93,8 +93,8 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
 
 
 def _context_tokens(text: TokenContext, row: int, cfg: AnalysisConfig) -> np.ndarray:
-    rows_W, inside_W = text.window_rows(np.array([row]), cfg.context_left, cfg.context_right)
-    return text.tokens_N[rows_W[0][inside_W[0]]]
+    first, stop = text.span(int(row), cfg.context_left, cfg.context_right)
+    return text.tokens_N[first:stop]
 
 
 def _score_units(explainer: Explainer, stats: UnitStats, examples: dict, units: list[int]) -> dict[int, UnitScore]:
@@ -257,10 +257,8 @@ def _write_dictionary(db, stats: UnitStats, examples: dict, scores: dict[int, Un
             row = int(row)
             if row not in written_rows:
                 written_rows.add(row)
-                rows_W, inside_W = text.window_rows(np.array([row]), cfg.context_left, cfg.context_right)
-                inside = inside_W[0]
-                new_contexts.append((row, int(text.docs_N[row]), int(cfg.context_left - np.argmax(inside)),
-                                     fs.blob(text.tokens_N[rows_W[0][inside]], "i4")))
+                first, stop = text.span(row, cfg.context_left, cfg.context_right)
+                new_contexts.append((row, int(text.docs_N[row]), row - first, fs.blob(text.tokens_N[first:stop], "i4")))
             example_rows.append((name, u, kind, bucket, rank, row, float(activation),
                                  fs.blob(acts[~np.isnan(acts)], "f4"), split))
     db.executemany("INSERT INTO contexts VALUES (?, ?, ?, ?)", new_contexts)

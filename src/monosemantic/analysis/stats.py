@@ -107,6 +107,11 @@ class TokenContext:
     docs_N: np.ndarray
     ctx: int  # harvest window length
 
+    def span(self, row: int, left: int, right: int) -> tuple[int, int]:
+        """First and one-past-last row of ``row``'s context, cut at its window (one row, no arrays)."""
+        start = row // self.ctx * self.ctx
+        return max(row - left, start), min(row + right + 1, start + self.ctx, len(self.tokens_N))
+
     def window_rows(self, rows_E: np.ndarray, left: int, right: int) -> tuple[np.ndarray, np.ndarray]:
         """Context rows [E, W] (clipped) and a mask [E, W] of those inside the row's window."""
         offsets_W = np.arange(-left, right + 1)
