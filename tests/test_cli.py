@@ -50,6 +50,8 @@ def test_run_writes_manifest_then_skips_current_stages(tmp_path, corpus_file, ca
     (["--set", "lm.no_such_key=1"], "lm.no_such_key"),
     (["--set", "corpus.vocab_size=-5"], "corpus.vocab_size"),
     (["--device", "cuda:7"], "cuda"),
+    (["--set", "sae.params={l1_coeff: -1}"], "l1_coeff must be ≥ 0"),
+    (["--set", "sae.variant=topk", "--set", "sae.params={k: 600}"], "k=600 must be smaller"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, corpus_file, capsys, extra, message):
     args = ["run", "--preset", "tiny", "--corpus", str(corpus_file), "--out", str(tmp_path / "r"), *extra]

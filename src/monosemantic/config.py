@@ -186,4 +186,5 @@ def load_config(preset: str = "demo", config_file: Path | None = None,
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"config{' ' + where if where else ''}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"config{' ' + where if where else ''}: {message}") from None
