@@ -25,7 +25,8 @@ def full_run(tiny_run, tmp_path_factory):
 def test_manifest_has_every_stage_and_the_checkable_fields(full_run):
     run, cfg = full_run
     manifest = json.loads((run / "run.json").read_text())
-    assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "analysis", "toy"]
+    assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "analysis", "splitting",
+                                         "toy", "universality"]
     saes = manifest["sae"]["saes"]
     assert [e["d_sae"] for e in saes] == cfg.sae.sizes
     for entry in saes:
@@ -55,3 +56,13 @@ def test_analysis_stage_writes_the_feature_store(full_run):
     assert (run / analysis["store"]).stat().st_size > 10_000
     assert analysis["feature_dictionary"] == f"{cfg.sae.variant}-{max(cfg.sae.sizes)}"
     assert -1 <= analysis["feature_score_mean"] <= 1 and -1 <= analysis["neuron_score_mean"] <= 1
+
+
+def test_splitting_and_universality_figures(full_run):
+    run, cfg = full_run
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["splitting"]["split_families"] >= 0
+    assert (run / "splitting" / "families.json").exists() and (run / "feature_map" / "map.json").exists()
+    uni = manifest["universality"]
+    for key in ("median_feature_corr", "median_neuron_corr", "median_feature_corr_same_model"):
+        assert -1 <= uni[key] <= 1

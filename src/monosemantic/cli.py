@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from monosemantic.analysis.analyze import analysis_headline
 from monosemantic.config import RunConfig, load_config, preset_names
 from monosemantic.errors import UserError
 from monosemantic.pipeline import RunDir
@@ -131,7 +130,15 @@ def _headline(stage: str, f: dict) -> str:
     if stage == "sae":
         return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
     if stage == "analysis":
+        from monosemantic.analysis.analyze import analysis_headline
+
         return analysis_headline(f)
+    if stage == "splitting":
+        return (f"{f['split_families']:,} features split into ≥ 2 children at the next size; "
+                f"map by {f['feature_map']['method']}")
+    if stage == "universality":
+        return (f"median max-correlation A→B: features {f['median_feature_corr']:.2f} vs neurons "
+                f"{f['median_neuron_corr']:.2f} (paper 0.72 vs 0.46)")
     if stage == "toy":
         dims = [p["dims_per_feature"] for p in f["points"]]
         return (f"{len(f['points'])} sparsities, D* from {dims[0]:.2f} to {dims[-1]:.2f}; "
@@ -174,6 +181,8 @@ _stage_command("harvest", "Record the LM's activations at the hook point into th
 app.add_typer(toy_app, name="toy")
 _stage_command("analysis", "Analyse every feature and neuron (dashboards, logit effects, autointerp) "
                "into the feature store.")
+_stage_command("splitting", "Feature splitting across dictionary sizes, family trees and the feature map.")
+_stage_command("universality", "Train a second LM and SAE with other seeds; match features A→B.")
 
 
 @app.command()

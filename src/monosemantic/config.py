@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from monosemantic.analysis.config import AnalysisConfig
+from monosemantic.analysis.config import (AnalysisConfig, FeatureMapConfig, SplittingConfig,
+                                           UniversalityConfig)
 from monosemantic.errors import UserError
 from monosemantic.sae.config import SAEConfig, Variant
 from monosemantic.toy.sweep import ToyConfig
@@ -119,7 +120,10 @@ class RunConfig(BaseModel):
     harvest: HarvestConfig = HarvestConfig()
     sae: SAESweepConfig = SAESweepConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    splitting: SplittingConfig = SplittingConfig()
+    feature_map: FeatureMapConfig = FeatureMapConfig()
     toy: ToyConfig = ToyConfig()
+    universality: UniversalityConfig = UniversalityConfig()
 
     @model_validator(mode="after")
     def _check_saes(self) -> "RunConfig":

@@ -15,7 +15,10 @@ import torch
 from monosemantic.activations import ActivationStore
 from monosemantic.activations.harvest import harvest_activations
 from monosemantic.analysis.analyze import analyze_run
+from monosemantic.analysis.feature_map import feature_map
+from monosemantic.analysis.splitting import feature_families
 from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
+from monosemantic.analysis.universality import universality
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
 from monosemantic.corpus.sources import iter_documents
@@ -187,6 +190,32 @@ def analysis_stage(cfg: RunConfig) -> Stage:
                  [FEATURE_STORE_FILE], needs=["sae"])
 
 
+def splitting_stage(cfg: RunConfig) -> Stage:
+    """Feature splitting across the sweep's sizes, then the 2D map of every decoder direction."""
+    names = [f"{cfg.sae.variant}-{size}" for size in sorted(cfg.sae.sizes)]
+    split_cfg = cfg.splitting.model_copy(update={"device": cfg.device})
+
+    def run(rd: RunDir) -> dict:
+        figures = feature_families(rd.path, names, split_cfg)
+        figures["feature_map"] = feature_map(rd.path, names, cfg.feature_map)
+        return figures
+
+    config = {"splitting": cfg.splitting.model_dump(), "map": cfg.feature_map.model_dump(), "saes": names}
+    return Stage("splitting", config, run, ["splitting/families.json", "feature_map/map.json"],
+                 needs=["sae"])
+
+
+def universality_stage(cfg: RunConfig) -> Stage:
+    """A second LM (another seed) and its SAE: how many features recur (the paper's A/1 vs B/1)."""
+    uni_cfg = cfg.universality.model_copy(update={"device": cfg.device})
+
+    def run(rd: RunDir) -> dict:
+        return universality(rd.path, uni_cfg)
+
+    return Stage("universality", cfg.universality.model_dump(), run,
+                 ["universality/universality.json"], needs=["sae"])
+
+
 def toy_stage(cfg: RunConfig) -> Stage:
     """Toy models of superposition: stands apart from the LM pipeline (needs nothing)."""
     toy_cfg = cfg.toy.model_copy(update={"device": cfg.device})
@@ -205,4 +234,4 @@ def load_run_lm(rd: RunDir, device: torch.device | str = "cpu"):
 def all_stages(cfg: RunConfig) -> list[Stage]:
     """Every stage of ``monosemantic run``, in order."""
     return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg), sae_stage(cfg),
-            analysis_stage(cfg), toy_stage(cfg)]
+            analysis_stage(cfg), splitting_stage(cfg), toy_stage(cfg), universality_stage(cfg)]

@@ -15,26 +15,14 @@ import importlib.util
 import json
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from monosemantic.analysis.config import FeatureMapConfig
 from monosemantic.atomic import atomic_path, write_json
 from monosemantic.errors import UserError
 from monosemantic.sae.io import load_sae
-
-
-class FeatureMapConfig(BaseModel):
-    """Projection method and its parameters."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["auto", "umap", "pca"] = "auto"
-    n_neighbors: int = Field(15, ge=2, description="UMAP neighbourhood (paper: 15)")
-    min_dist: float = Field(0.1, ge=0)
-    seed: int = 0
 
 
 def project_2d(directions_ND: np.ndarray, cfg: FeatureMapConfig) -> tuple[np.ndarray, str]:

@@ -32,31 +32,15 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from monosemantic.activations.store import ActivationStore
+from monosemantic.analysis.config import SplittingConfig
 from monosemantic.analysis.correlation import CrossStats, best_matches
 from monosemantic.atomic import atomic_path, write_json
 from monosemantic.corpus.tokenizer import load_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.sae.io import load_sae
-
-
-class SplittingConfig(BaseModel):
-    """How features are matched across sizes and which families are drawn."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    threshold: float = Field(0.4, ge=0, le=1, description="masked cosine needed for a parent link (paper ≈ 0.4)")
-    min_fires: int = Field(10, ge=1, description="tokens a feature must fire on for its side of the masked cosine")
-    max_tokens: int | None = Field(None, ge=1, description="held-out tokens used; None: all of RUN/activations/val")
-    chunk_rows: int = Field(8192, ge=1)
-    top_k: int = Field(12, ge=1, description="top activations per feature that make its label")
-    n_pictures: int = Field(6, ge=0, description="largest families drawn, besides the highlighted ones")
-    highlight: list[str] = Field(["the", "God"], description="tokens whose families are drawn and summarised")
-    max_children_drawn: int = Field(6, ge=1)
-    device: str = "cpu"
 
 
 @dataclass

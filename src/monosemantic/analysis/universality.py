@@ -31,10 +31,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from monosemantic.activations.harvest import harvest_activations
 from monosemantic.activations.store import ActivationStore
+from monosemantic.analysis.config import UniversalityConfig
 from monosemantic.analysis.correlation import BestMatches, CrossStats, Matches, best_matches
 from monosemantic.atomic import atomic_path, write_json
 from monosemantic.config import LMConfig
@@ -51,23 +51,6 @@ from monosemantic.sae.trainer import train_sae
 PAPER_MEDIAN_FEATURE_CORR = 0.72  # Bricken et al. 2023, A/1 vs B/1
 PAPER_MEDIAN_NEURON_CORR = 0.46
 INIT_ROWS = 8192  # activations that set an SAE's input scale and b_dec
-
-
-class UniversalityConfig(BaseModel):
-    """What to compare and how much the second model and its dictionary may cost."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sae: str | None = Field(None, description="run A's SAE under RUN/saes/ to reproduce on B; None: the largest")
-    lm_seed_offset: int = Field(1, ge=1, description="model B's seed = model A's seed + this")
-    lm_steps: int | None = Field(None, ge=1, description="model B's training steps; None: as many as A's")
-    n_train_tokens: int | None = Field(None, ge=1, description="B's harvested training tokens; None: as many as A's")
-    sae_n_samples: int | None = Field(None, ge=1, description="training samples of both new SAEs; None: A's recipe")
-    same_model_check: bool = Field(True, description="also train a reseeded SAE on A's activations")
-    sae_seed_offset: int = Field(1, ge=1, description="the reseeded SAE's seed = A's SAE seed + this")
-    chunk_rows: int = Field(16_384, ge=1, description="tokens per streamed chunk")
-    harvest_batch_size: int = Field(64, ge=1)
-    device: str = "cpu"
 
 
 def universality(run_dir: str | Path, cfg: UniversalityConfig) -> dict:
