@@ -92,7 +92,7 @@ def lm_stage(cfg: RunConfig) -> Stage:
         figures.update(baseline_losses(train, val, cfg.lm.n_ctx))
         figures["n_params"] = sum(p.numel() for p in model.parameters())
         if cfg.lm.trains_own_model:
-            save_lm(model.cpu(), cfg.lm, rd / "lm")
+            save_lm(model, cfg.lm, rd / "lm")
             checkpoint.unlink(missing_ok=True)
         else:
             save_external_ref(cfg.lm, rd / "lm")

@@ -203,7 +203,7 @@ class _Steps:
 def _train_lm_b(run: Path, lm_cfg: LMConfig, device: torch.device) -> dict:
     checkpoint = run / "lm_b_checkpoint.pt"
     model, figures = train_lm(lm_cfg, run / "tokens", checkpoint, device)
-    save_lm(model.cpu(), lm_cfg, run / "lm_b")
+    save_lm(model, lm_cfg, run / "lm_b")
     checkpoint.unlink(missing_ok=True)
     history = figures["history"]
     return {"train_loss": figures["train_loss"], "val_loss": history[-1]["val_loss"] if history else None,
