@@ -25,6 +25,7 @@ most frequent tokens among the ``top_k`` tokens where the feature fires most.
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,8 +348,10 @@ def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
     ax.set_title(f"Family of {family['sae']} feature {family['feature']} ({family['label'][:40]})", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
+        # token labels may hold CJK/Arabic glyphs the default font lacks; they render as boxes
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.tight_layout()
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
