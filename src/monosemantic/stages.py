@@ -1,6 +1,6 @@
 """The stages of ``monosemantic run``, each reading from and writing into the run directory.
 
-corpus → lm → harvest → (sae, analysis, …); toy stands apart. Each ``*_stage(cfg)`` returns a
+corpus → lm → harvest → sae → analysis → splitting, and universality after sae; toy stands apart. Each ``*_stage(cfg)`` returns a
 ``Stage`` whose ``run`` does the work and returns the figures that go into ``run.json``.
 """
 
@@ -22,10 +22,10 @@ from monosemantic.analysis.universality import universality
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
 from monosemantic.corpus.sources import iter_documents
-from monosemantic.corpus.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
-from monosemantic.lm.baselines import baseline_losses
 from monosemantic.errors import UserError
+from monosemantic.lm.baselines import baseline_losses
 from monosemantic.lm.model import (EXTERNAL_FILE, load_external_lm, load_lm, save_external_ref,
                                    save_lm)
 from monosemantic.lm.train import evaluate_lm, train_lm
@@ -224,11 +224,6 @@ def toy_stage(cfg: RunConfig) -> Stage:
         return run_toy_sweep(toy_cfg, rd / "toy")
 
     return Stage("toy", cfg.toy.model_dump(), run, ["toy/toy.json"])
-
-
-def load_run_lm(rd: RunDir, device: torch.device | str = "cpu"):
-    """The run's trained LM and tokenizer."""
-    return load_lm(rd / "lm", device), load_tokenizer(rd / "tokenizer.json")
 
 
 def all_stages(cfg: RunConfig) -> list[Stage]:

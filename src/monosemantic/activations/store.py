@@ -8,7 +8,8 @@ A store is a directory::
     acts_00001.bin ...
 
 The origin columns are ``(token, doc, pos, source_shard)``: the token id, the document index, the
-token's position within its context, and the corpus token shard it was read from. Shards are raw
+token's offset within its corpus token shard (harvest writes the absolute offset, so a row's
+context is ``tokens[source_shard][pos - k : pos + k + 1]``), and that token shard's index. Shards are raw
 arrays (read through ``np.memmap``) so that a store can be far larger than RAM; ``store.json``
 records each shard's row count and byte sizes, against which every shard is checked on open.
 
