@@ -158,7 +158,9 @@ def run(
 ) -> None:
     """Run the whole pipeline (skipping stages whose artifacts are current) and print a summary."""
     cfg = _config(preset, config, set_, corpus, dataset, seed, device)
-    _run_stages(cfg, out, upto, force)
+    rd = _run_stages(cfg, out, upto, force)
+    if (rd / "features.sqlite").is_file():
+        Console().print(f"Browse the features: [bold]monosemantic serve {rd.path}[/bold], then open http://127.0.0.1:8000/")
 
 
 def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | None = None):
@@ -214,6 +216,29 @@ def steer(
     from monosemantic.analysis.cli import steer as steer_feature
 
     steer_feature(run_dir, sae, feature, prompt, value, mode, n_tokens, seed=seed)
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1: this machine only)."),
+) -> None:
+    """The feature browser: a local web app over the run (JSON API under /api/)."""
+    from monosemantic.browser.serve import serve as serve_browser
+
+    serve_browser(run_dir, host, port)
+
+
+@app.command("export-html")
+def export_html(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    out: Path = typer.Argument(..., help="Folder to write the static site into (created or replaced)."),
+) -> None:
+    """A static, self-contained copy of the browser's pages (no live text or steering) to share a run."""
+    from monosemantic.browser.export import export_site
+
+    export_site(run_dir, out)
 
 
 sae_app = typer.Typer(help="Sparse autoencoders on the run's activations.", no_args_is_help=True)

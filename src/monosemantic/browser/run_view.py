@@ -1,0 +1,254 @@
+"""What the browser shows of a run, as plain JSON-ready dicts: the overview, pages of the feature
+list, and one unit's dashboard — read from ``run.json``, the feature store and the splitting output.
+
+The web app (``browser/app.py``) and the static export (``browser/export.py``) both render these
+dicts, so the live site and the exported one show the same numbers. A lookup that misses (unknown
+dictionary, unit id out of range, a file outside the run's pictures) raises ``NotFound``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from monosemantic.analysis.store import FILENAME, FeatureStore
+from monosemantic.errors import UserError
+from monosemantic.pipeline import RunDir
+
+NEURONS = "neurons"
+SORT_COLUMNS = ("unit", "density", "fire_count", "max_act", "mean_act", "simulation_score", "detection_score", "f1")
+PICTURE_DIRS = ("plots", "toy", "splitting", "feature_map", "analysis", "universality")
+PICTURE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
+MAX_PAGE = 200
+FAMILY_CHILDREN = 24  # descendants listed per larger dictionary on a feature page
+
+
+class NotFound(LookupError):
+    """A dictionary, unit or file the run does not have (the app answers 404)."""
+
+
+class RunView:
+    """Read-only views of one run directory for the browser.
+
+    Each thread gets its own read-only SQLite connection (the app answers requests from a
+    thread pool, and a connection's cursors must not interleave across threads).
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir)
+        if not self.path.is_dir():
+            raise UserError(f"run directory {self.path}: not found")
+        FeatureStore(self.path / FILENAME).close()  # fail now, with one clear line, if it is missing or foreign
+        self.manifest = RunDir(self.path).manifest
+        self._local = threading.local()
+        self.dicts = {d["name"]: d for d in self.store.dictionaries()}
+
+    @property
+    def store(self) -> FeatureStore:
+        if not hasattr(self._local, "store"):
+            self._local.store = FeatureStore(self.path / FILENAME)
+        return self._local.store
+
+    def dictionary(self, name: str) -> dict[str, Any]:
+        if name not in self.dicts:
+            raise NotFound(f"unknown dictionary {name!r} (have: {', '.join(self.dicts)})")
+        return self.dicts[name]
+
+    def check_unit(self, dict_name: str, unit: int) -> dict[str, Any]:
+        d = self.dictionary(dict_name)
+        if not 0 <= unit < d["n_units"]:
+            raise NotFound(f"{dict_name} has {d['unit_kind']}s 0…{d['n_units'] - 1}, not {unit}")
+        return d
+
+    # --- overview -------------------------------------------------------------------------------
+
+    def overview(self) -> dict[str, Any]:
+        """The LM, every SAE's metrics, the interpretability comparison and the run's pictures."""
+        m = self.manifest
+        lm = {k: m.get("lm", {}).get(k) for k in ("val_loss", "unigram_loss", "bigram_loss", "n_params", "steps",
+                                                   "train_tokens", "external")}
+        lm_config = m.get("config", {}).get("lm", {})
+        lm["shape"] = {k: lm_config.get(k) for k in ("n_layers", "d_model", "d_mlp", "n_heads", "n_ctx", "hook_name")}
+        metrics = {e["name"]: e for e in m.get("sae", {}).get("saes", [])}
+        analysis = m.get("analysis", {}).get("dictionaries", {})
+        dictionaries = []
+        for name, d in self.dicts.items():
+            e = metrics.get(name, {})
+            dictionaries.append({
+                **d, "alive": analysis.get(name, {}).get("alive"), "mean_density": analysis.get(name, {}).get("mean_density"),
+                **{k: e.get(k) for k in ("l0", "fvu", "loss_recovered", "loss_recovered_mean_ablation", "dead_frac",
+                                         "dense_frac", "train_seconds", "density_log10_hist", "density_plot")},
+                **self._score_summary(name)})
+        a = m.get("analysis", {})
+        return {
+            "run": self.path.name, "corpus": m.get("corpus", {}), "lm": lm, "dictionaries": dictionaries,
+            "interpretability": {k: a.get(k) for k in ("backend", "n_scored_units", "feature_dictionary",
+                                                       "neuron_score_mean", "neuron_score_median", "feature_score_mean",
+                                                       "feature_score_median", "neuron_detection_mean",
+                                                       "feature_detection_mean", "score_plot")},
+            "universality": {k: m.get("universality", {}).get(k) for k in (
+                "median_feature_corr", "median_neuron_corr", "paper_median_feature_corr", "paper_median_neuron_corr")},
+            "splitting": m.get("splitting", {}).get("summary", []),
+            "toy": [p for p in m.get("toy", {}).get("points", [])],
+            "pictures": self.pictures(),
+        }
+
+    def _score_summary(self, name: str) -> dict[str, Any]:
+        row = self.store.db.execute(
+            "SELECT count(simulation_score), avg(simulation_score), avg(detection_score) FROM units WHERE dict=?",
+            (name,)).fetchone()
+        return {"n_scored": row[0], "score_mean": row[1], "detection_mean": row[2]}
+
+    def pictures(self) -> dict[str, list[str]]:
+        """The run's plots by folder, as paths relative to the run directory."""
+        found = {}
+        for folder in PICTURE_DIRS:
+            files = sorted(p for p in (self.path / folder).glob("*") if p.suffix == ".png")
+            if files:
+                found[folder] = [f"{folder}/{p.name}" for p in files]
+        return found
+
+    def picture(self, rel: str) -> Path:
+        """The file at ``rel`` if it is a picture in one of the run's picture folders."""
+        parts = Path(rel).parts
+        if len(parts) != 2 or parts[0] not in PICTURE_DIRS or Path(rel).suffix not in PICTURE_TYPES:
+            raise NotFound(f"no picture {rel!r}")
+        path = (self.path / rel).resolve()
+        if path.parent != (self.path / parts[0]).resolve() or not path.is_file():
+            raise NotFound(f"no picture {rel!r}")
+        return path
+
+    # --- feature list ---------------------------------------------------------------------------
+
+    def unit_list(self, dict_name: str, sort: str = "simulation_score", descending: bool = True, offset: int = 0,
+                  limit: int = 50, text: str | None = None, token: str | None = None, min_density: float = 0.0,
+                  max_density: float = 1.0, min_score: float | None = None) -> dict[str, Any]:
+        """One page of a dictionary's units, filtered and sorted, with the total that match.
+
+        ``text`` keeps units whose explanation contains it; ``token`` keeps units that fire on that
+        token and adds ``f1``, the harmonic mean of precision (fires on it / all fires) and recall
+        (fires on it / its count), ``2·fires / (fire_count + count)``.
+        """
+        self.dictionary(dict_name)
+        if sort not in SORT_COLUMNS or (sort == "f1" and not token):
+            raise UserError(f"sort={sort}: choose from {', '.join(c for c in SORT_COLUMNS if token or c != 'f1')}")
+        if not 1 <= limit <= MAX_PAGE:
+            raise UserError(f"limit={limit}: must be 1…{MAX_PAGE}")
+        columns = ("u.unit, u.fire_count, u.density, u.mean_act, u.max_act, u.explanation, u.simulation_score, "
+                   "u.detection_score, u.score_backend")
+        where, args = ["u.dict=?", "u.density>=?", "u.density<=?"], [dict_name, min_density, max_density]
+        if text:
+            where.append("instr(lower(u.explanation), lower(?)) > 0")
+            args.append(text)
+        if min_score is not None:
+            where.append("u.simulation_score>=?")
+            args.append(min_score)
+        matched: list[str] = []
+        if token:
+            ids = self.store.tokens_matching(token)
+            matched = [self.store.token_text(t) for t in ids]
+            if not ids:
+                return {"dict": dict_name, "total": 0, "offset": offset, "rows": [], "matched_tokens": []}
+            inner = (f"SELECT {columns}, max(2.0 * t.fires / (u.fire_count + v.count)) AS f1 FROM unit_tokens t "
+                     f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
+                     f"WHERE t.dict=? AND t.token IN ({','.join('?' * len(ids))}) AND {' AND '.join(where)} "
+                     f"GROUP BY u.unit")
+            args = [dict_name, *ids, *args]
+        else:
+            inner = f"SELECT {columns} FROM units u WHERE {' AND '.join(where)}"
+        order = f"{sort} IS NULL, {sort} {'DESC' if descending else 'ASC'}, unit"
+        rows = [dict(r) for r in self.store.db.execute(
+            f"SELECT *, count(*) OVER () AS total FROM ({inner}) ORDER BY {order} LIMIT ? OFFSET ?",
+            (*args, limit, offset))]
+        total = rows[0]["total"] if rows else self.store.db.execute(f"SELECT count(*) FROM ({inner})", args).fetchone()[0]
+        labels = self.labels(dict_name, [r["unit"] for r in rows])
+        for r in rows:
+            del r["total"]
+            r["top_tokens"] = labels.get(r["unit"], [])
+        return {"dict": dict_name, "total": total, "offset": offset, "rows": rows, "matched_tokens": matched}
+
+    def labels(self, dict_name: str, units: list[int], n: int = 3) -> dict[int, list[str]]:
+        """Each unit's ``n`` most-fired-on token texts: a short label for lists and links."""
+        if not units:
+            return {}
+        rows = self.store.db.execute(
+            f"SELECT unit, token FROM (SELECT unit, token, row_number() OVER (PARTITION BY unit ORDER BY fires DESC, "
+            f"token) AS k FROM unit_tokens WHERE dict=? AND unit IN ({','.join('?' * len(units))})) WHERE k<=? "
+            f"ORDER BY unit, k", (dict_name, *units, n))
+        out: dict[int, list[str]] = {}
+        for unit, token in rows:
+            out.setdefault(unit, []).append(self.store.token_text(token))
+        return out
+
+    # --- one unit -------------------------------------------------------------------------------
+
+    def unit_page(self, dict_name: str, unit: int) -> dict[str, Any]:
+        """A feature's or neuron's dashboard: the store's page, with its examples grouped by kind,
+        labelled neighbours, constituent neurons (features) or the features using it (neurons), and
+        its split family across dictionary sizes."""
+        d = self.check_unit(dict_name, unit)
+        page = self.store.feature_page(dict_name, unit)
+        examples = page.pop("examples")
+        page["dictionary"] = d
+        page["top_examples"] = [e for e in examples if e["kind"] == "top"]
+        page["random_examples"] = [e for e in examples if e["kind"] == "random"]
+        intervals: dict[int, list[dict]] = {}
+        for e in examples:
+            if e["kind"] == "interval":
+                intervals.setdefault(e["bucket"], []).append(e)
+        page["intervals"] = [{"bucket": b, "low": min(e["activation"] for e in ex), "high": max(e["activation"] for e in ex),
+                              "examples": ex} for b, ex in sorted(intervals.items(), reverse=True)]
+        for kind in ("decoder", "cofiring"):
+            pairs = page.pop(f"{kind}_neighbours")
+            labels = self.labels(dict_name, [u for u, _ in pairs])
+            page[f"{kind}_neighbours"] = [{"unit": u, "value": v, "label": labels.get(u, [])} for u, v in pairs]
+        if d["unit_kind"] == "feature":
+            pairs = page.pop("constituents")
+            labels = self.labels(NEURONS, [n for n, _ in pairs]) if NEURONS in self.dicts else {}
+            page["constituents"] = [{"unit": n, "value": w, "label": labels.get(n, [])} for n, w in pairs]
+            page["family"] = self.family(dict_name, unit)
+        else:
+            page["used_by"] = {}
+            for name, other in self.dicts.items():
+                if other["unit_kind"] == "feature":
+                    pairs = self.store.neuron_users(name, unit)
+                    labels = self.labels(name, [u for u, _ in pairs])
+                    page["used_by"][name] = [{"unit": u, "value": w, "label": labels.get(u, [])} for u, w in pairs]
+        page["top_tokens"] = [{"token": t, "fires": n, "mean_act": a} for t, n, a in page["top_tokens"]]
+        return page
+
+    @cached_property
+    def _families(self) -> dict[str, Any] | None:
+        path = self.path / "splitting" / "families.json"
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return {"labels": {name: f["label"] for name, f in data["features"].items()},
+                "links": data["links"]}
+
+    def family(self, sae: str, feature: int) -> dict[str, Any] | None:
+        """The feature's ancestors in the smaller SAEs and its descendants in the larger ones
+        (splitting's parent links), or ``None`` before the splitting stage has run."""
+        families = self._families
+        if families is None or sae not in families["labels"]:
+            return None
+        labels, links = families["labels"], families["links"]
+
+        def node(name: str, f: int, similarity: float | None = None) -> dict[str, Any]:
+            return {"sae": name, "feature": f, "label": labels[name][f], "similarity": similarity}
+
+        ancestors, name, f = [], sae, feature
+        while (link := next((k for k in links if k["to"] == name), None)) is not None and link["parent"][f] >= 0:
+            ancestors.insert(0, node(link["from"], link["parent"][f], link["similarity"][f]))
+            name, f = link["from"], link["parent"][f]
+        descendants, name, parents = [], sae, {feature}
+        while parents and (link := next((k for k in links if k["from"] == name), None)) is not None:
+            children = [j for j, p in enumerate(link["parent"]) if p in parents]
+            descendants.append({"sae": link["to"], "total": len(children),
+                                "features": [dict(node(link["to"], j, link["similarity"][j]), parent=link["parent"][j])
+                                             for j in children[:FAMILY_CHILDREN]]})
+            name, parents = link["to"], set(children)
+        return {"ancestors": ancestors, "descendants": descendants}
