@@ -234,11 +234,13 @@ def serve(
 def export_html(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     out: Path = typer.Argument(..., help="Folder to write the static site into (created or replaced)."),
+    max_units: Optional[int] = typer.Option(None, "--max-units", min=1, help="Unit pages per dictionary (default: all)."),
 ) -> None:
     """A static, self-contained copy of the browser's pages (no live text or steering) to share a run."""
     from monosemantic.browser.export import export_site
 
-    export_site(run_dir, out)
+    counts = export_site(run_dir, out, max_units)
+    console.print(f"wrote {counts['pages']:,} unit pages and {counts['pictures']} pictures: open {out / 'index.html'}")
 
 
 sae_app = typer.Typer(help="Sparse autoencoders on the run's activations.", no_args_is_help=True)

@@ -97,11 +97,12 @@ def create_app(run_dir: str | Path) -> FastAPI:
         return view.overview()
 
     @app.get("/api/dicts/{dict_name}/units")
-    def units(dict_name: str, sort: str = "simulation_score", order: Literal["asc", "desc"] = "desc",
+    def units(dict_name: str, sort: str | None = Query(None, max_length=40), order: Literal["asc", "desc"] = "desc",
               offset: int = Query(0, ge=0, le=10**7), limit: int = Query(50, ge=1, le=MAX_PAGE),
               q: str | None = Query(None, max_length=200), token: str | None = Query(None, max_length=100),
               min_density: float = Query(0.0, ge=0, le=1), max_density: float = Query(1.0, ge=0, le=1),
               min_score: float | None = Query(None, ge=-1, le=1)) -> dict:
+        sort = sort or ("f1" if token else "simulation_score")  # a token search ranks by F1 unless told otherwise
         return view.unit_list(dict_name, sort, order == "desc", offset, limit, q or None, token or None,
                               min_density, max_density, min_score)
 
