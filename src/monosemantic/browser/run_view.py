@@ -30,6 +30,18 @@ class NotFound(LookupError):
     """A dictionary, unit or file the run does not have (the app answers 404)."""
 
 
+class VocabCachedStore(FeatureStore):
+    """A ``FeatureStore`` that decodes tokens from an in-memory copy of the vocabulary (a page shows
+    thousands of context tokens; one SQL query each was most of a page's time)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.vocab = dict(self.db.execute("SELECT token, text FROM vocab").fetchall())
+
+    def token_text(self, token: int) -> str:
+        return self.vocab.get(token, f"<{token}>")
+
+
 class RunView:
     """Read-only views of one run directory for the browser.
 
@@ -49,7 +61,7 @@ class RunView:
     @property
     def store(self) -> FeatureStore:
         if not hasattr(self._local, "store"):
-            self._local.store = FeatureStore(self.path / FILENAME)
+            self._local.store = VocabCachedStore(self.path / FILENAME)
         return self._local.store
 
     def dictionary(self, name: str) -> dict[str, Any]:
