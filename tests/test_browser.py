@@ -360,6 +360,9 @@ def test_ui_feature_page(page, server, run, names):
     centre = first.find_element("css selector", ".tok.center")
     assert float(centre.get_attribute("data-act")) == pytest.approx(u["max_act"], abs=1e-3)
     assert "rgba(234, 88, 12" in centre.get_attribute("style")
+    main = page.find_element("css selector", "main").text
+    assert "[object" not in main and "interval 2:" in main and "Random firing contexts" in main
+    assert len(page.find_elements("css selector", ".ctx")) == len(store.examples(identity, unit))
     assert f"feature {2 * unit + 1}" in page.find_element("css selector", "#family").text
     page.find_element("css selector", "#family a").click()
     wait_for(page, "h1", f"Feature {2 * unit}")

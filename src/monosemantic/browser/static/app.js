@@ -105,7 +105,7 @@ function context(example, max) {
   return line;
 }
 
-function histogram(counts, xmax, {width = 520, height = 120, label = "activation"} = {}) {
+function histogram(counts, [xmin, xmax], {width = 520, height = 120, label = "activation"} = {}) {
   const ns = "http://www.w3.org/2000/svg", svg = document.createElementNS(ns, "svg");
   svg.setAttribute("width", width); svg.setAttribute("height", height + 18);
   const peak = Math.max(1, ...counts), bw = width / counts.length;
@@ -116,7 +116,7 @@ function histogram(counts, xmax, {width = 520, height = 120, label = "activation
     const title = document.createElementNS(ns, "title");
     title.textContent = `${label} bin ${i}: ${c}`; r.append(title); svg.append(r);
   });
-  for (const [x, text, anchor] of [[0, "0", "start"], [width, fmt(xmax, 2), "end"]]) {
+  for (const [x, text, anchor] of [[0, xmin, "start"], [width, xmax, "end"]]) {
     const t = document.createElementNS(ns, "text");
     t.setAttribute("x", x); t.setAttribute("y", height + 13); t.setAttribute("text-anchor", anchor); t.textContent = text; svg.append(t);
   }
@@ -169,7 +169,7 @@ async function showOverview() {
   if (withHist.length) {
     out.push(h("h2", {}, "Feature density (log10 of firing frequency, −8 … 0)"));
     out.push(h("div", {class: "grid"}, withHist.map(d => h("div", {class: "card"}, h("h3", {}, d.name),
-      histogram(d.density_log10_hist, 0, {width: 320, height: 80, label: "log10 density"})))));
+      histogram(d.density_log10_hist, ["10⁻⁸", "1"], {width: 320, height: 80, label: "log10 density"})))));
   }
   if (o.splitting.length) {
     out.push(h("h2", {}, "Feature splitting"));
@@ -256,13 +256,13 @@ async function showUnit(dict, unit) {
       `(density ${sci(page.density)}), max activation ${fmt(max)}, mean ${fmt(page.mean_act)}`),
     !EXPORT && kind === "feature" ? h("p", {}, h("a", {href: `#/steer?sae=${encodeURIComponent(dict)}&feature=${unit}&value=${(2 * max).toFixed(2)}`}, "steer with this feature →")) : null));
   const left = h("div", {}), right = h("div", {});
-  left.append(h("h2", {}, "Activation histogram (when firing)"), histogram(page.hist, page.hist_max));
+  left.append(h("h2", {}, "Activation histogram (when firing)"), histogram(page.hist, ["0", fmt(page.hist_max, 2)]));
   left.append(h("h2", {}, "Top activating contexts"), h("div", {id: "top-examples"}, page.top_examples.map(e => context(e, max))));
   if (page.intervals.length) {
     left.append(h("h2", {}, "Samples across activation intervals"));
-    for (const iv of page.intervals) left.append(h("h3", {}, `interval ${iv.bucket}: ${fmt(iv.low, 2)} – ${fmt(iv.high, 2)}`), iv.examples.map(e => context(e, max)));
+    for (const iv of page.intervals) left.append(h("h3", {}, `interval ${iv.bucket}: ${fmt(iv.low, 2)} – ${fmt(iv.high, 2)}`), ...iv.examples.map(e => context(e, max)));
   }
-  if (page.random_examples.length) left.append(h("h2", {}, "Random firing contexts"), page.random_examples.map(e => context(e, max)));
+  if (page.random_examples.length) left.append(h("h2", {}, "Random firing contexts"), ...page.random_examples.map(e => context(e, max)));
   right.append(h("h2", {}, "Tokens it fires on"), table([["token"], ["fires", "num"], ["mean act", "num"]],
     page.top_tokens.map(t => [[chip(t.token)], [t.fires, "num"], [fmt(t.mean_act, 2), "num"]])));
   right.append(h("h2", {}, "Logit effects"), h("h3", {}, "promoted"), bars(page.logits.top, "pos"),
