@@ -101,7 +101,8 @@ def test_token_search_precision_recall_is_exact(analysed):
     acts = ActivationStore(run / "activations" / "val")
     n = figures["n_tokens"]
     tokens = acts.origin(np.arange(n))["token"]
-    fired = acts.rows(np.arange(n)).numpy() > 0
+    acts_NU = acts.rows(np.arange(n)).numpy()
+    fired = acts_NU > 0
     store = FeatureStore(run / FILENAME)
     token = int(np.bincount(tokens).argmax())
     text = store.token_text(token)
@@ -109,7 +110,7 @@ def test_token_search_precision_recall_is_exact(analysed):
     on_token = tokens == token
     f1 = []
     for u in range(fired.shape[1]):
-        precision = (fired[:, u] & on_token).sum() / max(fired[:, u].sum(), 1)
+        precision = acts_NU[fired[:, u] & on_token, u].sum() / max(acts_NU[fired[:, u], u].sum(), 1e-12)
         recall = (fired[:, u] & on_token).sum() / on_token.sum()
         f1.append(2 * precision * recall / max(precision + recall, 1e-12))
     assert hits[0]["unit"] == int(np.argmax(f1)) and hits[0]["f1"] == pytest.approx(max(f1))

@@ -39,6 +39,15 @@ from monosemantic.errors import UserError
 FORMAT = "monosemantic.feature-store/1"
 FILENAME = "features.sqlite"
 
+# How well a unit picks out a token, over the columns of unit_tokens t, units u and vocab v:
+# precision = the unit's activation mass on the token / its whole activation mass (weighting by
+# activation, so the faint firings a TopK dictionary spreads everywhere count for little), and
+# recall = the token's occurrences the unit fires on / all its occurrences.
+TOKEN_PRECISION_SQL = "(t.fires * t.mean_act / max(u.fire_count * u.mean_act, 1e-12))"
+TOKEN_RECALL_SQL = "(1.0 * t.fires / max(v.count, 1))"
+TOKEN_F1_SQL = (f"(2.0 * {TOKEN_PRECISION_SQL} * {TOKEN_RECALL_SQL} / "
+                f"max({TOKEN_PRECISION_SQL} + {TOKEN_RECALL_SQL}, 1e-12))")
+
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE dictionaries (name TEXT PRIMARY KEY, unit_kind TEXT NOT NULL, n_units INTEGER NOT NULL,
@@ -213,29 +222,22 @@ class FeatureStore:
 
     def search_token(self, token: str, dict_name: str | None = None, top: int = 10) -> list[dict[str, Any]]:
         """Units that fire on ``token``, best first by F1 of precision and recall, where
-        precision = fires on the token / all fires, recall = fires on the token / token count."""
+        precision = activation on the token / all activation, recall = fires on the token / token count."""
         d = self.dictionary(dict_name)
         ids = self.tokens_matching(token)
         if not ids:
             raise UserError(f"--token {token!r}: not a token of this run's vocabulary")
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
-            f"SELECT t.unit, t.token, t.fires, u.fire_count, v.count, u.explanation, u.simulation_score, "
-            f"u.score_backend FROM unit_tokens t JOIN units u ON u.dict=t.dict AND u.unit=t.unit "
-            f"JOIN vocab v ON v.token=t.token WHERE t.dict=? AND t.token IN ({marks})", (d["name"], *ids)).fetchall()
-        results = []
-        for r in rows:
-            precision = r["fires"] / max(r["fire_count"], 1)
-            recall = r["fires"] / max(r["count"], 1)
-            results.append({"dict": d["name"], "unit": r["unit"], "token": self.token_text(r["token"]),
-                            "precision": precision, "recall": recall,
-                            "f1": 2 * precision * recall / max(precision + recall, 1e-12),
-                            "explanation": r["explanation"], "simulation_score": r["simulation_score"],
-                            "score_backend": r["score_backend"]})
-        results.sort(key=lambda x: (-x["f1"], x["unit"]))
-        for result in results[:top]:
+            f"SELECT t.unit, t.token, {TOKEN_PRECISION_SQL} AS precision, {TOKEN_RECALL_SQL} AS recall, "
+            f"{TOKEN_F1_SQL} AS f1, u.explanation, u.simulation_score, u.score_backend FROM unit_tokens t "
+            f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
+            f"WHERE t.dict=? AND t.token IN ({marks}) ORDER BY f1 DESC, t.unit LIMIT ?",
+            (d["name"], *ids, top)).fetchall()
+        results = [{"dict": d["name"], **dict(r), "token": self.token_text(r["token"])} for r in rows]
+        for result in results:
             result["top_tokens"] = self.top_tokens(d["name"], result["unit"])
-        return results[:top]
+        return results
 
     def search_text(self, text: str, dict_name: str | None = None, top: int = 10) -> list[dict[str, Any]]:
         """Units whose explanation contains ``text`` (case-insensitive), best-scored first."""

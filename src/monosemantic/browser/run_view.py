@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from monosemantic.analysis.store import FILENAME, FeatureStore
+from monosemantic.analysis.store import FILENAME, TOKEN_F1_SQL, FeatureStore
 from monosemantic.errors import UserError
 from monosemantic.pipeline import RunDir
 
@@ -141,8 +141,8 @@ class RunView:
         """One page of a dictionary's units, filtered and sorted, with the total that match.
 
         ``text`` keeps units whose explanation contains it; ``token`` keeps units that fire on that
-        token and adds ``f1``, the harmonic mean of precision (fires on it / all fires) and recall
-        (fires on it / its count), ``2·fires / (fire_count + count)``.
+        token and adds ``f1``, the harmonic mean of precision (activation on it / all activation)
+        and recall (fires on it / its count), as ``FeatureStore.search_token`` ranks them.
         """
         self.dictionary(dict_name)
         if sort not in SORT_COLUMNS or (sort == "f1" and not token):
@@ -164,7 +164,7 @@ class RunView:
             matched = [self.store.token_text(t) for t in ids]
             if not ids:
                 return {"dict": dict_name, "total": 0, "offset": offset, "rows": [], "matched_tokens": []}
-            inner = (f"SELECT {columns}, max(2.0 * t.fires / (u.fire_count + v.count)) AS f1 FROM unit_tokens t "
+            inner = (f"SELECT {columns}, max({TOKEN_F1_SQL}) AS f1 FROM unit_tokens t "
                      f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
                      f"WHERE t.dict=? AND t.token IN ({','.join('?' * len(ids))}) AND {' AND '.join(where)} "
                      f"GROUP BY u.unit")
