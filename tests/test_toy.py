@@ -86,6 +86,34 @@ def test_classify_counts_tegum_factors():
     assert geometry.label_N[1:3] == ["digon", "digon"] and geometry.label_N[-1] == "partial"
 
 
+def test_classify_finds_tetrahedra_and_triangles_among_digons_when_slightly_noisy():
+    # the uniform sweep's transition from 1 to 1/2: tegum products of polytopes in their own subspaces
+    tetrahedron = torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64) / math.sqrt(3)
+    digon = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    W_NM = block_diagonal(tetrahedron, regular_polygon(3), regular_polygon(3), digon, digon, digon)
+    W_NM = W_NM[torch.randperm(W_NM.shape[0], generator=torch.Generator().manual_seed(0))]
+    W_NM = W_NM + 0.01 * torch.randn(W_NM.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    geometry = classify(W_NM)
+    assert geometry.counts == {"dense": 0, "tetrahedron": 1, "triangle": 2, "digon": 3, "pentagon": 0,
+                               "square_antiprism": 0, "other": 0, "partial": 0, "not_learned": 0}
+    assert dimensions_per_feature(W_NM) == pytest.approx(10 / 16, abs=0.01)  # 3 + 2·2 + 3·1 dims over 16 features
+    for name, value in (("tetrahedron", 3 / 4), ("triangle", 2 / 3), ("digon", 1 / 2)):
+        chosen = torch.tensor([label == name for label in geometry.label_N])
+        assert geometry.dimensionality_N[chosen] == pytest.approx(torch.full((int(chosen.sum()),), value,
+                                                                              dtype=torch.float64), abs=0.02)
+
+
+def test_a_projection_spread_over_all_features_is_dense_but_partial():
+    # the dense end of the uniform sweep: W = an m-dimensional orthonormal frame of Rⁿ, WᵀW a projection.
+    # Every feature gets ‖W_i‖² = D_i ≈ m/n and D* = m/‖W‖² = 1 exactly.
+    Q_NM, _ = torch.linalg.qr(torch.randn(200, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    geometry = classify(Q_NM)
+    assert geometry.dims_per_feature == pytest.approx(1.0)
+    assert geometry.dimensionality_N == pytest.approx(geometry.norm_N**2)
+    assert float(geometry.dimensionality_N.mean()) == pytest.approx(10 / 200)
+    assert geometry.n_represented == 0 and geometry.counts["partial"] + geometry.counts["not_learned"] == 200
+
+
 def test_classify_names_a_distorted_polytope_other():
     squashed = regular_polygon(5) * torch.tensor([1.0, 0.5], dtype=torch.float64)
     geometry = classify(squashed)
