@@ -22,6 +22,9 @@ STRUCTURE_COLOURS: dict[str, str] = {
     "pentagon": "#ff7f0e", "square_antiprism": "#8c564b", "other": "#7f7f7f", "partial": "#17becf",
     "not_learned": "#c7c7c7",
 }
+# legend names where the structure name alone would mislead
+LEGEND_NAMES: dict[str, str] = {"partial": "partial (spread: WᵀW a projection over many features)",
+                                "other": "other (incl. a lone feature in a spread)", "not_learned": "not learned"}
 
 
 def save_figure(fig: Figure, out_dir: Path, name: str) -> dict[str, str]:
@@ -56,7 +59,7 @@ def plot_dimensionality(sparsities: list[float], geometries: list[Geometry], n_f
                 # a little horizontal jitter (in log space) so the dots of one sparsity do not hide each other
                 jitter = np.exp(rng.uniform(-0.03, 0.03, int(chosen.sum())))
                 ax.scatter(x * jitter, geometry.dimensionality_N.numpy()[chosen], s=6, color=colour, alpha=0.5,
-                           linewidths=0, label=name.replace("_", " "), zorder=2)
+                           linewidths=0, label=LEGEND_NAMES.get(name, name.replace("_", " ")), zorder=2)
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper right", markerscale=2,
