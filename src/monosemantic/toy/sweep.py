@@ -74,7 +74,7 @@ class ToyConfig(BaseModel):
         """``tiny`` (tests, seconds); ``demo`` (the essay's 400→30 sweep, 1/(1−S) from 1 to 10, in a
         few CPU minutes: 2k steps at batch 256 with a raised, cosine-decayed learning rate);
         ``paper`` (the paper notebook's recipe — AdamW at a constant 1e-3, batch 1024, 10k steps —
-        on 30 sparsities out to 1/(1−S) = 20, as the notebook sweeps; about an hour on 2 CPU cores,
+        on 30 sparsities out to 1/(1−S) = 20, as the notebook sweeps; about 75 minutes on one CPU thread,
         under a minute on a GPU).
 
         Triangles (D_i = 2/3) form only between 1/(1−S) ≈ 1.45 and 1.85, as the spread of the dense
