@@ -207,7 +207,7 @@ def steer(
     sae: str = typer.Option(..., "--sae", help="SAE name, e.g. standard-4096."),
     feature: int = typer.Option(..., "--feature", help="Feature id."),
     prompt: str = typer.Option(..., "--prompt", help="Text to continue."),
-    value: Optional[float] = typer.Option(None, "--value", help="Clamp/add value (default: the feature's max)."),
+    value: Optional[float] = typer.Option(None, "--value", help="Clamp/add value (default: twice the feature's max activation)."),
     mode: str = typer.Option("clamp", "--mode", help="clamp, add or ablate."),
     n_tokens: int = typer.Option(20, "--n-tokens", min=0, help="Tokens to sample."),
     seed: int = typer.Option(0, "--seed"),
