@@ -24,6 +24,7 @@ from monosemantic.analysis.autointerp import Example, Explainer, OfflineExplaine
 from monosemantic.analysis.logits import logit_effects, top_and_bottom
 from monosemantic.analysis.neighbours import cofiring_neighbours, decoder_neighbours
 from monosemantic.analysis.neurons import constituent_neurons, neuron_users
+from monosemantic.analysis.store import NEURONS
 from monosemantic.analysis.stats import Basis, StatsConfig, TokenContext, UnitStats, analysed_rows, compute_unit_stats, read_token_context
 from monosemantic.atomic import atomic_path
 from monosemantic.corpus.tokenizer import load_tokenizer
@@ -32,7 +33,6 @@ from monosemantic.lm.model import load_lm
 from monosemantic.progress import progress
 from monosemantic.sae.io import load_sae
 
-NEURONS = "neurons"
 GOD_TOKENS = (" God", "God")
 
 

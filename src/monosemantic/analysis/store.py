@@ -38,6 +38,7 @@ from monosemantic.errors import UserError
 
 FORMAT = "monosemantic.feature-store/1"
 FILENAME = "features.sqlite"
+NEURONS = "neurons"  # the dictionary name under which the store keeps the neuron basis
 
 # How well a unit picks out a token, over the columns of unit_tokens t, units u and vocab v:
 # precision = the unit's activation mass on the token / its whole activation mass (weighting by

@@ -14,11 +14,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from monosemantic.analysis.store import FILENAME, TOKEN_F1_SQL, FeatureStore
+from monosemantic.analysis.store import FILENAME, NEURONS, TOKEN_F1_SQL, FeatureStore
 from monosemantic.errors import UserError
 from monosemantic.pipeline import RunDir
 
-NEURONS = "neurons"
 SORT_COLUMNS = ("unit", "density", "fire_count", "max_act", "mean_act", "simulation_score", "detection_score", "f1")
 PICTURE_DIRS = ("plots", "toy", "splitting", "feature_map", "analysis", "universality")
 PICTURE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
