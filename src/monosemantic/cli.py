@@ -204,7 +204,7 @@ def search(
 @app.command()
 def steer(
     run_dir: Path = typer.Argument(..., help="Run directory."),
-    sae: str = typer.Option(..., "--sae", help="SAE name, e.g. standard-4096."),
+    sae: str = typer.Option(..., "--sae", help="SAE name, e.g. topk-4096."),
     feature: int = typer.Option(..., "--feature", help="Feature id."),
     prompt: str = typer.Option(..., "--prompt", help="Text to continue."),
     value: Optional[float] = typer.Option(None, "--value", help="Clamp/add value (default: twice the feature's max activation)."),

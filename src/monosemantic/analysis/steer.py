@@ -48,8 +48,8 @@ def steering_hook(sae: SparseAutoencoder, feature: int, mode: Mode, value: float
 def next_token_change(model: HookedTransformer, hook_name: str, tokens_T: torch.Tensor, hook: Callable,
                       top: int = 10) -> dict[str, list[tuple[int, float, float]]]:
     """Next-token probabilities after ``tokens_T`` without and with ``hook``: the top tokens before,
-    the top tokens after, and the largest probability gains p_after − p_before (by ratio, tokens
-    nobody would sample dominate) — each (token, p_before, p_after)."""
+    the top tokens after, and the largest probability gains p_after − p_before (not log-ratios, which
+    tokens of negligible probability dominate) — each (token, p_before, p_after)."""
     before_V = model(tokens_T[None])[0, -1].log_softmax(-1)
     after_V = model.run_with_hooks(tokens_T[None], fwd_hooks=[(hook_name, hook)])[0, -1].log_softmax(-1)
 
