@@ -247,3 +247,36 @@ def test_sparse_decoding_gradients_equal_dense_ones(variant):
     ((torch.where(kept, sae.pre_acts(x).relu(), 0) @ sae.W_dec) ** 2).sum().backward()
     for got, want in zip(sparse_grads, [p.grad for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
+def test_sparse_encoder_gradients_equal_dense_ones_with_auxk(variant):
+    """The training loss's gradients, read through the selected entries only (``pre_acts_at``),
+    equal those of the same loss written densely: latents = kept ReLU(pre), AuxK over dead ones."""
+    torch.manual_seed(0)
+    sae = build_sae(_cfg(variant, k=5, aux_k=4))
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_()
+    x = torch.randn(32, D)
+    dead = torch.zeros(F, dtype=torch.bool)
+    dead[::3] = True
+    sae.training_output(x, dead, 1.0).loss.backward()
+    sparse_grads = [p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+    sae.zero_grad()
+
+    pre = sae.pre_acts(x)
+    kept = torch.zeros_like(pre, dtype=torch.bool)
+    if variant == "topk":
+        kept.scatter_(1, pre.detach().topk(5, dim=1).indices, True)
+    else:
+        kept = pre.detach().relu() >= pre.detach().relu().flatten().topk(5 * 32).values.min()
+    recon = torch.where(kept, pre.relu(), 0) @ sae.W_dec + sae.b_dec
+    dead_kept = torch.zeros_like(kept)
+    dead_kept.scatter_(1, pre.detach().masked_fill(~dead, float("-inf")).topk(4, dim=1).indices, True)
+    residual = (x - recon).detach()
+    aux = ((torch.where(dead_kept, pre.relu(), 0) @ sae.W_dec - residual) ** 2).mean()
+    aux = aux / (residual - residual.mean(dim=0)).pow(2).mean()
+    (((recon - x) ** 2).mean() + sae.cfg.aux_coeff * aux).backward()
+    for got, want in zip(sparse_grads, [p.grad for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -45,15 +45,44 @@ class _SparseDecode(torch.autograd.Function):
             recon_BD = F_.embedding_bag(idx, W_dec_FD.detach(), offsets_B, mode="sum", per_sample_weights=vals_leaf)
             (grad_vals,) = torch.autograd.grad(recon_BD, vals_leaf, grad_BD)
         B = grad_BD.shape[0]
-        if offsets_B is None:
-            rows_N = torch.arange(B, device=idx.device).repeat_interleave(idx.shape[1])
-        else:
-            ends_B = torch.cat([offsets_B[1:], offsets_B.new_tensor([idx.numel()])])
-            rows_N = torch.arange(B, device=idx.device).repeat_interleave(ends_B - offsets_B)
         code_FB = torch.sparse_coo_tensor(
-            torch.stack([idx.flatten(), rows_N]), vals.flatten(), (W_dec_FD.shape[0], B), check_invariants=False
+            torch.stack([idx.flatten(), token_rows(idx, offsets_B, B)]), vals.flatten(), (W_dec_FD.shape[0], B),
+            check_invariants=False,
         )
         return None, grad_vals, None, torch.sparse.mm(code_FB, grad_BD)
+
+
+class _SparseEncode(torch.autograd.Function):
+    """vals_n = pre[b_n, f_n] = x_{b_n} · W_enc[:, f_n] + bias[f_n] for the selected entries, read
+    from the pre_BF already computed without gradient, with a sparse backward: for the sparse
+    gradient G [B, F] of the selected entries, ∂/∂W_enc = xᵀ G and ∂/∂bias = Σ_b G — B·K·D work
+    where backpropagating through the dense pre_BF costs a second B·F·D matmul."""
+
+    @staticmethod
+    def forward(ctx, pre_BF, rows_N, idx_N, x_BD, W_enc_DF, bias_F):  # noqa: ANN001, ANN205 — autograd signature
+        ctx.save_for_backward(rows_N, idx_N, x_BD)
+        ctx.n_features = pre_BF.shape[1]
+        return pre_BF[rows_N, idx_N]
+
+    @staticmethod
+    def backward(ctx, grad_N):  # noqa: ANN001, ANN205
+        rows_N, idx_N, x_BD = ctx.saved_tensors
+        F = ctx.n_features
+        grad_FB = torch.sparse_coo_tensor(
+            torch.stack([idx_N, rows_N]), grad_N, (F, x_BD.shape[0]), check_invariants=False
+        )
+        grad_W_enc_DF = torch.sparse.mm(grad_FB, x_BD).T
+        grad_bias_F = torch.zeros(F, dtype=grad_N.dtype, device=grad_N.device).index_add_(0, idx_N, grad_N)
+        return None, None, None, None, grad_W_enc_DF, grad_bias_F
+
+
+def token_rows(idx: torch.Tensor, offsets_B: torch.Tensor | None, B: int) -> torch.Tensor:
+    """The token (batch row) of each entry of ``idx``, flat [N]: idx is [B, K], or flat [N] with
+    ``offsets_B`` [B] marking where each token's entries start."""
+    if offsets_B is None:
+        return torch.arange(B, device=idx.device).repeat_interleave(idx.shape[1])
+    ends_B = torch.cat([offsets_B[1:], offsets_B.new_tensor([idx.numel()])])
+    return torch.arange(B, device=idx.device).repeat_interleave(ends_B - offsets_B)
 
 
 class SparseAutoencoder(nn.Module, ABC):
@@ -95,6 +124,20 @@ class SparseAutoencoder(nn.Module, ABC):
         """pre_BF = (x − b_dec) W_enc + b_enc, with b_dec folded into a [F] bias so that its
         gradient costs a vector product rather than a second [B, F]×[F, D] matmul."""
         return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x_BD, self.W_enc)
+
+    def pre_acts_at(
+        self, x_BD: torch.Tensor, pre_BF: torch.Tensor, idx: torch.Tensor, offsets_B: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The entries ``idx`` of ``pre_BF`` (computed from x_BD under ``torch.no_grad``), shaped
+        like idx, with gradient to W_enc, b_enc and b_dec through the selected entries only.
+
+        ``idx`` is [B, K] or flat [N] with ``offsets_B``, as for ``decode_sparse``. A variant that
+        keeps a few latents per token picks them from a gradient-free pre_BF and reads their values
+        here, so its backward pass skips the dense B×F×D product."""
+        rows_N = token_rows(idx, offsets_B, x_BD.shape[0])
+        bias_F = self.b_enc - self.b_dec @ self.W_enc
+        vals_N = _SparseEncode.apply(pre_BF, rows_N, idx.flatten(), x_BD, self.W_enc, bias_F)
+        return vals_N.view(idx.shape)
 
     @abstractmethod
     def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:

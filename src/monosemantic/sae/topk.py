@@ -6,7 +6,9 @@ decoder transpose; decoder rows unit norm with the parallel gradient component r
 latents (no activation for a while — our ``dead_window``) get the auxiliary loss with
 α = 1/32 and k_aux ≈ d_model/2 (both the paper's values).
 
-Training decodes sparsely: only the k active decoder rows per token are read and get gradient.
+Training is sparse on both sides: the k active latents per token are picked from pre-activations
+computed without gradient and re-read with gradient (``pre_acts_at``), and only their decoder rows
+are read; backward costs B·K·D instead of the dense B·F·D.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ class TopKSAE(SparseAutoencoder):
         self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float
     ) -> StepOutput:
         B = x_BD.shape[0]
-        pre_BF = self.pre_acts(x_BD)
-        idx, vals, offsets_B = self.select_active(pre_BF)
+        with torch.no_grad():  # only the selected entries need gradient (``pre_acts_at``)
+            pre_BF = self.pre_acts(x_BD)
+        idx, _, offsets_B = self.select_active(pre_BF)
+        vals = self.pre_acts_at(x_BD, pre_BF, idx, offsets_B).relu()
         recon_BD = self.decode_sparse(idx, vals, offsets_B) + self.b_dec
         mse_loss = mse(recon_BD, x_BD)
         loss, terms = mse_loss, {"mse": mse_loss.detach()}
         if dead_F.any():
-            aux = self.aux_loss(pre_BF, dead_F, (x_BD - recon_BD).detach())
+            aux = self.aux_loss(x_BD, pre_BF, dead_F, (x_BD - recon_BD).detach())
             loss = loss + self.cfg.aux_coeff * aux
             terms["auxk"] = aux.detach()
         active = vals > 0
@@ -57,13 +61,14 @@ class TopKSAE(SparseAutoencoder):
         return StepOutput(loss, recon_BD, fired_F, active.sum().float().detach() / B, terms)
 
     def aux_loss(
-        self, pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Tensor
+        self, x_BD: torch.Tensor, pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Tensor
     ) -> torch.Tensor:
-        """Normalised error of reconstructing ``residual_BD`` from the top-k_aux dead latents."""
+        """Normalised error of reconstructing ``residual_BD`` from the top-k_aux dead latents
+        (``pre_BF``: x_BD's pre-activations, without gradient)."""
         k_aux = min(self.cfg.aux_k, int(dead_F.sum()))
         dead_pre_BF = pre_BF.masked_fill(~dead_F, float("-inf"))
-        vals_BK, idx_BK = dead_pre_BF.topk(k_aux, dim=1, sorted=False)
-        aux_recon_BD = self.decode_sparse(idx_BK, vals_BK.relu())
+        idx_BK = dead_pre_BF.topk(k_aux, dim=1, sorted=False).indices
+        aux_recon_BD = self.decode_sparse(idx_BK, self.pre_acts_at(x_BD, pre_BF, idx_BK).relu())
         baseline = (residual_BD - residual_BD.mean(dim=0)).pow(2).mean()
         return mse(aux_recon_BD, residual_BD) / baseline.clamp_min(1e-12)
 
