@@ -28,13 +28,17 @@ class ToyModel(nn.Module):
     """I independent toy models x'_IBN = ReLU(x_IBN W_INM W_INMᵀ + b_IN).
 
     ``W_INM[k, i]`` is feature i's direction W_i ∈ Rᵐ in instance k (the paper's column W_i of
-    the m×n matrix W). Each instance's W is initialised Xavier-normal, std = √(2 / (n + m)).
+    the m×n matrix W). W is initialised normal with std = √(2 / (m (n + I))): what the paper's
+    notebook gets from ``xavier_normal_`` on its [I, n, m] tensor, whose fans torch takes as n·m and
+    I·m. That is 0.0126 for the 400→30 sweep of 20 instances, 0.185× a per-instance Xavier
+    √(2 / (n + m)); at S = 0 the larger init left 53–57 of the 400 outputs dead (loss 0.110–0.113
+    per feature against 0.0771 with the notebook's std, measured).
     """
 
     def __init__(self, n_instances: int, n_features: int, n_hidden: int, generator: torch.Generator,
                  device: torch.device | str = "cpu"):
         super().__init__()
-        std = math.sqrt(2.0 / (n_features + n_hidden))
+        std = math.sqrt(2.0 / (n_hidden * (n_features + n_instances)))
         W_INM = torch.randn(n_instances, n_features, n_hidden, generator=generator, device=device) * std
         self.W_INM = nn.Parameter(W_INM)
         self.b_IN = nn.Parameter(torch.zeros(n_instances, n_features, device=device))
