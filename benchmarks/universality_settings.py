@@ -26,6 +26,7 @@ import torch
 
 from monosemantic.activations.store import ActivationStore
 from monosemantic.analysis.universality import _identity, _largest_sae, _train_sae_on, compare_units
+from monosemantic.config import SAESweepConfig
 from monosemantic.progress import set_quiet
 from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.io import load_sae
@@ -46,6 +47,7 @@ def parse_setting(text: str) -> dict:
 def measure(run: Path, fields: dict, folder: Path) -> tuple[dict[str, float], float]:
     """Train (or reuse) the three SAEs of one setting; return the medians and the training seconds."""
     base = load_sae(run / "saes" / _largest_sae(run), "cpu").cfg
+    sweep = SAESweepConfig(**json.loads((run / "run.json").read_text())["config"]["sae"])
     stores = {"a": ActivationStore(run / "activations/train"), "b": ActivationStore(run / "activations_b/train")}
     seconds = 0.0
     for name, source, seed in (("a", "a", base.seed), ("a_reseed", "a", base.seed + 1), ("b", "b", base.seed)):
@@ -54,14 +56,15 @@ def measure(run: Path, fields: dict, folder: Path) -> tuple[dict[str, float], fl
         cfg = SAEConfig.model_validate({**base.model_dump(mode="json"), "seed": seed, "checkpoint_every": None,
                                         "device": "cpu", **fields})
         start = time.perf_counter()
-        _train_sae_on(stores[source], cfg, folder / name, "lm" if source == "a" else "lm_b")
+        _train_sae_on(stores[source], cfg, sweep, folder / name, "lm" if source == "a" else "lm_b")
         seconds += time.perf_counter() - start
     encode = {name: load_sae(folder / name, "cpu").encode for name in ("a", "a_reseed", "b")}
     units = {"features A→B": (encode["a"], encode["b"], "b"),
              "same model": (encode["a"], encode["a_reseed"], "a"),
              "neurons A→B": (_identity, _identity, "b")}
-    matches = compare_units(ActivationStore(run / "activations/val"), ActivationStore(run / "activations_b/val"),
-                            units, 16_384, "cpu")
+    chunks = zip(*((c for _, c in ActivationStore(run / f"{store}/val").iter_chunks(16_384))
+                   for store in ("activations", "activations_b")))
+    matches = compare_units(chunks, units, "cpu")
     return {name: m.a_to_b.median() for name, m in matches.items()}, seconds
 
 

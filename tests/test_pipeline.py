@@ -25,8 +25,8 @@ def full_run(tiny_run, tmp_path_factory):
 def test_manifest_has_every_stage_and_the_checkable_fields(full_run):
     run, cfg = full_run
     manifest = json.loads((run / "run.json").read_text())
-    assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "analysis", "splitting",
-                                         "toy", "universality"]
+    assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "universality", "analysis",
+                                         "splitting", "toy"]
     saes = manifest["sae"]["saes"]
     assert [e["d_sae"] for e in saes] == cfg.sae.sizes
     for entry in saes:

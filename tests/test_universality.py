@@ -101,8 +101,9 @@ def test_two_saes_on_a_known_dictionary_match_with_median_correlation_near_one(t
         cfg = SAEConfig(variant="topk", d_in=16, d_sae=20, k=3, lr=5e-3, n_samples=153_600, batch_size=256, seed=seed)
         saes.append(train_sae(cfg, syn.batches(256, 600, seed=10 + seed), init).sae)
     store = _store(tmp_path / "val", syn.sample(8000, torch.Generator().manual_seed(5)))
-    matches = compare_units(store, store, {"features": (saes[0].encode, saes[1].encode, "a"),
-                                           "inputs": (lambda x: x, lambda x: x, "a")}, chunk_rows=3000)
+    chunks = zip((c for _, c in store.iter_chunks(3000)), (c for _, c in store.iter_chunks(3000)))
+    matches = compare_units(chunks, {"features": (saes[0].encode, saes[1].encode, "a"),
+                                     "inputs": (lambda x: x, lambda x: x, "a")})
     features = matches["features"].a_to_b
     assert features.live.all() and features.median() > 0.9
     assert matches["features"].n_tokens == 8000

@@ -144,7 +144,8 @@ def _headline(stage: str, f: dict) -> str:
         return (f"{len(f['points'])} sparsities, D* from {dims[0]:.2f} to {dims[-1]:.2f}; "
                 f"plots in toy/")
     if stage == "harvest":
-        return f"{f['train']['rows']:,} train + {f['val']['rows']:,} val rows at {f['train']['hook_name']}"
+        train = f"{f['train']['rows']:,} train" if "train" in f else "train streamed"
+        return f"{train} + {f['val']['rows']:,} val rows at {f['val']['hook_name']}"
     return ""
 
 

@@ -87,6 +87,8 @@ class HarvestConfig(BaseModel):
     n_val_tokens: int = Field(100_000, ge=1)
     batch_size: int = Field(64, ge=1)
     dtype: str = Field("float32", pattern="^(float32|float16)$")
+    # The paper's 8B activations would be 8 TB on disk: streaming runs the LM during SAE training instead.
+    stream_train: bool = Field(False, description="SAEs train on activations made on the fly (no train store)")
 
 
 class SAESweepConfig(BaseModel):
@@ -103,6 +105,9 @@ class SAESweepConfig(BaseModel):
     buffer_rows: int = Field(262_144, ge=1)
     init_rows: int = Field(16_384, ge=1)  # activations that set b_dec and the input scale
     loss_windows: int = Field(64, ge=1)  # val windows scored for loss recovered
+    # Train tokens over which feature density (dead, ultralow) is measured; None: the held-out store.
+    # The paper's ultralow cluster (< 1e-6) needs millions of tokens to be seen at all.
+    density_tokens: int | None = Field(None, ge=1)
 
     def sae_config(self, d_in: int, size: int, device: str) -> SAEConfig:
         """The full ``SAEConfig`` of the sweep member with ``size`` features."""

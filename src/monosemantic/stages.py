@@ -1,6 +1,6 @@
 """The stages of ``monosemantic run``, each reading from and writing into the run directory.
 
-corpus → lm → harvest → sae → analysis → splitting, and universality after sae; toy stands apart. Each ``*_stage(cfg)`` returns a
+corpus → lm → harvest → sae → universality, then analysis → splitting; toy stands apart. Each ``*_stage(cfg)`` returns a
 ``Stage`` whose ``run`` does the work and returns the figures that go into ``run.json``.
 """
 
@@ -14,6 +14,7 @@ import torch
 
 from monosemantic.activations import ActivationStore
 from monosemantic.activations.harvest import harvest_activations
+from monosemantic.activations.stream import ActivationStream
 from monosemantic.analysis.analyze import analyze_run
 from monosemantic.analysis.feature_map import feature_map
 from monosemantic.analysis.splitting import feature_families
@@ -32,7 +33,7 @@ from monosemantic.lm.train import evaluate_lm, train_lm
 from monosemantic.pipeline import RunDir, Stage, config_hash
 from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.io import save_sae
-from monosemantic.sae.metrics import evaluate_sae, loss_recovered, plot_density_histogram
+from monosemantic.sae.metrics import density_summary, evaluate_sae, loss_recovered, plot_density_histogram
 from monosemantic.sae.trainer import train_sae
 from monosemantic.toy.sweep import run_toy_sweep
 
@@ -109,15 +110,16 @@ def harvest_stage(cfg: RunConfig) -> Stage:
     def run(rd: RunDir) -> dict:
         model = load_lm(rd / "lm", device)
         figures = {}
-        for split, n_tokens in (("train", h.n_train_tokens), ("val", h.n_val_tokens)):
+        splits = (("val", h.n_val_tokens),) if h.stream_train else (("train", h.n_train_tokens), ("val", h.n_val_tokens))
+        for split, n_tokens in splits:
             shards = TokenShards(rd / "tokens", split)
             figures[split] = harvest_activations(model, shards, cfg.lm.hook_name, n_tokens,
                                                  cfg.lm.n_ctx, h.batch_size,
                                                  rd / f"activations/{split}", h.dtype, device)
         return figures
 
-    return Stage("harvest", {**h.model_dump(), "hook_name": cfg.lm.hook_name}, run,
-                 ["activations/train/store.json", "activations/val/store.json"], needs=["lm"])
+    stores = ["activations/val/store.json"] + ([] if h.stream_train else ["activations/train/store.json"])
+    return Stage("harvest", {**h.model_dump(), "hook_name": cfg.lm.hook_name}, run, stores, needs=["lm"])
 
 
 def sae_stage(cfg: RunConfig) -> Stage:
@@ -126,52 +128,73 @@ def sae_stage(cfg: RunConfig) -> Stage:
     device = resolve_device(cfg.device)
 
     def run(rd: RunDir) -> dict:
-        train = ActivationStore(rd / "activations/train")
         val = ActivationStore(rd / "activations/val")
         model = load_lm(rd / "lm", device)
-        rng = np.random.default_rng(sweep.seed)
-        init_ND = train.rows(np.sort(rng.choice(train.n_rows, min(sweep.init_rows, train.n_rows),
-                                                replace=False)))
-        mean_D = train.mean()
+        train = train_activations(rd, cfg, model)
+        init_ND = train.sample_rows(sweep.init_rows, sweep.seed)
+        mean_D = (val if cfg.harvest.stream_train else train).mean()
         val_tokens = TokenShards(rd / "tokens", "val")
         tokens_BT = torch.from_numpy(np.stack(
             [w for _, _, w in val_tokens.sequential_windows(cfg.lm.n_ctx, sweep.loss_windows)])).to(device)
         entries = []
         for size in sweep.sizes:
-            sae_cfg = sweep.sae_config(train.d_in, size, str(device))
+            sae_cfg = sweep.sae_config(val.d_in, size, str(device))
             entries.append(_train_one_sae(rd, sae_cfg, sweep, train, val, init_ND, mean_D, model,
                                           tokens_BT, cfg.lm.hook_name))
-        return {"variant": sweep.variant, "saes": entries}
+        return {"variant": sweep.variant, "saes": entries,
+                "train_source": "streamed from the LM" if cfg.harvest.stream_train else "activations/train"}
 
-    return Stage("sae", {**sweep.model_dump(), "hook_name": cfg.lm.hook_name}, run,
-                 [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes], needs=["harvest"])
+    config = {**sweep.model_dump(), "hook_name": cfg.lm.hook_name, "stream_train": cfg.harvest.stream_train}
+    return Stage("sae", config, run, [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes],
+                 needs=["harvest"])
 
 
-def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore,
+def train_activations(rd: RunDir, cfg: RunConfig, model) -> ActivationStore | ActivationStream:
+    """Run A's SAE training activations: the harvested store, or ``model`` run on the fly."""
+    if cfg.harvest.stream_train:
+        return ActivationStream(model, TokenShards(rd / "tokens", "train"), cfg.lm.hook_name, cfg.lm.n_ctx)
+    return ActivationStore(rd / "activations/train")
+
+
+def _density_chunks(source: ActivationStore | ActivationStream, n_tokens: int):
+    """The first ``n_tokens`` training activations in token order, in chunks."""
+    if isinstance(source, ActivationStream):
+        yield from source.token_chunks(n_tokens)
+        return
+    for start, chunk_ND in source.iter_chunks(65_536):
+        if start >= n_tokens:
+            return
+        yield chunk_ND[:n_tokens - start]
+
+
+def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore | ActivationStream,
                    val: ActivationStore, init_ND: torch.Tensor, mean_D: torch.Tensor, model,
                    tokens_BT: torch.Tensor, hook_name: str) -> dict:
     name = f"{sae_cfg.variant}-{sae_cfg.d_sae}"
     folder = rd / "saes" / name
-    digest = config_hash(sae_cfg.model_dump(mode="json"))
+    digest = config_hash({**sae_cfg.model_dump(mode="json"), "density_tokens": sweep.density_tokens})
     cfg_file = folder / "cfg.json"
     if cfg_file.exists():
         meta = json.loads(cfg_file.read_text()).get("metadata", {})
         if meta.get("config_hash") == digest and "figures" in meta:
             return meta["figures"]
-    n_batches = -(-sae_cfg.n_samples // sae_cfg.batch_size)
-    batches = train.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows, n_batches)
     checkpoint_dir = rd / "saes" / f".checkpoint-{name}"
+    batches = train.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows,
+                                     -(-sae_cfg.n_samples // sae_cfg.batch_size), device=sae_cfg.device)
     result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir)
     metrics = evaluate_sae(result.sae, (chunk for _, chunk in val.iter_chunks(65_536)))
-    density_F = metrics.pop("density")
+    density_F, density_tokens = metrics.pop("density"), metrics["n_tokens"]
+    if sweep.density_tokens is not None:
+        measured = evaluate_sae(result.sae, _density_chunks(train, sweep.density_tokens))
+        density_F, density_tokens = measured["density"], measured["n_tokens"]
+    density = density_summary(density_F, density_tokens)
     plot = plot_density_histogram(density_F, rd / "plots" / f"density-{name}.png",
-                                  title=f"Feature density, {name} ({metrics['n_tokens']:,} val tokens)")
+                                  title=f"Feature density, {name} ({density['n_tokens']:,} tokens)")
     losses = loss_recovered(model, result.sae, tokens_BT, hook_name, mean_D)
     figures = {"name": name, "variant": sae_cfg.variant, "d_sae": sae_cfg.d_sae, **metrics, **losses,
                "train_seconds": round(result.train_seconds, 2), "samples": result.samples_seen,
                "path": f"saes/{name}", "density_plot": str(plot.relative_to(rd.path)),
-               "density_log10_hist": np.histogram(np.log10(density_F[density_F > 0]),
-                                                  bins=40, range=(-8, 0))[0].tolist()}
+               "density_log10_hist": density.pop("log10_hist"), "density": density}
     save_sae(result.sae, sae_cfg, folder,
              extra={"hook_name": hook_name, "model_name": str(rd / "lm"),
                     "config_hash": digest, "figures": figures})
@@ -210,9 +233,12 @@ def universality_stage(cfg: RunConfig) -> Stage:
     uni_cfg = cfg.universality.model_copy(update={"device": cfg.device})
 
     def run(rd: RunDir) -> dict:
-        return universality(rd.path, uni_cfg)
+        return universality(rd.path, uni_cfg, cfg.sae, cfg.harvest.stream_train)
 
-    return Stage("universality", cfg.universality.model_dump(), run,
+    config = {**cfg.universality.model_dump(), "sweep": {"buffer_rows": cfg.sae.buffer_rows,
+                                                         "init_rows": cfg.sae.init_rows},
+              "stream_train": cfg.harvest.stream_train}
+    return Stage("universality", config, run,
                  ["universality/universality.json"], needs=["sae"])
 
 
@@ -228,5 +254,5 @@ def toy_stage(cfg: RunConfig) -> Stage:
 
 def all_stages(cfg: RunConfig) -> list[Stage]:
     """Every stage of ``monosemantic run``, in order."""
-    return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg), sae_stage(cfg),
-            analysis_stage(cfg), splitting_stage(cfg), toy_stage(cfg), universality_stage(cfg)]
+    return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg), sae_stage(cfg), universality_stage(cfg),
+            analysis_stage(cfg), splitting_stage(cfg), toy_stage(cfg)]

@@ -318,6 +318,11 @@ class ActivationStore:
             stop = min(self.n_rows, start + chunk_rows)
             yield start, torch.from_numpy(self.read_range(start, stop)).float()
 
+    def sample_rows(self, n_rows: int, seed: int) -> torch.Tensor:
+        """``min(n_rows, self.n_rows)`` distinct random rows, in store order, float32 [N, d_in]."""
+        rng = np.random.default_rng(seed)
+        return self.rows(np.sort(rng.choice(self.n_rows, size=min(n_rows, self.n_rows), replace=False)))
+
     def mean(self, chunk_rows: int = 65_536) -> torch.Tensor:
         """Per-dimension mean over every row, float32 [d_in], accumulated in float64 (for mean-ablation)."""
         total_D = np.zeros(self.d_in, dtype=np.float64)

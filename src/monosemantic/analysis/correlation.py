@@ -183,16 +183,22 @@ class BestMatches:
     """For each unit of one set, its most similar unit of the other set.
 
     ``index`` [U] int64 (−1 where no similarity is defined, e.g. a dead feature) and ``value`` [U]
-    float64 (NaN there); ``live`` [U] bool marks the units that fired on some token.
+    float64 (NaN there); ``density`` [U] float64 is the fraction of the tokens each unit fired on.
     """
 
     index: np.ndarray
     value: np.ndarray
-    live: np.ndarray
+    density: np.ndarray
 
-    def median(self) -> float:
-        """Median best similarity over live units (NaN when none is)."""
-        values = self.value[self.live & ~np.isnan(self.value)]
+    @property
+    def live(self) -> np.ndarray:
+        """[U] bool: the units that fired on some token."""
+        return self.density > 0
+
+    def median(self, min_density: float = 0.0) -> float:
+        """Median best similarity over live units firing on at least ``min_density`` of the tokens
+        (NaN when none does)."""
+        values = self.value[self.live & (self.density >= min_density) & ~np.isnan(self.value)]
         return float(np.median(values)) if values.size else float("nan")
 
     def histogram(self, bins: int = 20) -> dict[str, list[float]]:
@@ -234,9 +240,10 @@ def best_matches(stats: CrossStats, measure: str = "pearson", min_fires: int = 1
     b_defined = torch.isfinite(b_value_B)
     b_value = torch.where(b_defined, b_value_B, torch.nan).cpu().numpy()
     b_index = torch.where(b_defined, b_index_B, -1).cpu().numpy()
+    n = max(stats.n, 1)
     return Matches(
-        BestMatches(a_index, a_value, (stats.fires_A > 0).cpu().numpy()),
-        BestMatches(b_index, b_value, (stats.fires_B > 0).cpu().numpy()),
+        BestMatches(a_index, a_value, (stats.fires_A / n).cpu().numpy()),
+        BestMatches(b_index, b_value, (stats.fires_B / n).cpu().numpy()),
         stats.n,
     )
 

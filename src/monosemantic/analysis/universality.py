@@ -27,22 +27,23 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from monosemantic.activations.harvest import harvest_activations
 from monosemantic.activations.store import ActivationStore
+from monosemantic.activations.stream import ActivationStream
 from monosemantic.analysis.config import UniversalityConfig
 from monosemantic.analysis.correlation import BestMatches, CrossStats, Matches, best_matches
 from monosemantic.atomic import atomic_path, write_json
-from monosemantic.config import LMConfig
+from monosemantic.config import LMConfig, SAESweepConfig
 from monosemantic.corpus.shards import TokenShards
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.lm.model import load_lm, save_lm
-from monosemantic.lm.train import train_lm
+from monosemantic.lm.train import evaluate_lm, train_lm
 from monosemantic.pipeline import config_hash
 from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.io import load_sae, save_sae
@@ -50,21 +51,23 @@ from monosemantic.sae.trainer import train_sae
 
 PAPER_MEDIAN_FEATURE_CORR = 0.72  # Bricken et al. 2023, A/1 vs B/1
 PAPER_MEDIAN_NEURON_CORR = 0.46
-INIT_ROWS = 8192  # activations that set an SAE's input scale and b_dec
+DENSE_MIN_DENSITY = 1e-5  # the "dense" median leaves out features rarer than this (paper's main cluster: 1e-5…1e-3)
 
 
-def universality(run_dir: str | Path, cfg: UniversalityConfig) -> dict:
+def universality(run_dir: str | Path, cfg: UniversalityConfig, sweep: SAESweepConfig,
+                 stream_train: bool = False) -> dict:
     """Run the whole comparison (see the module docstring); returns the figures for ``run.json``:
-    ``median_feature_corr``, ``median_neuron_corr``, ``median_feature_corr_same_model`` (None when
-    ``same_model_check`` is off), the paper's numbers, the units compared, artifact paths and
-    ``seconds`` per step."""
+    ``median_feature_corr``, ``median_feature_corr_dense`` (features firing on ≥ DENSE_MIN_DENSITY
+    of the compared tokens), ``median_neuron_corr``, ``median_feature_corr_same_model`` (None when
+    ``same_model_check`` is off), the paper's numbers, the units and tokens compared, artifact paths
+    and ``seconds`` per step. Both new SAEs train with ``sweep``'s shuffle buffer and init rows, on
+    streamed activations when ``stream_train`` (as run A's sweep did)."""
     run = Path(run_dir)
     out = run / "universality"
     device = resolve_device(cfg.device)
     steps = _Steps(out / "steps.json")
     sae_name = cfg.sae or _largest_sae(run)
     sae_a = load_sae(run / "saes" / sae_name, device)
-    store_a_train = ActivationStore(run / "activations/train")
     store_a_val = ActivationStore(run / "activations/val")
 
     lm_a_cfg = LMConfig(**_read_json(run / "lm/config.json")["lm"])
@@ -74,67 +77,101 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig) -> dict:
     upstream = _read_json(run / "run.json").get("stages", {}).get("harvest", {}).get("config_hash")
     lm_b_figures = steps.run("lm_b", {**lm_b_cfg.model_dump(), "upstream": upstream}, run / "lm_b/model.safetensors",
                              lambda: _train_lm_b(run, lm_b_cfg, device))
+    lm_a, lm_b = load_lm(run / "lm", device), load_lm(run / "lm_b", device)
+    train_shards = TokenShards(run / "tokens", "train")
 
-    n_train = min(cfg.n_train_tokens or store_a_train.n_rows, store_a_train.n_rows)
-    for split, store_a, n_tokens in (("val", store_a_val, store_a_val.n_rows), ("train", store_a_train, n_train)):
+    def train_source(model, store: str) -> ActivationStore | ActivationStream:
+        if stream_train:
+            return ActivationStream(model, train_shards, store_a_val.hook_name, store_a_val.meta["ctx"])
+        return ActivationStore(run / store)
+
+    store_a_train = train_source(lm_a, "activations/train")
+    splits = [("val", store_a_val, store_a_val.n_rows)]
+    if not stream_train:
+        splits.append(("train", store_a_train, min(cfg.n_train_tokens or store_a_train.n_rows, store_a_train.n_rows)))
+    for split, store_a, n_tokens in splits:
         steps.run(f"harvest_{split}", {"n_tokens": n_tokens, "ctx": store_a.meta["ctx"], "hook": store_a.hook_name,
                                        "dtype": store_a.dtype}, run / f"activations_b/{split}/store.json",
-                  lambda split=split, store_a=store_a, n_tokens=n_tokens: _harvest_b(run, split, store_a, n_tokens, cfg, device),
+                  lambda split=split, store_a=store_a, n_tokens=n_tokens: _harvest_b(run, split, store_a, n_tokens,
+                                                                                      cfg, device),
                   after=["lm_b"])
-    store_b_train = ActivationStore(run / "activations_b/train")
     store_b_val = ActivationStore(run / "activations_b/val")
     _check_aligned(store_a_val, store_b_val)
+    store_b_train = train_source(lm_b, "activations_b/train")
 
     sae_b_cfg = _recipe(sae_a.cfg, cfg, seed=sae_a.cfg.seed)
-    steps.run("sae_b", sae_b_cfg.model_dump(mode="json"), out / "sae_b/cfg.json",
-              lambda: _train_sae_on(store_b_train, sae_b_cfg, out / "sae_b", "lm_b"), after=["harvest_train"])
+    steps.run("sae_b", {**sae_b_cfg.model_dump(mode="json"), "sweep": _sweep_recipe(sweep), "stream": stream_train},
+              out / "sae_b/cfg.json", lambda: _train_sae_on(store_b_train, sae_b_cfg, sweep, out / "sae_b", "lm_b"),
+              after=["lm_b"] if stream_train else ["harvest_train"])
     units = {"features_a_vs_b": (sae_a.encode, load_sae(out / "sae_b", device).encode, "b")}
     if cfg.same_model_check:
         reseed_cfg = _recipe(sae_a.cfg, cfg, seed=sae_a.cfg.seed + cfg.sae_seed_offset)
-        steps.run("sae_a_reseed", {**reseed_cfg.model_dump(mode="json"), "sae_a": sae_name, "upstream": upstream},
-                  out / "sae_a_reseed/cfg.json", lambda: _train_sae_on(store_a_train, reseed_cfg, out / "sae_a_reseed", "lm"))
+        steps.run("sae_a_reseed", {**reseed_cfg.model_dump(mode="json"), "sae_a": sae_name, "upstream": upstream,
+                                   "sweep": _sweep_recipe(sweep), "stream": stream_train},
+                  out / "sae_a_reseed/cfg.json",
+                  lambda: _train_sae_on(store_a_train, reseed_cfg, sweep, out / "sae_a_reseed", "lm"))
         units["features_same_model"] = (sae_a.encode, load_sae(out / "sae_a_reseed", device).encode, "a")
     units["neurons_a_vs_b"] = (_identity, _identity, "b")
 
     start = time.perf_counter()
-    matches = compare_units(store_a_val, store_b_val, units, cfg.chunk_rows, device)
+    if cfg.n_tokens is None:
+        compared = f"all {store_a_val.n_rows:,} held-out tokens (activations/val)"
+        chunks = zip((c for _, c in store_a_val.iter_chunks(cfg.chunk_rows)),
+                     (c for _, c in store_b_val.iter_chunks(cfg.chunk_rows)))
+    else:
+        shards = TokenShards(run / "tokens", cfg.tokens_split)
+        compared = f"the first {cfg.n_tokens:,} tokens of the {cfg.tokens_split} split, streamed through both LMs"
+        chunks = zip(*(ActivationStream(m, shards, store_a_val.hook_name, store_a_val.meta["ctx"])
+                       .token_chunks(cfg.n_tokens, cfg.chunk_rows // store_a_val.meta["ctx"] or 1)
+                       for m in (lm_a, lm_b)))
+    matches = compare_units(chunks, units, device)
     correlate_seconds = time.perf_counter() - start
+    n_tokens = matches["features_a_vs_b"].n_tokens
 
     hist_path = plot_max_correlations({name: m.a_to_b for name, m in matches.items()}, out / "max_correlation.png")
     report = {
         "sae": sae_name,
         "d_sae": sae_a.cfg.d_sae,
-        "n_tokens": store_a_val.n_rows,
+        "n_tokens": n_tokens,
+        "tokens": compared,
         "lm_b": {"seed": lm_b_cfg.seed, "n_steps": lm_b_cfg.n_steps, **lm_b_figures},
         **{name: _summary(m.a_to_b) for name, m in matches.items()},
         "paper": {"median_feature_corr": PAPER_MEDIAN_FEATURE_CORR, "median_neuron_corr": PAPER_MEDIAN_NEURON_CORR},
     }
     write_json(out / "universality.json", report)
     same = matches.get("features_same_model")
+    features = matches["features_a_vs_b"].a_to_b
     return {
-        "median_feature_corr": matches["features_a_vs_b"].a_to_b.median(),
+        "median_feature_corr": features.median(),
+        "median_feature_corr_dense": features.median(DENSE_MIN_DENSITY),
+        "dense_min_density": DENSE_MIN_DENSITY,
+        "n_features_dense": int((features.density >= DENSE_MIN_DENSITY).sum()),
         "median_neuron_corr": matches["neurons_a_vs_b"].a_to_b.median(),
         "median_feature_corr_same_model": same.a_to_b.median() if same is not None else None,
+        "median_feature_corr_same_model_dense": same.a_to_b.median(DENSE_MIN_DENSITY) if same is not None else None,
         "paper_median_feature_corr": PAPER_MEDIAN_FEATURE_CORR,
         "paper_median_neuron_corr": PAPER_MEDIAN_NEURON_CORR,
         "sae": sae_name,
-        "n_tokens": store_a_val.n_rows,
+        "n_tokens": n_tokens,
+        "tokens": compared,
         "lm_b_val_loss": lm_b_figures.get("val_loss"),
+        "lm_b_train_loss": lm_b_figures.get("train_loss"),
         "artifacts": {"report": "universality/universality.json", "histogram": str(hist_path.relative_to(run))},
         "seconds_by_step": {**steps.seconds, "correlate": round(correlate_seconds, 2)},
     }
 
 
-def compare_units(store_a: ActivationStore, store_b: ActivationStore,
-                  units: dict[str, tuple[Callable, Callable, str]], chunk_rows: int,
+def compare_units(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  units: dict[str, tuple[Callable, Callable, str]],
                   device: torch.device | str = "cpu") -> dict[str, Matches]:
-    """One pass over the aligned stores: for each named comparison ``(encode_1, encode_2, "a"|"b")``,
-    encode_1 is applied to ``store_a``'s rows and encode_2 to the rows of ``store_a`` ("a") or
-    ``store_b`` ("b"); returns each comparison's best Pearson matches in both directions."""
+    """One pass over aligned activation chunks ``(acts_a, acts_b)`` (row n of both = the same
+    token, in models A and B): for each named comparison ``(encode_1, encode_2, "a"|"b")``,
+    encode_1 is applied to A's rows and encode_2 to A's ("a") or B's ("b") rows; returns each
+    comparison's best Pearson matches in both directions."""
     stats: dict[str, CrossStats] = {}
     with torch.no_grad():
-        for (_, acts_a), (_, acts_b) in zip(store_a.iter_chunks(chunk_rows), store_b.iter_chunks(chunk_rows)):
-            acts = {"a": acts_a.to(device), "b": acts_b.to(device)}
+        for acts_a, acts_b in chunks:
+            acts = {"a": acts_a.to(device, torch.float32), "b": acts_b.to(device, torch.float32)}
             cache: dict[tuple[Callable, str], torch.Tensor] = {}  # encode each (encoder, store) once per chunk
 
             def encoded(encode: Callable, source: str) -> torch.Tensor:
@@ -205,8 +242,9 @@ def _train_lm_b(run: Path, lm_cfg: LMConfig, device: torch.device) -> dict:
     model, figures = train_lm(lm_cfg, run / "tokens", checkpoint, device)
     save_lm(model, lm_cfg, run / "lm_b")
     checkpoint.unlink(missing_ok=True)
-    history = figures["history"]
-    return {"train_loss": figures["train_loss"], "val_loss": history[-1]["val_loss"] if history else None,
+    # the whole val split, as the lm stage measures model A
+    val_loss = evaluate_lm(model, TokenShards(run / "tokens", "val"), lm_cfg.n_ctx, None, device=device)
+    return {"train_loss": figures["train_loss"], "val_loss": val_loss, "train_tokens": figures["train_tokens"],
             "train_seconds": round(figures["train_seconds"], 2)}
 
 
@@ -237,15 +275,20 @@ def _recipe(sae_cfg: SAEConfig, cfg: UniversalityConfig, seed: int) -> SAEConfig
     return SAEConfig.model_validate(fields)
 
 
-def _train_sae_on(store: ActivationStore, sae_cfg: SAEConfig, folder: Path, model_dir: str) -> dict:
-    rng = np.random.default_rng(sae_cfg.seed)
-    init_rows = np.sort(rng.choice(store.n_rows, size=min(INIT_ROWS, store.n_rows), replace=False))
-    n_batches = math.ceil(sae_cfg.n_samples / sae_cfg.batch_size)
-    batches = store.shuffled_batches(sae_cfg.batch_size, seed=sae_cfg.seed, n_batches=n_batches)
+def _sweep_recipe(sweep: SAESweepConfig) -> dict:
+    """The sweep fields that shape an SAE's training besides its own config."""
+    return {"buffer_rows": sweep.buffer_rows, "init_rows": sweep.init_rows}
+
+
+def _train_sae_on(source: ActivationStore | ActivationStream, sae_cfg: SAEConfig, sweep: SAESweepConfig,
+                  folder: Path, model_dir: str) -> dict:
+    """Train ``sae_cfg`` as run A's sweep trains its SAEs (same init rows and shuffle buffer)."""
+    batches = source.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows,
+                                      math.ceil(sae_cfg.n_samples / sae_cfg.batch_size), device=sae_cfg.device)
     checkpoint_dir = folder.with_name(folder.name + "_checkpoint")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    result = train_sae(sae_cfg, batches, store.rows(init_rows), checkpoint_dir)
-    save_sae(result.sae, sae_cfg, folder, extra={"hook_name": store.hook_name, "model_dir": model_dir})
+    result = train_sae(sae_cfg, batches, source.sample_rows(sweep.init_rows, sae_cfg.seed), checkpoint_dir)
+    save_sae(result.sae, sae_cfg, folder, extra={"hook_name": source.hook_name, "model_dir": model_dir})
     for leftover in checkpoint_dir.iterdir():
         leftover.unlink()
     checkpoint_dir.rmdir()

@@ -21,6 +21,7 @@ from monosemantic.errors import UserError
 from monosemantic.sae.base import SparseAutoencoder, check_activations
 
 DENSE_THRESHOLD = 0.1  # "dense": fires on more than 10 % of tokens (the issue's definition)
+ULTRALOW_DENSITY = 1e-6  # Bricken et al. 2023's ultralow-density cluster lies below this
 ROWS_PER_PASS = 8192  # latents held at once: 8192 × F floats (128 MB at F = 4096)
 
 
@@ -64,6 +65,16 @@ def evaluate_sae(sae: SparseAutoencoder, chunks: Iterable[torch.Tensor]) -> dict
         "n_tokens": n,
         "density": density_F,
     }
+
+
+def density_summary(density_F: np.ndarray, n_tokens: int) -> dict[str, Any]:
+    """Dead (never fired) and ultralow (fired, on fewer than ULTRALOW_DENSITY of the tokens)
+    fractions of a dictionary, from densities measured on ``n_tokens`` tokens; ultralow is None
+    when one firing is already above that density (too few tokens to see the cluster)."""
+    fired_F = density_F > 0
+    ultralow = float((fired_F & (density_F < ULTRALOW_DENSITY)).mean()) if n_tokens * ULTRALOW_DENSITY > 1 else None
+    return {"n_tokens": n_tokens, "dead_frac": float((~fired_F).mean()), "ultralow_frac": ultralow,
+            "log10_hist": np.histogram(np.log10(density_F[fired_F]), bins=40, range=(-8, 0))[0].tolist()}
 
 
 def plot_density_histogram(density_F: np.ndarray, path: str | Path, title: str = "Feature density") -> Path:
