@@ -30,12 +30,12 @@ def _trained_looking(variant: str):
     return cfg, sae.eval()
 
 
-@pytest.mark.parametrize("variant", ["standard", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("variant", ["standard", "standard2024", "topk", "batchtopk", "jumprelu"])
 def test_sae_lens_loads_our_folder_with_identical_latents(variant, tmp_path):
     cfg, ours = _trained_looking(variant)
     save_sae(ours, cfg, tmp_path / "sae", extra={"hook_name": "blocks.0.mlp.hook_post"})
     theirs = sae_lens.SAE.load_from_disk(tmp_path / "sae")
-    assert theirs.cfg.architecture() == {"batchtopk": "jumprelu"}.get(variant, variant)
+    assert theirs.cfg.architecture() == {"batchtopk": "jumprelu", "standard2024": "standard"}.get(variant, variant)
     assert theirs.cfg.metadata.hook_name == "blocks.0.mlp.hook_post"
     x = torch.randn(64, D) * 2
     with torch.no_grad():
@@ -45,7 +45,7 @@ def test_sae_lens_loads_our_folder_with_identical_latents(variant, tmp_path):
         torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["standard", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("variant", ["standard", "standard2024", "topk", "batchtopk", "jumprelu"])
 def test_our_folder_round_trips_exactly(variant, tmp_path):
     cfg, ours = _trained_looking(variant)
     save_sae(ours, cfg, tmp_path / "sae")

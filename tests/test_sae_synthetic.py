@@ -48,6 +48,7 @@ def test_mmcs_of_a_rotated_and_permuted_copy():
     [
         ("topk", {"k": 8, "lr": 2e-3}),
         ("standard", {"l1_coeff": 0.1, "lr": 2e-3}),
+        ("standard2024", {"l1_coeff": 0.1, "lr": 2e-3}),
         ("batchtopk", {"k": 8, "lr": 2e-3}),
         ("jumprelu", {"l0_coeff": 3e-3, "lr": 2e-3}),
     ],

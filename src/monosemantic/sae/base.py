@@ -101,6 +101,7 @@ class SparseAutoencoder(nn.Module, ABC):
 
     variant: ClassVar[str]
     saelens_architecture: ClassVar[str]
+    unit_norm_decoder: ClassVar[bool] = True  # the trainer keeps every W_dec row at unit norm
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()

@@ -7,10 +7,11 @@ from monosemantic.sae.batchtopk import BatchTopKSAE
 from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.jumprelu import JumpReLUSAE
 from monosemantic.sae.standard import StandardSAE
+from monosemantic.sae.standard2024 import Standard2024SAE
 from monosemantic.sae.topk import TopKSAE
 
 SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {
-    cls.variant: cls for cls in (StandardSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)
+    cls.variant: cls for cls in (StandardSAE, Standard2024SAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)
 }
 
 

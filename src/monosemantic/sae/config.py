@@ -4,7 +4,7 @@ Fields left at ``None`` are filled with the variant's default when the config is
 validated config always names every number the run used (and is what gets saved and hashed).
 Defaults and their sources:
 
-- ``lr`` 1e-4 for ``standard`` (Bricken et al. 2023 — the value named in the brief; the paper's text
+- ``lr`` 1e-4 for ``standard`` and ``standard2024`` (Bricken et al. 2023 — the value named in the brief; the paper's text
   leaves it unconfirmed); 2e-4 for ``topk``/``batchtopk`` (Gao et al. 2024 use 2e-4 at 2^14 latents,
   scaled as 1/sqrt(F/2^14) for larger ones — our F ≤ 2^14, so the unscaled value); 7e-5 for
   ``jumprelu`` (Gemma Scope's Adam learning rate, as we read Lieberum et al. 2024).
@@ -27,7 +27,9 @@ Defaults and their sources:
   and MMCS 0.967 in the same run — but θ still only moves 1.0 → 1.1 there, so in short runs θ₀
   sets the sparsity more than ``l0_coeff`` does. Pass the paper's values explicitly for long runs.
 - ``sparsity_warmup`` 0.1 of the run for ``jumprelu`` (the JumpReLU/Gemma Scope recipe warms λ up
-  from 0 over the first 10k steps), 0 otherwise (the 2023 recipe has no warm-up).
+  from 0 over the first 10k steps), 0.05 for ``standard2024`` (Anthropic's April 2024 update), 0
+  otherwise (the 2023 recipe has no warm-up). ``grad_clip`` 1 for ``standard2024`` (the update's),
+  none otherwise.
 - ``decay_frac`` 0.2: linear learning-rate decay to 0 over the last 20 % of training (Anthropic's
   April 2024 update). The 2023 paper used a constant rate; set 0 to reproduce that.
 - ``l1_coeff`` 0.01, chosen for d_in = 512 on synthetic data (benchmarks/sae_synthetic.py: 8192
@@ -42,15 +44,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Variant = Literal["standard", "topk", "batchtopk", "jumprelu"]
+Variant = Literal["standard", "standard2024", "topk", "batchtopk", "jumprelu"]
 
 _VARIANT_FIELDS: dict[str, tuple[str, ...]] = {
     "standard": ("l1_coeff",),
+    "standard2024": ("l1_coeff",),
     "topk": ("k", "aux_k", "aux_coeff"),
     "batchtopk": ("k", "aux_k", "aux_coeff", "threshold_ema"),
     "jumprelu": ("l0_coeff", "jumprelu_bandwidth", "jumprelu_init_threshold"),
 }
-_DEFAULT_LR = {"standard": 1e-4, "topk": 2e-4, "batchtopk": 2e-4, "jumprelu": 7e-5}
+_DEFAULT_LR = {"standard": 1e-4, "standard2024": 1e-4, "topk": 2e-4, "batchtopk": 2e-4, "jumprelu": 7e-5}
+_DEFAULT_SPARSITY_WARMUP = {"jumprelu": 0.1, "standard2024": 0.05}
 
 
 class SAEConfig(BaseModel):
@@ -82,6 +86,7 @@ class SAEConfig(BaseModel):
     dead_window: float = Field(0.05, gt=0, le=1, description="dead = not fired for this fraction of run")
     resample_at: tuple[float, ...] | None = Field(None, description="fractions of the run")
     resample_inputs: int = Field(65_536, gt=0, description="inputs scored at each resampling")
+    grad_clip: float | None = Field(None, gt=0, description="gradient-norm clip (standard2024: 1)")
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int | None = Field(None, gt=0, description="samples between checkpoints")
@@ -105,12 +110,14 @@ class SAEConfig(BaseModel):
             raise ValueError("warmup_frac + decay_frac must not exceed 1")
 
         self.lr = self.lr if self.lr is not None else _DEFAULT_LR[self.variant]
-        default_warmup = 0.1 if self.variant == "jumprelu" else 0.0
+        default_warmup = _DEFAULT_SPARSITY_WARMUP.get(self.variant, 0.0)
         self.sparsity_warmup = self.sparsity_warmup if self.sparsity_warmup is not None else default_warmup
+        if self.grad_clip is None and self.variant == "standard2024":
+            self.grad_clip = 1.0
         default_resample = (0.1, 0.2, 0.3, 0.4) if self.variant == "standard" else ()
         self.resample_at = tuple(self.resample_at) if self.resample_at is not None else default_resample
         self.checkpoint_every = self.checkpoint_every or max(self.n_samples // 10, self.batch_size)
-        if self.variant == "standard":
+        if self.variant in ("standard", "standard2024"):
             self.l1_coeff = self.l1_coeff if self.l1_coeff is not None else 0.01
         if self.variant in ("topk", "batchtopk"):
             self.k = self.k or min(32, self.d_sae // 2)

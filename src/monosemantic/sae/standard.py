@@ -31,13 +31,17 @@ class StandardSAE(SparseAutoencoder):
     def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre_BF)
 
+    def sparsity_penalty(self, latents_BF: torch.Tensor) -> torch.Tensor:
+        """Σ_f latents_f, averaged over the batch."""
+        return latents_BF.sum(dim=1).mean()
+
     def training_output(
         self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float
     ) -> StepOutput:
         latents_BF = self.encode(x_BD)
         recon_BD = self.decode(latents_BF)
         mse_loss = mse(recon_BD, x_BD)
-        l1 = latents_BF.sum(dim=1).mean()
+        l1 = self.sparsity_penalty(latents_BF)
         active_BF = latents_BF > 0
         return StepOutput(
             loss=mse_loss + sparsity_scale * self.cfg.l1_coeff * l1,

@@ -3,7 +3,8 @@
 It owns what the variants have in common: input normalisation, b_dec initialisation at the
 geometric median (Bricken et al. 2023), Adam with LR warm-up/decay, the unit-norm decoder
 constraint (gradient component parallel to each dictionary vector removed before the step, rows
-renormalised after — Bricken et al. 2023; Gao et al. 2024 do the same), dead-feature tracking,
+renormalised after — Bricken et al. 2023; Gao et al. 2024 do the same) for the variants that keep
+it, optional gradient-norm clipping, dead-feature tracking,
 scheduled resampling, logging, checkpoint/resume and the progress bar. A variant contributes only
 its loss (``SparseAutoencoder.training_output``).
 
@@ -168,12 +169,16 @@ def train_sae(
             out = sae.training_output(x_BD, dead_F, sparsity_scale)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
-            _project_out_parallel_grad(sae.W_dec)
+            if sae.unit_norm_decoder:
+                _project_out_parallel_grad(sae.W_dec)
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
             optimizer.step()
-            _normalise_rows(sae.W_dec)
+            if sae.unit_norm_decoder:
+                _normalise_rows(sae.W_dec)
 
             state.samples_since_fired_F += B
-            state.samples_since_fired_F[out.fired_F] = 0
+            state.samples_since_fired_F.masked_fill_(out.fired_F, 0)  # no host sync, unlike boolean indexing
             previous = state.samples_seen
             state.samples_seen += B
             state.steps += 1
