@@ -1,0 +1,84 @@
+"""Activations made on the fly (ActivationStream): the same rows a harvest stores, shuffled
+batches that are deterministic and resumable, and a whole run that trains its SAEs from the stream."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from monosemantic.activations.harvest import activations_at
+from monosemantic.activations.store import ActivationStore
+from monosemantic.activations.stream import ActivationStream
+from monosemantic.cli import _config, _run_stages
+from monosemantic.corpus.shards import TokenShards
+from monosemantic.errors import UserError
+from monosemantic.lm.model import load_lm
+from monosemantic.progress import set_quiet
+
+HOOK = "blocks.0.mlp.hook_post"
+CTX = 32  # the tiny preset's n_ctx
+
+
+@pytest.fixture(scope="module")
+def stream(tiny_run):
+    return ActivationStream(load_lm(tiny_run / "lm"), TokenShards(tiny_run / "tokens", "train"), HOOK, CTX)
+
+
+def test_token_chunks_are_the_rows_a_harvest_stores(tiny_run, stream):
+    store = ActivationStore(tiny_run / "activations/train")
+    streamed = torch.cat(list(stream.token_chunks(store.n_rows, windows_per_chunk=5)))
+    torch.testing.assert_close(streamed, torch.from_numpy(store.read_range(0, store.n_rows)), rtol=1e-4, atol=1e-5)
+
+
+def test_a_group_is_a_permutation_of_its_random_windows_activations(stream):
+    windows_BT = stream.shards.random_windows(8, CTX, np.random.default_rng(3))
+    expected_ND = activations_at(stream.model, torch.from_numpy(windows_BT), HOOK).flatten(0, 1)
+    (batch_ND,) = stream.shuffled_batches(8 * CTX, seed=3, buffer_rows=8 * CTX, n_batches=1)
+    assert not torch.equal(batch_ND, expected_ND)  # shuffled ...
+    distance_NN = torch.cdist(batch_ND, expected_ND, compute_mode="donot_use_mm_for_euclid_dist")  # ... same rows
+    assert distance_NN.min(dim=1).values.max() < 1e-4 and distance_NN.min(dim=0).values.max() < 1e-4
+    assert torch.allclose(batch_ND.sum(0), expected_ND.sum(0), atol=1e-3)
+
+
+def test_batches_are_deterministic_resumable_and_span_groups(stream):
+    def batches(seed, start=0):
+        return list(stream.shuffled_batches(100, seed=seed, buffer_rows=4 * CTX, n_batches=9, start_batch=start))
+
+    full = batches(0)
+    assert len(full) == 9 and all(b.shape == (100, 64) and b.dtype == torch.float32 for b in full)
+    assert all(torch.equal(a, b) for a, b in zip(full, batches(0)))
+    assert not torch.equal(full[0], batches(1)[0])
+    resumed = batches(0, start=4)  # 400 rows in: the middle of the fourth 128-row group
+    assert len(resumed) == 5 and all(torch.equal(a, b) for a, b in zip(full[4:], resumed))
+    with pytest.raises(UserError):
+        next(stream.shuffled_batches(0, seed=0, buffer_rows=128, n_batches=1))
+
+
+def test_a_streamed_run_trains_saes_without_a_train_store_and_measures_long_densities(tiny_run, tmp_path):
+    set_quiet(True)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "activations")
+    cfg = _config("tiny", None, ["corpus.val_fraction=0.2", "harvest.stream_train=true",
+                                 "sae.density_tokens=3000", "universality.n_tokens=2000",
+                                 "universality.tokens_split=train"],
+                  str(tiny_run.parent / "corpus.txt"), None, None, None)
+    _run_stages(cfg, run, "universality", force=False)
+    manifest = json.loads((run / "run.json").read_text())
+    assert not (run / "activations/train").exists() and not (run / "activations_b/train").exists()
+    assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "universality"]
+    for entry in manifest["sae"]["saes"]:
+        assert entry["samples"] == cfg.sae.n_samples
+        assert entry["density"]["n_tokens"] == 3008  # whole 32-token windows
+        assert entry["density"]["ultralow_frac"] is None  # 3,008 tokens cannot resolve 1e-6
+        assert 0 < entry["fvu"] < 1
+    uni = manifest["universality"]
+    assert uni["n_tokens"] == 2016 and "train split" in uni["tokens"]
+    assert -1 <= uni["median_feature_corr_dense"] <= 1 and uni["n_features_dense"] > 0
+    reseed = json.loads((run / "universality/sae_a_reseed/cfg.json").read_text())
+    sae_a = json.loads((run / "saes/standard-128/cfg.json").read_text())
+    assert reseed["d_sae"] == sae_a["d_sae"]
