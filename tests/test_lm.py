@@ -94,3 +94,24 @@ def test_bigram_dense_and_sparse_counts_agree(tokens_dir, monkeypatch):
     dense = baseline_losses(train, val, 32)
     monkeypatch.setattr(baselines, "DENSE_PAIRS_MAX", 0)
     assert baseline_losses(train, val, 32) == dense
+
+
+def test_bfloat16_training_runs_under_autocast_and_learns_like_float32(tokens_dir, tmp_path, monkeypatch):
+    seen = []
+    forward = train_module.next_token_loss
+
+    def spy(model, tokens_BT):
+        loss = forward(model, tokens_BT)
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return loss
+
+    monkeypatch.setattr(train_module, "next_token_loss", spy)
+    fp32, _ = train_lm(LMConfig(**TINY, n_steps=60, lr=1e-2), tokens_dir, tmp_path / "a.pt")
+    assert not any(seen)  # auto = float32 on the CPU
+    seen.clear()  # (evaluation, also through next_token_loss, stays float32)
+    bf16, _ = train_lm(LMConfig(**TINY, n_steps=60, lr=1e-2, precision="bfloat16"), tokens_dir, tmp_path / "b.pt")
+    assert seen.count(True) == 60
+    val = TokenShards(tokens_dir, "val")
+    loss_fp32, loss_bf16 = (evaluate_lm(m, val, 32, None) for m in (fp32, bf16))
+    assert next(bf16.parameters()).dtype == torch.float32  # weights stay float32
+    assert loss_bf16 == pytest.approx(loss_fp32, rel=0.05) and loss_bf16 != loss_fp32

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -63,6 +63,8 @@ class LMConfig(BaseModel):
     eval_every: int = Field(250, ge=1)
     eval_windows: int = Field(64, ge=1)
     checkpoint_every: int = Field(250, ge=1)
+    # The training forward pass: auto = bfloat16 autocast on CUDA, float32 elsewhere.
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     seed: int = 0
 
     @model_validator(mode="after")

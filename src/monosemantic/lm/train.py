@@ -1,7 +1,8 @@
 """Train the one-layer transformer: AdamW, linear warmup then cosine decay, seeded batches.
 
-The loop reads top to bottom (nanoGPT style). On CUDA the forward pass runs under bf16 autocast
-(float32 weights, optimizer and loss), as nanoGPT does; evaluation stays in float32. Batches are random windows of ``n_ctx`` tokens
+The loop reads top to bottom (nanoGPT style). With ``precision`` bfloat16 (the default on CUDA) the
+forward pass runs under bf16 autocast (float32 weights, optimizer and loss), as nanoGPT does;
+evaluation stays in float32. Batches are random windows of ``n_ctx`` tokens
 from the train shards, drawn from a generator seeded by ``cfg.seed``; every ``checkpoint_every``
 steps the model, optimizer and generator state are saved atomically, so a killed run resumes
 exactly where it stopped and gives the same losses as an uninterrupted one.
@@ -73,7 +74,8 @@ def train_lm(cfg: LMConfig, tokens_dir: Path, checkpoint_path: Path,
         step, history, seconds_before = _resume(checkpoint_path, model, optimizer, rng)
 
     start = time.perf_counter()
-    on_cuda = torch.device(device).type == "cuda"
+    device_type = torch.device(device).type
+    bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and device_type == "cuda")
     tokens_per_step = cfg.batch_size * cfg.n_ctx
     with progress("train LM", cfg.n_steps * tokens_per_step, unit="tok") as advance:
         advance(step * tokens_per_step)
@@ -81,7 +83,7 @@ def train_lm(cfg: LMConfig, tokens_dir: Path, checkpoint_path: Path,
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             tokens_BT = torch.from_numpy(train.random_windows(cfg.batch_size, cfg.n_ctx, rng)).to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):  # weights and Adam stay float32
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):  # weights and Adam stay float32
                 loss = next_token_loss(model, tokens_BT)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
