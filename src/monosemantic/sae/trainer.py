@@ -18,7 +18,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
+import pickle
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -272,8 +273,10 @@ def _load_checkpoint(
 ) -> _State:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
-        if payload.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not an SAE training checkpoint")
+        if set(payload["state"]) != {f.name for f in fields(_State)}:
+            raise ValueError("its training state has other fields than this version's")
         saved_cfg = {k: v for k, v in payload["config"].items() if k != "device"}
         ours = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "device"}
         if saved_cfg != ours:
@@ -286,9 +289,8 @@ def _load_checkpoint(
         optimizer.load_state_dict(payload["optimizer"])
         generator.set_state(payload["generator"])
         state = _State(**payload["state"])
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 — any unreadable checkpoint is the same user problem
+    # what torch.load, the state-dict loaders and the checks above raise on a truncated or foreign file
+    except (OSError, EOFError, pickle.UnpicklingError, RuntimeError, ValueError, KeyError) as err:
         raise UserError(f"checkpoint {path}: corrupt or not ours ({type(err).__name__}: {err}); delete it to start over") from None
     state.samples_since_fired_F = state.samples_since_fired_F.to(device)
     return state
