@@ -186,3 +186,45 @@ def test_steer_command(analysed, capsys):
     assert result["ablation"]["n_contexts"] >= 1
     with pytest.raises(UserError, match="--sae nope"):
         steer(run, "nope", 0, "x")
+
+
+def test_steer_finds_its_feature_by_token(analysed, capsys):
+    run, _, name = analysed
+    best = FeatureStore(run / FILENAME).search_token(" God", name, top=1)[0]["unit"]
+    result = steer(run, name, None, "God blesses", feature_token=" God", n_tokens=2, top=3)
+    assert result["feature"] == best
+    assert f"{name} feature {best} clamped" in capsys.readouterr().out
+    with pytest.raises(UserError, match="exactly one of --feature or --feature-token"):
+        steer(run, name, 3, "x", feature_token=" God")
+    with pytest.raises(UserError, match="not a token"):
+        steer(run, name, None, "x", feature_token="no such token")
+
+
+def test_cli_steer_by_token(analysed, capsys):
+    from test_cli import run_cli
+
+    run, _, name = analysed
+    best = FeatureStore(run / FILENAME).search_token(" God", name, top=1)[0]["unit"]
+    code, out, err = run_cli(["steer", str(run), "--sae", name, "--feature-token", " God", "--prompt", "God",
+                              "--n-tokens", "1"], capsys)
+    assert code == 0, err
+    assert f"feature {best} clamped" in out
+
+
+def test_steer_closes_the_feature_store_when_it_fails(analysed, monkeypatch):
+    import monosemantic.analysis.cli as analysis_cli
+
+    run, _, name = analysed
+    opened = []
+
+    class Recorded(FeatureStore):
+        def __init__(self, path):
+            super().__init__(path)
+            opened.append(self)
+
+    monkeypatch.setattr(analysis_cli, "FeatureStore", Recorded)
+    with pytest.raises(UserError, match="feature 999"):
+        steer(run, name, 999, "God blesses", value=1.0)
+    assert len(opened) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].db.execute("SELECT 1")

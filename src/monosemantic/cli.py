@@ -205,7 +205,9 @@ def search(
 def steer(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     sae: str = typer.Option(..., "--sae", help="SAE name, e.g. topk-4096."),
-    feature: int = typer.Option(..., "--feature", help="Feature id."),
+    feature: Optional[int] = typer.Option(None, "--feature", help="Feature id."),
+    feature_token: Optional[str] = typer.Option(
+        None, "--feature-token", help='Steer the feature `search --token` ranks first, e.g. " God" (ids vary across runs).'),
     prompt: str = typer.Option(..., "--prompt", help="Text to continue."),
     value: Optional[float] = typer.Option(None, "--value", help="Clamp/add value (default: twice the feature's max activation)."),
     mode: str = typer.Option("clamp", "--mode", help="clamp, add or ablate."),
@@ -215,7 +217,7 @@ def steer(
     """Clamp, add or ablate one feature in the forward pass: next-token change and a continuation."""
     from monosemantic.analysis.cli import steer as steer_feature
 
-    steer_feature(run_dir, sae, feature, prompt, value, mode, n_tokens, seed=seed)
+    steer_feature(run_dir, sae, feature, prompt, value, mode, n_tokens, seed=seed, feature_token=feature_token)
 
 
 @app.command()
