@@ -159,7 +159,11 @@ def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore
         if meta.get("config_hash") == digest and "figures" in meta:
             return meta["figures"]
     n_batches = -(-sae_cfg.n_samples // sae_cfg.batch_size)
-    batches = train.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows, n_batches)
+
+    def batches(start_batch: int):
+        return train.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows, n_batches,
+                                      start_batch=start_batch)
+
     checkpoint_dir = rd / "saes" / f".checkpoint-{name}"
     result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir)
     metrics = evaluate_sae(result.sae, (chunk for _, chunk in val.iter_chunks(65_536)))

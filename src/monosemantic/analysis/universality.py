@@ -241,7 +241,9 @@ def _train_sae_on(store: ActivationStore, sae_cfg: SAEConfig, folder: Path, mode
     rng = np.random.default_rng(sae_cfg.seed)
     init_rows = np.sort(rng.choice(store.n_rows, size=min(INIT_ROWS, store.n_rows), replace=False))
     n_batches = math.ceil(sae_cfg.n_samples / sae_cfg.batch_size)
-    batches = store.shuffled_batches(sae_cfg.batch_size, seed=sae_cfg.seed, n_batches=n_batches)
+    def batches(start_batch: int):
+        return store.shuffled_batches(sae_cfg.batch_size, seed=sae_cfg.seed, n_batches=n_batches, start_batch=start_batch)
+
     checkpoint_dir = folder.with_name(folder.name + "_checkpoint")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     result = train_sae(sae_cfg, batches, store.rows(init_rows), checkpoint_dir)

@@ -21,7 +21,7 @@ import time
 import pickle
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -107,7 +107,7 @@ def _normalise_rows(W_dec_FD: torch.nn.Parameter) -> None:
 
 def train_sae(
     cfg: SAEConfig,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[torch.Tensor] | Callable[[int], Iterable[torch.Tensor]],
     init_acts_ND: torch.Tensor,
     checkpoint_dir: Path | None = None,
 ) -> TrainResult:
@@ -116,10 +116,12 @@ def train_sae(
 
     ``init_acts_ND`` [N, D] (a few thousand activations suffice) sets the input scale and b_dec.
     With ``checkpoint_dir``, the state is saved there every ``cfg.checkpoint_every`` samples and
-    at the end, and a run finding a checkpoint continues from it: pass the same stream again from
-    its start — the samples already trained on are skipped, so a deterministic stream resumes
-    exactly where the killed run was. Resampling scores fresh inputs taken from ``batches``; they
-    are trained on afterwards, so no data is skipped.
+    at the end, and a run finding a checkpoint continues from it. To resume, ``batches`` must be a
+    function giving the deterministic stream from a batch index on (e.g. ``lambda start:
+    store.shuffled_batches(…, start_batch=start)``): the resumed run asks for the stream from the
+    first batch it has not trained on, so it is where the killed run was and nothing is read twice.
+    Resampling scores fresh inputs taken from the stream; they are trained on afterwards, so no
+    data is skipped (and the stream position is always the number of steps taken).
     """
     device = resolve_device(cfg.device)
     check_activations(init_acts_ND, cfg.d_in, "init activations")
@@ -139,9 +141,9 @@ def train_sae(
     dead_window = max(1, int(cfg.dead_window * cfg.n_samples))
     resample_points = [int(f * cfg.n_samples) for f in cfg.resample_at]
     log_every = max(1, math.ceil(cfg.n_samples / cfg.batch_size / LOG_POINTS))
-    stream: Iterator[torch.Tensor] = iter(batches)
-    if state.samples_seen < cfg.n_samples:
-        _skip(stream, state.samples_seen)
+    if not callable(batches) and 0 < state.samples_seen < cfg.n_samples:
+        raise TypeError("resuming from a checkpoint needs batches as a function of the start batch")
+    stream: Iterator[torch.Tensor] = iter(batches(state.steps) if callable(batches) else batches)
     sae.train()
 
     with progress(f"SAE {cfg.variant} F={cfg.d_sae}", total=cfg.n_samples, unit="samples") as advance:
@@ -203,16 +205,6 @@ def train_sae(
     sae.eval()
     sae.rescale_units(state.input_scale)
     return TrainResult(sae, state.train_seconds, state.samples_seen, state.input_scale, state.history)
-
-
-def _skip(stream: Iterator[torch.Tensor], n_samples: int) -> None:
-    """Drop the first ``n_samples`` samples of ``stream`` (those a resumed run trained on)."""
-    skipped = 0
-    while skipped < n_samples:
-        x_BD = next(stream, None)
-        if x_BD is None:
-            raise UserError(f"resuming: activation batches ran out while skipping the {n_samples:,} samples already trained on")
-        skipped += x_BD.shape[0]
 
 
 def _resample(
