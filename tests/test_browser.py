@@ -411,3 +411,25 @@ def test_ui_exported_site_opens_from_disk(page, run, names, tmp_path):
     page.get((tmp_path / "site" / "index.html").as_uri() + f"#/features/{identity}")
     wait_for(page, "#unit-table tbody tr")
     assert page.find_element("css selector", ".list-count").text.endswith(f"of {names[2]}")
+
+
+def test_ui_exported_token_search_ranks_as_serve_does(page, run, names, tmp_path):
+    from urllib.parse import urlencode
+
+    from monosemantic.browser.run_view import RunView
+
+    _, doubled, _ = names
+    store, view = FeatureStore(run / FILENAME), RunView(run)
+    text, folded = "God", " GOD"  # " GOD" is no token: both fall back to lower(trim(·)) and match "God"
+    assert folded not in view.store.vocab.values() and view.store.tokens_matching(folded)
+    export_site(run, tmp_path / "site", max_units=1)
+    for query, sort, order in ((text, "f1", "desc"), (folded, "f1", "desc"), (text, "max_act", "asc")):
+        want = view.unit_list(doubled, sort=sort, descending=order == "desc", token=query)
+        assert want["total"] > 1
+        page.get("about:blank")
+        page.get((tmp_path / "site" / "index.html").as_uri() + f"#/features/{doubled}?"
+                 + urlencode({"token": query, "sort": sort, "order": order}))
+        wait_for(page, ".list-count", f"of {want['total']:,}")
+        rows = page.find_elements("css selector", "#unit-table tbody tr")
+        assert [r.find_element("css selector", "td a").text for r in rows] == [str(r["unit"]) for r in want["rows"]]
+        assert [r.find_elements("css selector", "td")[5].text for r in rows] == [f"{r['f1']:.3f}" for r in want["rows"]]

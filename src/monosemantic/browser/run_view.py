@@ -181,6 +181,19 @@ class RunView:
             r["top_tokens"] = labels.get(r["unit"], [])
         return {"dict": dict_name, "total": total, "offset": offset, "rows": rows, "matched_tokens": matched}
 
+    def token_index(self, dict_name: str) -> dict[str, list[list]]:
+        """Every vocabulary text → ``[unit, f1]`` of the units that fire on it (the best over token
+        ids sharing the text), best first: what ``unit_list(token=…)`` matches and ranks by, for a
+        page that has no server (the static export)."""
+        index: dict[str, list[list]] = {text: [] for text in self.store.vocab.values()}
+        rows = self.store.db.execute(
+            f"SELECT v.text, t.unit, max({TOKEN_F1_SQL}) AS f1 FROM unit_tokens t "
+            f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
+            f"WHERE t.dict=? GROUP BY v.text, t.unit ORDER BY v.text, f1 DESC, t.unit", (dict_name,))
+        for text, unit, f1 in rows:
+            index[text].append([unit, f1])
+        return index
+
     def labels(self, dict_name: str, units: list[int], n: int = 3) -> dict[int, list[str]]:
         """Each unit's ``n`` most-fired-on token texts: a short label for lists and links."""
         if not units:
