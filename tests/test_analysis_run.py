@@ -55,7 +55,11 @@ def test_figures_and_files(analysed):
     assert figures["backend"] == "offline-token-list" and figures["feature_dictionary"] == name
     n_alive = figures["dictionaries"]["neurons"]["alive"]
     assert figures["n_scored_units"] == min(16, n_alive) and figures["dictionaries"][name]["alive"] == n_alive
-    assert -1 <= figures["neuron_score_mean"] <= 1 and -1 <= figures["feature_score_mean"] <= 1
+    store = FeatureStore(run / FILENAME)
+    for dict_name, key in ((name, "feature_score_mean"), ("neurons", "neuron_score_mean")):
+        scores = [r[0] or 0.0 for r in store.db.execute(  # no score (NaN) counts as 0, as in the figure
+            "SELECT simulation_score FROM units WHERE dict=? AND in_score_sample", (dict_name,))]
+        assert len(scores) == figures["n_scored_units"] and figures[key] == pytest.approx(np.mean(scores))
     n_rows = figures["n_tokens"]
     assert n_rows == ActivationStore(run / "activations" / "val").n_rows // 32 * 32
 
