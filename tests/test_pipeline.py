@@ -1,5 +1,6 @@
-"""The whole `run` on the tiny preset: every stage's checkable figures land in run.json, the SAEs
-load back, and a second invocation skips everything."""
+"""The pipeline on the tiny preset: `monosemantic universality` runs only the stages it needs, then
+the whole `run`: every stage's checkable figures land in run.json, the SAEs load back, and a second
+invocation skips everything."""
 
 import json
 import shutil
@@ -8,28 +9,75 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from monosemantic.cli import _config, _run_stages
+from typer.testing import CliRunner
+
+from monosemantic import pipeline
 from monosemantic.analysis.store import FeatureStore
+from monosemantic.cli import app
+from monosemantic.config import load_config
+from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 from monosemantic.sae.io import load_sae
+from monosemantic.stages import all_stages
 
 
 @pytest.fixture(scope="module")
-def full_run(tiny_run, tmp_path_factory):
-    set_quiet(True)
+def universality_first(tiny_run, tmp_path_factory):
+    """`monosemantic universality` on a copy of the tiny run (corpus, lm and harvest done)."""
     run = tmp_path_factory.mktemp("full") / "run"
     shutil.copytree(tiny_run, run)
     corpus = tiny_run.parent / "corpus.txt"
-    cfg = _config("tiny", None, ["corpus.val_fraction=0.2"], str(corpus), None, None, None)
-    _run_stages(cfg, run, None, force=False)
-    return run, cfg
+    result = CliRunner().invoke(app, ["-q", "universality", "--preset", "tiny", "--corpus", str(corpus),
+                                      "--set", "corpus.val_fraction=0.2", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    return run, result.output, json.loads((run / "run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def full_run(universality_first, tiny_run):
+    set_quiet(True)
+    run = universality_first[0]
+    cfg = load_config("tiny", overrides=["corpus.val_fraction=0.2", f"corpus.corpus={tiny_run.parent / 'corpus.txt'}"])
+    result = pipeline.run(cfg, run)
+    return run, cfg, result
+
+
+def test_universality_runs_only_the_stages_it_needs(universality_first):
+    _, output, manifest = universality_first
+    assert list(manifest["stages"]) == ["corpus", "lm", "harvest", "sae", "universality"]
+    table = output.split("Sparse autoencoders")[0]
+    rows = [[cell.strip() for cell in line.split("│")[1:3]] for line in table.splitlines() if line.startswith("│")]
+    assert [row for row in rows if row[0]] == [["corpus", "current (skipped)"], ["lm", "current (skipped)"],
+                                               ["harvest", "current (skipped)"], ["sae", "ran"],
+                                               ["universality", "ran"]]
+
+
+def test_prerequisites_follow_the_declared_needs():
+    stages = all_stages(load_config("tiny"))
+    assert [s.name for s in pipeline.prerequisites(stages, "splitting")] == ["corpus", "lm", "harvest", "sae",
+                                                                              "splitting"]
+    assert [s.name for s in pipeline.prerequisites(stages, "toy")] == ["toy"]
+    assert len(pipeline.prerequisites(stages, None)) == len(stages)
+    with pytest.raises(UserError, match="unknown stage nope"):
+        pipeline.prerequisites(stages, "nope")
+
+
+def test_universality_summary_quotes_the_paper_numbers_it_recorded():
+    stage = {s.name: s for s in all_stages(load_config("tiny"))}["universality"]
+    figures = {"median_feature_corr": 0.5, "median_neuron_corr": 0.4, "paper_median_feature_corr": 0.11,
+               "paper_median_neuron_corr": 0.22}
+    assert stage.summary(figures).endswith("features 0.50 vs neurons 0.40 (paper 0.11 vs 0.22)")
 
 
 def test_manifest_has_every_stage_and_the_checkable_fields(full_run):
-    run, cfg = full_run
+    run, cfg, result = full_run
     manifest = json.loads((run / "run.json").read_text())
-    assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "analysis", "splitting",
-                                         "toy", "universality"]
+    assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "universality", "analysis",
+                                         "splitting", "toy"]
+    assert [(s.name, s.skipped) for s in result.stages] == [
+        ("corpus", True), ("lm", True), ("harvest", True), ("sae", True), ("analysis", False),
+        ("splitting", False), ("toy", False), ("universality", True)]
+    assert all(s.summary for s in result.stages)
     saes = manifest["sae"]["saes"]
     assert [e["d_sae"] for e in saes] == cfg.sae.sizes
     for entry in saes:
@@ -48,15 +96,15 @@ def test_manifest_has_every_stage_and_the_checkable_fields(full_run):
 
 
 def test_second_run_skips_every_stage(full_run):
-    run, cfg = full_run
+    run, cfg, _ = full_run
     before = (run / "run.json").read_text()
-    _run_stages(cfg, run, None, force=False)
+    assert all(s.skipped for s in pipeline.run(cfg, run).stages)
     after = json.loads((run / "run.json").read_text())
     assert after["stages"] == json.loads(before)["stages"]  # no stage re-ran (same finish times)
 
 
 def test_analysis_stage_writes_the_feature_store(full_run):
-    run, cfg = full_run
+    run, cfg, _ = full_run
     analysis = json.loads((run / "run.json").read_text())["analysis"]
     assert (run / analysis["store"]).stat().st_size > 10_000
     assert analysis["feature_dictionary"] == f"{cfg.sae.variant}-{max(cfg.sae.sizes)}"
@@ -64,7 +112,7 @@ def test_analysis_stage_writes_the_feature_store(full_run):
 
 
 def test_splitting_and_universality_figures(full_run):
-    run, cfg = full_run
+    run, cfg, _ = full_run
     manifest = json.loads((run / "run.json").read_text())
     families = json.loads((run / "splitting" / "families.json").read_text())
     children = [Counter(p for p in link["parent"] if p >= 0) for link in families["links"]]

@@ -18,7 +18,8 @@ from rich.table import Table
 
 from monosemantic.config import RunConfig, load_config, preset_names
 from monosemantic.errors import UserError
-from monosemantic.pipeline import RunDir
+from monosemantic import pipeline
+from monosemantic.pipeline import RunResult
 from monosemantic.progress import set_quiet
 from monosemantic.toy.cli import toy_app
 
@@ -71,33 +72,15 @@ def _config(preset: str, config: Optional[Path], set_: Optional[list[str]], corp
 _SEEDED_SECTIONS = ("lm", "sae", "toy")
 
 
-def _run_stages(cfg: RunConfig, out: Path, upto: Optional[str], force: bool) -> RunDir:
-    from monosemantic.stages import all_stages
-
-    stages = all_stages(cfg)
-    names = [s.name for s in stages]
-    if upto is not None and upto not in names:
-        raise UserError(f"unknown stage {upto} (stages: {', '.join(names)})")
-    rd = RunDir(out)
-    rd.manifest["config"] = cfg.model_dump()
-    rows = []
-    for stage in stages:
-        figures, skipped = rd.run_stage(stage, force=force and (upto is None or stage.name == upto))
-        rows.append((stage.name, "current (skipped)" if skipped else "ran", figures))
-        if stage.name == upto:
-            break
-    rd.save()
-    _print_summary(rd, rows)
-    return rd
-
-
-def _print_summary(rd: RunDir, rows: list[tuple[str, str, dict]]) -> None:
+def _print_summary(result: RunResult) -> None:
+    rd = result.run_dir
     out = Console(width=max(Console().width, 110))
     table = Table(title=f"monosemantic run — {rd.path}")
     for col in ("stage", "status", "seconds", "figures"):
         table.add_column(col)
-    for name, status, figures in rows:
-        table.add_row(name, status, f"{figures.get('seconds', 0):.1f}", _headline(name, figures))
+    for stage in result.stages:
+        table.add_row(stage.name, "current (skipped)" if stage.skipped else "ran",
+                      f"{stage.figures.get('seconds', 0):.1f}", stage.summary)
     out.print(table)
     lm = rd.manifest.get("lm")
     if lm:
@@ -118,49 +101,20 @@ def _print_summary(rd: RunDir, rows: list[tuple[str, str, dict]]) -> None:
     out.print(f"Manifest: {rd.manifest_path}")
 
 
-def _headline(stage: str, f: dict) -> str:
-    if stage == "corpus":
-        return (f"{f['n_docs']:,} docs, {f['chars'] / 1e6:.1f}M chars, {f['train_tokens']:,} train + "
-                f"{f['val_tokens']:,} val tokens, vocab {f['vocab_size']:,}")
-    if stage == "lm":
-        trained = (f"external {f['external']}" if "external" in f
-                   else f"{f['steps']:,} steps, {f['train_tokens']:,} tokens")
-        return (f"{trained}, val loss {f['val_loss']:.3f} "
-                f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
-    if stage == "sae":
-        return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
-    if stage == "analysis":
-        from monosemantic.analysis.analyze import analysis_headline
-
-        return analysis_headline(f)
-    if stage == "splitting":
-        return (f"{f['split_families']:,} features split into ≥ 2 children at the next size; "
-                f"map by {f['feature_map']['method']}")
-    if stage == "universality":
-        return (f"median max-correlation A→B: features {f['median_feature_corr']:.2f} vs neurons "
-                f"{f['median_neuron_corr']:.2f} (paper 0.72 vs 0.46)")
-    if stage == "toy":
-        dims = [p["dims_per_feature"] for p in f["points"]]
-        return (f"{len(f['points'])} sparsities, D* from {dims[0]:.2f} to {dims[-1]:.2f}; "
-                f"plots in toy/")
-    if stage == "harvest":
-        return f"{f['train']['rows']:,} train + {f['val']['rows']:,} val rows at {f['train']['hook_name']}"
-    return ""
-
-
 @app.command()
 def run(
     out: Path = OutOption, preset: str = PresetOption, config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption, corpus: Optional[str] = CorpusOption,
     dataset: Optional[str] = DatasetOption, seed: Optional[int] = SeedOption,
     device: Optional[str] = DeviceOption, force: bool = ForceOption,
-    upto: Optional[str] = typer.Option(None, "--upto", help="Stop after this stage."),
+    upto: Optional[str] = typer.Option(None, "--upto", help="Run only this stage and the stages it needs."),
 ) -> None:
     """Run the whole pipeline (skipping stages whose artifacts are current) and print a summary."""
-    cfg = _config(preset, config, set_, corpus, dataset, seed, device)
-    rd = _run_stages(cfg, out, upto, force)
-    if (rd / "features.sqlite").is_file():
-        Console().print(f"Browse the features: [bold]monosemantic serve {rd.path}[/bold], then open http://127.0.0.1:8000/")
+    result = pipeline.run(_config(preset, config, set_, corpus, dataset, seed, device), out, upto, force)
+    _print_summary(result)
+    if (result.run_dir / "features.sqlite").is_file():
+        Console().print(f"Browse the features: [bold]monosemantic serve {result.run_dir.path}[/bold], "
+                        "then open http://127.0.0.1:8000/")
 
 
 def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | None = None):
@@ -170,10 +124,9 @@ def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | 
         dataset: Optional[str] = DatasetOption, seed: Optional[int] = SeedOption,
         device: Optional[str] = DeviceOption, force: bool = ForceOption,
     ) -> None:
-        cfg = _config(preset, config, set_, corpus, dataset, seed, device)
-        _run_stages(cfg, out, stage, force)
+        _print_summary(pipeline.run(_config(preset, config, set_, corpus, dataset, seed, device), out, stage, force))
 
-    command.__doc__ = doc + " (Runs the stages before it first if they are not current.)"
+    command.__doc__ = doc + " (Runs the stages it needs first if they are not current.)"
     target.command(name=name or stage)(command)
 
 

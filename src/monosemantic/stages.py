@@ -1,7 +1,8 @@
 """The stages of ``monosemantic run``, each reading from and writing into the run directory.
 
-corpus → lm → harvest → sae → analysis → splitting, and universality after sae; toy stands apart. Each ``*_stage(cfg)`` returns a
-``Stage`` whose ``run`` does the work and returns the figures that go into ``run.json``.
+corpus → lm → harvest → sae → analysis → splitting, and universality after sae; toy stands apart. Each
+``*_stage(cfg)`` returns a ``Stage`` whose ``run`` does the work and returns the figures that go into
+``run.json``, whose ``summary`` puts them in one line, and whose ``needs`` names the stages it reads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from monosemantic.activations import ActivationStore
 from monosemantic.activations.harvest import harvest_activations
-from monosemantic.analysis.analyze import analyze_run
+from monosemantic.analysis.analyze import analysis_headline, analyze_run
 from monosemantic.analysis.feature_map import feature_map
 from monosemantic.analysis.splitting import feature_families
 from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
@@ -63,8 +64,12 @@ def corpus_stage(cfg: RunConfig) -> Stage:
         return figures
 
     tokenizer_from = cfg.lm.pretrained or cfg.lm.hf_model_dir or "trained here"
+    def summary(f: dict) -> str:
+        return (f"{f['n_docs']:,} docs, {f['chars'] / 1e6:.1f}M chars, {f['train_tokens']:,} train + "
+                f"{f['val_tokens']:,} val tokens, vocab {f['vocab_size']:,}")
+
     return Stage("corpus", {**c.model_dump(), "tokenizer": tokenizer_from}, run,
-                 ["tokenizer.json", "tokens/index.json"])
+                 ["tokenizer.json", "tokens/index.json"], summary)
 
 
 def _external_tokenizer(cfg: RunConfig):
@@ -98,8 +103,14 @@ def lm_stage(cfg: RunConfig) -> Stage:
             save_external_ref(cfg.lm, rd / "lm")
         return figures
 
+    def summary(f: dict) -> str:
+        trained = (f"external {f['external']}" if "external" in f
+                   else f"{f['steps']:,} steps, {f['train_tokens']:,} tokens")
+        return (f"{trained}, val loss {f['val_loss']:.3f} "
+                f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
+
     artifact = "lm/model.safetensors" if cfg.lm.trains_own_model else f"lm/{EXTERNAL_FILE}"
-    return Stage("lm", cfg.lm.model_dump(), run, [artifact], needs=["corpus"])
+    return Stage("lm", cfg.lm.model_dump(), run, [artifact], summary, needs=["corpus"])
 
 
 def harvest_stage(cfg: RunConfig) -> Stage:
@@ -116,8 +127,11 @@ def harvest_stage(cfg: RunConfig) -> Stage:
                                                  rd / f"activations/{split}", h.dtype, device)
         return figures
 
+    def summary(f: dict) -> str:
+        return f"{f['train']['rows']:,} train + {f['val']['rows']:,} val rows at {f['train']['hook_name']}"
+
     return Stage("harvest", {**h.model_dump(), "hook_name": cfg.lm.hook_name}, run,
-                 ["activations/train/store.json", "activations/val/store.json"], needs=["lm"])
+                 ["activations/train/store.json", "activations/val/store.json"], summary, needs=["lm"])
 
 
 def sae_stage(cfg: RunConfig) -> Stage:
@@ -143,8 +157,11 @@ def sae_stage(cfg: RunConfig) -> Stage:
                                           tokens_BT, cfg.lm.hook_name))
         return {"variant": sweep.variant, "saes": entries}
 
+    def summary(f: dict) -> str:
+        return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
+
     return Stage("sae", {**sweep.model_dump(), "hook_name": cfg.lm.hook_name}, run,
-                 [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes], needs=["harvest"])
+                 [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes], summary, needs=["harvest"])
 
 
 def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore,
@@ -191,7 +208,7 @@ def analysis_stage(cfg: RunConfig) -> Stage:
         return analyze_run(rd.path, names, cfg.analysis, str(resolve_device(cfg.device)))
 
     return Stage("analysis", {**cfg.analysis.model_dump(), "saes": names}, run,
-                 [FEATURE_STORE_FILE], needs=["sae"])
+                 [FEATURE_STORE_FILE], analysis_headline, needs=["sae"])
 
 
 def splitting_stage(cfg: RunConfig) -> Stage:
@@ -205,7 +222,11 @@ def splitting_stage(cfg: RunConfig) -> Stage:
         return figures
 
     config = {"splitting": cfg.splitting.model_dump(), "map": cfg.feature_map.model_dump(), "saes": names}
-    return Stage("splitting", config, run, ["splitting/families.json", "feature_map/map.json"],
+    def summary(f: dict) -> str:
+        return (f"{f['split_families']:,} features split into ≥ 2 children at the next size; "
+                f"map by {f['feature_map']['method']}")
+
+    return Stage("splitting", config, run, ["splitting/families.json", "feature_map/map.json"], summary,
                  needs=["sae"])
 
 
@@ -216,8 +237,13 @@ def universality_stage(cfg: RunConfig) -> Stage:
     def run(rd: RunDir) -> dict:
         return universality(rd.path, uni_cfg)
 
+    def summary(f: dict) -> str:
+        return (f"median max-correlation A→B: features {f['median_feature_corr']:.2f} vs neurons "
+                f"{f['median_neuron_corr']:.2f} (paper {f['paper_median_feature_corr']} vs "
+                f"{f['paper_median_neuron_corr']})")
+
     return Stage("universality", cfg.universality.model_dump(), run,
-                 ["universality/universality.json"], needs=["sae"])
+                 ["universality/universality.json"], summary, needs=["sae"])
 
 
 def toy_stage(cfg: RunConfig) -> Stage:
@@ -227,7 +253,11 @@ def toy_stage(cfg: RunConfig) -> Stage:
     def run(rd: RunDir) -> dict:
         return run_toy_sweep(toy_cfg, rd / "toy")
 
-    return Stage("toy", cfg.toy.model_dump(), run, ["toy/toy.json"])
+    def summary(f: dict) -> str:
+        dims = [p["dims_per_feature"] for p in f["points"]]
+        return f"{len(f['points'])} sparsities, D* from {dims[0]:.2f} to {dims[-1]:.2f}; plots in toy/"
+
+    return Stage("toy", cfg.toy.model_dump(), run, ["toy/toy.json"], summary)
 
 
 def all_stages(cfg: RunConfig) -> list[Stage]:
