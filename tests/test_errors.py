@@ -12,7 +12,7 @@ import torch
 from monosemantic.corpus import sources, tokenizer
 from monosemantic.errors import UserError
 from monosemantic.lm import model as lm_model
-from monosemantic.config import LMConfig
+from monosemantic.lm.config import LMConfig
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, train_sae
 from monosemantic.sae.standard import StandardSAE

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from monosemantic.config import LMConfig
+from monosemantic.lm.config import LMConfig
 from monosemantic.corpus.tokenizer import train_tokenizer
 from monosemantic.errors import UserError
 from monosemantic.lm.model import load_external_lm

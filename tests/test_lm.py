@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import monosemantic.lm.train as train_module
-from monosemantic.config import LMConfig
+from monosemantic.lm.config import LMConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
 from monosemantic.corpus.tokenizer import train_tokenizer
 from monosemantic.errors import UserError

@@ -20,7 +20,8 @@ from monosemantic.toy.geometry import (
     interference,
 )
 from monosemantic.toy.model import ToyModel, sample_features, train_toy_model
-from monosemantic.toy.sweep import ToyConfig, cpu_threads, run_toy_sweep
+from monosemantic.toy.config import ToyConfig
+from monosemantic.toy.sweep import cpu_threads, run_toy_sweep
 
 
 @pytest.fixture(autouse=True, scope="module")

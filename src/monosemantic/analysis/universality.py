@@ -37,7 +37,7 @@ from monosemantic.activations.store import ActivationStore
 from monosemantic.analysis.config import UniversalityConfig
 from monosemantic.analysis.correlation import BestMatches, CrossStats, Matches, best_matches
 from monosemantic.atomic import atomic_path, write_json
-from monosemantic.config import LMConfig
+from monosemantic.lm.config import LMConfig
 from monosemantic.corpus.shards import TokenShards
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from monosemantic.atomic import atomic_path
-from monosemantic.config import LMConfig
+from monosemantic.lm.config import LMConfig
 from monosemantic.errors import UserError
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from monosemantic import __version__
 from monosemantic.atomic import atomic_path
-from monosemantic.errors import UserError
+from monosemantic.errors import UserError, invalid_config
 from monosemantic.sae.base import SparseAutoencoder
 from monosemantic.sae.build import build_sae
 from monosemantic.sae.config import SAEConfig
@@ -113,8 +113,10 @@ def _config_from(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
         if architecture == "topk":
             fields["k"] = raw.get("k", 100)
         return SAEConfig(**fields)
-    except (KeyError, TypeError, ValidationError) as err:
-        raise UserError(f"{cfg_path}: not a valid SAE config ({type(err).__name__}: {err})".splitlines()[0]) from None
+    except ValidationError as err:
+        raise invalid_config(err, f"{cfg_path}: not a valid SAE config:") from None
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{cfg_path}: not a valid SAE config ({type(err).__name__}: {err})") from None
 
 
 def _to_our_convention(raw: dict[str, Any], tensors: dict[str, torch.Tensor], weights_path: Path) -> dict[str, torch.Tensor]:

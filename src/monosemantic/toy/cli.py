@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from monosemantic.toy.geometry import STRUCTURE_NAMES
-from monosemantic.toy.sweep import ToyConfig, run_toy_sweep
+from monosemantic.toy.config import ToyConfig
+from monosemantic.toy.sweep import run_toy_sweep
 
 toy_app = typer.Typer(
     help="Toy models of superposition: train n sparse features into m < n dimensions across sparsity, "
