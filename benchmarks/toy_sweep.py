@@ -13,8 +13,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from monosemantic.toy.model import ToyModel, train_toy_model
 from monosemantic.toy.config import ToyConfig
+from monosemantic.toy.model import ToyModel, train_toy_model
 from monosemantic.toy.sweep import cpu_threads
 
 

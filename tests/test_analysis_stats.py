@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from monosemantic.activations import ActivationStore, ActivationWriter
+from monosemantic.analysis import stats as stats_module
 from monosemantic.analysis.neighbours import cofiring_neighbours, decoder_neighbours
 from monosemantic.analysis.neurons import constituent_neurons, neuron_users
 from monosemantic.analysis.sampling import GroupedBottomK, fill_up
-from monosemantic.analysis import stats as stats_module
 from monosemantic.analysis.stats import Basis, StatsConfig, analysed_rows, compute_unit_stats, read_token_context
 from monosemantic.progress import set_quiet
 

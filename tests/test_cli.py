@@ -8,8 +8,6 @@ import pytest
 
 from monosemantic.cli import main
 
-from conftest import make_corpus_text
-
 
 def run_cli(args, capsys):
     old = sys.argv
@@ -66,7 +64,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, corpus_file, 
 
 def test_non_utf8_and_empty_corpus(tmp_path, capsys):
     bad = tmp_path / "bad.txt"
-    bad.write_bytes("ok text ".encode() * 50 + b"\xff\xfe bad")
+    bad.write_bytes(b"ok text " * 50 + b"\xff\xfe bad")
     code, _, err = run_cli(["run", "--preset", "tiny", "--corpus", str(bad), "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "not UTF-8" in err and "bad.txt" in err
     assert not (tmp_path / "r" / "tokens").exists() and not (tmp_path / "r" / "tokenizer.json").exists()

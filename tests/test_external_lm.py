@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
+from conftest import make_corpus_text
 
-from monosemantic.lm.config import LMConfig
 from monosemantic.corpus.tokenizer import train_tokenizer
 from monosemantic.errors import UserError
+from monosemantic.lm.config import LMConfig
 from monosemantic.lm.model import load_external_lm
-
-from conftest import make_corpus_text
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from typer.testing import CliRunner
 
 from monosemantic import pipeline

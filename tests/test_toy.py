@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from monosemantic.errors import UserError
 from monosemantic.toy.cli import toy_app
+from monosemantic.toy.config import ToyConfig
 from monosemantic.toy.geometry import (
     STRUCTURE_NAMES,
     classify,
@@ -20,7 +21,6 @@ from monosemantic.toy.geometry import (
     interference,
 )
 from monosemantic.toy.model import ToyModel, sample_features, train_toy_model
-from monosemantic.toy.config import ToyConfig
 from monosemantic.toy.sweep import cpu_threads, run_toy_sweep
 
 

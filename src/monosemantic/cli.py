@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from monosemantic import pipeline
 from monosemantic.config import RunConfig, load_config, preset_names
 from monosemantic.errors import UserError
-from monosemantic import pipeline
 from monosemantic.pipeline import RunResult
 from monosemantic.progress import set_quiet
 from monosemantic.toy.cli import toy_app
@@ -55,8 +54,8 @@ DeviceOption = typer.Option(None, "--device", help="cpu, cuda or auto.")
 ForceOption = typer.Option(False, "--force", help="Re-run the stages even if their artifacts are current.")
 
 
-def _config(preset: str, config: Optional[Path], set_: Optional[list[str]], corpus: Optional[str],
-            dataset: Optional[str], seed: Optional[int], device: Optional[str]) -> RunConfig:
+def _config(preset: str, config: Path | None, set_: list[str] | None, corpus: str | None,
+            dataset: str | None, seed: int | None, device: str | None) -> RunConfig:
     overrides = list(set_ or [])
     if corpus is not None:
         overrides.append(f"corpus.corpus={corpus}")
@@ -103,11 +102,11 @@ def _print_summary(result: RunResult) -> None:
 
 @app.command()
 def run(
-    out: Path = OutOption, preset: str = PresetOption, config: Optional[Path] = ConfigOption,
-    set_: Optional[list[str]] = SetOption, corpus: Optional[str] = CorpusOption,
-    dataset: Optional[str] = DatasetOption, seed: Optional[int] = SeedOption,
-    device: Optional[str] = DeviceOption, force: bool = ForceOption,
-    upto: Optional[str] = typer.Option(None, "--upto", help="Run only this stage and the stages it needs."),
+    out: Path = OutOption, preset: str = PresetOption, config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption, corpus: str | None = CorpusOption,
+    dataset: str | None = DatasetOption, seed: int | None = SeedOption,
+    device: str | None = DeviceOption, force: bool = ForceOption,
+    upto: str | None = typer.Option(None, "--upto", help="Run only this stage and the stages it needs."),
 ) -> None:
     """Run the whole pipeline (skipping stages whose artifacts are current) and print a summary."""
     result = pipeline.run(_config(preset, config, set_, corpus, dataset, seed, device), out, upto, force)
@@ -119,10 +118,10 @@ def run(
 
 def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | None = None):
     def command(
-        out: Path = OutOption, preset: str = PresetOption, config: Optional[Path] = ConfigOption,
-        set_: Optional[list[str]] = SetOption, corpus: Optional[str] = CorpusOption,
-        dataset: Optional[str] = DatasetOption, seed: Optional[int] = SeedOption,
-        device: Optional[str] = DeviceOption, force: bool = ForceOption,
+        out: Path = OutOption, preset: str = PresetOption, config: Path | None = ConfigOption,
+        set_: list[str] | None = SetOption, corpus: str | None = CorpusOption,
+        dataset: str | None = DatasetOption, seed: int | None = SeedOption,
+        device: str | None = DeviceOption, force: bool = ForceOption,
     ) -> None:
         _print_summary(pipeline.run(_config(preset, config, set_, corpus, dataset, seed, device), out, stage, force))
 
@@ -143,9 +142,9 @@ _stage_command("universality", "Train a second LM and SAE with other seeds; matc
 @app.command()
 def search(
     run_dir: Path = typer.Argument(..., help="Run directory."),
-    token: Optional[str] = typer.Option(None, "--token", help='A token, e.g. " God" (leading space matters).'),
-    text: Optional[str] = typer.Option(None, "--text", help="Words to find in explanations."),
-    sae: Optional[str] = typer.Option(None, "--sae", help="SAE name (default: the largest)."),
+    token: str | None = typer.Option(None, "--token", help='A token, e.g. " God" (leading space matters).'),
+    text: str | None = typer.Option(None, "--text", help="Words to find in explanations."),
+    sae: str | None = typer.Option(None, "--sae", help="SAE name (default: the largest)."),
     top: int = typer.Option(10, "--top", min=1, help="How many units to list."),
 ) -> None:
     """Which features fire on a token (ranked by precision/recall), or match an explanation."""
@@ -158,11 +157,11 @@ def search(
 def steer(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     sae: str = typer.Option(..., "--sae", help="SAE name, e.g. topk-4096."),
-    feature: Optional[int] = typer.Option(None, "--feature", help="Feature id."),
-    feature_token: Optional[str] = typer.Option(
+    feature: int | None = typer.Option(None, "--feature", help="Feature id."),
+    feature_token: str | None = typer.Option(
         None, "--feature-token", help='Steer the feature `search --token` ranks first, e.g. " God" (ids vary across runs).'),
     prompt: str = typer.Option(..., "--prompt", help="Text to continue."),
-    value: Optional[float] = typer.Option(None, "--value", help="Clamp/add value (default: twice the feature's max activation)."),
+    value: float | None = typer.Option(None, "--value", help="Clamp/add value (default: twice the feature's max activation)."),
     mode: str = typer.Option("clamp", "--mode", help="clamp, add or ablate."),
     n_tokens: int = typer.Option(20, "--n-tokens", min=0, help="Tokens to sample."),
     seed: int = typer.Option(0, "--seed"),
@@ -189,7 +188,7 @@ def serve(
 def export_html(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     out: Path = typer.Argument(..., help="Folder to write the static site into (created or replaced)."),
-    max_units: Optional[int] = typer.Option(None, "--max-units", min=1, help="Unit pages per dictionary (default: all)."),
+    max_units: int | None = typer.Option(None, "--max-units", min=1, help="Unit pages per dictionary (default: all)."),
 ) -> None:
     """A static, self-contained copy of the browser's pages (no live text or steering) to share a run."""
     from monosemantic.browser.export import export_site

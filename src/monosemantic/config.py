@@ -17,8 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from monosemantic.activations.config import HarvestConfig
-from monosemantic.analysis.config import (AnalysisConfig, FeatureMapConfig, SplittingConfig,
-                                           UniversalityConfig)
+from monosemantic.analysis.config import AnalysisConfig, FeatureMapConfig, SplittingConfig, UniversalityConfig
 from monosemantic.corpus.config import CorpusConfig
 from monosemantic.errors import UserError, invalid_config
 from monosemantic.lm.config import LMConfig
@@ -45,7 +44,7 @@ class RunConfig(BaseModel):
     universality: UniversalityConfig = UniversalityConfig()
 
     @model_validator(mode="after")
-    def _check_saes(self) -> "RunConfig":
+    def _check_saes(self) -> RunConfig:
         # Build every sweep member's config now, so a bad λ or k fails before any training.
         for size in self.sae.sizes:
             self.sae.sae_config(self.lm.d_mlp, size, self.device)

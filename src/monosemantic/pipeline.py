@@ -42,7 +42,7 @@ class Stage:
 
     name: str
     config: Any
-    run: Callable[["RunDir"], dict]
+    run: Callable[[RunDir], dict]
     artifacts: list[str]
     summary: Callable[[dict], str]
     needs: list[str] = field(default_factory=list)
@@ -60,7 +60,7 @@ class StageRun:
 
 @dataclass
 class RunResult:
-    run_dir: "RunDir"
+    run_dir: RunDir
     stages: list[StageRun]
 
 
@@ -81,7 +81,7 @@ def prerequisites(stages: list[Stage], target: str | None) -> list[Stage]:
     return [s for s in stages if s.name in wanted]
 
 
-def run(cfg: "RunConfig", out: str | Path, upto: str | None = None, force: bool = False) -> RunResult:
+def run(cfg: RunConfig, out: str | Path, upto: str | None = None, force: bool = False) -> RunResult:
     """Run stage ``upto`` (None: every stage) in run directory ``out``, after the stages it needs;
     a stage whose artifacts are current is skipped. ``force`` re-runs ``upto`` (None: every stage)
     even when current."""

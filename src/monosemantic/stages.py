@@ -27,8 +27,7 @@ from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.lm.baselines import baseline_losses
-from monosemantic.lm.model import (EXTERNAL_FILE, load_external_lm, load_lm, save_external_ref,
-                                   save_lm)
+from monosemantic.lm.model import EXTERNAL_FILE, load_external_lm, load_lm, save_external_ref, save_lm
 from monosemantic.lm.train import evaluate_lm, train_lm
 from monosemantic.pipeline import RunDir, Stage, config_hash
 from monosemantic.sae.config import SAEConfig

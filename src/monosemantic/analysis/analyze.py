@@ -19,16 +19,31 @@ import torch
 
 from monosemantic.activations import ActivationStore
 from monosemantic.analysis import store as fs
+from monosemantic.analysis.autointerp import (
+    Example,
+    Explainer,
+    OfflineExplainer,
+    UnitScore,
+    llm_explainer_from_env,
+    score_unit,
+)
 from monosemantic.analysis.config import AnalysisConfig
-from monosemantic.analysis.autointerp import Example, Explainer, OfflineExplainer, UnitScore, llm_explainer_from_env, score_unit
 from monosemantic.analysis.logits import logit_effects, top_and_bottom
 from monosemantic.analysis.neighbours import cofiring_neighbours, decoder_neighbours
 from monosemantic.analysis.neurons import constituent_neurons, neuron_users
+from monosemantic.analysis.stats import (
+    Basis,
+    StatsConfig,
+    TokenContext,
+    UnitStats,
+    analysed_rows,
+    compute_unit_stats,
+    read_token_context,
+)
 from monosemantic.analysis.store import NEURONS
-from monosemantic.analysis.stats import Basis, StatsConfig, TokenContext, UnitStats, analysed_rows, compute_unit_stats, read_token_context
-from monosemantic.atomic import atomic_path
 from monosemantic.corpus.tokenizer import load_tokenizer
 from monosemantic.errors import UserError
+from monosemantic.figures import new_figure, save_figure
 from monosemantic.lm.model import load_lm
 from monosemantic.progress import progress
 from monosemantic.sae.io import load_sae
@@ -113,12 +128,7 @@ def _finite_mean(values: list[float]) -> float:
 
 def _plot_scores(neuron_scores: list[float], feature_scores: list[float], feature_dict: str, backend: str,
                  path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure((6, 3.5))
     bins = np.linspace(-0.2, 1, 25)
     for scores, label, color in ((neuron_scores, "neurons", "tab:gray"), (feature_scores, f"features ({feature_dict})", "tab:blue")):
         values = np.nan_to_num(np.asarray(scores, dtype=float), nan=0.0)
@@ -128,11 +138,7 @@ def _plot_scores(neuron_scores: list[float], feature_scores: list[float], featur
     ax.set_ylabel("units")
     ax.set_title(f"Automated interpretability, explainer: {backend}", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device: str = "cpu") -> dict[str, Any]:

@@ -25,7 +25,6 @@ most frequent tokens among the ``top_k`` tokens where the feature fires most.
 from __future__ import annotations
 
 import re
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +36,11 @@ import torch
 from monosemantic.activations.store import ActivationStore
 from monosemantic.analysis.config import SplittingConfig
 from monosemantic.analysis.correlation import CrossStats, best_matches
-from monosemantic.atomic import atomic_path, write_json
+from monosemantic.atomic import write_json
 from monosemantic.corpus.tokenizer import load_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
+from monosemantic.figures import new_figure, save_figure
 from monosemantic.sae.io import load_sae
 
 
@@ -304,11 +304,6 @@ def _pick_pictures(families: list[dict], highlights: dict[str, dict | None], n: 
 def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -> Path:
     """A family tree: one column per dictionary size, each node labelled with its feature
     number, top tokens and density; at most ``max_children`` children per node are drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     placed: list[tuple[dict, float, float]] = []
     edges: list[tuple[float, float, float, float, float | None]] = []
     next_leaf = [0.0]
@@ -330,7 +325,7 @@ def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -
 
     place(family, 0)
     n_rows = max(next_leaf[0], 1)
-    fig, ax = plt.subplots(figsize=(3.6 * len(sizes), 0.55 * n_rows + 1.2))
+    fig, ax = new_figure((3.6 * len(sizes), 0.55 * n_rows + 1.2))
     for x0, y0, x1, y1, sim in edges:
         ax.plot([x0 + 0.32, x1 - 0.02], [y0, y1], color="0.6", linewidth=0.8 + 2 * (sim or 0))
     for node, level, y in placed:
@@ -348,10 +343,4 @@ def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
     ax.set_title(f"Family of {family['sae']} feature {family['feature']} ({family['label'][:40]})", fontsize=9)
-    with warnings.catch_warnings(), atomic_path(path) as tmp:
-        # token labels may hold CJK/Arabic glyphs the default font lacks; they render as boxes
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        fig.tight_layout()
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -36,11 +36,12 @@ from monosemantic.activations.harvest import harvest_activations
 from monosemantic.activations.store import ActivationStore
 from monosemantic.analysis.config import UniversalityConfig
 from monosemantic.analysis.correlation import BestMatches, CrossStats, Matches, best_matches
-from monosemantic.atomic import atomic_path, write_json
-from monosemantic.lm.config import LMConfig
+from monosemantic.atomic import write_json
 from monosemantic.corpus.shards import TokenShards
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
+from monosemantic.figures import new_figure, save_figure
+from monosemantic.lm.config import LMConfig
 from monosemantic.lm.model import load_lm, save_lm
 from monosemantic.lm.train import train_lm
 from monosemantic.pipeline import config_hash
@@ -153,12 +154,7 @@ def compare_units(store_a: ActivationStore, store_b: ActivationStore,
 
 def plot_max_correlations(best: dict[str, BestMatches], path: Path) -> Path:
     """Histograms of each unit's max correlation, one colour per comparison, medians marked (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = new_figure((6.5, 3.8))
     bins = np.linspace(0, 1, 41)
     for (name, matches), colour in zip(best.items(), ("tab:blue", "tab:green", "tab:orange")):
         values = matches.value[matches.live & ~np.isnan(matches.value)]
@@ -170,11 +166,7 @@ def plot_max_correlations(best: dict[str, BestMatches], path: Path) -> Path:
     ax.set_ylabel("density")
     ax.set_title(f"Universality (paper: features {PAPER_MEDIAN_FEATURE_CORR}, neurons {PAPER_MEDIAN_NEURON_CORR})")
     ax.legend(loc="upper left", frameon=False, fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class _Steps:

@@ -34,7 +34,7 @@ class LMConfig(BaseModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check(self) -> "LMConfig":
+    def _check(self) -> LMConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.pretrained and self.hf_model_dir:

@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from monosemantic.atomic import atomic_path
-from monosemantic.lm.config import LMConfig
 from monosemantic.errors import UserError
+from monosemantic.lm.config import LMConfig
 
 
 def build_lm(cfg: LMConfig, vocab_size: int) -> HookedTransformer:

@@ -93,7 +93,7 @@ class SAEConfig(SAEParams):
     device: str = "cpu"
 
     @model_validator(mode="after")
-    def _fill_variant_defaults(self) -> "SAEConfig":
+    def _fill_variant_defaults(self) -> SAEConfig:
         own = set(_VARIANT_FIELDS[self.variant])
         for variant, names in _VARIANT_FIELDS.items():
             for name in set(names) - own:

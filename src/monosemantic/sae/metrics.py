@@ -16,8 +16,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from monosemantic.atomic import atomic_path
 from monosemantic.errors import UserError
+from monosemantic.figures import new_figure, save_figure
 from monosemantic.sae.base import SparseAutoencoder, check_activations
 
 DENSE_THRESHOLD = 0.1  # "dense": fires on more than 10 % of tokens (the issue's definition)
@@ -69,14 +69,9 @@ def evaluate_sae(sae: SparseAutoencoder, chunks: Iterable[torch.Tensor]) -> dict
 def plot_density_histogram(density_F: np.ndarray, path: str | Path, title: str = "Feature density") -> Path:
     """Histogram of log10(feature firing density), the paper's plot; dead features are counted
     in the legend (their log density is −∞). Written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     density_F = np.asarray(density_F, dtype=np.float64)
     alive = density_F[density_F > 0]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure((6, 3.5))
     if alive.size:
         ax.hist(np.log10(alive), bins=60, color="tab:blue", label=f"{alive.size} live features")
     n_dead = int((density_F == 0).sum())
@@ -85,17 +80,12 @@ def plot_density_histogram(density_F: np.ndarray, path: str | Path, title: str =
     ax.set_ylabel("features")
     ax.set_title(title)
     ax.legend(loc="upper left", frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
 def loss_recovered(
-    model: "HookedTransformer",  # noqa: F821 — transformer_lens, imported lazily by callers
+    model: HookedTransformer,  # noqa: F821 — transformer_lens, imported lazily by callers
     sae: SparseAutoencoder,
     tokens_BT: torch.Tensor,
     hook_name: str,

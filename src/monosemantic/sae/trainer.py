@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 import pickle
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator

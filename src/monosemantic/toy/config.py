@@ -43,7 +43,7 @@ class ToyConfig(BaseModel):
     cpu_threads: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _check_sparsities(self) -> "ToyConfig":
+    def _check_sparsities(self) -> ToyConfig:
         for name, value in (("sparsity_min", self.sparsity_min), ("sparsity_max", self.sparsity_max)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1) (a feature is zero with probability S), got {value}")
@@ -57,7 +57,7 @@ class ToyConfig(BaseModel):
         return self
 
     @classmethod
-    def preset(cls, name: str) -> "ToyConfig":
+    def preset(cls, name: str) -> ToyConfig:
         """The ``toy`` section of preset ``name`` (``configs/<name>.yaml``): ``tiny`` (tests,
         seconds); ``demo`` (the essay's 400→30 sweep, 1/(1−S) from 1 to 10, in a
         few CPU minutes: 2k steps at batch 256 with a raised, cosine-decayed learning rate);
@@ -80,7 +80,7 @@ class ToyConfig(BaseModel):
         return cls.from_preset(name)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "ToyConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> ToyConfig:
         """The preset with the given fields replaced, validated; bad values raise UserError."""
         unknown = sorted(set(overrides) - set(cls.model_fields))
         if unknown:

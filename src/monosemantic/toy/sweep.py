@@ -7,18 +7,15 @@ numbers (toy.json) and the figures (PNG + SVG).
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from monosemantic.atomic import atomic_path
 from monosemantic.device import resolve_device
-from monosemantic.errors import UserError
 from monosemantic.progress import progress
 from monosemantic.toy import plots
 from monosemantic.toy.config import ToyConfig
@@ -118,11 +115,11 @@ def run_toy_sweep(cfg: ToyConfig, out_dir: Path) -> dict[str, Any]:
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         summary["plots"] = {
-            "dimensionality": plots.save_figure(
+            "dimensionality": plots.save_png_and_svg(
                 plots.plot_dimensionality(sparsities, geometries, cfg.n_features, cfg.n_hidden), tmp, "dimensionality"),
-            "plane_demo": plots.save_figure(
+            "plane_demo": plots.save_png_and_svg(
                 plots.plot_plane(cfg.plane_sparsities, plane_W_INM, plane_importance_N), tmp, "plane_demo"),
-            "gram": plots.save_figure(plots.plot_gram(sparsities, W_INM, geometries), tmp, "gram"),
+            "gram": plots.save_png_and_svg(plots.plot_gram(sparsities, W_INM, geometries), tmp, "gram"),
         }
         summary["seconds"] = round(time.perf_counter() - started, 2)
         details = {
