@@ -73,7 +73,9 @@ def test_identity_features_equal_neurons(analysed):
         for key in ("fire_count", "max_act", "hist", "explanation", "simulation_score"):
             assert neuron[key] == pytest.approx(feature[key]), key
         assert store.logits("neurons", u) == store.logits(name, u)
-        assert [e["row"] for e in store.examples("neurons", u, "top")] == [e["row"] for e in store.examples(name, u, "top")]
+        assert [e["row"] for e in store.examples("neurons", u, "top")] == [
+            e["row"] for e in store.examples(name, u, "top")
+        ]
         assert store.constituents(name, u)[0] == (u, 1.0)
         assert store.neuron_users(name, u)[0] == (u, 1.0)
     assert store.dictionary(None)["name"] == name  # the default is the largest SAE
@@ -137,8 +139,12 @@ def test_analysis_is_deterministic(analysed, tmp_path):
     (again / FILENAME).unlink()
     figures2 = analyze_run(again, [name], CFG)
     assert figures2["neuron_score_mean"] == figures["neuron_score_mean"]
-    rows = [sqlite3.connect(r / FILENAME).execute("SELECT * FROM examples ORDER BY dict, unit, kind, bucket, rank").fetchall()
-            for r in (run, again)]
+    rows = [
+        sqlite3.connect(r / FILENAME)
+        .execute("SELECT * FROM examples ORDER BY dict, unit, kind, bucket, rank")
+        .fetchall()
+        for r in (run, again)
+    ]
     assert rows[0] == rows[1]
 
 
@@ -159,7 +165,9 @@ def test_steering_acts_on_exactly_one_feature(analysed):
     torch.testing.assert_close(clamped, manual)
     unchanged = next_token_change(model, HOOK, tokens_T, steering_hook(sae, 2, "add", 0.0), top=3)
     assert all(before == after for _, before, after in unchanged["before"])
-    assert sample_continuation(model, HOOK, tokens_T, 4, None, seed=3) == sample_continuation(model, HOOK, tokens_T, 4, None, seed=3)
+    assert sample_continuation(model, HOOK, tokens_T, 4, None, seed=3) == sample_continuation(
+        model, HOOK, tokens_T, 4, None, seed=3
+    )
     greedy = sample_continuation(model, HOOK, tokens_T, 1, None, temperature=0)
     assert greedy == [int(model(tokens_T[None])[0, -1].argmax())]
 

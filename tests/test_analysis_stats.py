@@ -177,7 +177,9 @@ def test_cofiring_stops_at_its_budget(tmp_path, monkeypatch):
     store = ActivationStore(tmp_path / "store")
     n_rows, ctx = analysed_rows(store, 10**6)
     cfg = StatsConfig(n_rows=n_rows, chunk_windows=2, left=1, right=1)
-    stats = compute_unit_stats(store, [Basis("n", "neuron", D, lambda x: x)], read_token_context(store, n_rows, ctx), V, cfg)[0]
+    stats = compute_unit_stats(
+        store, [Basis("n", "neuron", D, lambda x: x)], read_token_context(store, n_rows, ctx), V, cfg
+    )[0]
     fired = (acts[: 2 * CTX] > 0).astype(int)
     assert stats.cofire_rows == 2 * CTX  # the first chunk filled the budget
     np.testing.assert_array_equal(stats.cofire_UU.toarray(), fired.T @ fired)

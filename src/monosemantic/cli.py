@@ -159,9 +159,14 @@ def steer(
     sae: str = typer.Option(..., "--sae", help="SAE name, e.g. topk-4096."),
     feature: int | None = typer.Option(None, "--feature", help="Feature id."),
     feature_token: str | None = typer.Option(
-        None, "--feature-token", help='Steer the feature `search --token` ranks first, e.g. " God" (ids vary across runs).'),
+        None,
+        "--feature-token",
+        help='Steer the feature `search --token` ranks first, e.g. " God" (ids vary across runs).',
+    ),
     prompt: str = typer.Option(..., "--prompt", help="Text to continue."),
-    value: float | None = typer.Option(None, "--value", help="Clamp/add value (default: twice the feature's max activation)."),
+    value: float | None = typer.Option(
+        None, "--value", help="Clamp/add value (default: twice the feature's max activation)."
+    ),
     mode: str = typer.Option("clamp", "--mode", help="clamp, add or ablate."),
     n_tokens: int = typer.Option(20, "--n-tokens", min=0, help="Tokens to sample."),
     seed: int = typer.Option(0, "--seed"),

@@ -65,7 +65,9 @@ def steer(run_dir: Path, sae: str, feature: int | None, prompt: str, value: floa
         have = sorted(p.name for p in (run_dir / "saes").iterdir()) if (run_dir / "saes").is_dir() else []
         raise UserError(f"--sae {sae}: no such SAE in {run_dir / 'saes'} (have: {', '.join(have) or 'none'})")
     with ExitStack() as cleanup:
-        store = cleanup.enter_context(closing(FeatureStore(run_dir / FILENAME))) if (run_dir / FILENAME).is_file() else None
+        store = (
+            cleanup.enter_context(closing(FeatureStore(run_dir / FILENAME))) if (run_dir / FILENAME).is_file() else None
+        )
         if feature_token is not None:
             feature = _feature_for_token(store, run_dir, sae, feature_token)
         return _steer(run_dir, store, sae, feature, prompt, value, mode, n_tokens, top, seed, console or Console())
@@ -110,7 +112,9 @@ def _steer(run_dir: Path, store: FeatureStore | None, sae: str, feature: int, pr
     result = {"feature": feature, "value": value, "next_token": change, "continuation": plain,
               "steered_continuation": steered}
     if mode == "ablate" and store is not None:
-        result["ablation"] = _ablation_on_top_contexts(run_dir, store, model, hook_name, dictionary, sae, feature, out, show)
+        result["ablation"] = _ablation_on_top_contexts(
+            run_dir, store, model, hook_name, dictionary, sae, feature, out, show
+        )
     return result
 
 
@@ -123,7 +127,9 @@ def _ablation_on_top_contexts(run_dir, store, model, hook_name, dictionary, sae,
         out.print("no top examples with a next token to ablate on")
         return {}
     starts = np.array(rows) // ctx * ctx
-    windows_BT = torch.from_numpy(acts.origin((starts[:, None] + np.arange(ctx)).ravel())["token"].reshape(len(rows), ctx))
+    windows_BT = torch.from_numpy(
+        acts.origin((starts[:, None] + np.arange(ctx)).ravel())["token"].reshape(len(rows), ctx)
+    )
     positions_B = torch.from_numpy(np.array(rows) - starts)
     activation_B, delta_B = ablation_loss_change(model, hook_name, dictionary, feature, windows_BT, positions_B)
     table = Table(title=f"ablating {sae} feature {feature}: next-token loss change at its top activations")

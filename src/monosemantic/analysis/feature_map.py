@@ -47,9 +47,10 @@ def project_2d(directions_ND: np.ndarray, cfg: FeatureMapConfig) -> tuple[np.nda
     return coords_N2 * np.sign(coords_N2[np.abs(coords_N2).argmax(axis=0), [0, 1]]), "pca"  # fix PCA's sign freedom
 
 
-def feature_map(run_dir: str | Path, sae_names: list[str], cfg: FeatureMapConfig = FeatureMapConfig()) -> dict:
+def feature_map(run_dir: str | Path, sae_names: list[str], cfg: FeatureMapConfig | None = None) -> dict:
     """Map the decoder directions of ``sae_names`` (under ``RUN/saes/``) together; returns figures
     for ``run.json``: method, number of points, seconds and artifact paths."""
+    cfg = cfg or FeatureMapConfig()
     run = Path(run_dir)
     if not sae_names:
         raise UserError("feature map: no SAEs given")

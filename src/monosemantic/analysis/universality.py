@@ -78,10 +78,15 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig) -> dict:
 
     n_train = min(cfg.n_train_tokens or store_a_train.n_rows, store_a_train.n_rows)
     for split, store_a, n_tokens in (("val", store_a_val, store_a_val.n_rows), ("train", store_a_train, n_train)):
-        steps.run(f"harvest_{split}", {"n_tokens": n_tokens, "ctx": store_a.meta["ctx"], "hook": store_a.hook_name,
-                                       "dtype": store_a.dtype}, run / f"activations_b/{split}/store.json",
-                  lambda split=split, store_a=store_a, n_tokens=n_tokens: _harvest_b(run, split, store_a, n_tokens, cfg, device),
-                  after=["lm_b"])
+        steps.run(
+            f"harvest_{split}",
+            {"n_tokens": n_tokens, "ctx": store_a.meta["ctx"], "hook": store_a.hook_name, "dtype": store_a.dtype},
+            run / f"activations_b/{split}/store.json",
+            lambda split=split, store_a=store_a, n_tokens=n_tokens: _harvest_b(
+                run, split, store_a, n_tokens, cfg, device
+            ),
+            after=["lm_b"],
+        )
     store_b_train = ActivationStore(run / "activations_b/train")
     store_b_val = ActivationStore(run / "activations_b/val")
     _check_aligned(store_a_val, store_b_val)
@@ -92,8 +97,12 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig) -> dict:
     units = {"features_a_vs_b": (sae_a.encode, load_sae(out / "sae_b", device).encode, "b")}
     if cfg.same_model_check:
         reseed_cfg = _recipe(sae_a.cfg, cfg, seed=sae_a.cfg.seed + cfg.sae_seed_offset)
-        steps.run("sae_a_reseed", {**reseed_cfg.model_dump(mode="json"), "sae_a": sae_name, "upstream": upstream},
-                  out / "sae_a_reseed/cfg.json", lambda: _train_sae_on(store_a_train, reseed_cfg, out / "sae_a_reseed", "lm"))
+        steps.run(
+            "sae_a_reseed",
+            {**reseed_cfg.model_dump(mode="json"), "sae_a": sae_name, "upstream": upstream},
+            out / "sae_a_reseed/cfg.json",
+            lambda: _train_sae_on(store_a_train, reseed_cfg, out / "sae_a_reseed", "lm"),
+        )
         units["features_same_model"] = (sae_a.encode, load_sae(out / "sae_a_reseed", device).encode, "a")
     units["neurons_a_vs_b"] = (_identity, _identity, "b")
 
@@ -138,7 +147,7 @@ def compare_units(store_a: ActivationStore, store_b: ActivationStore,
             acts = {"a": acts_a.to(device), "b": acts_b.to(device)}
             cache: dict[tuple[Callable, str], torch.Tensor] = {}  # encode each (encoder, store) once per chunk
 
-            def encoded(encode: Callable, source: str) -> torch.Tensor:
+            def encoded(encode: Callable, source: str, cache=cache, acts=acts) -> torch.Tensor:
                 key = (encode, source)  # bound methods of one SAE compare equal
                 if key not in cache:
                     cache[key] = encode(acts[source])
@@ -234,7 +243,9 @@ def _train_sae_on(store: ActivationStore, sae_cfg: SAEConfig, folder: Path, mode
     init_rows = np.sort(rng.choice(store.n_rows, size=min(INIT_ROWS, store.n_rows), replace=False))
     n_batches = math.ceil(sae_cfg.n_samples / sae_cfg.batch_size)
     def batches(start_batch: int):
-        return store.shuffled_batches(sae_cfg.batch_size, seed=sae_cfg.seed, n_batches=n_batches, start_batch=start_batch)
+        return store.shuffled_batches(
+            sae_cfg.batch_size, seed=sae_cfg.seed, n_batches=n_batches, start_batch=start_batch
+        )
 
     checkpoint_dir = folder.with_name(folder.name + "_checkpoint")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +264,9 @@ def _summary(matches: BestMatches) -> dict:
 
 
 def _largest_sae(run: Path) -> str:
-    folders = sorted(p for p in (run / "saes").glob("*") if (p / "cfg.json").is_file()) if (run / "saes").is_dir() else []
+    folders = (
+        sorted(p for p in (run / "saes").glob("*") if (p / "cfg.json").is_file()) if (run / "saes").is_dir() else []
+    )
     if not folders:
         raise UserError(f"{run / 'saes'}: no SAEs to compare (run the sae stage first)")
     return max(folders, key=lambda p: _read_json(p / "cfg.json")["d_sae"]).name

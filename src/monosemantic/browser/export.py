@@ -28,8 +28,10 @@ def _write_data(root: Path, api_path: str, obj: Any) -> None:
     path = root / "data" / f"{api_path}.js"
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
-    path.write_text(f"(window.MONOSEMANTIC_DATA = window.MONOSEMANTIC_DATA || {{}})[{json.dumps(api_path)}] = {payload};\n",
-                    encoding="utf-8")
+    path.write_text(
+        f"(window.MONOSEMANTIC_DATA = window.MONOSEMANTIC_DATA || {{}})[{json.dumps(api_path)}] = {payload};\n",
+        encoding="utf-8",
+    )
 
 
 def export_site(run_dir: str | Path, out: str | Path, max_units: int | None = None) -> dict[str, int]:

@@ -88,11 +88,28 @@ class RunView:
         dictionaries = []
         for name, d in self.dicts.items():
             e = metrics.get(name, {})
-            dictionaries.append({
-                **d, "alive": analysis.get(name, {}).get("alive"), "mean_density": analysis.get(name, {}).get("mean_density"),
-                **{k: e.get(k) for k in ("l0", "fvu", "loss_recovered", "loss_recovered_mean_ablation", "dead_frac",
-                                         "dense_frac", "train_seconds", "density_log10_hist", "density_plot")},
-                **self._score_summary(name)})
+            dictionaries.append(
+                {
+                    **d,
+                    "alive": analysis.get(name, {}).get("alive"),
+                    "mean_density": analysis.get(name, {}).get("mean_density"),
+                    **{
+                        k: e.get(k)
+                        for k in (
+                            "l0",
+                            "fvu",
+                            "loss_recovered",
+                            "loss_recovered_mean_ablation",
+                            "dead_frac",
+                            "dense_frac",
+                            "train_seconds",
+                            "density_log10_hist",
+                            "density_plot",
+                        )
+                    },
+                    **self._score_summary(name),
+                }
+            )
         a = m.get("analysis", {})
         return {
             "run": self.path.name, "corpus": m.get("corpus", {}), "lm": lm, "dictionaries": dictionaries,
@@ -174,7 +191,9 @@ class RunView:
         rows = [dict(r) for r in self.store.db.execute(
             f"SELECT *, count(*) OVER () AS total FROM ({inner}) ORDER BY {order} LIMIT ? OFFSET ?",
             (*args, limit, offset))]
-        total = rows[0]["total"] if rows else self.store.db.execute(f"SELECT count(*) FROM ({inner})", args).fetchone()[0]
+        total = (
+            rows[0]["total"] if rows else self.store.db.execute(f"SELECT count(*) FROM ({inner})", args).fetchone()[0]
+        )
         labels = self.labels(dict_name, [r["unit"] for r in rows])
         for r in rows:
             del r["total"]
@@ -223,8 +242,15 @@ class RunView:
         for e in examples:
             if e["kind"] == "interval":
                 intervals.setdefault(e["bucket"], []).append(e)
-        page["intervals"] = [{"bucket": b, "low": min(e["activation"] for e in ex), "high": max(e["activation"] for e in ex),
-                              "examples": ex} for b, ex in sorted(intervals.items(), reverse=True)]
+        page["intervals"] = [
+            {
+                "bucket": b,
+                "low": min(e["activation"] for e in ex),
+                "high": max(e["activation"] for e in ex),
+                "examples": ex,
+            }
+            for b, ex in sorted(intervals.items(), reverse=True)
+        ]
         for kind in ("decoder", "cofiring"):
             pairs = page.pop(f"{kind}_neighbours")
             labels = self.labels(dict_name, [u for u, _ in pairs])

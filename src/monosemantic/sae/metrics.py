@@ -27,8 +27,9 @@ ROWS_PER_PASS = 8192  # latents held at once: 8192 × F floats (128 MB at F = 40
 @torch.no_grad()
 def evaluate_sae(sae: SparseAutoencoder, chunks: Iterable[torch.Tensor]) -> dict[str, Any]:
     """Stream held-out activation chunks ([N, D] each) through ``sae``, ``ROWS_PER_PASS`` rows at a
-    time, so memory does not grow with the chunk size or the number of tokens. Returns ``mse``, ``fvu``, ``l0``, ``dead_frac``, ``dense_frac``,
-    ``n_tokens`` and ``density`` (float64 numpy array [F]: fraction of tokens each feature fired on).
+    time, so memory does not grow with the chunk size or the number of tokens. Returns ``mse``, ``fvu``,
+    ``l0``, ``dead_frac``, ``dense_frac``, ``n_tokens`` and ``density`` (float64 numpy array [F]:
+    fraction of tokens each feature fired on).
     """
     device = sae.W_dec.device
     D, F = sae.W_dec.shape[1], sae.W_dec.shape[0]

@@ -150,7 +150,10 @@ def train_sae(
         advance(state.samples_seen)
         started = time.perf_counter()
         while state.samples_seen < cfg.n_samples:
-            if state.resamples_done < len(resample_points) and state.samples_seen >= resample_points[state.resamples_done]:
+            if (
+                state.resamples_done < len(resample_points)
+                and state.samples_seen >= resample_points[state.resamples_done]
+            ):
                 stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device)
             x_BD = next(stream, None)
             if x_BD is None:
@@ -196,7 +199,9 @@ def train_sae(
             advance(B, info=info)
 
             done = state.samples_seen >= cfg.n_samples
-            if ckpt_path is not None and (done or state.samples_seen // cfg.checkpoint_every > previous // cfg.checkpoint_every):
+            if ckpt_path is not None and (
+                done or state.samples_seen // cfg.checkpoint_every > previous // cfg.checkpoint_every
+            ):
                 state.train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 _save_checkpoint(ckpt_path, cfg, sae, optimizer, generator, state)
@@ -283,6 +288,8 @@ def _load_checkpoint(
         state = _State(**payload["state"])
     # what torch.load, the state-dict loaders and the checks above raise on a truncated or foreign file
     except (OSError, EOFError, pickle.UnpicklingError, RuntimeError, ValueError, KeyError) as err:
-        raise UserError(f"checkpoint {path}: corrupt or not ours ({type(err).__name__}: {err}); delete it to start over") from None
+        raise UserError(
+            f"checkpoint {path}: corrupt or not ours ({type(err).__name__}: {err}); delete it to start over"
+        ) from None
     state.samples_since_fired_F = state.samples_since_fired_F.to(device)
     return state

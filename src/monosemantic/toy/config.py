@@ -69,11 +69,12 @@ class ToyConfig(BaseModel):
         end gives way to digons, and only with the long recipe: measured, ``paper`` on 20 sparsities
         from 1/(1−S) = 1.1 to 2.3 gives 23 triangles, 1–7 per model at 1.50–1.82 (1,897 s on one
         shared CPU thread), while ``demo`` and cheaper variants tried (batch 256–1024, lr 3e-3–2e-2,
-        1k–4k steps) leave lone features at D_i ≈ 2/3 in the spread instead. Neither recipe forms tetrahedra (3/4) with uniform importance, and in this model they
-        have no band of their own: a tiling of the m dimensions by tetrahedra never has the lowest loss
-        (ideal polytopes with fitted norm and bias, Monte Carlo: below triangles at every 1/(1−S) from
-        1.2 to 10, below digons from 1.6 on; started from 10 tetrahedra and trained, a model keeps at most
-        3 of them at 1.6–2.0 and ends with more loss than a start from one feature per dimension at
+        1k–4k steps) leave lone features at D_i ≈ 2/3 in the spread instead. Neither recipe forms tetrahedra
+        (3/4) with uniform importance, and in this model they have no band of their own: a tiling of
+        the m dimensions by tetrahedra never has the lowest loss (ideal polytopes with fitted norm
+        and bias, Monte Carlo: below triangles at every 1/(1−S) from 1.2 to 10, below digons from
+        1.6 on; started from 10 tetrahedra and trained, a model keeps at most 3 of them at 1.6–2.0
+        and ends with more loss than a start from one feature per dimension at
         1.2–1.6 and from digons at 1.8–2.5). Between 1/(1−S) ≈ 1.6 and 3 the fall from 1 to 1/2 is
         carried by the partial spread giving way to digons, and from 3 to 5.5 every model is 30 digons
         (3 seeds each at 3.8, 4.4, 5.2: no triangle or tetrahedron)."""
@@ -88,7 +89,9 @@ class ToyConfig(BaseModel):
         try:
             return cls(**{**read_preset(name).get("toy", {}), **overrides})
         except ValidationError as err:
-            raise invalid_config(err, "toy config", lambda field: f"option {field} (--{field.replace('_', '-')})") from None
+            raise invalid_config(
+                err, "toy config", lambda field: f"option {field} (--{field.replace('_', '-')})"
+            ) from None
 
     def sparsities(self) -> list[float]:
         """The sweep's S values, with 1/(1−S) log-spaced."""

@@ -34,8 +34,18 @@ def cpu_threads(n_threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def train_sweep(n_features: int, n_hidden: int, sparsities: list[float], importance_N: torch.Tensor, *,
-                steps: int, lr: float, cfg: ToyConfig, seed: int, description: str) -> tuple[torch.Tensor, torch.Tensor]:
+def train_sweep(
+    n_features: int,
+    n_hidden: int,
+    sparsities: list[float],
+    importance_N: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    cfg: ToyConfig,
+    seed: int,
+    description: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Train one instance per sparsity; return (W_INM, final per-instance loss_I) on the CPU."""
     device = resolve_device(cfg.device)
     generator = torch.Generator(device=device).manual_seed(seed)
