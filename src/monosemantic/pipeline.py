@@ -60,6 +60,8 @@ class StageRun:
 
 @dataclass
 class RunResult:
+    """The run directory after ``run``, and what each stage it took part in did, in order."""
+
     run_dir: RunDir
     stages: list[StageRun]
 
