@@ -54,7 +54,7 @@ def bench(tmp: Path, dtype: str, args: argparse.Namespace) -> list[tuple[str, st
 
     for batch_size in args.batch_sizes:
         n_batches = args.rows // batch_size
-        shuffled = lambda: sum(  # noqa: E731
+        shuffled = lambda batch_size=batch_size, n_batches=n_batches: sum(  # noqa: E731
             len(b) for b in store.shuffled_batches(batch_size, 0, args.buffer_rows, n_batches=n_batches)
         )
         label = f"shuffled batch {batch_size:,} (buffer {args.buffer_rows:,})"

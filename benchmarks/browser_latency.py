@@ -63,7 +63,12 @@ def burst_requests(base: str, overview: dict, n: int, rng: random.Random) -> lis
         elif r < 0.70:
             out.append((f"{base}/api/neurons/{rng.randrange(neurons['n_units'])}", 200))
         elif r < 0.85:
-            out.append((f"{base}/api/dicts/{sae['name']}/units?sort=density&offset={rng.randrange(0, sae['n_units'], 50)}", 200))
+            out.append(
+                (
+                    f"{base}/api/dicts/{sae['name']}/units?sort=density&offset={rng.randrange(0, sae['n_units'], 50)}",
+                    200,
+                )
+            )
         elif r < 0.95:
             out.append((f"{base}/api/dicts/{sae['name']}/units?token={rng.choice([' the', ' God', ',', ' of'])}", 200))
         else:

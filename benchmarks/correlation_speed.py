@@ -3,8 +3,8 @@
 Synthetic activations with the sparsity of real ones (each feature fires independently with a
 log-uniform density, L0 per token as given), streamed in chunks; prints tokens/s and the projected
 time for the issue's target (4096 × 4096 features over 1M tokens). CPU seconds (all threads of
-this process) are printed beside wall seconds because a shared machine inflates the latter. Also times the forced-dense and
-forced-sparse paths on one chunk, which is how ``SPARSE_COST`` was chosen.
+this process) are printed beside wall seconds because a shared machine inflates the latter. Also
+times the forced-dense and forced-sparse paths on one chunk, which is how ``SPARSE_COST`` was chosen.
 
     python benchmarks/correlation_speed.py                 # defaults: 4096×4096, L0 16, 131k tokens
     python benchmarks/correlation_speed.py --tokens 1048576 --device cuda
@@ -37,7 +37,10 @@ def time_run(n_tokens: int, n_a: int, n_b: int, l0: float, chunk: int, device: s
     seconds = cpu = 0.0
     for _ in range(0, n_tokens, chunk):
         if dense_units:
-            a, b = torch.randn(chunk, n_a, generator=generator).relu(), torch.randn(chunk, n_b, generator=generator).relu()
+            a, b = (
+                torch.randn(chunk, n_a, generator=generator).relu(),
+                torch.randn(chunk, n_b, generator=generator).relu(),
+            )
         else:
             a, b = sparse_latents(chunk, n_a, l0, generator), sparse_latents(chunk, n_b, l0, generator)
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -62,7 +65,10 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    for label, units, dense in (("SAE features", args.features, False), ("neurons (ReLU, ~50% on)", args.neurons, True)):
+    for label, units, dense in (
+        ("SAE features", args.features, False),
+        ("neurons (ReLU, ~50% on)", args.neurons, True),
+    ):
         seconds, cpu, stats = time_run(args.tokens, units, units, args.l0, args.chunk, args.device, dense)
         rate = args.tokens / seconds
         rows.append((f"{label} {units}×{units}", f"{args.tokens:,}", f"{seconds:.1f}", f"{cpu:.1f}", f"{rate:,.0f}",

@@ -4,8 +4,8 @@
     python benchmarks/sae_speed.py --sizes 4096 --steps 8 --quality-samples 0
 
 For every (variant, F) a fresh subprocess trains ``--steps`` steps with our trainer (resampling
-off: it is a one-off cost) and reports samples/s and its peak resident memory during training, next to its resident memory
-just before (``idle``: Python, torch and the batches). The floor is
+off: it is a one-off cost) and reports samples/s and its peak resident memory during training,
+next to its resident memory just before (``idle``: Python, torch and the batches). The floor is
 measured in the same run: the encoder's x_BD @ W_enc_DF matmul, three times (forward and two
 backward products) — a dense implementation cannot beat it. If sae-lens is
 installed, its TopK and standard SAEs train the same steps on the same data with the same
@@ -87,7 +87,9 @@ def _measure(impl: str, variant: str, d: int, F: int, batch: int, steps: int, th
     _reset_peak_rss()
     idle = _rss_mb("VmRSS")
     if impl == "ours":
-        cfg = SAEConfig(variant=variant, d_in=d, d_sae=F, n_samples=batch * steps, batch_size=batch, **_our_params(variant, 1e-4))
+        cfg = SAEConfig(
+            variant=variant, d_in=d, d_sae=F, n_samples=batch * steps, batch_size=batch, **_our_params(variant, 1e-4)
+        )
         seconds = train_sae(cfg, iter(batches), batches[0]).train_seconds
     else:
         seconds = _saelens_train(_saelens_sae(variant, d, F, 32), batches, 1e-4, variant)
@@ -134,7 +136,8 @@ def _quality(samples: int, d: int, F: int, batch: int, threads: int) -> None:
                         warmup_frac=0.0, decay_frac=0.0, **_our_params(variant, lr))
         result = train_sae(cfg, iter(train), train[0])
         stats = evaluate_sae(result.sae, held_out)
-        print(f"{'ours ' + variant:<22}{stats['fvu']:>8.4f}{stats['l0']:>8.1f}{n_batches * batch / result.train_seconds:>12,.0f}")
+        rate = n_batches * batch / result.train_seconds
+        print(f"{'ours ' + variant:<22}{stats['fvu']:>8.4f}{stats['l0']:>8.1f}{rate:>12,.0f}")
         try:
             theirs = _saelens_sae(variant, d, F, 32)
         except ImportError:

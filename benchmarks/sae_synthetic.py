@@ -67,7 +67,8 @@ def main() -> None:
     if args.demo:
         syn = SyntheticFeatures(d=512, n_features=8192, mean_active=16.0, seed=0)
         held_out = list(syn.batches(4096, 4, seed=123))
-        print(f"Demo preset on synthetic d=512, 8192 true features; {args.demo_samples:,} samples, batch {args.batch}, lr {args.lr}")
+        print(f"Demo preset on synthetic d=512, 8192 true features; {args.demo_samples:,} samples, "
+              f"batch {args.batch}, lr {args.lr}")
         print(header)
         for variant in args.variants:
             for size in (512, 1024, 2048, 4096):

@@ -70,8 +70,13 @@ def loss_removed_per_dim(U_KD: torch.Tensor, density: float, samples: int, gener
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--inverse-density", type=float, nargs="+", default=[1.2, 1.4, 1.6, 2.0, 4.0, 5.0, 6.0, 8.0, 10.0],
-                        help="1/(1−S) values")
+    parser.add_argument(
+        "--inverse-density",
+        type=float,
+        nargs="+",
+        default=[1.2, 1.4, 1.6, 2.0, 4.0, 5.0, 6.0, 8.0, 10.0],
+        help="1/(1−S) values",
+    )
     parser.add_argument("--samples", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

@@ -13,8 +13,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from monosemantic.toy.config import ToyConfig
 from monosemantic.toy.model import ToyModel, train_toy_model
-from monosemantic.toy.sweep import ToyConfig, cpu_threads
+from monosemantic.toy.sweep import cpu_threads
 
 
 def seconds_per_step(cfg: ToyConfig, steps: int) -> float:

@@ -36,13 +36,14 @@ def corpus_file(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run directory with corpus, LM and harvest stages done on the tiny preset."""
-    from monosemantic.cli import _config, _run_stages
+    from monosemantic import pipeline
+    from monosemantic.config import load_config
     from monosemantic.progress import set_quiet
 
     root = tmp_path_factory.mktemp("tiny_run")
     corpus = root / "corpus.txt"
     corpus.write_text(make_corpus_text(n_docs=120))
     set_quiet(True)
-    cfg = _config("tiny", None, ["corpus.val_fraction=0.2"], str(corpus), None, None, None)
-    _run_stages(cfg, root / "run", "harvest", force=False)
+    cfg = load_config("tiny", overrides=["corpus.val_fraction=0.2", f"corpus.corpus={corpus}"])
+    pipeline.run(cfg, root / "run", "harvest")
     return root / "run"

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from monosemantic import pipeline
 from monosemantic.activations.harvest import activations_at
 from monosemantic.activations.store import ActivationStore
 from monosemantic.activations.stream import ActivationStream
-from monosemantic.cli import _config, _run_stages
+from monosemantic.config import load_config
 from monosemantic.corpus.shards import TokenShards
 from monosemantic.errors import UserError
 from monosemantic.lm.model import load_lm
@@ -63,11 +64,10 @@ def test_a_streamed_run_trains_saes_without_a_train_store_and_measures_long_dens
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     shutil.rmtree(run / "activations")
-    cfg = _config("tiny", None, ["corpus.val_fraction=0.2", "harvest.stream_train=true",
-                                 "sae.density_tokens=3000", "universality.n_tokens=2000",
-                                 "universality.tokens_split=train"],
-                  str(tiny_run.parent / "corpus.txt"), None, None, None)
-    _run_stages(cfg, run, "universality", force=False)
+    cfg = load_config("tiny", overrides=["corpus.val_fraction=0.2", f"corpus.corpus={tiny_run.parent / 'corpus.txt'}",
+                                         "harvest.stream_train=true", "sae.density_tokens=3000",
+                                         "universality.n_tokens=2000", "universality.tokens_split=train"])
+    pipeline.run(cfg, run, "universality")
     manifest = json.loads((run / "run.json").read_text())
     assert not (run / "activations/train").exists() and not (run / "activations_b/train").exists()
     assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "universality"]

@@ -55,7 +55,11 @@ def test_figures_and_files(analysed):
     assert figures["backend"] == "offline-token-list" and figures["feature_dictionary"] == name
     n_alive = figures["dictionaries"]["neurons"]["alive"]
     assert figures["n_scored_units"] == min(16, n_alive) and figures["dictionaries"][name]["alive"] == n_alive
-    assert -1 <= figures["neuron_score_mean"] <= 1 and -1 <= figures["feature_score_mean"] <= 1
+    store = FeatureStore(run / FILENAME)
+    for dict_name, key in ((name, "feature_score_mean"), ("neurons", "neuron_score_mean")):
+        scores = [r[0] or 0.0 for r in store.db.execute(  # no score (NaN) counts as 0, as in the figure
+            "SELECT simulation_score FROM units WHERE dict=? AND in_score_sample", (dict_name,))]
+        assert len(scores) == figures["n_scored_units"] and figures[key] == pytest.approx(np.mean(scores))
     n_rows = figures["n_tokens"]
     assert n_rows == ActivationStore(run / "activations" / "val").n_rows // 32 * 32
 
@@ -69,7 +73,9 @@ def test_identity_features_equal_neurons(analysed):
         for key in ("fire_count", "max_act", "hist", "explanation", "simulation_score"):
             assert neuron[key] == pytest.approx(feature[key]), key
         assert store.logits("neurons", u) == store.logits(name, u)
-        assert [e["row"] for e in store.examples("neurons", u, "top")] == [e["row"] for e in store.examples(name, u, "top")]
+        assert [e["row"] for e in store.examples("neurons", u, "top")] == [
+            e["row"] for e in store.examples(name, u, "top")
+        ]
         assert store.constituents(name, u)[0] == (u, 1.0)
         assert store.neuron_users(name, u)[0] == (u, 1.0)
     assert store.dictionary(None)["name"] == name  # the default is the largest SAE
@@ -133,8 +139,12 @@ def test_analysis_is_deterministic(analysed, tmp_path):
     (again / FILENAME).unlink()
     figures2 = analyze_run(again, [name], CFG)
     assert figures2["neuron_score_mean"] == figures["neuron_score_mean"]
-    rows = [sqlite3.connect(r / FILENAME).execute("SELECT * FROM examples ORDER BY dict, unit, kind, bucket, rank").fetchall()
-            for r in (run, again)]
+    rows = [
+        sqlite3.connect(r / FILENAME)
+        .execute("SELECT * FROM examples ORDER BY dict, unit, kind, bucket, rank")
+        .fetchall()
+        for r in (run, again)
+    ]
     assert rows[0] == rows[1]
 
 
@@ -155,7 +165,9 @@ def test_steering_acts_on_exactly_one_feature(analysed):
     torch.testing.assert_close(clamped, manual)
     unchanged = next_token_change(model, HOOK, tokens_T, steering_hook(sae, 2, "add", 0.0), top=3)
     assert all(before == after for _, before, after in unchanged["before"])
-    assert sample_continuation(model, HOOK, tokens_T, 4, None, seed=3) == sample_continuation(model, HOOK, tokens_T, 4, None, seed=3)
+    assert sample_continuation(model, HOOK, tokens_T, 4, None, seed=3) == sample_continuation(
+        model, HOOK, tokens_T, 4, None, seed=3
+    )
     greedy = sample_continuation(model, HOOK, tokens_T, 1, None, temperature=0)
     assert greedy == [int(model(tokens_T[None])[0, -1].argmax())]
 
@@ -186,3 +198,45 @@ def test_steer_command(analysed, capsys):
     assert result["ablation"]["n_contexts"] >= 1
     with pytest.raises(UserError, match="--sae nope"):
         steer(run, "nope", 0, "x")
+
+
+def test_steer_finds_its_feature_by_token(analysed, capsys):
+    run, _, name = analysed
+    best = FeatureStore(run / FILENAME).search_token(" God", name, top=1)[0]["unit"]
+    result = steer(run, name, None, "God blesses", feature_token=" God", n_tokens=2, top=3)
+    assert result["feature"] == best
+    assert f"{name} feature {best} clamped" in capsys.readouterr().out
+    with pytest.raises(UserError, match="exactly one of --feature or --feature-token"):
+        steer(run, name, 3, "x", feature_token=" God")
+    with pytest.raises(UserError, match="not a token"):
+        steer(run, name, None, "x", feature_token="no such token")
+
+
+def test_cli_steer_by_token(analysed, capsys):
+    from test_cli import run_cli
+
+    run, _, name = analysed
+    best = FeatureStore(run / FILENAME).search_token(" God", name, top=1)[0]["unit"]
+    code, out, err = run_cli(["steer", str(run), "--sae", name, "--feature-token", " God", "--prompt", "God",
+                              "--n-tokens", "1"], capsys)
+    assert code == 0, err
+    assert f"feature {best} clamped" in out
+
+
+def test_steer_closes_the_feature_store_when_it_fails(analysed, monkeypatch):
+    import monosemantic.analysis.cli as analysis_cli
+
+    run, _, name = analysed
+    opened = []
+
+    class Recorded(FeatureStore):
+        def __init__(self, path):
+            super().__init__(path)
+            opened.append(self)
+
+    monkeypatch.setattr(analysis_cli, "FeatureStore", Recorded)
+    with pytest.raises(UserError, match="feature 999"):
+        steer(run, name, 999, "God blesses", value=1.0)
+    assert len(opened) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].db.execute("SELECT 1")

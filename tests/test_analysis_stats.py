@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from monosemantic.activations import ActivationStore, ActivationWriter
+from monosemantic.analysis import stats as stats_module
 from monosemantic.analysis.neighbours import cofiring_neighbours, decoder_neighbours
 from monosemantic.analysis.neurons import constituent_neurons, neuron_users
 from monosemantic.analysis.sampling import GroupedBottomK, fill_up
-from monosemantic.analysis import stats as stats_module
 from monosemantic.analysis.stats import Basis, StatsConfig, analysed_rows, compute_unit_stats, read_token_context
 from monosemantic.progress import set_quiet
 
@@ -177,7 +177,9 @@ def test_cofiring_stops_at_its_budget(tmp_path, monkeypatch):
     store = ActivationStore(tmp_path / "store")
     n_rows, ctx = analysed_rows(store, 10**6)
     cfg = StatsConfig(n_rows=n_rows, chunk_windows=2, left=1, right=1)
-    stats = compute_unit_stats(store, [Basis("n", "neuron", D, lambda x: x)], read_token_context(store, n_rows, ctx), V, cfg)[0]
+    stats = compute_unit_stats(
+        store, [Basis("n", "neuron", D, lambda x: x)], read_token_context(store, n_rows, ctx), V, cfg
+    )[0]
     fired = (acts[: 2 * CTX] > 0).astype(int)
     assert stats.cofire_rows == 2 * CTX  # the first chunk filled the budget
     np.testing.assert_array_equal(stats.cofire_UU.toarray(), fired.T @ fired)

@@ -43,7 +43,10 @@ from monosemantic.sae.io import load_sae, save_sae
 HOOK = "blocks.0.mlp.hook_post"
 CFG = AnalysisConfig(top_k=6, per_interval=2, n_quantile_intervals=3, n_random=4, n_scored_units=16,
                      context_left=4, context_right=2, n_logits=3, n_neighbours=3, n_constituents=3)
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM, CHROMEDRIVER = (
+    shutil.which("chromium") or "/usr/bin/chromium",
+    shutil.which("chromedriver") or "/usr/bin/chromedriver",
+)
 
 
 def _sae(d: int, copies: int):
@@ -145,8 +148,10 @@ def test_feature_list_sorts_filters_and_pages(client, run, names):
     assert full["total"] == d and len(full["rows"]) == d
     densities = [r["density"] for r in full["rows"]]
     assert densities == sorted(densities, reverse=True)
-    pages = [client.get(f"/api/dicts/{identity}/units", params={"sort": "density", "limit": 7, "offset": o}).json()["rows"]
-             for o in range(0, d, 7)]
+    pages = [
+        client.get(f"/api/dicts/{identity}/units", params={"sort": "density", "limit": 7, "offset": o}).json()["rows"]
+        for o in range(0, d, 7)
+    ]
     assert [r["unit"] for p in pages for r in p] == [r["unit"] for r in full["rows"]]
     middle = sorted(densities)[d // 2]
     dense = client.get(f"/api/dicts/{identity}/units", params={"min_density": middle, "limit": 200}).json()
@@ -155,7 +160,9 @@ def test_feature_list_sorts_filters_and_pages(client, run, names):
     word = next(r["explanation"] for r in full["rows"] if r["explanation"]).split('"')[1]
     found = client.get(f"/api/dicts/{identity}/units", params={"q": word, "limit": 200}).json()
     assert found["total"] == len(store.search_text(word, identity, top=10_000)) > 0
-    text = store.token_text(int(np.bincount(ActivationStore(run / "activations" / "val").origin(np.arange(1024))["token"]).argmax()))
+    text = store.token_text(
+        int(np.bincount(ActivationStore(run / "activations" / "val").origin(np.arange(1024))["token"]).argmax())
+    )
     by_token = client.get(f"/api/dicts/{identity}/units", params={"token": text, "limit": 3}).json()
     best = store.search_token(text, identity, top=1)[0]
     assert by_token["rows"][0]["unit"] == best["unit"] and by_token["rows"][0]["f1"] == pytest.approx(best["f1"])
@@ -257,8 +264,11 @@ def server(run):
 
 def test_server_answers_a_concurrent_burst(server, names):
     identity, _, d = names
-    urls = [f"{server}/api/saes/{identity}/features/{i % d}" for i in range(150)] + \
-           [f"{server}/api/dicts/{identity}/units?offset={i}" for i in range(40)] + [f"{server}/api/saes/{identity}/features/{d}"] * 10
+    urls = (
+        [f"{server}/api/saes/{identity}/features/{i % d}" for i in range(150)]
+        + [f"{server}/api/dicts/{identity}/units?offset={i}" for i in range(40)]
+        + [f"{server}/api/saes/{identity}/features/{d}"] * 10
+    )
     with httpx.Client(timeout=30) as http, ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(lambda u: http.get(u).status_code, urls))
     assert codes.count(200) == 190 and codes.count(404) == 10
@@ -266,9 +276,18 @@ def test_server_answers_a_concurrent_burst(server, names):
 
 def test_cli_serve_and_export_errors_are_one_line(tmp_path, run):
     env_path = str(Path(__file__).parent.parent / "src")
-    missing = subprocess.run([sys.executable, "-m", "monosemantic", "serve", str(tmp_path / "nope")], capture_output=True,
-                             text=True, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, timeout=120)
-    assert missing.returncode == 2 and missing.stderr.startswith("error: run directory") and "Traceback" not in missing.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "monosemantic", "serve", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert (
+        missing.returncode == 2
+        and missing.stderr.startswith("error: run directory")
+        and "Traceback" not in missing.stderr
+    )
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(UserError, match="not an earlier export"):
         export_site(run, tmp_path)
@@ -283,7 +302,10 @@ def test_export_writes_every_page(run, names, tmp_path):
     prefix = f'(window.MONOSEMANTIC_DATA = window.MONOSEMANTIC_DATA || {{}})["saes/{identity}/features/5"] = '
     page_js = (site / "data" / "saes" / identity / "features" / "5.js").read_text()
     assert page_js.startswith(prefix)
-    assert json.loads(page_js[len(prefix):].rstrip().rstrip(";"))["fire_count"] == FeatureStore(run / FILENAME).unit(identity, 5)["fire_count"]
+    assert (
+        json.loads(page_js[len(prefix) :].rstrip().rstrip(";"))["fire_count"]
+        == FeatureStore(run / FILENAME).unit(identity, 5)["fire_count"]
+    )
     assert (site / "files" / "toy" / "plane.png").is_file() and (site / "static" / "app.js").is_file()
     assert "MONOSEMANTIC_EXPORT = true" in (site / "index.html").read_text()
     assert len(list((site / "data" / "neurons").glob("*.js"))) == d
@@ -302,7 +324,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(30)
@@ -371,7 +399,9 @@ def test_ui_feature_page(page, server, run, names):
 def test_ui_search_by_token(page, server, run, names):
     identity, _, _ = names
     store = FeatureStore(run / FILENAME)
-    text = store.token_text(int(np.bincount(ActivationStore(run / "activations" / "val").origin(np.arange(1024))["token"]).argmax()))
+    text = store.token_text(
+        int(np.bincount(ActivationStore(run / "activations" / "val").origin(np.arange(1024))["token"]).argmax())
+    )
     best = store.search_token(text, identity, top=1)[0]
     page.get(f"{server}/#/features/{identity}")
     wait_for(page, "#unit-table tbody tr")
@@ -411,3 +441,25 @@ def test_ui_exported_site_opens_from_disk(page, run, names, tmp_path):
     page.get((tmp_path / "site" / "index.html").as_uri() + f"#/features/{identity}")
     wait_for(page, "#unit-table tbody tr")
     assert page.find_element("css selector", ".list-count").text.endswith(f"of {names[2]}")
+
+
+def test_ui_exported_token_search_ranks_as_serve_does(page, run, names, tmp_path):
+    from urllib.parse import urlencode
+
+    from monosemantic.browser.run_view import RunView
+
+    _, doubled, _ = names
+    view = RunView(run)
+    text, folded = "God", " GOD"  # " GOD" is no token: both fall back to lower(trim(·)) and match "God"
+    assert folded not in view.store.vocab.values() and view.store.tokens_matching(folded)
+    export_site(run, tmp_path / "site", max_units=1)
+    for query, sort, order in ((text, "f1", "desc"), (folded, "f1", "desc"), (text, "max_act", "asc")):
+        want = view.unit_list(doubled, sort=sort, descending=order == "desc", token=query)
+        assert want["total"] > 1
+        page.get("about:blank")
+        page.get((tmp_path / "site" / "index.html").as_uri() + f"#/features/{doubled}?"
+                 + urlencode({"token": query, "sort": sort, "order": order}))
+        wait_for(page, ".list-count", f"of {want['total']:,}")
+        rows = page.find_elements("css selector", "#unit-table tbody tr")
+        assert [r.find_element("css selector", "td a").text for r in rows] == [str(r["unit"]) for r in want["rows"]]
+        assert [r.find_elements("css selector", "td")[5].text for r in rows] == [f"{r['f1']:.3f}" for r in want["rows"]]

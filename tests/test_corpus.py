@@ -2,14 +2,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_corpus_text
 
 from monosemantic.corpus.shards import TokenShards, is_val_document, write_token_shards
 from monosemantic.corpus.sources import iter_documents, split_paragraphs
 from monosemantic.corpus.tokenizer import EOS, load_tokenizer, save_tokenizer, train_tokenizer
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
-
-from conftest import make_corpus_text
 
 set_quiet(True)
 

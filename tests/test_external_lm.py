@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
+from conftest import make_corpus_text
 
-from monosemantic.config import LMConfig
 from monosemantic.corpus.tokenizer import train_tokenizer
 from monosemantic.errors import UserError
+from monosemantic.lm.config import LMConfig
 from monosemantic.lm.model import load_external_lm
-
-from conftest import make_corpus_text
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +38,12 @@ def test_local_hf_model_matches_transformers(tiny_gpt2_dir):
 
 
 def test_pipeline_with_local_hf_model(tiny_gpt2_dir, tmp_path, corpus_file):
-    from monosemantic.cli import _config, _run_stages
+    from monosemantic import pipeline
+    from monosemantic.config import load_config
 
-    cfg = _config("tiny", None, [f"lm.hf_model_dir={tiny_gpt2_dir}", "corpus.val_fraction=0.2"],
-                  str(corpus_file), None, None, None)
-    _run_stages(cfg, tmp_path / "run", "harvest", force=False)
+    cfg = load_config("tiny", overrides=[f"lm.hf_model_dir={tiny_gpt2_dir}", "corpus.val_fraction=0.2",
+                                         f"corpus.corpus={corpus_file}"])
+    pipeline.run(cfg, tmp_path / "run", "harvest")
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["lm"]["external"] == str(tiny_gpt2_dir)
     assert manifest["corpus"]["vocab_size"] == 300  # the model's own tokenizer, not a new one

@@ -1,17 +1,16 @@
 import pytest
 import torch
+from conftest import make_corpus_text
 
 import monosemantic.lm.train as train_module
-from monosemantic.config import LMConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
 from monosemantic.corpus.tokenizer import train_tokenizer
 from monosemantic.errors import UserError
 from monosemantic.lm.baselines import baseline_losses
+from monosemantic.lm.config import LMConfig
 from monosemantic.lm.model import load_lm, save_lm
 from monosemantic.lm.train import evaluate_lm, train_lm
 from monosemantic.progress import set_quiet
-
-from conftest import make_corpus_text
 
 set_quiet(True)
 TINY = dict(d_model=32, d_mlp=64, n_heads=2, n_ctx=32, batch_size=8, warmup_steps=5,

@@ -1,38 +1,90 @@
-"""The whole `run` on the tiny preset: every stage's checkable figures land in run.json, the SAEs
-load back, and a second invocation skips everything."""
+"""The pipeline on the tiny preset: `monosemantic universality` runs only the stages it needs, then
+the whole `run`: every stage's checkable figures land in run.json, the SAEs load back, and a second
+invocation skips everything."""
 
 import json
 import shutil
+from collections import Counter
 
+import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from monosemantic.cli import _config, _run_stages
+from monosemantic import pipeline
+from monosemantic.analysis.store import FeatureStore
+from monosemantic.cli import app
+from monosemantic.config import load_config
+from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 from monosemantic.sae.io import load_sae
+from monosemantic.stages import all_stages
 
 
 @pytest.fixture(scope="module")
-def full_run(tiny_run, tmp_path_factory):
-    set_quiet(True)
+def universality_first(tiny_run, tmp_path_factory):
+    """`monosemantic universality` on a copy of the tiny run (corpus, lm and harvest done)."""
     run = tmp_path_factory.mktemp("full") / "run"
     shutil.copytree(tiny_run, run)
     corpus = tiny_run.parent / "corpus.txt"
-    cfg = _config("tiny", None, ["corpus.val_fraction=0.2"], str(corpus), None, None, None)
-    _run_stages(cfg, run, None, force=False)
-    return run, cfg
+    result = CliRunner().invoke(app, ["-q", "universality", "--preset", "tiny", "--corpus", str(corpus),
+                                      "--set", "corpus.val_fraction=0.2", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    return run, result.output, json.loads((run / "run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def full_run(universality_first, tiny_run):
+    set_quiet(True)
+    run = universality_first[0]
+    cfg = load_config("tiny", overrides=["corpus.val_fraction=0.2", f"corpus.corpus={tiny_run.parent / 'corpus.txt'}"])
+    result = pipeline.run(cfg, run)
+    return run, cfg, result
+
+
+def test_universality_runs_only_the_stages_it_needs(universality_first):
+    _, output, manifest = universality_first
+    assert list(manifest["stages"]) == ["corpus", "lm", "harvest", "sae", "universality"]
+    table = output.split("Sparse autoencoders")[0]
+    rows = [[cell.strip() for cell in line.split("│")[1:3]] for line in table.splitlines() if line.startswith("│")]
+    assert [row for row in rows if row[0]] == [["corpus", "current (skipped)"], ["lm", "current (skipped)"],
+                                               ["harvest", "current (skipped)"], ["sae", "ran"],
+                                               ["universality", "ran"]]
+
+
+def test_prerequisites_follow_the_declared_needs():
+    stages = all_stages(load_config("tiny"))
+    assert [s.name for s in pipeline.prerequisites(stages, "splitting")] == ["corpus", "lm", "harvest", "sae",
+                                                                              "splitting"]
+    assert [s.name for s in pipeline.prerequisites(stages, "toy")] == ["toy"]
+    assert len(pipeline.prerequisites(stages, None)) == len(stages)
+    with pytest.raises(UserError, match="unknown stage nope"):
+        pipeline.prerequisites(stages, "nope")
+
+
+def test_universality_summary_quotes_the_paper_numbers_it_recorded():
+    stage = {s.name: s for s in all_stages(load_config("tiny"))}["universality"]
+    figures = {"median_feature_corr": 0.5, "median_neuron_corr": 0.4, "paper_median_feature_corr": 0.11,
+               "paper_median_neuron_corr": 0.22}
+    assert stage.summary(figures).endswith("features 0.50 vs neurons 0.40 (paper 0.11 vs 0.22)")
 
 
 def test_manifest_has_every_stage_and_the_checkable_fields(full_run):
-    run, cfg = full_run
+    run, cfg, result = full_run
     manifest = json.loads((run / "run.json").read_text())
     assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "universality", "analysis",
                                          "splitting", "toy"]
+    assert [(s.name, s.skipped) for s in result.stages] == [
+        ("corpus", True), ("lm", True), ("harvest", True), ("sae", True), ("universality", True),
+        ("analysis", False), ("splitting", False), ("toy", False)]
+    assert all(s.summary for s in result.stages)
     saes = manifest["sae"]["saes"]
     assert [e["d_sae"] for e in saes] == cfg.sae.sizes
     for entry in saes:
         for key in ("l0", "fvu", "loss_recovered", "dead_frac", "dense_frac", "train_seconds"):
             assert isinstance(entry[key], float), key
-        assert 0 <= entry["dead_frac"] <= 1 and entry["l0"] > 0 and entry["fvu"] < 1.5
+        n_dead = entry["dead_frac"] * entry["d_sae"]
+        assert n_dead == pytest.approx(round(n_dead)) and n_dead < entry["d_sae"] / 2  # a count; most alive
+        assert 0 < entry["l0"] < entry["d_sae"] and entry["fvu"] < 1  # sparse, and beats the mean
         assert load_sae(run / entry["path"]).W_dec.shape == (entry["d_sae"], 64)
         assert (run / entry["density_plot"]).stat().st_size > 1000
     points = manifest["toy"]["points"]
@@ -43,26 +95,33 @@ def test_manifest_has_every_stage_and_the_checkable_fields(full_run):
 
 
 def test_second_run_skips_every_stage(full_run):
-    run, cfg = full_run
+    run, cfg, _ = full_run
     before = (run / "run.json").read_text()
-    _run_stages(cfg, run, None, force=False)
+    assert all(s.skipped for s in pipeline.run(cfg, run).stages)
     after = json.loads((run / "run.json").read_text())
     assert after["stages"] == json.loads(before)["stages"]  # no stage re-ran (same finish times)
 
 
 def test_analysis_stage_writes_the_feature_store(full_run):
-    run, cfg = full_run
+    run, cfg, _ = full_run
     analysis = json.loads((run / "run.json").read_text())["analysis"]
     assert (run / analysis["store"]).stat().st_size > 10_000
     assert analysis["feature_dictionary"] == f"{cfg.sae.variant}-{max(cfg.sae.sizes)}"
-    assert -1 <= analysis["feature_score_mean"] <= 1 and -1 <= analysis["neuron_score_mean"] <= 1
+    assert FeatureStore(run / analysis["store"]).dictionary(None)["name"] == analysis["feature_dictionary"]
 
 
 def test_splitting_and_universality_figures(full_run):
-    run, cfg = full_run
+    run, cfg, _ = full_run
     manifest = json.loads((run / "run.json").read_text())
-    assert manifest["splitting"]["split_families"] >= 0
-    assert (run / "splitting" / "families.json").exists() and (run / "feature_map" / "map.json").exists()
+    families = json.loads((run / "splitting" / "families.json").read_text())
+    children = [Counter(p for p in link["parent"] if p >= 0) for link in families["links"]]
+    split = sum(n >= 2 for counts in children for n in counts.values())
+    assert manifest["splitting"]["split_families"] == split > 0
+    assert (run / "feature_map" / "map.json").exists()
     uni = manifest["universality"]
-    for key in ("median_feature_corr", "median_neuron_corr", "median_feature_corr_same_model"):
-        assert -1 <= uni[key] <= 1
+    written = json.loads((run / "universality" / "universality.json").read_text())
+    for key, unit in (("median_feature_corr", "features_a_vs_b"), ("median_neuron_corr", "neurons_a_vs_b"),
+                      ("median_feature_corr_same_model", "features_same_model")):
+        assert uni[key] == pytest.approx(np.nanmedian(written[unit]["best_corr"]), abs=1e-4)  # 4 decimals kept
+    # another SAE on the same model's activations shares more features than one on another model
+    assert uni["median_feature_corr_same_model"] > uni["median_feature_corr"]

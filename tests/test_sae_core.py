@@ -218,14 +218,27 @@ def test_killed_run_resumes_from_checkpoint_and_matches_an_uninterrupted_one(tmp
                 raise Killed
             yield batch
 
+    read: list[int] = []  # indices of the batches the resumed run reads
+
+    def from_batch(start):
+        for i, batch in enumerate(_batches(20)):
+            if i >= start:
+                read.append(i)
+                yield batch
+
     with pytest.raises(Killed):
         train_sae(cfg, dies_after(12), init, checkpoint_dir=tmp_path)
     assert (tmp_path / CHECKPOINT_NAME).exists()
-    resumed = train_sae(cfg, _batches(20), init, checkpoint_dir=tmp_path)  # same stream, from its start
+    resumed = train_sae(cfg, from_batch, init, checkpoint_dir=tmp_path)
+    assert read == list(range(10, 20))  # from the step-10 checkpoint on; nothing before it is handed over
     assert resumed.samples_seen == cfg.n_samples
     torch.testing.assert_close(resumed.sae.W_dec, full.sae.W_dec)
     again = train_sae(cfg, _batches(20), init, checkpoint_dir=tmp_path)  # finished: nothing to do
     torch.testing.assert_close(again.sae.W_enc, full.sae.W_enc)
+    with pytest.raises(Killed):
+        train_sae(cfg, dies_after(12), init, checkpoint_dir=tmp_path / "b")
+    with pytest.raises(TypeError, match="function of the start batch"):
+        train_sae(cfg, _batches(20), init, checkpoint_dir=tmp_path / "b")  # a plain stream cannot start mid-way
 
 
 def test_bad_input_gives_one_clear_user_error(tmp_path):

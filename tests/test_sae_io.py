@@ -59,7 +59,11 @@ def test_our_folder_round_trips_exactly(variant, tmp_path):
 def test_we_load_sae_lens_folders(architecture, tmp_path):
     from sae_lens.saes import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
-    cls, cfg_cls = {"standard": (StandardSAE, StandardSAEConfig), "topk": (TopKSAE, TopKSAEConfig), "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig)}[architecture]
+    cls, cfg_cls = {
+        "standard": (StandardSAE, StandardSAEConfig),
+        "topk": (TopKSAE, TopKSAEConfig),
+        "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig),
+    }[architecture]
     kw = {"k": 6, "rescale_acts_by_decoder_norm": True} if architecture == "topk" else {}
     theirs = cls(cfg_cls(d_in=D, d_sae=F, apply_b_dec_to_input=architecture != "standard", **kw))
     g = torch.Generator().manual_seed(0)

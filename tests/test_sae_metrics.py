@@ -68,7 +68,9 @@ def test_density_histogram_is_a_png(tmp_path):
 def test_loss_recovered_is_one_for_a_perfect_sae_and_zero_for_a_zero_one():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(n_layers=1, d_model=16, d_mlp=32, n_heads=2, d_head=8, n_ctx=16, d_vocab=50, act_fn="relu", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=16, d_mlp=32, n_heads=2, d_head=8, n_ctx=16, d_vocab=50, act_fn="relu", seed=0
+    )
     model = HookedTransformer(cfg).eval()
     with torch.no_grad():  # make the MLP matter, so ablating it moves the loss
         model.blocks[0].mlp.W_out.mul_(20)

@@ -118,7 +118,9 @@ def test_feature_map_places_each_dictionary_and_joins_splitting_labels(tmp_path)
     # two tight clusters of directions: PCA must put them on opposite sides of the first axis
     g = torch.Generator().manual_seed(0)
     centres = torch.eye(6)[:2] * 5
-    dirs = torch.cat([centres[0] + 0.1 * torch.randn(10, 6, generator=g), centres[1] + 0.1 * torch.randn(10, 6, generator=g)])
+    dirs = torch.cat(
+        [centres[0] + 0.1 * torch.randn(10, 6, generator=g), centres[1] + 0.1 * torch.randn(10, 6, generator=g)]
+    )
     coords, method = project_2d(dirs.numpy(), FeatureMapConfig(method="pca"))
     assert method == "pca" and coords.shape == (20, 2)
     assert (np.sign(coords[:10, 0]) == -np.sign(coords[10:, 0]).mean()).all()

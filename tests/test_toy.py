@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from monosemantic.errors import UserError
 from monosemantic.toy.cli import toy_app
+from monosemantic.toy.config import ToyConfig
 from monosemantic.toy.geometry import (
     STRUCTURE_NAMES,
     classify,
@@ -20,7 +21,7 @@ from monosemantic.toy.geometry import (
     interference,
 )
 from monosemantic.toy.model import ToyModel, sample_features, train_toy_model
-from monosemantic.toy.sweep import ToyConfig, cpu_threads, run_toy_sweep
+from monosemantic.toy.sweep import cpu_threads, run_toy_sweep
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,7 +40,10 @@ def square_antiprism() -> torch.Tensor:
     """8 unit vectors: squares at heights ±1/√3, twisted by 45° (the uniform D_i = 3/8 arrangement)."""
     h, r = 1 / math.sqrt(3), math.sqrt(2 / 3)
     top = [(r * math.cos(a), r * math.sin(a), h) for a in (0, math.pi / 2, math.pi, 3 * math.pi / 2)]
-    bottom = [(r * math.cos(a + math.pi / 4), r * math.sin(a + math.pi / 4), -h) for a in (0, math.pi / 2, math.pi, 3 * math.pi / 2)]
+    bottom = [
+        (r * math.cos(a + math.pi / 4), r * math.sin(a + math.pi / 4), -h)
+        for a in (0, math.pi / 2, math.pi, 3 * math.pi / 2)
+    ]
     return torch.tensor(top + bottom, dtype=torch.float64)
 
 
@@ -223,7 +227,10 @@ def test_cli_sweep_writes_figures_and_numbers(tmp_path):
         in_polytopes = sum(sizes[name] * point["structures"][name] for name in sizes)
         in_other = features["structure"].count("other")
         assert in_polytopes + in_other == point["n_represented"]
-        assert point["n_represented"] + point["structures"]["partial"] + point["structures"]["not_learned"] == cfg.n_features
+        assert (
+            point["n_represented"] + point["structures"]["partial"] + point["structures"]["not_learned"]
+            == cfg.n_features
+        )
     assert details["points"][0]["dims_per_feature"] == pytest.approx(1.0, abs=0.1)  # dense end: one dimension each
     assert details["points"][-1]["dims_per_feature"] < 0.7                        # sparse end: superposition
     for name in ("dimensionality", "plane_demo", "gram"):

@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from monosemantic import pipeline
 from monosemantic.config import RunConfig, load_config, preset_names
 from monosemantic.errors import UserError
-from monosemantic.pipeline import RunDir
+from monosemantic.pipeline import RunResult
 from monosemantic.progress import set_quiet
 from monosemantic.toy.cli import toy_app
 
@@ -54,8 +54,8 @@ DeviceOption = typer.Option(None, "--device", help="cpu, cuda or auto.")
 ForceOption = typer.Option(False, "--force", help="Re-run the stages even if their artifacts are current.")
 
 
-def _config(preset: str, config: Optional[Path], set_: Optional[list[str]], corpus: Optional[str],
-            dataset: Optional[str], seed: Optional[int], device: Optional[str]) -> RunConfig:
+def _config(preset: str, config: Path | None, set_: list[str] | None, corpus: str | None,
+            dataset: str | None, seed: int | None, device: str | None) -> RunConfig:
     overrides = list(set_ or [])
     if corpus is not None:
         overrides.append(f"corpus.corpus={corpus}")
@@ -71,33 +71,15 @@ def _config(preset: str, config: Optional[Path], set_: Optional[list[str]], corp
 _SEEDED_SECTIONS = ("lm", "sae", "toy")
 
 
-def _run_stages(cfg: RunConfig, out: Path, upto: Optional[str], force: bool) -> RunDir:
-    from monosemantic.stages import all_stages
-
-    stages = all_stages(cfg)
-    names = [s.name for s in stages]
-    if upto is not None and upto not in names:
-        raise UserError(f"unknown stage {upto} (stages: {', '.join(names)})")
-    rd = RunDir(out)
-    rd.manifest["config"] = cfg.model_dump()
-    rows = []
-    for stage in stages:
-        figures, skipped = rd.run_stage(stage, force=force and (upto is None or stage.name == upto))
-        rows.append((stage.name, "current (skipped)" if skipped else "ran", figures))
-        if stage.name == upto:
-            break
-    rd.save()
-    _print_summary(rd, rows)
-    return rd
-
-
-def _print_summary(rd: RunDir, rows: list[tuple[str, str, dict]]) -> None:
+def _print_summary(result: RunResult) -> None:
+    rd = result.run_dir
     out = Console(width=max(Console().width, 110))
     table = Table(title=f"monosemantic run — {rd.path}")
     for col in ("stage", "status", "seconds", "figures"):
         table.add_column(col)
-    for name, status, figures in rows:
-        table.add_row(name, status, f"{figures.get('seconds', 0):.1f}", _headline(name, figures))
+    for stage in result.stages:
+        table.add_row(stage.name, "current (skipped)" if stage.skipped else "ran",
+                      f"{stage.figures.get('seconds', 0):.1f}", stage.summary)
     out.print(table)
     lm = rd.manifest.get("lm")
     if lm:
@@ -118,63 +100,32 @@ def _print_summary(rd: RunDir, rows: list[tuple[str, str, dict]]) -> None:
     out.print(f"Manifest: {rd.manifest_path}")
 
 
-def _headline(stage: str, f: dict) -> str:
-    if stage == "corpus":
-        return (f"{f['n_docs']:,} docs, {f['chars'] / 1e6:.1f}M chars, {f['train_tokens']:,} train + "
-                f"{f['val_tokens']:,} val tokens, vocab {f['vocab_size']:,}")
-    if stage == "lm":
-        trained = (f"external {f['external']}" if "external" in f
-                   else f"{f['steps']:,} steps, {f['train_tokens']:,} tokens")
-        return (f"{trained}, val loss {f['val_loss']:.3f} "
-                f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
-    if stage == "sae":
-        return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
-    if stage == "analysis":
-        from monosemantic.analysis.analyze import analysis_headline
-
-        return analysis_headline(f)
-    if stage == "splitting":
-        return (f"{f['split_families']:,} features split into ≥ 2 children at the next size; "
-                f"map by {f['feature_map']['method']}")
-    if stage == "universality":
-        return (f"median max-correlation A→B: features {f['median_feature_corr']:.2f} vs neurons "
-                f"{f['median_neuron_corr']:.2f} (paper 0.72 vs 0.46)")
-    if stage == "toy":
-        dims = [p["dims_per_feature"] for p in f["points"]]
-        return (f"{len(f['points'])} sparsities, D* from {dims[0]:.2f} to {dims[-1]:.2f}; "
-                f"plots in toy/")
-    if stage == "harvest":
-        train = f"{f['train']['rows']:,} train" if "train" in f else "train streamed"
-        return f"{train} + {f['val']['rows']:,} val rows at {f['val']['hook_name']}"
-    return ""
-
-
 @app.command()
 def run(
-    out: Path = OutOption, preset: str = PresetOption, config: Optional[Path] = ConfigOption,
-    set_: Optional[list[str]] = SetOption, corpus: Optional[str] = CorpusOption,
-    dataset: Optional[str] = DatasetOption, seed: Optional[int] = SeedOption,
-    device: Optional[str] = DeviceOption, force: bool = ForceOption,
-    upto: Optional[str] = typer.Option(None, "--upto", help="Stop after this stage."),
+    out: Path = OutOption, preset: str = PresetOption, config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption, corpus: str | None = CorpusOption,
+    dataset: str | None = DatasetOption, seed: int | None = SeedOption,
+    device: str | None = DeviceOption, force: bool = ForceOption,
+    upto: str | None = typer.Option(None, "--upto", help="Run only this stage and the stages it needs."),
 ) -> None:
     """Run the whole pipeline (skipping stages whose artifacts are current) and print a summary."""
-    cfg = _config(preset, config, set_, corpus, dataset, seed, device)
-    rd = _run_stages(cfg, out, upto, force)
-    if (rd / "features.sqlite").is_file():
-        Console().print(f"Browse the features: [bold]monosemantic serve {rd.path}[/bold], then open http://127.0.0.1:8000/")
+    result = pipeline.run(_config(preset, config, set_, corpus, dataset, seed, device), out, upto, force)
+    _print_summary(result)
+    if (result.run_dir / "features.sqlite").is_file():
+        Console().print(f"Browse the features: [bold]monosemantic serve {result.run_dir.path}[/bold], "
+                        "then open http://127.0.0.1:8000/")
 
 
 def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | None = None):
     def command(
-        out: Path = OutOption, preset: str = PresetOption, config: Optional[Path] = ConfigOption,
-        set_: Optional[list[str]] = SetOption, corpus: Optional[str] = CorpusOption,
-        dataset: Optional[str] = DatasetOption, seed: Optional[int] = SeedOption,
-        device: Optional[str] = DeviceOption, force: bool = ForceOption,
+        out: Path = OutOption, preset: str = PresetOption, config: Path | None = ConfigOption,
+        set_: list[str] | None = SetOption, corpus: str | None = CorpusOption,
+        dataset: str | None = DatasetOption, seed: int | None = SeedOption,
+        device: str | None = DeviceOption, force: bool = ForceOption,
     ) -> None:
-        cfg = _config(preset, config, set_, corpus, dataset, seed, device)
-        _run_stages(cfg, out, stage, force)
+        _print_summary(pipeline.run(_config(preset, config, set_, corpus, dataset, seed, device), out, stage, force))
 
-    command.__doc__ = doc + " (Runs the stages before it first if they are not current.)"
+    command.__doc__ = doc + " (Runs the stages it needs first if they are not current.)"
     target.command(name=name or stage)(command)
 
 
@@ -191,9 +142,9 @@ _stage_command("universality", "Train a second LM and SAE with other seeds; matc
 @app.command()
 def search(
     run_dir: Path = typer.Argument(..., help="Run directory."),
-    token: Optional[str] = typer.Option(None, "--token", help='A token, e.g. " God" (leading space matters).'),
-    text: Optional[str] = typer.Option(None, "--text", help="Words to find in explanations."),
-    sae: Optional[str] = typer.Option(None, "--sae", help="SAE name (default: the largest)."),
+    token: str | None = typer.Option(None, "--token", help='A token, e.g. " God" (leading space matters).'),
+    text: str | None = typer.Option(None, "--text", help="Words to find in explanations."),
+    sae: str | None = typer.Option(None, "--sae", help="SAE name (default: the largest)."),
     top: int = typer.Option(10, "--top", min=1, help="How many units to list."),
 ) -> None:
     """Which features fire on a token (ranked by precision/recall), or match an explanation."""
@@ -206,9 +157,16 @@ def search(
 def steer(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     sae: str = typer.Option(..., "--sae", help="SAE name, e.g. topk-4096."),
-    feature: int = typer.Option(..., "--feature", help="Feature id."),
+    feature: int | None = typer.Option(None, "--feature", help="Feature id."),
+    feature_token: str | None = typer.Option(
+        None,
+        "--feature-token",
+        help='Steer the feature `search --token` ranks first, e.g. " God" (ids vary across runs).',
+    ),
     prompt: str = typer.Option(..., "--prompt", help="Text to continue."),
-    value: Optional[float] = typer.Option(None, "--value", help="Clamp/add value (default: twice the feature's max activation)."),
+    value: float | None = typer.Option(
+        None, "--value", help="Clamp/add value (default: twice the feature's max activation)."
+    ),
     mode: str = typer.Option("clamp", "--mode", help="clamp, add or ablate."),
     n_tokens: int = typer.Option(20, "--n-tokens", min=0, help="Tokens to sample."),
     seed: int = typer.Option(0, "--seed"),
@@ -216,7 +174,7 @@ def steer(
     """Clamp, add or ablate one feature in the forward pass: next-token change and a continuation."""
     from monosemantic.analysis.cli import steer as steer_feature
 
-    steer_feature(run_dir, sae, feature, prompt, value, mode, n_tokens, seed=seed)
+    steer_feature(run_dir, sae, feature, prompt, value, mode, n_tokens, seed=seed, feature_token=feature_token)
 
 
 @app.command()
@@ -235,7 +193,7 @@ def serve(
 def export_html(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     out: Path = typer.Argument(..., help="Folder to write the static site into (created or replaced)."),
-    max_units: Optional[int] = typer.Option(None, "--max-units", min=1, help="Unit pages per dictionary (default: all)."),
+    max_units: int | None = typer.Option(None, "--max-units", min=1, help="Unit pages per dictionary (default: all)."),
 ) -> None:
     """A static, self-contained copy of the browser's pages (no live text or steering) to share a run."""
     from monosemantic.browser.export import export_site

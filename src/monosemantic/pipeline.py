@@ -1,4 +1,9 @@
-"""The run directory and its manifest: which stages ran, with what config, and what they measured.
+"""The public pipeline API (``run``) and the run directory with its manifest: which stages ran,
+with what config, and what they measured.
+
+``run(cfg, out, upto)`` runs the stage ``upto`` (all stages when None) after the stages it needs,
+worked out from each stage's declared ``needs``, and nothing else: ``upto="universality"`` runs
+corpus, lm, harvest, sae and universality, not analysis or toy.
 
 ``runs/<name>/run.json`` holds, per stage, the hash of the config that produced its artifacts
 (chained with the hashes of the stages it reads from) and the figures it measured, plus
@@ -15,11 +20,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from monosemantic import __version__
 from monosemantic.atomic import write_json
 from monosemantic.errors import UserError
+
+if TYPE_CHECKING:
+    from monosemantic.config import RunConfig
 
 
 def config_hash(config: Any, upstream: list[str] = ()) -> str:
@@ -29,13 +37,67 @@ def config_hash(config: Any, upstream: list[str] = ()) -> str:
 
 @dataclass
 class Stage:
-    """One step of the pipeline: ``run(run_dir)`` writes ``artifacts`` and returns its figures."""
+    """One step of the pipeline: ``run(run_dir)`` writes ``artifacts`` and returns its figures;
+    ``summary(figures)`` says in one line what they were; ``needs`` names the stages it reads from."""
 
     name: str
     config: Any
-    run: Callable[["RunDir"], dict]
+    run: Callable[[RunDir], dict]
     artifacts: list[str]
+    summary: Callable[[dict], str]
     needs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageRun:
+    """What one stage did in a ``run``: ran, or was current and skipped; its figures and summary."""
+
+    name: str
+    skipped: bool
+    figures: dict
+    summary: str
+
+
+@dataclass
+class RunResult:
+    """The run directory after ``run``, and what each stage it took part in did, in order."""
+
+    run_dir: RunDir
+    stages: list[StageRun]
+
+
+def prerequisites(stages: list[Stage], target: str | None) -> list[Stage]:
+    """``target`` and every stage it needs, directly or not, in the order of ``stages`` (all of
+    them when ``target`` is None)."""
+    by_name = {s.name: s for s in stages}
+    if target is None:
+        return list(stages)
+    if target not in by_name:
+        raise UserError(f"unknown stage {target} (stages: {', '.join(by_name)})")
+    wanted, todo = set(), [target]
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo += by_name[name].needs
+    return [s for s in stages if s.name in wanted]
+
+
+def run(cfg: RunConfig, out: str | Path, upto: str | None = None, force: bool = False) -> RunResult:
+    """Run stage ``upto`` (None: every stage) in run directory ``out``, after the stages it needs;
+    a stage whose artifacts are current is skipped. ``force`` re-runs ``upto`` (None: every stage)
+    even when current."""
+    from monosemantic.stages import all_stages  # stages build on Stage and RunDir, defined here
+
+    stages = prerequisites(all_stages(cfg), upto)
+    rd = RunDir(Path(out))
+    rd.manifest["config"] = cfg.model_dump()
+    done = []
+    for stage in stages:
+        figures, skipped = rd.run_stage(stage, force=force and upto in (None, stage.name))
+        done.append(StageRun(stage.name, skipped, figures, stage.summary(figures)))
+    rd.save()
+    return RunResult(rd, done)
 
 
 class RunDir:

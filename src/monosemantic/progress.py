@@ -23,10 +23,6 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
-def is_quiet() -> bool:
-    return _quiet
-
-
 @contextmanager
 def progress(description: str, total: float | None, unit: str = "it") -> Iterator[Callable[..., None]]:
     """Show one bar; yields ``advance(n=1, **fields)``. Rate is shown in ``unit``/s."""

@@ -1,7 +1,8 @@
 """The stages of ``monosemantic run``, each reading from and writing into the run directory.
 
-corpus → lm → harvest → sae → universality, then analysis → splitting; toy stands apart. Each ``*_stage(cfg)`` returns a
-``Stage`` whose ``run`` does the work and returns the figures that go into ``run.json``.
+corpus → lm → harvest → sae → universality, then analysis → splitting; toy stands apart. Each
+``*_stage(cfg)`` returns a ``Stage`` whose ``run`` does the work and returns the figures that go into
+``run.json``, whose ``summary`` puts them in one line, and whose ``needs`` names the stages it reads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from monosemantic.activations import ActivationStore
 from monosemantic.activations.harvest import harvest_activations
 from monosemantic.activations.stream import ActivationStream
-from monosemantic.analysis.analyze import analyze_run
+from monosemantic.analysis.analyze import analysis_headline, analyze_run
 from monosemantic.analysis.feature_map import feature_map
 from monosemantic.analysis.splitting import feature_families
 from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
@@ -27,8 +28,7 @@ from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.lm.baselines import baseline_losses
-from monosemantic.lm.model import (EXTERNAL_FILE, load_external_lm, load_lm, save_external_ref,
-                                   save_lm)
+from monosemantic.lm.model import EXTERNAL_FILE, load_external_lm, load_lm, save_external_ref, save_lm
 from monosemantic.lm.train import evaluate_lm, train_lm
 from monosemantic.pipeline import RunDir, Stage, config_hash
 from monosemantic.sae.config import SAEConfig
@@ -64,8 +64,12 @@ def corpus_stage(cfg: RunConfig) -> Stage:
         return figures
 
     tokenizer_from = cfg.lm.pretrained or cfg.lm.hf_model_dir or "trained here"
+    def summary(f: dict) -> str:
+        return (f"{f['n_docs']:,} docs, {f['chars'] / 1e6:.1f}M chars, {f['train_tokens']:,} train + "
+                f"{f['val_tokens']:,} val tokens, vocab {f['vocab_size']:,}")
+
     return Stage("corpus", {**c.model_dump(), "tokenizer": tokenizer_from}, run,
-                 ["tokenizer.json", "tokens/index.json"])
+                 ["tokenizer.json", "tokens/index.json"], summary)
 
 
 def _external_tokenizer(cfg: RunConfig):
@@ -99,8 +103,14 @@ def lm_stage(cfg: RunConfig) -> Stage:
             save_external_ref(cfg.lm, rd / "lm")
         return figures
 
+    def summary(f: dict) -> str:
+        trained = (f"external {f['external']}" if "external" in f
+                   else f"{f['steps']:,} steps, {f['train_tokens']:,} tokens")
+        return (f"{trained}, val loss {f['val_loss']:.3f} "
+                f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
+
     artifact = "lm/model.safetensors" if cfg.lm.trains_own_model else f"lm/{EXTERNAL_FILE}"
-    return Stage("lm", cfg.lm.model_dump(), run, [artifact], needs=["corpus"])
+    return Stage("lm", cfg.lm.model_dump(), run, [artifact], summary, needs=["corpus"])
 
 
 def harvest_stage(cfg: RunConfig) -> Stage:
@@ -110,16 +120,22 @@ def harvest_stage(cfg: RunConfig) -> Stage:
     def run(rd: RunDir) -> dict:
         model = load_lm(rd / "lm", device)
         figures = {}
-        splits = (("val", h.n_val_tokens),) if h.stream_train else (("train", h.n_train_tokens), ("val", h.n_val_tokens))
-        for split, n_tokens in splits:
+        splits = {"train": h.n_train_tokens, "val": h.n_val_tokens}
+        if h.stream_train:
+            del splits["train"]
+        for split, n_tokens in splits.items():
             shards = TokenShards(rd / "tokens", split)
             figures[split] = harvest_activations(model, shards, cfg.lm.hook_name, n_tokens,
                                                  cfg.lm.n_ctx, h.batch_size,
                                                  rd / f"activations/{split}", h.dtype, device)
         return figures
 
+    def summary(f: dict) -> str:
+        train = f"{f['train']['rows']:,} train" if "train" in f else "train streamed"
+        return f"{train} + {f['val']['rows']:,} val rows at {f['val']['hook_name']}"
+
     stores = ["activations/val/store.json"] + ([] if h.stream_train else ["activations/train/store.json"])
-    return Stage("harvest", {**h.model_dump(), "hook_name": cfg.lm.hook_name}, run, stores, needs=["lm"])
+    return Stage("harvest", {**h.model_dump(), "hook_name": cfg.lm.hook_name}, run, stores, summary, needs=["lm"])
 
 
 def sae_stage(cfg: RunConfig) -> Stage:
@@ -144,8 +160,11 @@ def sae_stage(cfg: RunConfig) -> Stage:
         return {"variant": sweep.variant, "saes": entries,
                 "train_source": "streamed from the LM" if cfg.harvest.stream_train else "activations/train"}
 
+    def summary(f: dict) -> str:
+        return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
+
     config = {**sweep.model_dump(), "hook_name": cfg.lm.hook_name, "stream_train": cfg.harvest.stream_train}
-    return Stage("sae", config, run, [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes],
+    return Stage("sae", config, run, [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes], summary,
                  needs=["harvest"])
 
 
@@ -178,9 +197,13 @@ def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore
         meta = json.loads(cfg_file.read_text()).get("metadata", {})
         if meta.get("config_hash") == digest and "figures" in meta:
             return meta["figures"]
+    n_batches = -(-sae_cfg.n_samples // sae_cfg.batch_size)
+
+    def batches(start_batch: int):
+        return train.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows, n_batches,
+                                      device=sae_cfg.device, start_batch=start_batch)
+
     checkpoint_dir = rd / "saes" / f".checkpoint-{name}"
-    batches = train.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows,
-                                     -(-sae_cfg.n_samples // sae_cfg.batch_size), device=sae_cfg.device)
     result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir)
     metrics = evaluate_sae(result.sae, (chunk for _, chunk in val.iter_chunks(65_536)))
     density_F, density_tokens = metrics.pop("density"), metrics["n_tokens"]
@@ -210,7 +233,7 @@ def analysis_stage(cfg: RunConfig) -> Stage:
         return analyze_run(rd.path, names, cfg.analysis, str(resolve_device(cfg.device)))
 
     return Stage("analysis", {**cfg.analysis.model_dump(), "saes": names}, run,
-                 [FEATURE_STORE_FILE], needs=["sae"])
+                 [FEATURE_STORE_FILE], analysis_headline, needs=["sae"])
 
 
 def splitting_stage(cfg: RunConfig) -> Stage:
@@ -224,7 +247,11 @@ def splitting_stage(cfg: RunConfig) -> Stage:
         return figures
 
     config = {"splitting": cfg.splitting.model_dump(), "map": cfg.feature_map.model_dump(), "saes": names}
-    return Stage("splitting", config, run, ["splitting/families.json", "feature_map/map.json"],
+    def summary(f: dict) -> str:
+        return (f"{f['split_families']:,} features split into ≥ 2 children at the next size; "
+                f"map by {f['feature_map']['method']}")
+
+    return Stage("splitting", config, run, ["splitting/families.json", "feature_map/map.json"], summary,
                  needs=["sae"])
 
 
@@ -235,11 +262,15 @@ def universality_stage(cfg: RunConfig) -> Stage:
     def run(rd: RunDir) -> dict:
         return universality(rd.path, uni_cfg, cfg.sae, cfg.harvest.stream_train)
 
+    def summary(f: dict) -> str:
+        return (f"median max-correlation A→B: features {f['median_feature_corr']:.2f} vs neurons "
+                f"{f['median_neuron_corr']:.2f} (paper {f['paper_median_feature_corr']} vs "
+                f"{f['paper_median_neuron_corr']})")
+
     config = {**cfg.universality.model_dump(), "sweep": {"buffer_rows": cfg.sae.buffer_rows,
                                                          "init_rows": cfg.sae.init_rows},
               "stream_train": cfg.harvest.stream_train}
-    return Stage("universality", config, run,
-                 ["universality/universality.json"], needs=["sae"])
+    return Stage("universality", config, run, ["universality/universality.json"], summary, needs=["sae"])
 
 
 def toy_stage(cfg: RunConfig) -> Stage:
@@ -249,7 +280,11 @@ def toy_stage(cfg: RunConfig) -> Stage:
     def run(rd: RunDir) -> dict:
         return run_toy_sweep(toy_cfg, rd / "toy")
 
-    return Stage("toy", cfg.toy.model_dump(), run, ["toy/toy.json"])
+    def summary(f: dict) -> str:
+        dims = [p["dims_per_feature"] for p in f["points"]]
+        return f"{len(f['points'])} sparsities, D* from {dims[0]:.2f} to {dims[-1]:.2f}; plots in toy/"
+
+    return Stage("toy", cfg.toy.model_dump(), run, ["toy/toy.json"], summary)
 
 
 def all_stages(cfg: RunConfig) -> list[Stage]:

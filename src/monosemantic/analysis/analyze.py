@@ -19,16 +19,31 @@ import torch
 
 from monosemantic.activations import ActivationStore
 from monosemantic.analysis import store as fs
+from monosemantic.analysis.autointerp import (
+    Example,
+    Explainer,
+    OfflineExplainer,
+    UnitScore,
+    llm_explainer_from_env,
+    score_unit,
+)
 from monosemantic.analysis.config import AnalysisConfig
-from monosemantic.analysis.autointerp import Example, Explainer, OfflineExplainer, UnitScore, llm_explainer_from_env, score_unit
 from monosemantic.analysis.logits import logit_effects, top_and_bottom
 from monosemantic.analysis.neighbours import cofiring_neighbours, decoder_neighbours
 from monosemantic.analysis.neurons import constituent_neurons, neuron_users
+from monosemantic.analysis.stats import (
+    Basis,
+    StatsConfig,
+    TokenContext,
+    UnitStats,
+    analysed_rows,
+    compute_unit_stats,
+    read_token_context,
+)
 from monosemantic.analysis.store import NEURONS
-from monosemantic.analysis.stats import Basis, StatsConfig, TokenContext, UnitStats, analysed_rows, compute_unit_stats, read_token_context
-from monosemantic.atomic import atomic_path
 from monosemantic.corpus.tokenizer import load_tokenizer
 from monosemantic.errors import UserError
+from monosemantic.figures import new_figure, save_figure
 from monosemantic.lm.model import load_lm
 from monosemantic.progress import progress
 from monosemantic.sae.io import load_sae
@@ -71,8 +86,17 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
             for rank in range(cfg.per_interval):
                 row = stats.intervals.row[g, rank]
                 if row >= 0:
-                    records.append(("interval", interval, rank, row, stats.intervals.value[g, rank],
-                                    stats.intervals.payload[g, rank], "explain" if rank < explain_intervals else "score"))
+                    records.append(
+                        (
+                            "interval",
+                            interval,
+                            rank,
+                            row,
+                            stats.intervals.value[g, rank],
+                            stats.intervals.payload[g, rank],
+                            "explain" if rank < explain_intervals else "score",
+                        )
+                    )
         for p, row in enumerate(stats.random_rows_P):
             acts = stats.random_acts_UPW[u, p]
             center = acts[cfg.context_left]
@@ -80,7 +104,7 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
         explain_rows = {r[3] for r in records if r[6] == "explain"}
         records = [r for r in records if r[6] == "explain" or r[3] not in explain_rows]
         explain, score = [], []
-        for kind, bucket, rank, row, activation, acts, split in records:
+        for kind, _bucket, rank, row, _activation, acts, split in records:
             if kind == "random":
                 tokens = random_tokens[rank]
             else:
@@ -113,14 +137,12 @@ def _finite_mean(values: list[float]) -> float:
 
 def _plot_scores(neuron_scores: list[float], feature_scores: list[float], feature_dict: str, backend: str,
                  path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure((6, 3.5))
     bins = np.linspace(-0.2, 1, 25)
-    for scores, label, color in ((neuron_scores, "neurons", "tab:gray"), (feature_scores, f"features ({feature_dict})", "tab:blue")):
+    for scores, label, color in (
+        (neuron_scores, "neurons", "tab:gray"),
+        (feature_scores, f"features ({feature_dict})", "tab:blue"),
+    ):
         values = np.nan_to_num(np.asarray(scores, dtype=float), nan=0.0)
         ax.hist(np.clip(values, -0.2, 1), bins=bins, alpha=0.6, color=color,
                 label=f"{label}: n={len(values)}, mean {values.mean():.2f}, median {np.median(values):.2f}")
@@ -128,11 +150,7 @@ def _plot_scores(neuron_scores: list[float], feature_scores: list[float], featur
     ax.set_ylabel("units")
     ax.set_title(f"Automated interpretability, explainer: {backend}", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device: str = "cpu") -> dict[str, Any]:
@@ -154,7 +172,9 @@ def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device
     all_stats = compute_unit_stats(store, bases, text, vocab_size, stats_cfg)
 
     offline = OfflineExplainer(token_strings)
-    explainer: Explainer = offline if cfg.explainer == "offline" else llm_explainer_from_env(cfg.explainer, token_strings, cfg.llm_model)
+    explainer: Explainer = (
+        offline if cfg.explainer == "offline" else llm_explainer_from_env(cfg.explainer, token_strings, cfg.llm_model)
+    )
     rng = np.random.default_rng(cfg.seed)
     largest = max(sae_names, key=lambda n: saes[n].cfg.d_sae) if sae_names else None
     alive = {s.name: np.flatnonzero(s.fire_count_U > 0) for s in all_stats}
@@ -167,15 +187,24 @@ def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device
     with fs.create_store(run_dir / fs.FILENAME) as db:
         db.executemany("INSERT INTO vocab VALUES (?, ?, ?)",
                        [(t, token_strings[t], int(token_count_V[t])) for t in range(vocab_size)])
-        db.executemany("INSERT INTO meta VALUES (?, ?)", [
-            ("analysis_config", json.dumps(cfg.model_dump())), ("n_tokens", json.dumps(n_rows)),
-            ("hook_name", json.dumps(store.hook_name)), ("score_sample", json.dumps({k: v.tolist() for k, v in samples.items()})),
-        ])
+        db.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [
+                ("analysis_config", json.dumps(cfg.model_dump())),
+                ("n_tokens", json.dumps(n_rows)),
+                ("hook_name", json.dumps(store.hook_name)),
+                ("score_sample", json.dumps({k: v.tolist() for k, v in samples.items()})),
+            ],
+        )
         written_rows: set[int] = set()
         for stats in all_stats:
             examples = _examples(stats, text, cfg)
             # the offline scorer is cheap: it scores every unit; an LLM scores the comparison sample only
-            units = alive[stats.name].tolist() if explainer is offline else samples.get(stats.name, np.array([], int)).tolist()
+            units = (
+                alive[stats.name].tolist()
+                if explainer is offline
+                else samples.get(stats.name, np.array([], int)).tolist()
+            )
             scores[stats.name] = _score_units(explainer, stats, examples, units)
             _write_dictionary(db, stats, examples, scores[stats.name], samples.get(stats.name), text, cfg,
                               model, saes.get(stats.name), vocab_size, token_count_V, written_rows, explainer.backend)
@@ -224,8 +253,15 @@ def god_check(store_path: Path, dict_name: str) -> dict[str, Any] | None:
         neurons = []
         for neuron, weight in store.constituents(dict_name, unit)[:3]:
             info = store.unit(NEURONS, neuron)
-            neurons.append({"neuron": neuron, "weight": round(weight, 4), "simulation_score": info["simulation_score"],
-                            "explanation": info["explanation"], "top_tokens": [t for t, _, _ in store.top_tokens(NEURONS, neuron)]})
+            neurons.append(
+                {
+                    "neuron": neuron,
+                    "weight": round(weight, 4),
+                    "simulation_score": info["simulation_score"],
+                    "explanation": info["explanation"],
+                    "top_tokens": [t for t, _, _ in store.top_tokens(NEURONS, neuron)],
+                }
+            )
         page = store.unit(dict_name, unit)
         return {"dictionary": dict_name, "feature": unit, "token": best["token"],
                 "precision": round(best["precision"], 4), "recall": round(best["recall"], 4),
@@ -242,15 +278,33 @@ def _write_dictionary(db, stats: UnitStats, examples: dict, scores: dict[int, Un
                       written_rows: set[int], backend: str) -> None:
     name, U = stats.name, stats.n_units
     in_sample = set(sample.tolist()) if sample is not None else set()
-    db.execute("INSERT INTO dictionaries VALUES (?, ?, ?, ?, ?, ?, ?)",
-               (name, stats.kind, U, model.cfg.d_mlp, sae.cfg.variant if sae is not None else None, stats.n_rows, backend))
+    db.execute(
+        "INSERT INTO dictionaries VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (name, stats.kind, U, model.cfg.d_mlp, sae.cfg.variant if sae is not None else None, stats.n_rows, backend),
+    )
     density, mean_act = stats.density_U, stats.mean_act_U
-    db.executemany("INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-        (name, u, stats.kind, int(stats.fire_count_U[u]), float(density[u]), float(mean_act[u]), float(stats.max_act_U[u]),
-         fs.blob(stats.hist_UH[u], "i8"), float(stats.max_act_U[u]),
-         scores[u].explanation if u in scores else None, _nullable(scores[u].simulation) if u in scores else None,
-         _nullable(scores[u].detection) if u in scores else None, scores[u].backend if u in scores else None,
-         int(u in in_sample)) for u in range(U)])
+    db.executemany(
+        "INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                name,
+                u,
+                stats.kind,
+                int(stats.fire_count_U[u]),
+                float(density[u]),
+                float(mean_act[u]),
+                float(stats.max_act_U[u]),
+                fs.blob(stats.hist_UH[u], "i8"),
+                float(stats.max_act_U[u]),
+                scores[u].explanation if u in scores else None,
+                _nullable(scores[u].simulation) if u in scores else None,
+                _nullable(scores[u].detection) if u in scores else None,
+                scores[u].backend if u in scores else None,
+                int(u in in_sample),
+            )
+            for u in range(U)
+        ],
+    )
     new_contexts, example_rows = [], []
     for u in range(U):
         for kind, bucket, rank, row, activation, acts, split in examples[u]["records"]:
@@ -266,9 +320,13 @@ def _write_dictionary(db, stats: UnitStats, examples: dict, scores: dict[int, Un
 
     directions_UM = torch.eye(U) if sae is None else sae.W_dec.detach().float()
     top_v, top_i, bottom_v, bottom_i = top_and_bottom(logit_effects(model, directions_UM), cfg.n_logits)
-    db.executemany("INSERT INTO logits VALUES (?, ?, ?, ?, ?)",
-                   [(name, u, r, int(top_i[u, r]), float(top_v[u, r])) for u in range(U) for r in range(cfg.n_logits)]
-                   + [(name, u, -1 - r, int(bottom_i[u, r]), float(bottom_v[u, r])) for u in range(U) for r in range(cfg.n_logits)])
+    db.executemany(
+        "INSERT INTO logits VALUES (?, ?, ?, ?, ?)",
+        [(name, u, r, int(top_i[u, r]), float(top_v[u, r])) for u in range(U) for r in range(cfg.n_logits)]
+        + [
+            (name, u, -1 - r, int(bottom_i[u, r]), float(bottom_v[u, r])) for u in range(U) for r in range(cfg.n_logits)
+        ],
+    )
     neighbour_rows = []
     cof_v, cof_i = cofiring_neighbours(stats.cofire_UU, cfg.n_neighbours)
     neighbour_rows += [(name, u, "cofiring", r, int(cof_i[u, r]), float(cof_v[u, r]))
@@ -281,8 +339,10 @@ def _write_dictionary(db, stats: UnitStats, examples: dict, scores: dict[int, Un
         db.executemany("INSERT INTO constituents VALUES (?, ?, ?, ?, ?)",
                        [(name, u, r, int(n[u, r]), float(w[u, r])) for u in range(U) for r in range(n.shape[1])])
         w, f = neuron_users(sae.W_dec.detach(), cfg.n_constituents)
-        db.executemany("INSERT INTO neuron_users VALUES (?, ?, ?, ?, ?)",
-                       [(name, m, r, int(f[m, r]), float(w[m, r])) for m in range(f.shape[0]) for r in range(f.shape[1])])
+        db.executemany(
+            "INSERT INTO neuron_users VALUES (?, ?, ?, ?, ?)",
+            [(name, m, r, int(f[m, r]), float(w[m, r])) for m in range(f.shape[0]) for r in range(f.shape[1])],
+        )
     db.executemany("INSERT INTO neighbours VALUES (?, ?, ?, ?, ?, ?)", neighbour_rows)
     db.executemany("INSERT INTO unit_tokens VALUES (?, ?, ?, ?, ?)",
                    _unit_token_rows(name, stats, cfg.n_unit_tokens))
@@ -318,6 +378,8 @@ def analysis_headline(figures: dict[str, Any]) -> str:
              f"(mean simulation score)")
     god = figures.get("god")
     if god:
-        line += (f"; {god['token']!r} → {god['dictionary']}/{god['feature']} (precision {god['precision']:.2f}, "
-                 f"recall {god['recall']:.2f}, neurons {', '.join(str(n['neuron']) for n in god['constituent_neurons'])})")
+        line += (
+            f"; {god['token']!r} → {god['dictionary']}/{god['feature']} (precision {god['precision']:.2f}, "
+            f"recall {god['recall']:.2f}, neurons {', '.join(str(n['neuron']) for n in god['constituent_neurons'])})"
+        )
     return line

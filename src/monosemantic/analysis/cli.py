@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import numpy as np
@@ -48,20 +49,45 @@ def search(run_dir: Path, token: str | None = None, text: str | None = None, sae
     return results
 
 
-def steer(run_dir: Path, sae: str, feature: int, prompt: str, value: float | None = None, mode: str = "clamp",
-          n_tokens: int = 20, top: int = 10, seed: int = 0, console: Console | None = None) -> dict:
+def steer(run_dir: Path, sae: str, feature: int | None, prompt: str, value: float | None = None, mode: str = "clamp",
+          n_tokens: int = 20, top: int = 10, seed: int = 0, console: Console | None = None,
+          feature_token: str | None = None) -> dict:
     """Print how steering (clamp/add) or ablating one feature changes the LM's next-token predictions
-    and a sampled continuation; with ablation, also the loss change on the feature's top contexts."""
+    and a sampled continuation; with ablation, also the loss change on the feature's top contexts.
+
+    The feature is ``feature`` (an id), or with ``feature_token`` the best match of
+    ``search --token`` (ids differ between runs and torch builds; a token does not)."""
+    if (feature is None) == (feature_token is None):
+        raise UserError("steer: give exactly one of --feature or --feature-token")
     run_dir = Path(run_dir)
-    out = console or Console()
     folder = run_dir / "saes" / sae
     if not folder.is_dir():
         have = sorted(p.name for p in (run_dir / "saes").iterdir()) if (run_dir / "saes").is_dir() else []
         raise UserError(f"--sae {sae}: no such SAE in {run_dir / 'saes'} (have: {', '.join(have) or 'none'})")
+    with ExitStack() as cleanup:
+        store = (
+            cleanup.enter_context(closing(FeatureStore(run_dir / FILENAME))) if (run_dir / FILENAME).is_file() else None
+        )
+        if feature_token is not None:
+            feature = _feature_for_token(store, run_dir, sae, feature_token)
+        return _steer(run_dir, store, sae, feature, prompt, value, mode, n_tokens, top, seed, console or Console())
+
+
+def _feature_for_token(store: FeatureStore | None, run_dir: Path, sae: str, token: str) -> int:
+    """The feature of ``sae`` that ``search --token`` ranks first for ``token``."""
+    if store is None:
+        raise UserError(f"--feature-token needs {run_dir / FILENAME} (run the analysis stage first)")
+    hits = store.search_token(token, sae, top=1)
+    if not hits:
+        raise UserError(f"--feature-token {token!r}: no feature of {sae} fires on it")
+    return hits[0]["unit"]
+
+
+def _steer(run_dir: Path, store: FeatureStore | None, sae: str, feature: int, prompt: str, value: float | None,
+           mode: str, n_tokens: int, top: int, seed: int, out: Console) -> dict:
     model, tokenizer = load_lm(run_dir / "lm"), load_tokenizer(run_dir / "tokenizer.json")
-    dictionary = load_sae(folder)
+    dictionary = load_sae(run_dir / "saes" / sae)
     hook_name = ActivationStore(run_dir / "activations" / "val").hook_name
-    store = FeatureStore(run_dir / FILENAME) if (run_dir / FILENAME).is_file() else None
     if value is None:
         max_act = store.unit(sae, feature)["max_act"] if store is not None else 0.0
         value = 2 * max_act if max_act > 0 else 10.0
@@ -83,11 +109,12 @@ def steer(run_dir: Path, sae: str, feature: int, prompt: str, value: float | Non
     steered = sample_continuation(model, hook_name, tokens_T, n_tokens, hook, seed)
     out.print(f"[bold]continuation[/bold] (seed {seed}): {prompt}[dim]{tokenizer.decode(plain)}[/dim]")
     out.print(f"[bold]steered[/bold]      (seed {seed}): {prompt}[green]{tokenizer.decode(steered)}[/green]")
-    result = {"value": value, "next_token": change, "continuation": plain, "steered_continuation": steered}
+    result = {"feature": feature, "value": value, "next_token": change, "continuation": plain,
+              "steered_continuation": steered}
     if mode == "ablate" and store is not None:
-        result["ablation"] = _ablation_on_top_contexts(run_dir, store, model, hook_name, dictionary, sae, feature, out, show)
-    if store is not None:
-        store.close()
+        result["ablation"] = _ablation_on_top_contexts(
+            run_dir, store, model, hook_name, dictionary, sae, feature, out, show
+        )
     return result
 
 
@@ -100,7 +127,9 @@ def _ablation_on_top_contexts(run_dir, store, model, hook_name, dictionary, sae,
         out.print("no top examples with a next token to ablate on")
         return {}
     starts = np.array(rows) // ctx * ctx
-    windows_BT = torch.from_numpy(acts.origin((starts[:, None] + np.arange(ctx)).ravel())["token"].reshape(len(rows), ctx))
+    windows_BT = torch.from_numpy(
+        acts.origin((starts[:, None] + np.arange(ctx)).ravel())["token"].reshape(len(rows), ctx)
+    )
     positions_B = torch.from_numpy(np.array(rows) - starts)
     activation_B, delta_B = ablation_loss_change(model, hook_name, dictionary, feature, windows_BT, positions_B)
     table = Table(title=f"ablating {sae} feature {feature}: next-token loss change at its top activations")

@@ -69,9 +69,13 @@ class CrossStats:
         """Add one chunk: ``a_NA`` [N, A] and ``b_NB`` [N, B], row n of both being the same token."""
         A, B = self.shape
         if a_NA.ndim != 2 or b_NB.ndim != 2 or a_NA.shape[1] != A or b_NB.shape[1] != B:
-            raise UserError(f"correlation chunk: expected [N, {A}] and [N, {B}], got {list(a_NA.shape)} and {list(b_NB.shape)}")
+            raise UserError(
+                f"correlation chunk: expected [N, {A}] and [N, {B}], got {list(a_NA.shape)} and {list(b_NB.shape)}"
+            )
         if a_NA.shape[0] != b_NB.shape[0]:
-            raise UserError(f"correlation chunk: {a_NA.shape[0]} rows of one set of units but {b_NB.shape[0]} of the other")
+            raise UserError(
+                f"correlation chunk: {a_NA.shape[0]} rows of one set of units but {b_NB.shape[0]} of the other"
+            )
         a_NA = a_NA.to(self.device, torch.float32)
         b_NB = b_NB.to(self.device, torch.float32)
         N = a_NA.shape[0]

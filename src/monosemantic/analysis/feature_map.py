@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from monosemantic.analysis.config import FeatureMapConfig
-from monosemantic.atomic import atomic_path, write_json
+from monosemantic.atomic import write_json
 from monosemantic.errors import UserError
+from monosemantic.figures import new_figure, save_figure
 from monosemantic.sae.io import load_sae
 
 
@@ -46,9 +47,10 @@ def project_2d(directions_ND: np.ndarray, cfg: FeatureMapConfig) -> tuple[np.nda
     return coords_N2 * np.sign(coords_N2[np.abs(coords_N2).argmax(axis=0), [0, 1]]), "pca"  # fix PCA's sign freedom
 
 
-def feature_map(run_dir: str | Path, sae_names: list[str], cfg: FeatureMapConfig = FeatureMapConfig()) -> dict:
+def feature_map(run_dir: str | Path, sae_names: list[str], cfg: FeatureMapConfig | None = None) -> dict:
     """Map the decoder directions of ``sae_names`` (under ``RUN/saes/``) together; returns figures
     for ``run.json``: method, number of points, seconds and artifact paths."""
+    cfg = cfg or FeatureMapConfig()
     run = Path(run_dir)
     if not sae_names:
         raise UserError("feature map: no SAEs given")
@@ -88,14 +90,11 @@ def _splitting_annotations(run: Path, sae_names: list[str]) -> dict[str, dict[st
 
 
 def _plot(points: list[dict], method: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
     sizes = sorted({p["size"] for p in points})
-    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(sizes)))
-    fig, ax = plt.subplots(figsize=(7, 6.5))
+    colours = colormaps["viridis"](np.linspace(0, 0.9, len(sizes)))
+    fig, ax = new_figure((7, 6.5))
     for size, colour in zip(reversed(sizes), reversed(colours)):  # small dictionaries drawn on top
         xy = np.array([(p["x"], p["y"]) for p in points if p["size"] == size])
         ax.scatter(xy[:, 0], xy[:, 1], s=3 + 12 * (sizes[0] / size), color=colour, alpha=0.7,
@@ -104,7 +103,4 @@ def _plot(points: list[dict], method: str, path: Path) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(markerscale=3, frameon=False, loc="best")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

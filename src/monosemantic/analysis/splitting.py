@@ -25,7 +25,6 @@ most frequent tokens among the ``top_k`` tokens where the feature fires most.
 from __future__ import annotations
 
 import re
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +36,11 @@ import torch
 from monosemantic.activations.store import ActivationStore
 from monosemantic.analysis.config import SplittingConfig
 from monosemantic.analysis.correlation import CrossStats, best_matches
-from monosemantic.atomic import atomic_path, write_json
+from monosemantic.atomic import write_json
 from monosemantic.corpus.tokenizer import load_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
+from monosemantic.figures import new_figure, save_figure
 from monosemantic.sae.io import load_sae
 
 
@@ -98,7 +98,9 @@ def analyse_splitting(chunks: Iterable[torch.Tensor], encoders: list[Callable[[t
             n_seen += x_ND.shape[0]
     if n_seen == 0:
         raise UserError("splitting: no tokens to compare the dictionaries on")
-    links = [_link(pair, dec_S, dec_L, threshold, min_fires) for pair, dec_S, dec_L in zip(stats, decoders, decoders[1:])]
+    links = [
+        _link(pair, dec_S, dec_L, threshold, min_fires) for pair, dec_S, dec_L in zip(stats, decoders, decoders[1:])
+    ]
     density = [(s.fires_A / s.n).cpu().numpy() for s in stats] + [(stats[-1].fires_B / stats[-1].n).cpu().numpy()]
     return SplitAnalysis(density, [t.rows() for t in tops], links, n_seen)
 
@@ -146,7 +148,7 @@ class _TopActivations:
 
 
 def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
-                     cfg: SplittingConfig = SplittingConfig()) -> dict:
+                     cfg: SplittingConfig | None = None) -> dict:
     """Link the run's SAEs ``sae_names_by_size`` (under ``RUN/saes/``, smallest first) on the
     held-out activations; write ``RUN/splitting/families.json`` and ``RUN/splitting/family_*.png``.
 
@@ -154,12 +156,14 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
     next size, summed over consecutive pairs), ``split_families_by_size``, per-pair ``summary``,
     ``highlights`` (the families of ``cfg.highlight`` tokens) and the artifact paths.
     """
+    cfg = cfg or SplittingConfig()
     run = Path(run_dir)
     device = resolve_device(cfg.device)
     saes = [load_sae(run / "saes" / name, device) for name in sae_names_by_size]
     sizes = [sae.cfg.d_sae for sae in saes]
     if sizes != sorted(sizes) or len(set(sizes)) != len(sizes):
-        raise UserError(f"splitting: SAEs must be given smallest first with distinct sizes, got {dict(zip(sae_names_by_size, sizes))}")
+        raise UserError(f"splitting: SAEs must be given smallest first with distinct sizes, "
+                        f"got {dict(zip(sae_names_by_size, sizes))}")
     store = ActivationStore(run / "activations/val")
     n_rows = min(cfg.max_tokens or store.n_rows, store.n_rows)
     chunks = (torch.from_numpy(store.read_range(start, min(start + cfg.chunk_rows, n_rows))).float()
@@ -172,13 +176,17 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
     for rows_KF in analysis.top_rows:
         valid = np.unique(rows_KF[rows_KF >= 0])
         token_of = dict(zip(valid.tolist(), store.origin(valid)["token"].tolist())) if valid.size else {}
-        feature_tokens = [[tokenizer.decode([token_of[r]]) for r in rows_KF[:, f] if r >= 0] for f in range(rows_KF.shape[1])]
+        feature_tokens = [
+            [tokenizer.decode([token_of[r]]) for r in rows_KF[:, f] if r >= 0] for f in range(rows_KF.shape[1])
+        ]
         top_tokens.append(feature_tokens)
         labels.append([_label(tokens) for tokens in feature_tokens])
 
     out = run / "splitting"
     families = _families(analysis, sae_names_by_size, sizes, labels)
-    summary = [_pair_summary(link, analysis.density[i], sizes[i], sizes[i + 1]) for i, link in enumerate(analysis.links)]
+    summary = [
+        _pair_summary(link, analysis.density[i], sizes[i], sizes[i + 1]) for i, link in enumerate(analysis.links)
+    ]
     highlights = {word: _find_family(families, top_tokens[0], word) for word in cfg.highlight}
     drawn = _pick_pictures(families, highlights, cfg.n_pictures)
     for stale in out.glob("family_*.png"):  # pictures of an earlier selection
@@ -289,7 +297,11 @@ def _describe(family: dict | None) -> dict | None:
         node = stack.pop()
         levels.setdefault(node["size"], []).append(f"{node['feature']}: {node['label']}")
         stack.extend(node["children"])
-    return {"root": family["feature"], "label": family["label"], "by_size": {str(k): v for k, v in sorted(levels.items())}}
+    return {
+        "root": family["feature"],
+        "label": family["label"],
+        "by_size": {str(k): v for k, v in sorted(levels.items())},
+    }
 
 
 def _pick_pictures(families: list[dict], highlights: dict[str, dict | None], n: int) -> list[dict]:
@@ -304,11 +316,6 @@ def _pick_pictures(families: list[dict], highlights: dict[str, dict | None], n: 
 def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -> Path:
     """A family tree: one column per dictionary size, each node labelled with its feature
     number, top tokens and density; at most ``max_children`` children per node are drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     placed: list[tuple[dict, float, float]] = []
     edges: list[tuple[float, float, float, float, float | None]] = []
     next_leaf = [0.0]
@@ -330,7 +337,7 @@ def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -
 
     place(family, 0)
     n_rows = max(next_leaf[0], 1)
-    fig, ax = plt.subplots(figsize=(3.6 * len(sizes), 0.55 * n_rows + 1.2))
+    fig, ax = new_figure((3.6 * len(sizes), 0.55 * n_rows + 1.2))
     for x0, y0, x1, y1, sim in edges:
         ax.plot([x0 + 0.32, x1 - 0.02], [y0, y1], color="0.6", linewidth=0.8 + 2 * (sim or 0))
     for node, level, y in placed:
@@ -348,10 +355,4 @@ def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
     ax.set_title(f"Family of {family['sae']} feature {family['feature']} ({family['label'][:40]})", fontsize=9)
-    with warnings.catch_warnings(), atomic_path(path) as tmp:
-        # token labels may hold CJK/Arabic glyphs the default font lacks; they render as boxes
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        fig.tight_layout()
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -5,10 +5,11 @@ neurons (the baseline basis), ``sae.encode`` for a dictionary. Two sweeps over t
 ``n_rows`` rows of the activation store, chunk by chunk, never hold a dense [tokens × units] matrix:
 
 - sweep 1: fire count #{n: a_nu > 0}, Σ_n a_nu, max_n a_nu; the top-k activating rows per unit
-  (≤ ``doc_cap`` per document unless too few documents have any, ``GroupedBottomK`` keyed by −a); fire counts per (unit, token) and
-  Σ a per (unit, token) (sparse [U, V]); co-firing counts C_uv = #{n: a_nu > 0 ∧ a_nv > 0} (sparse
-  [U, U], over the first ``cofire_rows`` rows only and until it holds ``MAX_COFIRE_PAIRS`` pairs, as
-  distinct pairs grow with the tokens); every unit's activations on a fixed seeded set of random contexts;
+  (≤ ``doc_cap`` per document unless too few documents have any, ``GroupedBottomK`` keyed by −a);
+  fire counts per (unit, token) and Σ a per (unit, token) (sparse [U, V]); co-firing counts
+  C_uv = #{n: a_nu > 0 ∧ a_nv > 0} (sparse [U, U], over the first ``cofire_rows`` rows only and
+  until it holds ``MAX_COFIRE_PAIRS`` pairs, as distinct pairs grow with the tokens); every unit's
+  activations on a fixed seeded set of random contexts;
 - sweep 2 (needs each unit's max): a histogram of the nonzero activations over (0, max], and
   ``per_interval`` uniform samples from each of ``n_intervals`` equal activation intervals
   [i·max/I, (i+1)·max/I) — Bricken et al. 2023's dashboard intervals — keyed by a hash of
@@ -140,8 +141,11 @@ def uniform_hash(rows_E: np.ndarray, units_E: np.ndarray, seed: int) -> np.ndarr
     """A U(0, 1) number per (row, unit, seed) — splitmix64 of the triple — so a unit's samples do not
     depend on chunking, on the other units, or on which other bases are analysed alongside."""
     with np.errstate(over="ignore"):
-        z = (rows_E.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-             + units_E.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03) + np.uint64(seed) * np.uint64(0xBF58476D1CE4E5B9))
+        z = (
+            rows_E.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            + units_E.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03)
+            + np.uint64(seed) * np.uint64(0xBF58476D1CE4E5B9)
+        )
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
@@ -311,8 +315,14 @@ class _Sweep2:
         self.hist_UH += np.bincount(u_E * H + hist_bin_E, minlength=U * H).reshape(U, H)
         interval_E = np.minimum((frac_E * I).astype(np.int64), I - 1)
         rows_E = start + b_E
-        self.intervals.offer(u_E * I + interval_E, uniform_hash(rows_E, u_E, self.cfg.seed), rows_E, text.docs_N[rows_E],
-                             v_E, lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg))
+        self.intervals.offer(
+            u_E * I + interval_E,
+            uniform_hash(rows_E, u_E, self.cfg.seed),
+            rows_E,
+            text.docs_N[rows_E],
+            v_E,
+            lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg),
+        )
 
     def result(self, random_rows: np.ndarray) -> UnitStats:
         first = self.first

@@ -37,15 +37,16 @@ from monosemantic.activations.store import ActivationStore
 from monosemantic.activations.stream import ActivationStream
 from monosemantic.analysis.config import UniversalityConfig
 from monosemantic.analysis.correlation import BestMatches, CrossStats, Matches, best_matches
-from monosemantic.atomic import atomic_path, write_json
-from monosemantic.config import LMConfig, SAESweepConfig
+from monosemantic.atomic import write_json
 from monosemantic.corpus.shards import TokenShards
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
+from monosemantic.figures import new_figure, save_figure
+from monosemantic.lm.config import LMConfig
 from monosemantic.lm.model import load_lm, save_lm
 from monosemantic.lm.train import evaluate_lm, train_lm
 from monosemantic.pipeline import config_hash
-from monosemantic.sae.config import SAEConfig
+from monosemantic.sae.config import SAEConfig, SAESweepConfig
 from monosemantic.sae.io import load_sae, save_sae
 from monosemantic.sae.trainer import train_sae
 
@@ -90,11 +91,15 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig, sweep: SAESweepCo
     if not stream_train:
         splits.append(("train", store_a_train, min(cfg.n_train_tokens or store_a_train.n_rows, store_a_train.n_rows)))
     for split, store_a, n_tokens in splits:
-        steps.run(f"harvest_{split}", {"n_tokens": n_tokens, "ctx": store_a.meta["ctx"], "hook": store_a.hook_name,
-                                       "dtype": store_a.dtype}, run / f"activations_b/{split}/store.json",
-                  lambda split=split, store_a=store_a, n_tokens=n_tokens: _harvest_b(run, split, store_a, n_tokens,
-                                                                                      cfg, device),
-                  after=["lm_b"])
+        steps.run(
+            f"harvest_{split}",
+            {"n_tokens": n_tokens, "ctx": store_a.meta["ctx"], "hook": store_a.hook_name, "dtype": store_a.dtype},
+            run / f"activations_b/{split}/store.json",
+            lambda split=split, store_a=store_a, n_tokens=n_tokens: _harvest_b(
+                run, split, store_a, n_tokens, cfg, device
+            ),
+            after=["lm_b"],
+        )
     store_b_val = ActivationStore(run / "activations_b/val")
     _check_aligned(store_a_val, store_b_val)
     store_b_train = train_source(lm_b, "activations_b/train")
@@ -106,10 +111,13 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig, sweep: SAESweepCo
     units = {"features_a_vs_b": (sae_a.encode, load_sae(out / "sae_b", device).encode, "b")}
     if cfg.same_model_check:
         reseed_cfg = _recipe(sae_a.cfg, cfg, seed=sae_a.cfg.seed + cfg.sae_seed_offset)
-        steps.run("sae_a_reseed", {**reseed_cfg.model_dump(mode="json"), "sae_a": sae_name, "upstream": upstream,
-                                   "sweep": _sweep_recipe(sweep), "stream": stream_train},
-                  out / "sae_a_reseed/cfg.json",
-                  lambda: _train_sae_on(store_a_train, reseed_cfg, sweep, out / "sae_a_reseed", "lm"))
+        steps.run(
+            "sae_a_reseed",
+            {**reseed_cfg.model_dump(mode="json"), "sae_a": sae_name, "upstream": upstream,
+             "sweep": _sweep_recipe(sweep), "stream": stream_train},
+            out / "sae_a_reseed/cfg.json",
+            lambda: _train_sae_on(store_a_train, reseed_cfg, sweep, out / "sae_a_reseed", "lm"),
+        )
         units["features_same_model"] = (sae_a.encode, load_sae(out / "sae_a_reseed", device).encode, "a")
     units["neurons_a_vs_b"] = (_identity, _identity, "b")
 
@@ -174,7 +182,7 @@ def compare_units(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
             acts = {"a": acts_a.to(device, torch.float32), "b": acts_b.to(device, torch.float32)}
             cache: dict[tuple[Callable, str], torch.Tensor] = {}  # encode each (encoder, store) once per chunk
 
-            def encoded(encode: Callable, source: str) -> torch.Tensor:
+            def encoded(encode: Callable, source: str, cache=cache, acts=acts) -> torch.Tensor:
                 key = (encode, source)  # bound methods of one SAE compare equal
                 if key not in cache:
                     cache[key] = encode(acts[source])
@@ -190,12 +198,7 @@ def compare_units(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
 
 def plot_max_correlations(best: dict[str, BestMatches], path: Path) -> Path:
     """Histograms of each unit's max correlation, one colour per comparison, medians marked (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = new_figure((6.5, 3.8))
     bins = np.linspace(0, 1, 41)
     for (name, matches), colour in zip(best.items(), ("tab:blue", "tab:green", "tab:orange")):
         values = matches.value[matches.live & ~np.isnan(matches.value)]
@@ -207,11 +210,7 @@ def plot_max_correlations(best: dict[str, BestMatches], path: Path) -> Path:
     ax.set_ylabel("density")
     ax.set_title(f"Universality (paper: features {PAPER_MEDIAN_FEATURE_CORR}, neurons {PAPER_MEDIAN_NEURON_CORR})")
     ax.legend(loc="upper left", frameon=False, fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class _Steps:
@@ -283,8 +282,12 @@ def _sweep_recipe(sweep: SAESweepConfig) -> dict:
 def _train_sae_on(source: ActivationStore | ActivationStream, sae_cfg: SAEConfig, sweep: SAESweepConfig,
                   folder: Path, model_dir: str) -> dict:
     """Train ``sae_cfg`` as run A's sweep trains its SAEs (same init rows and shuffle buffer)."""
-    batches = source.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows,
-                                      math.ceil(sae_cfg.n_samples / sae_cfg.batch_size), device=sae_cfg.device)
+    n_batches = math.ceil(sae_cfg.n_samples / sae_cfg.batch_size)
+
+    def batches(start_batch: int):
+        return source.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows, n_batches,
+                                       device=sae_cfg.device, start_batch=start_batch)
+
     checkpoint_dir = folder.with_name(folder.name + "_checkpoint")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     result = train_sae(sae_cfg, batches, source.sample_rows(sweep.init_rows, sae_cfg.seed), checkpoint_dir)
@@ -302,7 +305,9 @@ def _summary(matches: BestMatches) -> dict:
 
 
 def _largest_sae(run: Path) -> str:
-    folders = sorted(p for p in (run / "saes").glob("*") if (p / "cfg.json").is_file()) if (run / "saes").is_dir() else []
+    folders = (
+        sorted(p for p in (run / "saes").glob("*") if (p / "cfg.json").is_file()) if (run / "saes").is_dir() else []
+    )
     if not folders:
         raise UserError(f"{run / 'saes'}: no SAEs to compare (run the sae stage first)")
     return max(folders, key=lambda p: _read_json(p / "cfg.json")["d_sae"]).name

@@ -12,7 +12,8 @@ Routes (every error is a JSON ``{"error": ...}``: 404 for what the run lacks, 40
 
 Database and model work runs in the thread pool (plain ``def`` routes), so the event loop keeps
 answering while a forward pass runs. Routes return ``JSONResponse`` of plain dicts directly, skipping
-FastAPI's per-value re-encoding (a feature page holds thousands of numbers). Each response carries ``Server-Timing: app;dur=<ms>``.
+FastAPI's per-value re-encoding (a feature page holds thousands of numbers). Each response carries
+``Server-Timing: app;dur=<ms>``.
 """
 
 from __future__ import annotations

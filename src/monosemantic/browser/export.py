@@ -3,8 +3,9 @@
 The site is the same front end as ``serve`` with ``window.MONOSEMANTIC_EXPORT`` set: instead of
 calling the API it loads ``data/<api path>.js`` scripts (a ``<script>`` loads from ``file://``,
 where ``fetch`` of a local file is refused), each holding the JSON the API would have answered.
-The feature list is one file per dictionary, sorted and filtered in the page. Live text and
-steering need the model, so they are left out.
+The feature list is one file per dictionary, sorted and filtered in the page; token search reads
+a second file per dictionary (each vocabulary text → its units' F1), so it matches and ranks as
+``serve`` does. Live text and steering need the model, so they are left out.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ def _write_data(root: Path, api_path: str, obj: Any) -> None:
     path = root / "data" / f"{api_path}.js"
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
-    path.write_text(f"(window.MONOSEMANTIC_DATA = window.MONOSEMANTIC_DATA || {{}})[{json.dumps(api_path)}] = {payload};\n",
-                    encoding="utf-8")
+    path.write_text(
+        f"(window.MONOSEMANTIC_DATA = window.MONOSEMANTIC_DATA || {{}})[{json.dumps(api_path)}] = {payload};\n",
+        encoding="utf-8",
+    )
 
 
 def export_site(run_dir: str | Path, out: str | Path, max_units: int | None = None) -> dict[str, int]:
@@ -66,6 +69,7 @@ def _export_dictionary(view: RunView, root: Path, name: str, d: dict, max_units:
             break
         rows += page["rows"]
     _write_data(root, f"units/{name}", {"dict": name, "rows": rows})
+    _write_data(root, f"tokens/{name}", view.token_index(name))
     for unit in range(d["n_units"] if max_units is None else min(max_units, d["n_units"])):
         api_path = f"neurons/{unit}" if name == NEURONS else f"saes/{name}/features/{unit}"
         _write_data(root, api_path, view.unit_page(name, unit))

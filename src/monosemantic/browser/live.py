@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from monosemantic.activations import ActivationStore
-from monosemantic.analysis.store import NEURONS
 from monosemantic.analysis.steer import next_token_change, sample_continuation, steering_hook
+from monosemantic.analysis.store import NEURONS
 from monosemantic.corpus.tokenizer import eos_id, load_tokenizer
 from monosemantic.errors import UserError
 from monosemantic.lm.model import load_lm

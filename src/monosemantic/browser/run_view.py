@@ -88,11 +88,28 @@ class RunView:
         dictionaries = []
         for name, d in self.dicts.items():
             e = metrics.get(name, {})
-            dictionaries.append({
-                **d, "alive": analysis.get(name, {}).get("alive"), "mean_density": analysis.get(name, {}).get("mean_density"),
-                **{k: e.get(k) for k in ("l0", "fvu", "loss_recovered", "loss_recovered_mean_ablation", "dead_frac",
-                                         "dense_frac", "train_seconds", "density_log10_hist", "density_plot")},
-                **self._score_summary(name)})
+            dictionaries.append(
+                {
+                    **d,
+                    "alive": analysis.get(name, {}).get("alive"),
+                    "mean_density": analysis.get(name, {}).get("mean_density"),
+                    **{
+                        k: e.get(k)
+                        for k in (
+                            "l0",
+                            "fvu",
+                            "loss_recovered",
+                            "loss_recovered_mean_ablation",
+                            "dead_frac",
+                            "dense_frac",
+                            "train_seconds",
+                            "density_log10_hist",
+                            "density_plot",
+                        )
+                    },
+                    **self._score_summary(name),
+                }
+            )
         a = m.get("analysis", {})
         return {
             "run": self.path.name, "corpus": m.get("corpus", {}), "lm": lm, "dictionaries": dictionaries,
@@ -174,12 +191,27 @@ class RunView:
         rows = [dict(r) for r in self.store.db.execute(
             f"SELECT *, count(*) OVER () AS total FROM ({inner}) ORDER BY {order} LIMIT ? OFFSET ?",
             (*args, limit, offset))]
-        total = rows[0]["total"] if rows else self.store.db.execute(f"SELECT count(*) FROM ({inner})", args).fetchone()[0]
+        total = (
+            rows[0]["total"] if rows else self.store.db.execute(f"SELECT count(*) FROM ({inner})", args).fetchone()[0]
+        )
         labels = self.labels(dict_name, [r["unit"] for r in rows])
         for r in rows:
             del r["total"]
             r["top_tokens"] = labels.get(r["unit"], [])
         return {"dict": dict_name, "total": total, "offset": offset, "rows": rows, "matched_tokens": matched}
+
+    def token_index(self, dict_name: str) -> dict[str, list[list]]:
+        """Every vocabulary text → ``[unit, f1]`` of the units that fire on it (the best over token
+        ids sharing the text), best first: what ``unit_list(token=…)`` matches and ranks by, for a
+        page that has no server (the static export)."""
+        index: dict[str, list[list]] = {text: [] for text in self.store.vocab.values()}
+        rows = self.store.db.execute(
+            f"SELECT v.text, t.unit, max({TOKEN_F1_SQL}) AS f1 FROM unit_tokens t "
+            f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
+            f"WHERE t.dict=? GROUP BY v.text, t.unit ORDER BY v.text, f1 DESC, t.unit", (dict_name,))
+        for text, unit, f1 in rows:
+            index[text].append([unit, f1])
+        return index
 
     def labels(self, dict_name: str, units: list[int], n: int = 3) -> dict[int, list[str]]:
         """Each unit's ``n`` most-fired-on token texts: a short label for lists and links."""
@@ -210,8 +242,15 @@ class RunView:
         for e in examples:
             if e["kind"] == "interval":
                 intervals.setdefault(e["bucket"], []).append(e)
-        page["intervals"] = [{"bucket": b, "low": min(e["activation"] for e in ex), "high": max(e["activation"] for e in ex),
-                              "examples": ex} for b, ex in sorted(intervals.items(), reverse=True)]
+        page["intervals"] = [
+            {
+                "bucket": b,
+                "low": min(e["activation"] for e in ex),
+                "high": max(e["activation"] for e in ex),
+                "examples": ex,
+            }
+            for b, ex in sorted(intervals.items(), reverse=True)
+        ]
         for kind in ("decoder", "cofiring"):
             pairs = page.pop(f"{kind}_neighbours")
             labels = self.labels(dict_name, [u for u, _ in pairs])

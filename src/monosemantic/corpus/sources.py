@@ -103,7 +103,7 @@ def _iter_hf_dataset(name: str, split: str, text_field: str) -> Iterator[str]:
         raise UserError("--dataset needs the `datasets` package: pip install datasets") from None
     try:
         stream = datasets.load_dataset(name, split=split, streaming=True)
-    except Exception as err:  # the hub client raises many types; all mean "could not open it"
+    except (OSError, ValueError) as err:  # hub/network errors are OSError; a bad name or split, ValueError
         raise UserError(f"--dataset {name}: could not open it ({type(err).__name__}: {err})") from None
     for record in stream:
         text = record.get(text_field)

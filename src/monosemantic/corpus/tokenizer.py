@@ -42,7 +42,9 @@ def load_tokenizer(path: Path) -> Tokenizer:
         raise UserError(f"tokenizer {path}: file not found")
     try:
         return Tokenizer.from_file(str(path))
-    except Exception as err:  # tokenizers raises a bare Exception on a malformed file
+    except Exception as err:
+        if type(err) is not Exception:  # tokenizers reports a malformed file as a bare Exception; others are bugs
+            raise
         raise UserError(f"tokenizer {path}: not a tokenizers JSON file ({err})") from None
 
 

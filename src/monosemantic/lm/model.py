@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from monosemantic.atomic import atomic_path
-from monosemantic.config import LMConfig
 from monosemantic.errors import UserError
+from monosemantic.lm.config import LMConfig
 
 
 def build_lm(cfg: LMConfig, vocab_size: int) -> HookedTransformer:
@@ -61,13 +62,15 @@ def load_lm(model_dir: Path, device: torch.device | str = "cpu") -> HookedTransf
         return load_external_lm(cfg, device)[0]
     try:
         config = json.loads((model_dir / "config.json").read_text())
-        cfg = LMConfig(**config["lm"])
+        if not isinstance(config, dict):
+            raise ValueError("config.json does not hold a JSON object")
+        cfg = LMConfig.model_validate(config["lm"])
         model = build_lm(cfg, config["vocab_size"])
         state = load_file(model_dir / "model.safetensors")
         model.load_state_dict(state, strict=True)
     except FileNotFoundError as err:
         raise UserError(f"LM checkpoint {model_dir}: missing {Path(err.filename).name}") from None
-    except Exception as err:  # safetensors/json/torch each raise their own types on corruption
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:  # json, pydantic, state dict
         raise UserError(f"LM checkpoint {model_dir}: corrupt or foreign ({type(err).__name__}: "
                         f"{str(err)[:200]})") from None
     return model.to(device, print_details=False).eval()
@@ -93,7 +96,7 @@ def load_external_lm(cfg: LMConfig, device: torch.device | str = "cpu"):
     if cfg.pretrained:
         try:
             model = HookedTransformer.from_pretrained(cfg.pretrained, device=str(device))
-        except Exception as err:  # the hub client raises many types; all mean "could not load"
+        except (OSError, ValueError) as err:  # hub/network errors are OSError; an unknown name, ValueError
             raise UserError(f"lm.pretrained={cfg.pretrained}: could not load it "
                             f"({type(err).__name__}: {str(err)[:200]})") from None
         return model.eval(), model.tokenizer
@@ -111,7 +114,7 @@ def load_external_lm(cfg: LMConfig, device: torch.device | str = "cpu"):
         model = HookedTransformer(tl_cfg, tokenizer=tokenizer, move_to_device=False)
         model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
                                           center_unembed=False, fold_value_biases=False)
-    except Exception as err:  # transformers/TransformerLens raise many types on a bad directory
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # incl. NotImplementedError: unsupported model
         raise UserError(f"lm.hf_model_dir={path}: could not load it "
                         f"({type(err).__name__}: {str(err)[:200]})") from None
     return model.to(device, print_details=False).eval(), tokenizer

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
 from monosemantic.atomic import atomic_path
-from monosemantic.config import LMConfig
 from monosemantic.corpus.shards import TokenShards
 from monosemantic.errors import UserError
+from monosemantic.lm.config import LMConfig
 from monosemantic.lm.model import build_lm
 from monosemantic.progress import progress
 

@@ -21,7 +21,6 @@ class StepOutput(NamedTuple):
     """What one training forward pass hands back to the trainer."""
 
     loss: torch.Tensor  # scalar that the optimizer minimises
-    recon_BD: torch.Tensor
     fired_F: torch.Tensor  # bool: feature was active on some token of the batch
     l0: torch.Tensor  # detached scalar: mean active features per token
     terms: dict[str, torch.Tensor]  # detached named loss terms, for the log

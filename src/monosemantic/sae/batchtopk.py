@@ -6,8 +6,9 @@ average, adaptively spread over tokens); at inference, where batches are not ava
 every pre-activation above one global threshold θ, estimated during training from the smallest
 activation the batch selection kept. The paper averages that minimum over batches; we keep an
 exponential moving average (rate ``threshold_ema``, default 0.1) so θ tracks the final
-weights rather than the early ones (``sae/config.py`` has the measurement). Everything else — AuxK, unit-norm decoder, encoder = decoder transpose init — is TopK's
-(the paper trains with Gao et al.'s AuxK loss), hence the subclass.
+weights rather than the early ones (``sae/config.py`` has the measurement). Everything else — AuxK,
+unit-norm decoder, encoder = decoder transpose init — is TopK's (the paper trains with Gao et al.'s
+AuxK loss), hence the subclass.
 
 SAELens stores BatchTopK SAEs as JumpReLU SAEs with θ in every feature's threshold; so do we.
 """

@@ -4,10 +4,10 @@ Fields left at ``None`` are filled with the variant's default when the config is
 validated config always names every number the run used (and is what gets saved and hashed).
 Defaults and their sources:
 
-- ``lr`` 1e-4 for ``standard`` and ``standard2024`` (Bricken et al. 2023 — the value named in the brief; the paper's text
-  leaves it unconfirmed); 2e-4 for ``topk``/``batchtopk`` (Gao et al. 2024 use 2e-4 at 2^14 latents,
-  scaled as 1/sqrt(F/2^14) for larger ones — our F ≤ 2^14, so the unscaled value); 7e-5 for
-  ``jumprelu`` (Gemma Scope's Adam learning rate, as we read Lieberum et al. 2024).
+- ``lr`` 1e-4 for ``standard`` and ``standard2024`` (Bricken et al. 2023 — the value named in the
+  brief; the paper's text leaves it unconfirmed); 2e-4 for ``topk``/``batchtopk`` (Gao et al.
+  2024 use 2e-4 at 2^14 latents, scaled as 1/sqrt(F/2^14) for larger ones — our F ≤ 2^14, so the
+  unscaled value); 7e-5 for ``jumprelu`` (Gemma Scope's Adam learning rate, as we read Lieberum et al. 2024).
 - ``aux_coeff`` 1/32 and ``aux_k`` = d_in/2 (Gao et al. 2024: α = 1/32, k_aux "a power of two close
   to d_model/2").
 - ``resample_at`` (0.1, 0.2, 0.3, 0.4) of the run for ``standard``: Bricken et al. resample at
@@ -40,9 +40,9 @@ Defaults and their sources:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 Variant = Literal["standard", "standard2024", "topk", "batchtopk", "jumprelu"]
 
@@ -57,16 +57,12 @@ _DEFAULT_LR = {"standard": 1e-4, "standard2024": 1e-4, "topk": 2e-4, "batchtopk"
 _DEFAULT_SPARSITY_WARMUP = {"jumprelu": 0.1, "standard2024": 0.05}
 
 
-class SAEConfig(BaseModel):
-    """How to build and train one sparse autoencoder. Sample counts are activation vectors."""
+class SAEParams(BaseModel):
+    """The fields of ``SAEConfig`` that a sweep leaves to the user (``sae.params`` in a run config):
+    everything but the variant, the sizes, the sample budget, the seed and the device."""
 
     model_config = ConfigDict(extra="forbid")
 
-    variant: Variant = "standard"
-    d_in: int = Field(gt=0, description="activation width D")
-    d_sae: int = Field(gt=0, description="dictionary size F")
-    n_samples: int = Field(4_194_304, gt=0, description="training activations in total")
-    batch_size: int = Field(4096, gt=0)
     lr: float | None = Field(None, gt=0)
     warmup_frac: float = Field(0.01, ge=0, lt=1, description="linear LR warm-up, fraction of run")
     decay_frac: float = Field(0.2, ge=0, le=1, description="linear LR decay to 0, fraction of run")
@@ -87,12 +83,22 @@ class SAEConfig(BaseModel):
     resample_at: tuple[float, ...] | None = Field(None, description="fractions of the run")
     resample_inputs: int = Field(65_536, gt=0, description="inputs scored at each resampling")
     grad_clip: float | None = Field(None, gt=0, description="gradient-norm clip (standard2024: 1)")
-    seed: int = 0
-    device: str = "cpu"
     checkpoint_every: int | None = Field(None, gt=0, description="samples between checkpoints")
 
+
+class SAEConfig(SAEParams):
+    """How to build and train one sparse autoencoder. Sample counts are activation vectors."""
+
+    variant: Variant = "standard"
+    d_in: int = Field(gt=0, description="activation width D")
+    d_sae: int = Field(gt=0, description="dictionary size F")
+    n_samples: int = Field(4_194_304, gt=0, description="training activations in total")
+    batch_size: int = Field(4096, gt=0)
+    seed: int = 0
+    device: str = "cpu"
+
     @model_validator(mode="after")
-    def _fill_variant_defaults(self) -> "SAEConfig":
+    def _fill_variant_defaults(self) -> SAEConfig:
         own = set(_VARIANT_FIELDS[self.variant])
         for variant, names in _VARIANT_FIELDS.items():
             for name in set(names) - own:
@@ -130,3 +136,33 @@ class SAEConfig(BaseModel):
             self.jumprelu_bandwidth = self.jumprelu_bandwidth or 0.1
             self.jumprelu_init_threshold = self.jumprelu_init_threshold or 1.0
         return self
+
+
+class SAESweepConfig(BaseModel):
+    """A family of SAEs of growing size trained on the same activations (the paper's A/0…A/5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: Variant = "standard"
+    sizes: list[int] = Field(default_factory=lambda: [512, 1024, 2048, 4096], min_length=1)
+    n_samples: int = Field(1_000_000, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    params: SAEParams = SAEParams()
+    seed: int = 0
+    buffer_rows: int = Field(262_144, ge=1)
+    init_rows: int = Field(16_384, ge=1)  # activations that set b_dec and the input scale
+    loss_windows: int = Field(64, ge=1)  # val windows scored for loss recovered
+    # Train tokens over which feature density (dead, ultralow) is measured; None: the held-out store.
+    # The paper's ultralow cluster (< 1e-6) needs millions of tokens to be seen at all.
+    density_tokens: int | None = Field(None, ge=1)
+
+    @field_serializer("params")
+    def _given_params(self, params: SAEParams) -> dict[str, Any]:
+        # only what the user set: the rest is the variant's default, filled in by SAEConfig
+        return params.model_dump(exclude_unset=True)
+
+    def sae_config(self, d_in: int, size: int, device: str) -> SAEConfig:
+        """The full ``SAEConfig`` of the sweep member with ``size`` features."""
+        return SAEConfig(variant=self.variant, d_in=d_in, d_sae=size, n_samples=self.n_samples,
+                         batch_size=self.batch_size, seed=self.seed, device=device,
+                         **self.params.model_dump(exclude_unset=True))

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from monosemantic import __version__
 from monosemantic.atomic import atomic_path
-from monosemantic.errors import UserError
+from monosemantic.errors import UserError, invalid_config
 from monosemantic.sae.base import SparseAutoencoder
 from monosemantic.sae.build import build_sae
 from monosemantic.sae.config import SAEConfig
@@ -92,7 +92,9 @@ def load_sae(folder: str | Path, device: str = "cpu") -> SparseAutoencoder:
         if name not in tensors:
             raise UserError(f"{weights_path}: missing tensor {name!r} for a {cfg.variant} SAE")
         if tensors[name].shape != shape:
-            raise UserError(f"{weights_path}: tensor {name!r} has shape {list(tensors[name].shape)}, expected {list(shape)}")
+            raise UserError(
+                f"{weights_path}: tensor {name!r} has shape {list(tensors[name].shape)}, expected {list(shape)}"
+            )
     sae.load_saelens_tensors({name: tensors[name].float() for name in expected})
     return sae.to(device).eval()
 
@@ -104,20 +106,27 @@ def _config_from(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
             return SAEConfig.model_validate(ours["config"])
         architecture = raw.get("architecture", "standard")
         if architecture not in _FOREIGN_VARIANT:
-            raise UserError(f"{cfg_path}: SAE architecture {architecture!r} is not supported (standard, topk, jumprelu are)")
+            raise UserError(
+                f"{cfg_path}: SAE architecture {architecture!r} is not supported (standard, topk, jumprelu are)"
+            )
         if raw.get("normalize_activations", "none") not in ("none", None, False):
-            raise UserError(f"{cfg_path}: normalize_activations={raw['normalize_activations']!r} is not supported (fold it into the weights first)")
+            raise UserError(f"{cfg_path}: normalize_activations={raw['normalize_activations']!r} is not supported "
+                            "(fold it into the weights first)")
         if raw.get("reshape_activations", "none") != "none":
             raise UserError(f"{cfg_path}: reshape_activations={raw['reshape_activations']!r} is not supported")
         fields: dict[str, Any] = {"variant": _FOREIGN_VARIANT[architecture], "d_in": raw["d_in"], "d_sae": raw["d_sae"]}
         if architecture == "topk":
             fields["k"] = raw.get("k", 100)
         return SAEConfig(**fields)
-    except (KeyError, TypeError, ValidationError) as err:
-        raise UserError(f"{cfg_path}: not a valid SAE config ({type(err).__name__}: {err})".splitlines()[0]) from None
+    except ValidationError as err:
+        raise invalid_config(err, f"{cfg_path}: not a valid SAE config:") from None
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{cfg_path}: not a valid SAE config ({type(err).__name__}: {err})") from None
 
 
-def _to_our_convention(raw: dict[str, Any], tensors: dict[str, torch.Tensor], weights_path: Path) -> dict[str, torch.Tensor]:
+def _to_our_convention(
+    raw: dict[str, Any], tensors: dict[str, torch.Tensor], weights_path: Path
+) -> dict[str, torch.Tensor]:
     """Fold SAELens options we do not model into the weights, exactly (same latents/outputs)."""
     try:
         tensors = {name: t.double() for name, t in tensors.items()}

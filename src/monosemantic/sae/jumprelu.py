@@ -85,7 +85,6 @@ class JumpReLUSAE(SparseAutoencoder):
         l0 = active_BF.sum(dim=1).mean()
         return StepOutput(
             loss=mse_loss + sparsity_scale * self.cfg.l0_coeff * l0,
-            recon_BD=recon_BD,
             fired_F=active_BF.detach().bool().any(dim=0),
             l0=l0.detach(),
             terms={"mse": mse_loss.detach(), "l0": l0.detach()},

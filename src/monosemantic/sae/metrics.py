@@ -16,8 +16,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from monosemantic.atomic import atomic_path
 from monosemantic.errors import UserError
+from monosemantic.figures import new_figure, save_figure
 from monosemantic.sae.base import SparseAutoencoder, check_activations
 
 DENSE_THRESHOLD = 0.1  # "dense": fires on more than 10 % of tokens (the issue's definition)
@@ -28,8 +28,9 @@ ROWS_PER_PASS = 8192  # latents held at once: 8192 × F floats (128 MB at F = 40
 @torch.no_grad()
 def evaluate_sae(sae: SparseAutoencoder, chunks: Iterable[torch.Tensor]) -> dict[str, Any]:
     """Stream held-out activation chunks ([N, D] each) through ``sae``, ``ROWS_PER_PASS`` rows at a
-    time, so memory does not grow with the chunk size or the number of tokens. Returns ``mse``, ``fvu``, ``l0``, ``dead_frac``, ``dense_frac``,
-    ``n_tokens`` and ``density`` (float64 numpy array [F]: fraction of tokens each feature fired on).
+    time, so memory does not grow with the chunk size or the number of tokens. Returns ``mse``, ``fvu``,
+    ``l0``, ``dead_frac``, ``dense_frac``, ``n_tokens`` and ``density`` (float64 numpy array [F]:
+    fraction of tokens each feature fired on).
     """
     device = sae.W_dec.device
     D, F = sae.W_dec.shape[1], sae.W_dec.shape[0]
@@ -80,14 +81,9 @@ def density_summary(density_F: np.ndarray, n_tokens: int) -> dict[str, Any]:
 def plot_density_histogram(density_F: np.ndarray, path: str | Path, title: str = "Feature density") -> Path:
     """Histogram of log10(feature firing density), the paper's plot; dead features are counted
     in the legend (their log density is −∞). Written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     density_F = np.asarray(density_F, dtype=np.float64)
     alive = density_F[density_F > 0]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure((6, 3.5))
     if alive.size:
         ax.hist(np.log10(alive), bins=60, color="tab:blue", label=f"{alive.size} live features")
     n_dead = int((density_F == 0).sum())
@@ -96,17 +92,12 @@ def plot_density_histogram(density_F: np.ndarray, path: str | Path, title: str =
     ax.set_ylabel("features")
     ax.set_title(title)
     ax.legend(loc="upper left", frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
 def loss_recovered(
-    model: "HookedTransformer",  # noqa: F821 — transformer_lens, imported lazily by callers
+    model: HookedTransformer,  # noqa: F821 — transformer_lens, imported lazily by callers
     sae: SparseAutoencoder,
     tokens_BT: torch.Tensor,
     hook_name: str,

@@ -45,7 +45,6 @@ class StandardSAE(SparseAutoencoder):
         active_BF = latents_BF > 0
         return StepOutput(
             loss=mse_loss + sparsity_scale * self.cfg.l1_coeff * l1,
-            recon_BD=recon_BD,
             fired_F=active_BF.any(dim=0),
             l0=active_BF.sum(dim=1).float().mean().detach(),
             terms={"mse": mse_loss.detach(), "l1": l1.detach()},

@@ -58,7 +58,7 @@ class TopKSAE(SparseAutoencoder):
         active = vals > 0
         fired_F = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x_BD.device)
         fired_F[idx[active]] = True
-        return StepOutput(loss, recon_BD, fired_F, active.sum().float().detach() / B, terms)
+        return StepOutput(loss, fired_F, active.sum().float().detach() / B, terms)
 
     def aux_loss(
         self, x_BD: torch.Tensor, pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Tensor

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -107,7 +108,7 @@ def _normalise_rows(W_dec_FD: torch.nn.Parameter) -> None:
 
 def train_sae(
     cfg: SAEConfig,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[torch.Tensor] | Callable[[int], Iterable[torch.Tensor]],
     init_acts_ND: torch.Tensor,
     checkpoint_dir: Path | None = None,
 ) -> TrainResult:
@@ -116,10 +117,12 @@ def train_sae(
 
     ``init_acts_ND`` [N, D] (a few thousand activations suffice) sets the input scale and b_dec.
     With ``checkpoint_dir``, the state is saved there every ``cfg.checkpoint_every`` samples and
-    at the end, and a run finding a checkpoint continues from it: pass the same stream again from
-    its start — the samples already trained on are skipped, so a deterministic stream resumes
-    exactly where the killed run was. Resampling scores fresh inputs taken from ``batches``; they
-    are trained on afterwards, so no data is skipped.
+    at the end, and a run finding a checkpoint continues from it. To resume, ``batches`` must be a
+    function giving the deterministic stream from a batch index on (e.g. ``lambda start:
+    store.shuffled_batches(…, start_batch=start)``): the resumed run asks for the stream from the
+    first batch it has not trained on, so it is where the killed run was and nothing is read twice.
+    Resampling scores fresh inputs taken from the stream; they are trained on afterwards, so no
+    data is skipped (and the stream position is always the number of steps taken).
     """
     device = resolve_device(cfg.device)
     check_activations(init_acts_ND, cfg.d_in, "init activations")
@@ -139,16 +142,19 @@ def train_sae(
     dead_window = max(1, int(cfg.dead_window * cfg.n_samples))
     resample_points = [int(f * cfg.n_samples) for f in cfg.resample_at]
     log_every = max(1, math.ceil(cfg.n_samples / cfg.batch_size / LOG_POINTS))
-    stream: Iterator[torch.Tensor] = iter(batches)
-    if state.samples_seen < cfg.n_samples:
-        _skip(stream, state.samples_seen)
+    if not callable(batches) and 0 < state.samples_seen < cfg.n_samples:
+        raise TypeError("resuming from a checkpoint needs batches as a function of the start batch")
+    stream: Iterator[torch.Tensor] = iter(batches(state.steps) if callable(batches) else batches)
     sae.train()
 
     with progress(f"SAE {cfg.variant} F={cfg.d_sae}", total=cfg.n_samples, unit="samples") as advance:
         advance(state.samples_seen)
         started = time.perf_counter()
         while state.samples_seen < cfg.n_samples:
-            if state.resamples_done < len(resample_points) and state.samples_seen >= resample_points[state.resamples_done]:
+            if (
+                state.resamples_done < len(resample_points)
+                and state.samples_seen >= resample_points[state.resamples_done]
+            ):
                 stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device)
             x_BD = next(stream, None)
             if x_BD is None:
@@ -198,7 +204,9 @@ def train_sae(
             advance(B, info=info)
 
             done = state.samples_seen >= cfg.n_samples
-            if ckpt_path is not None and (done or state.samples_seen // cfg.checkpoint_every > previous // cfg.checkpoint_every):
+            if ckpt_path is not None and (
+                done or state.samples_seen // cfg.checkpoint_every > previous // cfg.checkpoint_every
+            ):
                 state.train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 _save_checkpoint(ckpt_path, cfg, sae, optimizer, generator, state)
@@ -207,16 +215,6 @@ def train_sae(
     sae.eval()
     sae.rescale_units(state.input_scale)
     return TrainResult(sae, state.train_seconds, state.samples_seen, state.input_scale, state.history)
-
-
-def _skip(stream: Iterator[torch.Tensor], n_samples: int) -> None:
-    """Drop the first ``n_samples`` samples of ``stream`` (those a resumed run trained on)."""
-    skipped = 0
-    while skipped < n_samples:
-        x_BD = next(stream, None)
-        if x_BD is None:
-            raise UserError(f"resuming: activation batches ran out while skipping the {n_samples:,} samples already trained on")
-        skipped += x_BD.shape[0]
 
 
 def _resample(
@@ -277,8 +275,10 @@ def _load_checkpoint(
 ) -> _State:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
-        if payload.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not an SAE training checkpoint")
+        if set(payload["state"]) != {f.name for f in fields(_State)}:
+            raise ValueError("its training state has other fields than this version's")
         saved_cfg = {k: v for k, v in payload["config"].items() if k != "device"}
         ours = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "device"}
         if saved_cfg != ours:
@@ -291,9 +291,10 @@ def _load_checkpoint(
         optimizer.load_state_dict(payload["optimizer"])
         generator.set_state(payload["generator"])
         state = _State(**payload["state"])
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 — any unreadable checkpoint is the same user problem
-        raise UserError(f"checkpoint {path}: corrupt or not ours ({type(err).__name__}: {err}); delete it to start over") from None
+    # what torch.load, the state-dict loaders and the checks above raise on a truncated or foreign file
+    except (OSError, EOFError, pickle.UnpicklingError, RuntimeError, ValueError, KeyError) as err:
+        raise UserError(
+            f"checkpoint {path}: corrupt or not ours ({type(err).__name__}: {err}); delete it to start over"
+        ) from None
     state.samples_since_fired_F = state.samples_since_fired_F.to(device)
     return state

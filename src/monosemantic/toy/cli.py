@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from monosemantic.toy.config import ToyConfig
 from monosemantic.toy.geometry import STRUCTURE_NAMES
-from monosemantic.toy.sweep import ToyConfig, run_toy_sweep
+from monosemantic.toy.sweep import run_toy_sweep
 
 toy_app = typer.Typer(
     help="Toy models of superposition: train n sparse features into m < n dimensions across sparsity, "
@@ -49,19 +49,19 @@ def summary_table(result: dict) -> Table:
 def sweep(
     out: Path = typer.Option(..., "--out", help="Directory to write toy.json and the figures into (replaced)."),
     preset: str = typer.Option("demo", "--preset", help="tiny | demo (400→30, a few CPU minutes) | paper."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed → same numbers on CPU)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto."),
-    n_features: Optional[int] = typer.Option(None, "--n-features", help="Number of features n."),
-    n_hidden: Optional[int] = typer.Option(None, "--n-hidden", help="Number of hidden dimensions m."),
-    n_sparsities: Optional[int] = typer.Option(None, "--n-sparsities", help="Sparsity points (instances)."),
-    sparsity_min: Optional[float] = typer.Option(None, "--sparsity-min", help="Smallest S, in [0, 1)."),
-    sparsity_max: Optional[float] = typer.Option(None, "--sparsity-max", help="Largest S, in [0, 1)."),
-    importance_decay: Optional[float] = typer.Option(None, "--importance-decay",
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (same seed → same numbers on CPU)."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda | auto."),
+    n_features: int | None = typer.Option(None, "--n-features", help="Number of features n."),
+    n_hidden: int | None = typer.Option(None, "--n-hidden", help="Number of hidden dimensions m."),
+    n_sparsities: int | None = typer.Option(None, "--n-sparsities", help="Sparsity points (instances)."),
+    sparsity_min: float | None = typer.Option(None, "--sparsity-min", help="Smallest S, in [0, 1)."),
+    sparsity_max: float | None = typer.Option(None, "--sparsity-max", help="Largest S, in [0, 1)."),
+    importance_decay: float | None = typer.Option(None, "--importance-decay",
                                                      help="Importance I_i = decay^i (1 = uniform)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps of the sweep."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per instance."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak AdamW learning rate."),
-    cpu_threads: Optional[int] = typer.Option(None, "--cpu-threads", help="torch CPU threads (default 1)."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps of the sweep."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size per instance."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak AdamW learning rate."),
+    cpu_threads: int | None = typer.Option(None, "--cpu-threads", help="torch CPU threads (default 1)."),
 ) -> None:
     """Train the sweep and the n=5, m=2 demo; write toy.json + PNG/SVG figures; print a summary."""
     overrides = {name: value for name, value in dict(

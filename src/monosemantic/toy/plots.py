@@ -12,6 +12,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from monosemantic.figures import save_figure
 from monosemantic.toy.geometry import STRUCTURE_NAMES, Geometry
 
 # guide lines of the paper's figure: D value → label
@@ -27,13 +28,10 @@ LEGEND_NAMES: dict[str, str] = {"partial": "partial (spread: WᵀW a projection 
                                 "other": "other (incl. a lone feature in a spread)", "not_learned": "not learned"}
 
 
-def save_figure(fig: Figure, out_dir: Path, name: str) -> dict[str, str]:
+def save_png_and_svg(fig: Figure, out_dir: Path, name: str) -> dict[str, str]:
     """Write ``name``.png and ``name``.svg into out_dir; return {"png": …, "svg": …} relative names."""
-    paths = {}
-    for extension in ("png", "svg"):
-        fig.savefig(out_dir / f"{name}.{extension}", dpi=150, bbox_inches="tight")
-        paths[extension] = f"{name}.{extension}"
-    return paths
+    return {extension: save_figure(fig, out_dir / f"{name}.{extension}", dpi=150, bbox_inches="tight").name
+            for extension in ("png", "svg")}
 
 
 def plot_dimensionality(sparsities: list[float], geometries: list[Geometry], n_features: int,

@@ -49,15 +49,26 @@ async function listUnits(dict, p) {
     return api(`dicts/${encodeURIComponent(dict)}/units?${query}`);
   }
   const all = await api(`units/${dict}`);
-  const q = (p.q || "").toLowerCase(), token = (p.token || "").trim().toLowerCase();
+  const q = sqlLower(p.q || "");
   let rows = all.rows.filter(r => r.density >= (+p.min_density || 0) && r.density <= (p.max_density === "" || p.max_density === undefined ? 1 : +p.max_density)
-    && (!q || (r.explanation || "").toLowerCase().includes(q))
-    && (!token || r.top_tokens.some(t => t.trim().toLowerCase() === token))
+    && (!q || sqlLower(r.explanation || "").includes(q))
     && (p.min_score === "" || p.min_score === undefined || (r.simulation_score !== null && r.simulation_score >= +p.min_score)));
-  const sort = p.sort === "f1" ? "simulation_score" : p.sort, sign = p.order === "asc" ? 1 : -1;
+  let matched = [];
+  if (p.token) {
+    const index = await api(`tokens/${dict}`);
+    matched = p.token in index ? [p.token] : Object.keys(index).filter(t => sqlTrimLower(t) === sqlTrimLower(p.token));
+    const f1 = new Map();
+    for (const [unit, value] of matched.flatMap(t => index[t])) f1.set(unit, Math.max(value, f1.get(unit) ?? -Infinity));
+    rows = rows.filter(r => f1.has(r.unit)).map(r => ({...r, f1: f1.get(r.unit)}));
+  }
+  const sort = p.sort, sign = p.order === "asc" ? 1 : -1;
   rows.sort((a, b) => (a[sort] === null) - (b[sort] === null) || sign * (a[sort] - b[sort]) || a.unit - b.unit);
-  return {dict, total: rows.length, offset: +p.offset, rows: rows.slice(+p.offset, +p.offset + PAGE_SIZE), matched_tokens: []};
+  return {dict, total: rows.length, offset: +p.offset, rows: rows.slice(+p.offset, +p.offset + PAGE_SIZE), matched_tokens: matched};
 }
+
+// SQLite's lower() and trim(), which the server's search uses: ASCII letters only, spaces only.
+const sqlLower = s => s.replace(/[A-Z]/g, c => c.toLowerCase());
+const sqlTrimLower = s => sqlLower(s.replace(/^ +| +$/g, ""));
 
 // ---- small rendering helpers ------------------------------------------------------------------
 
@@ -222,14 +233,14 @@ async function showFeatures(dict, params) {
   let data;
   try { data = await listUnits(dict, p); } catch (err) { return render(h("h1", {}, dict), form, h("p", {class: "error"}, err.message)); }
   const columns = [["unit", "unit"], ["density", "density"], ["max act", "max_act"], ["score", "simulation_score"], ["detection", "detection_score"]];
-  if (p.token && !EXPORT) columns.push(["F1 (token)", "f1"]);
+  if (p.token) columns.push(["F1 (token)", "f1"]);
   const header = columns.map(([label, key]) => h("th", {class: "sortable num", "data-sort": key,
     onclick: () => go({sort: key, order: p.sort === key && p.order === "desc" ? "asc" : "desc", offset: p.offset})},
     label + (p.sort === key ? (p.order === "desc" ? " ▼" : " ▲") : "")));
   const rows = data.rows.map(r => h("tr", {},
     h("td", {class: "num"}, h("a", {href: unitHref(dict, r.unit)}, r.unit)), h("td", {class: "num"}, sci(r.density)),
     h("td", {class: "num"}, fmt(r.max_act, 2)), h("td", {class: "num"}, fmt(r.simulation_score, 2)),
-    h("td", {class: "num"}, fmt(r.detection_score, 2)), p.token && !EXPORT ? h("td", {class: "num"}, fmt(r.f1, 3)) : null,
+    h("td", {class: "num"}, fmt(r.detection_score, 2)), p.token ? h("td", {class: "num"}, fmt(r.f1, 3)) : null,
     h("td", {}, r.top_tokens.map(chip).flatMap((c, i) => i ? [" ", c] : [c])), h("td", {}, r.explanation || "")));
   const last = Math.min(data.total, p.offset + data.rows.length);
   const pager = () => h("div", {class: "pager"},

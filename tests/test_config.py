@@ -1,0 +1,49 @@
+"""The run config: composed from the packages' own configs, presets from the YAML files only, and
+every validation error one line that names the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from monosemantic.config import load_config
+from monosemantic.errors import UserError
+from monosemantic.presets import read_preset
+from monosemantic.sae.config import SAEParams
+from monosemantic.toy import config as toy_config
+from monosemantic.toy.config import ToyConfig
+
+
+def test_lm_training_does_not_import_the_plotting_stack():
+    code = "import sys, monosemantic.lm.train; print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_toy_presets_are_the_yaml_presets(monkeypatch):
+    assert ToyConfig.preset("tiny") == ToyConfig(**read_preset("tiny")["toy"]) == load_config("tiny").toy
+    assert ToyConfig.preset("paper") == load_config("paper").toy and ToyConfig.preset("demo") == ToyConfig()
+    monkeypatch.setattr(toy_config, "read_preset", lambda name: {"toy": {"n_features": 7}})
+    assert ToyConfig.preset("tiny").n_features == 7
+
+
+def test_sweep_params_are_typed_and_only_what_was_set_is_recorded():
+    sweep = load_config("demo").sae
+    assert isinstance(sweep.params, SAEParams) and sweep.params.lr == 0.001
+    assert sweep.model_dump()["params"] == {"lr": 0.001}  # the sae stage's config hash is unchanged
+    assert sweep.sae_config(512, 1024, "cpu").lr == 0.001 and sweep.sae_config(512, 1024, "cpu").k == 32
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["sae.params={lr: -1}"], "config sae.params.lr: Input should be greater than 0 (got -1)"),
+    (["sae.params={nope: 1}"], "config sae.params.nope: Extra inputs are not permitted"),
+    (["sae.params={d_sae: 8}"], "config sae.params.d_sae: Extra inputs are not permitted"),  # the sweep sets it
+    (["lm.n_heads=3"], "config lm: d_model (128) must be divisible by n_heads (3)"),
+    (["toy.sparsity_max=1.5"], "config toy: sparsity_max must lie in [0, 1)"),
+])
+def test_validation_errors_are_one_line_naming_the_key(overrides, line):
+    with pytest.raises(UserError) as err:
+        load_config("demo", overrides=overrides)
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)
