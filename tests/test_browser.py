@@ -93,7 +93,7 @@ def run(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(run) -> TestClient:
-    return TestClient(create_app(run), raise_server_exceptions=False)
+    return TestClient(create_app(run), base_url="http://127.0.0.1", raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -6,20 +6,30 @@
 changes every downstream hash, so stale artifacts are never reused. Each stage writes its
 artifacts atomically and the manifest is rewritten atomically after each stage, so a killed run
 leaves a consistent directory and simply continues on the next invocation.
+
+Each stage's record also holds the size and digest of every file it wrote (``integrity.py``): a
+stage is current only if its files still match, and a downstream hash chains those digests, so a
+recomputed artifact that came out different invalidates what was built on it. A stage runs while
+holding an exclusive lock on ``RUN/.lock``; holding it proves no other process is writing, so the
+temporaries a killed run left behind are removed then.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from monosemantic import __version__
-from monosemantic.atomic import write_json
+from monosemantic import __version__, integrity
+from monosemantic.atomic import remove_temporaries, write_json
 from monosemantic.errors import UserError
+from monosemantic.progress import notice
 
 
 def config_hash(config: Any, upstream: list[str] = ()) -> str:
@@ -49,6 +59,11 @@ class RunDir:
             except json.JSONDecodeError as err:
                 raise UserError(f"{self.manifest_path}: not valid JSON ({err.msg}); "
                                 f"delete it to start the run over") from None
+            except UnicodeDecodeError:
+                raise UserError(f"{self.manifest_path}: not UTF-8 text; delete it to start the run over") from None
+            if not isinstance(self.manifest, dict):
+                raise UserError(f"{self.manifest_path}: not a run manifest (a JSON object); "
+                                f"delete it to start the run over")
         self.manifest.setdefault("stages", {})
         self.manifest.setdefault("timings", {})
 
@@ -56,15 +71,21 @@ class RunDir:
         return self.path / rel
 
     def stage_hash(self, stage: Stage) -> str:
-        upstream = [self.manifest["stages"][n]["config_hash"] for n in stage.needs]
+        upstream = [self.manifest["stages"][n]["config_hash"] + ":" + _record_digest(self.manifest["stages"][n])
+                    for n in stage.needs]
         return config_hash(stage.config, upstream)
 
     def is_current(self, stage: Stage) -> bool:
         recorded = self.manifest["stages"].get(stage.name)
         if not recorded or any(n not in self.manifest["stages"] for n in stage.needs):
             return False
-        return (recorded["config_hash"] == self.stage_hash(stage)
-                and all((self.path / a).exists() for a in stage.artifacts))
+        return (recorded["config_hash"] == self.stage_hash(stage) and "artifacts" in recorded
+                and all((self.path / a).exists() for a in stage.artifacts)
+                and not self._changed_artifacts(stage))
+
+    def _changed_artifacts(self, stage: Stage) -> dict[str, str]:
+        """Recorded files of ``stage`` that no longer match their digest: {file: why}."""
+        return integrity.mismatches(self.path, self.manifest["stages"][stage.name].get("artifacts", {}))
 
     def run_stage(self, stage: Stage, force: bool = False) -> tuple[dict, bool]:
         """Run ``stage`` unless current; returns (its figures, whether it was skipped)."""
@@ -72,20 +93,65 @@ class RunDir:
         if missing:
             raise UserError(f"stage {stage.name} needs {', '.join(missing)} first "
                             f"(run `monosemantic run --out {self.path}`)")
-        if not force and self.is_current(stage):
-            return self.manifest[stage.name], True
-        self.path.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        figures = stage.run(self)
-        seconds = round(time.perf_counter() - start, 2)
-        figures["seconds"] = seconds
-        self.manifest["stages"][stage.name] = {"config_hash": self.stage_hash(stage),
-                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.manifest[stage.name] = figures
-        self.manifest["timings"][stage.name] = seconds
-        self.manifest["monosemantic_version"] = __version__
-        self.save()
+        with self.locked():
+            if not force and self.is_current(stage):
+                return self.manifest[stage.name], True
+            if stage.name in self.manifest["stages"]:
+                self._discard_changed(stage)
+            start = time.perf_counter()
+            figures = stage.run(self)
+            seconds = round(time.perf_counter() - start, 2)
+            figures["seconds"] = seconds
+            self.manifest["stages"][stage.name] = {"config_hash": self.stage_hash(stage),
+                                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                   "artifacts": integrity.record(self.path, stage.artifacts)}
+            self.manifest[stage.name] = figures
+            self.manifest["timings"][stage.name] = seconds
+            self.manifest["monosemantic_version"] = __version__
+            self.save()
         return figures, False
+
+    def _discard_changed(self, stage: Stage) -> None:
+        """Delete the units holding files that no longer match their digest, so none is reused."""
+        changed = self._changed_artifacts(stage)
+        if not changed:
+            return
+        rel, why = next(iter(changed.items()))
+        notice(f"{stage.name}: {self.path / rel} does not match run.json ({why}); recomputing the stage")
+        for unit in integrity.artifact_units(list(changed)):
+            path = self.path / unit
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``RUN/.lock`` exclusively (one writer per run directory); on taking it, remove the
+        temporaries of killed runs (no other process can be writing them)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path}: is a file, not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path / ".lock", "a")
+        except OSError as err:
+            raise UserError(f"--out {self.path}: cannot write there ({err.strerror or err})") from None
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"--out {self.path}: another monosemantic process is writing this run "
+                                f"directory; wait for it to finish") from None
+            removed = remove_temporaries(self.path)
+            if removed:
+                notice(f"removed {len(removed)} temporary file(s) left by an interrupted run in {self.path}")
+            yield
 
     def save(self) -> None:
         write_json(self.manifest_path, self.manifest)
+
+
+def _record_digest(entry: dict) -> str:
+    """One digest standing for every file a stage recorded (empty for a run without records)."""
+    blob = json.dumps(entry.get("artifacts", {}), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -21,7 +21,7 @@ from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
 from monosemantic.analysis.universality import universality
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
-from monosemantic.corpus.sources import iter_documents
+from monosemantic.corpus.sources import corpus_fingerprint, iter_documents
 from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
@@ -63,7 +63,8 @@ def corpus_stage(cfg: RunConfig) -> Stage:
         return figures
 
     tokenizer_from = cfg.lm.pretrained or cfg.lm.hf_model_dir or "trained here"
-    return Stage("corpus", {**c.model_dump(), "tokenizer": tokenizer_from}, run,
+    inputs = corpus_fingerprint(c.corpus, c.dataset)
+    return Stage("corpus", {**c.model_dump(), "tokenizer": tokenizer_from, "inputs": inputs}, run,
                  ["tokenizer.json", "tokens/index.json"])
 
 
@@ -144,7 +145,8 @@ def sae_stage(cfg: RunConfig) -> Stage:
         return {"variant": sweep.variant, "saes": entries}
 
     return Stage("sae", {**sweep.model_dump(), "hook_name": cfg.lm.hook_name}, run,
-                 [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes], needs=["harvest"])
+                 [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes]
+                 + [f"plots/density-{sweep.variant}-{size}.png" for size in sweep.sizes], needs=["harvest"])
 
 
 def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore,
