@@ -9,9 +9,10 @@ work starts.
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -141,11 +142,18 @@ def preset_names() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: where, then what (PyYAML's own message spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
 def _read_yaml(text: str, where: str) -> dict:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"{where}: not valid YAML ({err})") from None
+        raise UserError(f"{where}: not valid YAML ({_yaml_problem(err)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping of sections at the top level")
     return data
@@ -166,7 +174,10 @@ def _parse_override(item: str) -> dict:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise UserError(f"--set {item}: expected section.key=value")
-    value: Any = yaml.safe_load(raw) if raw else None
+    try:
+        value: Any = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {item}: the value is not valid YAML ({_yaml_problem(err)})") from None
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
@@ -181,14 +192,35 @@ def load_config(preset: str = "demo", config_file: Path | None = None,
     if config_file is not None:
         if not Path(config_file).is_file():
             raise UserError(f"--config {config_file}: no such file")
-        data = _merge(data, _read_yaml(Path(config_file).read_text(), f"--config {config_file}"))
+        try:
+            text = Path(config_file).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"--config {config_file}: not a YAML text file (bad UTF-8 byte at offset "
+                            f"{err.start})") from None
+        data = _merge(data, _read_yaml(text, f"--config {config_file}"))
     for item in overrides:
         data = _merge(data, _parse_override(item))
     data["preset"] = preset
     try:
-        return RunConfig(**data)
+        cfg = RunConfig(**data)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         raise UserError(f"config{' ' + where if where else ''}: {message}") from None
+    for where, value in _leaves(cfg.model_dump()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"config {where}: {value} is not a finite number")
+    return cfg
+
+
+def _leaves(tree: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of nested dicts and lists."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _leaves(value, f"{where}[{i}]")
+    else:
+        yield where, tree

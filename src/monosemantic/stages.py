@@ -26,8 +26,8 @@ from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.lm.baselines import baseline_losses
-from monosemantic.lm.model import (EXTERNAL_FILE, load_external_lm, load_lm, save_external_ref,
-                                   save_lm)
+from monosemantic.lm.model import (EXTERNAL_FILE, check_hook_name, load_external_lm, load_lm,
+                                   save_external_ref, save_lm)
 from monosemantic.lm.train import evaluate_lm, train_lm
 from monosemantic.pipeline import RunDir, Stage, config_hash
 from monosemantic.sae.config import SAEConfig
@@ -81,6 +81,11 @@ def lm_stage(cfg: RunConfig) -> Stage:
 
     def run(rd: RunDir) -> dict:
         checkpoint = rd / "lm_checkpoint.pt"
+        val_tokens = TokenShards(rd / "tokens", "val")
+        if val_tokens.n_windows(cfg.lm.n_ctx) == 0:
+            raise UserError(f"corpus: the val split has {val_tokens.n_tokens:,} tokens, less than one "
+                            f"lm.n_ctx={cfg.lm.n_ctx} window; use a larger corpus, a larger "
+                            f"corpus.val_fraction or a smaller lm.n_ctx")
         if cfg.lm.trains_own_model:
             model, figures = train_lm(cfg.lm, rd / "tokens", checkpoint, device)
         else:
@@ -106,6 +111,8 @@ def lm_stage(cfg: RunConfig) -> Stage:
 def harvest_stage(cfg: RunConfig) -> Stage:
     device = resolve_device(cfg.device)
     h = cfg.harvest
+    if cfg.lm.trains_own_model:
+        check_hook_name(cfg.lm, cfg.corpus.vocab_size)
 
     def run(rd: RunDir) -> dict:
         model = load_lm(rd / "lm", device)
