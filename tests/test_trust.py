@@ -226,7 +226,7 @@ def test_a_corrupt_artifact_is_refused_by_readers_and_recomputed_by_run(analysed
         assert after[upstream] == before[upstream]
 
 
-def test_a_recomputed_artifact_that_differs_invalidates_what_was_built_on_it(analysed_run, tmp_path, capsys):
+def test_downstream_stages_follow_the_digests_they_were_built_on(analysed_run, tmp_path, capsys):
     original, cfg = analysed_run
     run = tmp_path / "run"
     shutil.copytree(original, run)
@@ -239,6 +239,16 @@ def test_a_recomputed_artifact_that_differs_invalidates_what_was_built_on_it(ana
     code, out, _ = run_cli(["run", "--preset", "tiny", "--corpus", cfg.corpus.corpus,
                             "--out", str(run), "--upto", "sae", "--set", "corpus.val_fraction=0.2"], capsys)
     assert code == 0 and out.count("current (skipped)") == 4, out
+    # harvest's files changed and run.json agrees (as after a recompute that came out different): sae re-runs
+    _bit_flip(run / "activations/val/acts_00000.bin")
+    manifest = json.loads((run / "run.json").read_text())
+    manifest["stages"]["harvest"]["artifacts"]["activations/val/acts_00000.bin"]["blake2b"] = \
+        file_digest(run / "activations/val/acts_00000.bin")
+    (run / "run.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    code, out, _ = run_cli(["run", "--preset", "tiny", "--corpus", cfg.corpus.corpus,
+                            "--out", str(run), "--upto", "sae", "--set", "corpus.val_fraction=0.2"], capsys)
+    assert code == 0 and out.count("current (skipped)") == 3 and re.search(r"sae\s+│ ran", out), out
 
 
 # ---- temporaries and the lock ------------------------------------------------------------------
