@@ -346,3 +346,23 @@ def test_reader_options_out_of_range_are_one_line(analysed_run, capsys, command,
     code, _, err = run_cli([c.format(**names) for c in command], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and re.search(message, lines[0]), err
+
+
+def test_a_new_harvest_retrains_the_saes_instead_of_reusing_them(analysed_run, tmp_path):
+    original, cfg = analysed_run
+    run = tmp_path / "run"
+    shutil.copytree(original, run)
+    changed = _config("tiny", None, ["corpus.val_fraction=0.2", "harvest.n_train_tokens=2048"], cfg.corpus.corpus,
+                      None, None, None)
+    _run_stages(changed, run, "sae", force=False)
+    for size in cfg.sae.sizes:
+        weights = f"saes/{cfg.sae.variant}-{size}/sae_weights.safetensors"
+        assert file_digest(run / weights) != file_digest(original / weights)
+    assert json.loads((run / "run.json").read_text())["harvest"]["train"]["rows"] == 2048
+
+
+def test_export_html_where_it_cannot_write_is_one_line(analysed_run, tmp_path, capsys):
+    (tmp_path / "file").write_text("a file")
+    code, _, err = run_cli(["export-html", str(analysed_run[0]), str(tmp_path / "file" / "site")], capsys)
+    assert code == 2 and "cannot write the export there" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "file").read_text() == "a file"

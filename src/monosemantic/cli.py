@@ -52,6 +52,8 @@ DatasetOption = typer.Option(None, "--dataset", help="A Hugging Face dataset nam
 SeedOption = typer.Option(None, "--seed", help="Seed for every random choice of every stage.")
 DeviceOption = typer.Option(None, "--device", help="cpu, cuda or auto.")
 ForceOption = typer.Option(False, "--force", help="Re-run the stages even if their artifacts are current.")
+VerifyOption = typer.Option(False, "--verify", help="Compare the digest of every artifact, large ones too "
+                            "(by default files over 256 MiB are compared by size).")
 
 
 def _config(preset: str, config: Optional[Path], set_: Optional[list[str]], corpus: Optional[str],
@@ -71,14 +73,14 @@ def _config(preset: str, config: Optional[Path], set_: Optional[list[str]], corp
 _SEEDED_SECTIONS = ("lm", "sae", "toy")
 
 
-def _run_stages(cfg: RunConfig, out: Path, upto: Optional[str], force: bool) -> RunDir:
+def _run_stages(cfg: RunConfig, out: Path, upto: Optional[str], force: bool, verify: bool = False) -> RunDir:
     from monosemantic.stages import all_stages
 
     stages = all_stages(cfg)
     names = [s.name for s in stages]
     if upto is not None and upto not in names:
         raise UserError(f"unknown stage {upto} (stages: {', '.join(names)})")
-    rd = RunDir(out)
+    rd = RunDir(out, verify)
     rd.manifest["config"] = cfg.model_dump()
     rows = []
     for stage in stages:
@@ -153,12 +155,12 @@ def run(
     out: Path = OutOption, preset: str = PresetOption, config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption, corpus: Optional[str] = CorpusOption,
     dataset: Optional[str] = DatasetOption, seed: Optional[int] = SeedOption,
-    device: Optional[str] = DeviceOption, force: bool = ForceOption,
+    device: Optional[str] = DeviceOption, force: bool = ForceOption, verify: bool = VerifyOption,
     upto: Optional[str] = typer.Option(None, "--upto", help="Stop after this stage."),
 ) -> None:
     """Run the whole pipeline (skipping stages whose artifacts are current) and print a summary."""
     cfg = _config(preset, config, set_, corpus, dataset, seed, device)
-    rd = _run_stages(cfg, out, upto, force)
+    rd = _run_stages(cfg, out, upto, force, verify)
     if (rd / "features.sqlite").is_file():
         Console().print(f"Browse the features: [bold]monosemantic serve {rd.path}[/bold], then open http://127.0.0.1:8000/")
 
@@ -168,10 +170,10 @@ def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | 
         out: Path = OutOption, preset: str = PresetOption, config: Optional[Path] = ConfigOption,
         set_: Optional[list[str]] = SetOption, corpus: Optional[str] = CorpusOption,
         dataset: Optional[str] = DatasetOption, seed: Optional[int] = SeedOption,
-        device: Optional[str] = DeviceOption, force: bool = ForceOption,
+        device: Optional[str] = DeviceOption, force: bool = ForceOption, verify: bool = VerifyOption,
     ) -> None:
         cfg = _config(preset, config, set_, corpus, dataset, seed, device)
-        _run_stages(cfg, out, stage, force)
+        _run_stages(cfg, out, stage, force, verify)
 
     command.__doc__ = doc + " (Runs the stages before it first if they are not current.)"
     target.command(name=name or stage)(command)

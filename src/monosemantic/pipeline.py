@@ -49,8 +49,12 @@ class Stage:
 
 
 class RunDir:
-    def __init__(self, path: Path):
+    """A run directory and its manifest. ``verify``: judge a stage current only after comparing the
+    digest of every artifact file, large ones included (else those are compared by size)."""
+
+    def __init__(self, path: Path, verify: bool = False):
         self.path = Path(path)
+        self.verify = verify
         self.manifest_path = self.path / "run.json"
         self.manifest: dict = {}
         if self.manifest_path.exists():
@@ -70,10 +74,14 @@ class RunDir:
     def __truediv__(self, rel: str) -> Path:
         return self.path / rel
 
+    def fingerprint(self, name: str) -> str:
+        """What stage ``name``'s output is: its config hash and the digest of its recorded files."""
+        entry = self.manifest["stages"][name]
+        blob = json.dumps(entry.get("artifacts", {}), sort_keys=True)
+        return f"{entry['config_hash']}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
     def stage_hash(self, stage: Stage) -> str:
-        upstream = [self.manifest["stages"][n]["config_hash"] + ":" + _record_digest(self.manifest["stages"][n])
-                    for n in stage.needs]
-        return config_hash(stage.config, upstream)
+        return config_hash(stage.config, [self.fingerprint(n) for n in stage.needs])
 
     def is_current(self, stage: Stage) -> bool:
         recorded = self.manifest["stages"].get(stage.name)
@@ -85,7 +93,8 @@ class RunDir:
 
     def _changed_artifacts(self, stage: Stage) -> dict[str, str]:
         """Recorded files of ``stage`` that no longer match their digest: {file: why}."""
-        return integrity.mismatches(self.path, self.manifest["stages"][stage.name].get("artifacts", {}))
+        return integrity.mismatches(self.path, self.manifest["stages"][stage.name].get("artifacts", {}),
+                                    digest_max_bytes=None if self.verify else integrity.LARGE_FILE_BYTES)
 
     def run_stage(self, stage: Stage, force: bool = False) -> tuple[dict, bool]:
         """Run ``stage`` unless current; returns (its figures, whether it was skipped)."""
@@ -149,9 +158,3 @@ class RunDir:
 
     def save(self) -> None:
         write_json(self.manifest_path, self.manifest)
-
-
-def _record_digest(entry: dict) -> str:
-    """One digest standing for every file a stage recorded (empty for a run without records)."""
-    blob = json.dumps(entry.get("artifacts", {}), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -161,7 +161,8 @@ def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore
                    tokens_BT: torch.Tensor, hook_name: str) -> dict:
     name = f"{sae_cfg.variant}-{sae_cfg.d_sae}"
     folder = rd / "saes" / name
-    digest = config_hash(sae_cfg.model_dump(mode="json"))
+    # the activations it was trained on count too: a re-harvest must not reuse an SAE of the old ones
+    digest = config_hash(sae_cfg.model_dump(mode="json"), [rd.fingerprint("harvest")])
     cfg_file = folder / "cfg.json"
     if cfg_file.exists():
         meta = json.loads(cfg_file.read_text()).get("metadata", {})
