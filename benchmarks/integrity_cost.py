@@ -93,7 +93,8 @@ def main() -> None:
             ("`run --verify` (digests of every artifact)", every, True, None),
             ("serve / steer / export-html (digests of what they read)", readers, True, None)):
         megabytes = sum(d["bytes"] for d in files.values()) / 1e6
-        seconds = best_seconds(lambda: mismatches(args.run, files, full, limit), args.repeats)
+        seconds = best_seconds(lambda files=files, full=full, limit=limit: mismatches(args.run, files, full, limit),
+                               args.repeats)
         print(f"| {label} | {len(files)} | {megabytes:,.0f} | {seconds:.3f} |")
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)

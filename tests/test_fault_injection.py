@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import pytest
-
 from monosemantic.atomic import TEMPORARY_NAME
 
 SRC = str(Path(__file__).parent.parent / "src")

@@ -152,8 +152,7 @@ def sae_stage(cfg: RunConfig) -> Stage:
         return {"variant": sweep.variant, "saes": entries}
 
     return Stage("sae", {**sweep.model_dump(), "hook_name": cfg.lm.hook_name}, run,
-                 [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes]
-                 + [f"plots/density-{sweep.variant}-{size}.png" for size in sweep.sizes], needs=["harvest"])
+                 [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes], needs=["harvest"])
 
 
 def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore,
