@@ -47,3 +47,17 @@ def tiny_run(tmp_path_factory) -> Path:
     cfg = load_config("tiny", overrides=["corpus.val_fraction=0.2", f"corpus.corpus={corpus}"])
     pipeline.run(cfg, root / "run", "harvest")
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def analysed_run(tiny_run, tmp_path_factory):
+    """The tiny run carried on through the sae and analysis stages: (run directory, its config)."""
+    import shutil
+
+    from monosemantic.cli import _config, _run_stages
+
+    run = tmp_path_factory.mktemp("analysed") / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = _config("tiny", None, ["corpus.val_fraction=0.2"], str(tiny_run.parent / "corpus.txt"), None, None, None)
+    _run_stages(cfg, run, "analysis", force=False)
+    return run, cfg

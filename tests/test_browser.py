@@ -7,6 +7,7 @@ the static export, and the pages rendered in a real Chromium (skipped only when 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import struct
@@ -96,7 +97,7 @@ def run(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(run) -> TestClient:
-    return TestClient(create_app(run), raise_server_exceptions=False)
+    return TestClient(create_app(run), base_url="http://127.0.0.1", raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -463,3 +464,81 @@ def test_ui_exported_token_search_ranks_as_serve_does(page, run, names, tmp_path
         rows = page.find_elements("css selector", "#unit-table tbody tr")
         assert [r.find_element("css selector", "td a").text for r in rows] == [str(r["unit"]) for r in want["rows"]]
         assert [r.find_elements("css selector", "td")[5].text for r in rows] == [f"{r['f1']:.3f}" for r in want["rows"]]
+
+
+# ---- hostile requests ---------------------------------------------------------------------------
+
+HOSTILE_SEGMENTS = ["%00", "%00.png", "x%00y.png", "..%2F..%2Frun.json", "..", "%2e%2e", "x" * 300 + ".png", "y" * 5000,
+                    "%ff%fe", "%E2%80%AE.png", "-1", "99999999999999999999999999", "1e309", "NaN", "%20", "%0d%0aX: y",
+                    "a;b", "%25", "%3F", "%23"]
+
+
+def _route_templates(app) -> list[tuple[str, str]]:
+    """(method, path template) of every route of the app, the static mount as /static/{file}."""
+    routes = [(m, r.path) for r in app.routes if hasattr(r, "methods") for m in r.methods - {"HEAD"}]
+    return routes + [("GET", "/static/{file}")]
+
+
+def test_every_route_answers_hostile_path_parameters_with_4xx(client):
+    templates = _route_templates(client.app)
+    assert len(templates) >= 10
+    for method, template in templates:
+        for segment in HOSTILE_SEGMENTS:
+            url = re.sub(r"\{[^}]+\}", segment, template)
+            body = {"text": "God", "dictionary": segment} if method == "POST" else None
+            response = client.request(method, url, json=body)
+            assert response.status_code < 500, (method, url, response.status_code, response.text[:200])
+            if response.status_code >= 400 and url.startswith("/api/"):
+                assert "error" in response.json() and "Traceback" not in response.text
+
+
+def test_pictures_with_a_nul_or_an_overlong_name_are_404(client):
+    for url in ("/api/files/plots/%00.png", "/api/files/toy/plane%00.png", f"/api/files/toy/{'p' * 400}.png"):
+        response = client.get(url)
+        assert response.status_code == 404 and "no picture" in response.json()["error"]
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 100_000 + b"]" * 100_000, b'{"sae": "a", "feature": 0, "value": 1e999999, "prompt": "x"}', b"\xff\xfe\x00",
+    b'{"text": NaN, "dictionary": "neurons"}',
+    b'{"sae": "a", "feature": 99999999999999999999999, "value": 1, "prompt": "x"}',
+    b'{"sae": "a", "feature": 0, "value": "Infinity", "prompt": "x"}', b"null", b"",
+])
+def test_hostile_bodies_are_4xx(client, body):
+    for url in ("/api/live", "/api/steer"):
+        response = client.post(url, content=body, headers={"content-type": "application/json"})
+        assert 400 <= response.status_code < 500 and "error" in response.json(), (url, body[:40], response.text[:200])
+
+
+def test_oversized_bodies_are_413_before_they_are_read(client):
+    big = b'{"text": "' + b"x" * (50 << 20) + b'", "dictionary": "neurons"}'
+    assert client.post("/api/live", content=big, headers={"content-type": "application/json"}).status_code == 413
+    chunked = client.post("/api/live", content=(big[i:i + 1 << 20] for i in range(0, len(big), 1 << 20)),
+                          headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "request body over" in chunked.json()["error"]
+    lying = client.post("/api/live", content=b"{}",
+                        headers={"content-type": "application/json", "content-length": "-5"})
+    assert lying.status_code in (400, 413)
+
+
+@pytest.mark.parametrize("host, status", [("evil.example", 400), ("evil.example:8000", 400),
+                                          ("127.0.0.1.evil.example", 400),
+                                          ("", 400), ("127.0.0.1:8000", 200), ("localhost", 200), ("[::1]:8000", 200)])
+def test_only_loopback_host_names_are_answered(client, names, host, status):
+    identity, _, _ = names
+    urls = ["/", "/static/app.js", "/api/overview", f"/api/saes/{identity}/features/0", "/api/neurons/0",
+            f"/api/dicts/{identity}/units", "/api/nothing"]
+    for url in urls:
+        response = client.get(url, headers={"host": host})
+        assert response.status_code == (status if url != "/api/nothing" or status == 400 else 404), (url, host)
+        if status == 400:
+            assert "is not allowed" in response.json()["error"]
+    live = client.post("/api/live", json={"text": "God", "dictionary": "neurons"}, headers={"host": host})
+    assert live.status_code == status
+
+
+def test_the_real_server_refuses_a_50_mb_body_and_a_foreign_host(server):
+    with httpx.Client(timeout=30) as http:
+        assert http.post(f"{server}/api/live", content=b"x" * (50 << 20)).status_code == 413
+        assert http.get(f"{server}/api/overview", headers={"host": "evil.example"}).status_code == 400
+        assert http.get(f"{server}/api/overview").status_code == 200

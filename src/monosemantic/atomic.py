@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+TEMPORARY_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what ``atomic_path`` names its temporaries
+
 
 
 @contextmanager
@@ -41,3 +45,22 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def remove_temporaries(root: str | Path) -> list[Path]:
+    """Delete every temporary ``atomic_path`` left under ``root`` (a killed process cannot clean up).
+
+    Only call this while holding the lock on ``root``: a live writer's temporary looks the same.
+    Returns what was removed.
+    """
+    found = [p for p in Path(root).rglob(".*.tmp") if TEMPORARY_NAME.match(p.name)]
+    removed = []
+    for path in sorted(found, key=lambda p: len(p.parts)):
+        if not path.exists() and not path.is_symlink():
+            continue  # inside a temporary folder removed just before
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -52,6 +52,8 @@ DatasetOption = typer.Option(None, "--dataset", help="A Hugging Face dataset nam
 SeedOption = typer.Option(None, "--seed", help="Seed for every random choice of every stage.")
 DeviceOption = typer.Option(None, "--device", help="cpu, cuda or auto.")
 ForceOption = typer.Option(False, "--force", help="Re-run the stages even if their artifacts are current.")
+VerifyOption = typer.Option(False, "--verify", help="Compare the digest of every artifact, large ones too "
+                            "(by default files over 256 MiB are compared by size).")
 
 
 def _config(preset: str, config: Path | None, set_: list[str] | None, corpus: str | None,
@@ -105,11 +107,12 @@ def run(
     out: Path = OutOption, preset: str = PresetOption, config: Path | None = ConfigOption,
     set_: list[str] | None = SetOption, corpus: str | None = CorpusOption,
     dataset: str | None = DatasetOption, seed: int | None = SeedOption,
-    device: str | None = DeviceOption, force: bool = ForceOption,
+    device: str | None = DeviceOption, force: bool = ForceOption, verify: bool = VerifyOption,
     upto: str | None = typer.Option(None, "--upto", help="Run only this stage and the stages it needs."),
 ) -> None:
     """Run the whole pipeline (skipping stages whose artifacts are current) and print a summary."""
-    result = pipeline.run(_config(preset, config, set_, corpus, dataset, seed, device), out, upto, force)
+    cfg = _config(preset, config, set_, corpus, dataset, seed, device)
+    result = pipeline.run(cfg, out, upto, force, verify)
     _print_summary(result)
     if (result.run_dir / "features.sqlite").is_file():
         Console().print(f"Browse the features: [bold]monosemantic serve {result.run_dir.path}[/bold], "
@@ -121,9 +124,10 @@ def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | 
         out: Path = OutOption, preset: str = PresetOption, config: Path | None = ConfigOption,
         set_: list[str] | None = SetOption, corpus: str | None = CorpusOption,
         dataset: str | None = DatasetOption, seed: int | None = SeedOption,
-        device: str | None = DeviceOption, force: bool = ForceOption,
+        device: str | None = DeviceOption, force: bool = ForceOption, verify: bool = VerifyOption,
     ) -> None:
-        _print_summary(pipeline.run(_config(preset, config, set_, corpus, dataset, seed, device), out, stage, force))
+        cfg = _config(preset, config, set_, corpus, dataset, seed, device)
+        _print_summary(pipeline.run(cfg, out, stage, force, verify))
 
     command.__doc__ = doc + " (Runs the stages it needs first if they are not current.)"
     target.command(name=name or stage)(command)

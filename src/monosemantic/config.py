@@ -10,8 +10,9 @@ before any work starts.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -21,7 +22,7 @@ from monosemantic.analysis.config import AnalysisConfig, FeatureMapConfig, Split
 from monosemantic.corpus.config import CorpusConfig
 from monosemantic.errors import UserError, invalid_config
 from monosemantic.lm.config import LMConfig
-from monosemantic.presets import preset_names, read_preset, read_yaml
+from monosemantic.presets import preset_names, read_preset, read_yaml, yaml_problem
 from monosemantic.sae.config import SAESweepConfig
 from monosemantic.toy.config import ToyConfig
 
@@ -66,7 +67,10 @@ def _parse_override(item: str) -> dict:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise UserError(f"--set {item}: expected section.key=value")
-    value: Any = yaml.safe_load(raw) if raw else None
+    try:
+        value: Any = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {item}: the value is not valid YAML ({yaml_problem(err)})") from None
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
@@ -78,11 +82,32 @@ def load_config(preset: str = "demo", config_file: Path | None = None,
     if config_file is not None:
         if not Path(config_file).is_file():
             raise UserError(f"--config {config_file}: no such file")
-        data = _merge(data, read_yaml(Path(config_file).read_text(), f"--config {config_file}"))
+        try:
+            text = Path(config_file).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"--config {config_file}: not a YAML text file (bad UTF-8 byte at offset "
+                            f"{err.start})") from None
+        data = _merge(data, read_yaml(text, f"--config {config_file}"))
     for item in overrides:
         data = _merge(data, _parse_override(item))
     data["preset"] = preset
     try:
-        return RunConfig(**data)
+        cfg = RunConfig(**data)
     except ValidationError as err:
         raise invalid_config(err, "config") from None
+    for where, value in _leaves(cfg.model_dump()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"config {where}: {value} is not a finite number")
+    return cfg
+
+
+def _leaves(tree: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of nested dicts and lists."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _leaves(value, f"{where}[{i}]")
+    else:
+        yield where, tree

@@ -11,20 +11,30 @@ corpus, lm, harvest, sae and universality, not analysis or toy.
 changes every downstream hash, so stale artifacts are never reused. Each stage writes its
 artifacts atomically and the manifest is rewritten atomically after each stage, so a killed run
 leaves a consistent directory and simply continues on the next invocation.
+
+Each stage's record also holds the size and digest of every file it wrote (``integrity.py``): a
+stage is current only if its files still match, and a downstream hash chains those digests, so a
+recomputed artifact that came out different invalidates what was built on it. A stage runs while
+holding an exclusive lock on ``RUN/.lock``; holding it proves no other process is writing, so the
+temporaries a killed run left behind are removed then.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from monosemantic import __version__
-from monosemantic.atomic import write_json
+from monosemantic import __version__, integrity
+from monosemantic.atomic import remove_temporaries, write_json
 from monosemantic.errors import UserError
+from monosemantic.progress import notice
 
 if TYPE_CHECKING:
     from monosemantic.config import RunConfig
@@ -83,14 +93,15 @@ def prerequisites(stages: list[Stage], target: str | None) -> list[Stage]:
     return [s for s in stages if s.name in wanted]
 
 
-def run(cfg: RunConfig, out: str | Path, upto: str | None = None, force: bool = False) -> RunResult:
+def run(cfg: RunConfig, out: str | Path, upto: str | None = None, force: bool = False,
+        verify: bool = False) -> RunResult:
     """Run stage ``upto`` (None: every stage) in run directory ``out``, after the stages it needs;
     a stage whose artifacts are current is skipped. ``force`` re-runs ``upto`` (None: every stage)
-    even when current."""
+    even when current; ``verify`` compares the digests of large artifacts too (``RunDir``)."""
     from monosemantic.stages import all_stages  # stages build on Stage and RunDir, defined here
 
     stages = prerequisites(all_stages(cfg), upto)
-    rd = RunDir(Path(out))
+    rd = RunDir(Path(out), verify)
     rd.manifest["config"] = cfg.model_dump()
     done = []
     for stage in stages:
@@ -101,8 +112,12 @@ def run(cfg: RunConfig, out: str | Path, upto: str | None = None, force: bool = 
 
 
 class RunDir:
-    def __init__(self, path: Path):
+    """A run directory and its manifest. ``verify``: judge a stage current only after comparing the
+    digest of every artifact file, large ones included (else those are compared by size)."""
+
+    def __init__(self, path: Path, verify: bool = False):
         self.path = Path(path)
+        self.verify = verify
         self.manifest_path = self.path / "run.json"
         self.manifest: dict = {}
         if self.manifest_path.exists():
@@ -111,22 +126,38 @@ class RunDir:
             except json.JSONDecodeError as err:
                 raise UserError(f"{self.manifest_path}: not valid JSON ({err.msg}); "
                                 f"delete it to start the run over") from None
+            except UnicodeDecodeError:
+                raise UserError(f"{self.manifest_path}: not UTF-8 text; delete it to start the run over") from None
+            if not isinstance(self.manifest, dict):
+                raise UserError(f"{self.manifest_path}: not a run manifest (a JSON object); "
+                                f"delete it to start the run over")
         self.manifest.setdefault("stages", {})
         self.manifest.setdefault("timings", {})
 
     def __truediv__(self, rel: str) -> Path:
         return self.path / rel
 
+    def fingerprint(self, name: str) -> str:
+        """What stage ``name``'s output is: its config hash and the digest of its recorded files."""
+        entry = self.manifest["stages"][name]
+        blob = json.dumps(entry.get("artifacts", {}), sort_keys=True)
+        return f"{entry['config_hash']}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
     def stage_hash(self, stage: Stage) -> str:
-        upstream = [self.manifest["stages"][n]["config_hash"] for n in stage.needs]
-        return config_hash(stage.config, upstream)
+        return config_hash(stage.config, [self.fingerprint(n) for n in stage.needs])
 
     def is_current(self, stage: Stage) -> bool:
         recorded = self.manifest["stages"].get(stage.name)
         if not recorded or any(n not in self.manifest["stages"] for n in stage.needs):
             return False
-        return (recorded["config_hash"] == self.stage_hash(stage)
-                and all((self.path / a).exists() for a in stage.artifacts))
+        return (recorded["config_hash"] == self.stage_hash(stage) and "artifacts" in recorded
+                and all((self.path / a).exists() for a in stage.artifacts)
+                and not self._changed_artifacts(stage))
+
+    def _changed_artifacts(self, stage: Stage) -> dict[str, str]:
+        """Recorded files of ``stage`` that no longer match their digest: {file: why}."""
+        return integrity.mismatches(self.path, self.manifest["stages"][stage.name].get("artifacts", {}),
+                                    digest_max_bytes=None if self.verify else integrity.LARGE_FILE_BYTES)
 
     def run_stage(self, stage: Stage, force: bool = False) -> tuple[dict, bool]:
         """Run ``stage`` unless current; returns (its figures, whether it was skipped)."""
@@ -134,20 +165,59 @@ class RunDir:
         if missing:
             raise UserError(f"stage {stage.name} needs {', '.join(missing)} first "
                             f"(run `monosemantic run --out {self.path}`)")
-        if not force and self.is_current(stage):
-            return self.manifest[stage.name], True
-        self.path.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        figures = stage.run(self)
-        seconds = round(time.perf_counter() - start, 2)
-        figures["seconds"] = seconds
-        self.manifest["stages"][stage.name] = {"config_hash": self.stage_hash(stage),
-                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.manifest[stage.name] = figures
-        self.manifest["timings"][stage.name] = seconds
-        self.manifest["monosemantic_version"] = __version__
-        self.save()
+        with self.locked():
+            if not force and self.is_current(stage):
+                return self.manifest[stage.name], True
+            if stage.name in self.manifest["stages"]:
+                self._discard_changed(stage)
+            start = time.perf_counter()
+            figures = stage.run(self)
+            seconds = round(time.perf_counter() - start, 2)
+            figures["seconds"] = seconds
+            self.manifest["stages"][stage.name] = {"config_hash": self.stage_hash(stage),
+                                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                   "artifacts": integrity.record(self.path, stage.artifacts)}
+            self.manifest[stage.name] = figures
+            self.manifest["timings"][stage.name] = seconds
+            self.manifest["monosemantic_version"] = __version__
+            self.save()
         return figures, False
+
+    def _discard_changed(self, stage: Stage) -> None:
+        """Delete the units holding files that no longer match their digest, so none is reused."""
+        changed = self._changed_artifacts(stage)
+        if not changed:
+            return
+        rel, why = next(iter(changed.items()))
+        notice(f"{stage.name}: {self.path / rel} does not match run.json ({why}); recomputing the stage")
+        for unit in integrity.artifact_units(list(changed)):
+            path = self.path / unit
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``RUN/.lock`` exclusively (one writer per run directory); on taking it, remove the
+        temporaries of killed runs (no other process can be writing them)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path}: is a file, not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path / ".lock", "a")
+        except OSError as err:
+            raise UserError(f"--out {self.path}: cannot write there ({err.strerror or err})") from None
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"--out {self.path}: another monosemantic process is writing this run "
+                                f"directory; wait for it to finish") from None
+            removed = remove_temporaries(self.path)
+            if removed:
+                notice(f"removed {len(removed)} temporary file(s) left by an interrupted run in {self.path}")
+            yield
 
     def save(self) -> None:
         write_json(self.manifest_path, self.manifest)

@@ -16,12 +16,19 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".yaml"))
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: where, then what (PyYAML's own message spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
 def read_yaml(text: str, where: str) -> dict:
     """A YAML mapping of sections (``where`` names the source in the error line)."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"{where}: not valid YAML ({err})") from None
+        raise UserError(f"{where}: not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping of sections at the top level")
     return data

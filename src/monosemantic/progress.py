@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -21,6 +22,11 @@ def set_quiet(quiet: bool) -> None:
     """Turn every progress bar off (``--quiet``) or on."""
     global _quiet
     _quiet = quiet
+
+
+def notice(message: str) -> None:
+    """One line on stderr about something the user should know (shown even with ``--quiet``)."""
+    print(f"notice: {message}", file=sys.stderr, flush=True)
 
 
 @contextmanager

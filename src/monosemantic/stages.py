@@ -23,12 +23,12 @@ from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
 from monosemantic.analysis.universality import universality
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
-from monosemantic.corpus.sources import iter_documents
+from monosemantic.corpus.sources import corpus_fingerprint, iter_documents
 from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.lm.baselines import baseline_losses
-from monosemantic.lm.model import EXTERNAL_FILE, load_external_lm, load_lm, save_external_ref, save_lm
+from monosemantic.lm.model import EXTERNAL_FILE, check_hook_name, load_external_lm, load_lm, save_external_ref, save_lm
 from monosemantic.lm.train import evaluate_lm, train_lm
 from monosemantic.pipeline import RunDir, Stage, config_hash
 from monosemantic.sae.config import SAEConfig
@@ -64,11 +64,13 @@ def corpus_stage(cfg: RunConfig) -> Stage:
         return figures
 
     tokenizer_from = cfg.lm.pretrained or cfg.lm.hf_model_dir or "trained here"
+    inputs = corpus_fingerprint(c.corpus, c.dataset)
+
     def summary(f: dict) -> str:
         return (f"{f['n_docs']:,} docs, {f['chars'] / 1e6:.1f}M chars, {f['train_tokens']:,} train + "
                 f"{f['val_tokens']:,} val tokens, vocab {f['vocab_size']:,}")
 
-    return Stage("corpus", {**c.model_dump(), "tokenizer": tokenizer_from}, run,
+    return Stage("corpus", {**c.model_dump(), "tokenizer": tokenizer_from, "inputs": inputs}, run,
                  ["tokenizer.json", "tokens/index.json"], summary)
 
 
@@ -85,6 +87,11 @@ def lm_stage(cfg: RunConfig) -> Stage:
 
     def run(rd: RunDir) -> dict:
         checkpoint = rd / "lm_checkpoint.pt"
+        val_tokens = TokenShards(rd / "tokens", "val")
+        if val_tokens.n_windows(cfg.lm.n_ctx) == 0:
+            raise UserError(f"corpus: the val split has {val_tokens.n_tokens:,} tokens, less than one "
+                            f"lm.n_ctx={cfg.lm.n_ctx} window; use a larger corpus, a larger "
+                            f"corpus.val_fraction or a smaller lm.n_ctx")
         if cfg.lm.trains_own_model:
             model, figures = train_lm(cfg.lm, rd / "tokens", checkpoint, device)
         else:
@@ -116,6 +123,8 @@ def lm_stage(cfg: RunConfig) -> Stage:
 def harvest_stage(cfg: RunConfig) -> Stage:
     device = resolve_device(cfg.device)
     h = cfg.harvest
+    if cfg.lm.trains_own_model:
+        check_hook_name(cfg.lm, cfg.corpus.vocab_size)
 
     def run(rd: RunDir) -> dict:
         model = load_lm(rd / "lm", device)
@@ -191,7 +200,9 @@ def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore
                    tokens_BT: torch.Tensor, hook_name: str) -> dict:
     name = f"{sae_cfg.variant}-{sae_cfg.d_sae}"
     folder = rd / "saes" / name
-    digest = config_hash({**sae_cfg.model_dump(mode="json"), "density_tokens": sweep.density_tokens})
+    # the activations it was trained on count too: a re-harvest must not reuse an SAE of the old ones
+    digest = config_hash({**sae_cfg.model_dump(mode="json"), "density_tokens": sweep.density_tokens},
+                         [rd.fingerprint("harvest")])
     cfg_file = folder / "cfg.json"
     if cfg_file.exists():
         meta = json.loads(cfg_file.read_text()).get("metadata", {})

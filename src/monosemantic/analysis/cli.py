@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack, closing
 from pathlib import Path
 
@@ -11,12 +12,22 @@ from rich.console import Console
 from rich.table import Table
 
 from monosemantic.activations import ActivationStore
-from monosemantic.analysis.steer import ablation_loss_change, next_token_change, sample_continuation, steering_hook
+from monosemantic.analysis.steer import (
+    MAX_NEW_TOKENS,
+    MAX_STEER_VALUE,
+    ablation_loss_change,
+    next_token_change,
+    sample_continuation,
+    steering_hook,
+)
 from monosemantic.analysis.store import FILENAME, FeatureStore
 from monosemantic.corpus.tokenizer import eos_id, load_tokenizer
 from monosemantic.errors import UserError
+from monosemantic.integrity import verify_run
 from monosemantic.lm.model import load_lm
 from monosemantic.sae.io import load_sae
+
+MAX_TOP = 10_000
 
 
 def _score(value: float | None) -> str:
@@ -28,6 +39,9 @@ def search(run_dir: Path, token: str | None = None, text: str | None = None, sae
     """Print the units that best match a token (by precision/recall) or an explanation text."""
     if (token is None) == (text is None):
         raise UserError("search: give exactly one of --token or --text")
+    if not 1 <= top <= MAX_TOP:
+        raise UserError(f"--top {top}: must be 1…{MAX_TOP:,}")
+    verify_run(run_dir, only=(FILENAME,))
     store = FeatureStore(Path(run_dir) / FILENAME)
     try:
         results = store.search_token(token, sae, top) if token is not None else store.search_text(text, sae, top)
@@ -60,10 +74,15 @@ def steer(run_dir: Path, sae: str, feature: int | None, prompt: str, value: floa
     if (feature is None) == (feature_token is None):
         raise UserError("steer: give exactly one of --feature or --feature-token")
     run_dir = Path(run_dir)
+    if value is not None and not (math.isfinite(value) and abs(value) <= MAX_STEER_VALUE):
+        raise UserError(f"--value {value}: must be a finite number within ±{MAX_STEER_VALUE:g}")
+    if not 0 <= n_tokens <= MAX_NEW_TOKENS:
+        raise UserError(f"--n-tokens {n_tokens}: must be 0…{MAX_NEW_TOKENS}")
     folder = run_dir / "saes" / sae
     if not folder.is_dir():
         have = sorted(p.name for p in (run_dir / "saes").iterdir()) if (run_dir / "saes").is_dir() else []
         raise UserError(f"--sae {sae}: no such SAE in {run_dir / 'saes'} (have: {', '.join(have) or 'none'})")
+    verify_run(run_dir)
     with ExitStack() as cleanup:
         store = (
             cleanup.enter_context(closing(FeatureStore(run_dir / FILENAME))) if (run_dir / FILENAME).is_file() else None
@@ -87,6 +106,8 @@ def _steer(run_dir: Path, store: FeatureStore | None, sae: str, feature: int, pr
            mode: str, n_tokens: int, top: int, seed: int, out: Console) -> dict:
     model, tokenizer = load_lm(run_dir / "lm"), load_tokenizer(run_dir / "tokenizer.json")
     dictionary = load_sae(run_dir / "saes" / sae)
+    if not 0 <= feature < dictionary.cfg.d_sae:
+        raise UserError(f"--feature {feature}: {sae} has features 0…{dictionary.cfg.d_sae - 1}")
     hook_name = ActivationStore(run_dir / "activations" / "val").hook_name
     if value is None:
         max_act = store.unit(sae, feature)["max_act"] if store is not None else 0.0

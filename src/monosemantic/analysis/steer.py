@@ -24,6 +24,8 @@ from monosemantic.errors import UserError
 from monosemantic.sae.base import SparseAutoencoder
 
 Mode = Literal["clamp", "add", "ablate"]
+MAX_NEW_TOKENS = 40  # the longest continuation the CLI and the browser sample
+MAX_STEER_VALUE = 1e4  # beyond this a clamp only measures floating-point overflow
 
 
 def steering_hook(sae: SparseAutoencoder, feature: int, mode: Mode, value: float = 0.0) -> Callable:

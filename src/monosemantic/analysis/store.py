@@ -109,7 +109,8 @@ class FeatureStore:
         if not self.path.is_file():
             raise UserError(f"feature store {self.path}: not found (run the analysis stage first)")
         try:
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            # as_uri() percent-encodes '#', '?' and '%' in the path, which would otherwise end it early
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
             found = json.loads(self.db.execute("SELECT value FROM meta WHERE key='format'").fetchone()[0])
         except (sqlite3.DatabaseError, TypeError) as err:
             raise UserError(f"feature store {self.path}: not a feature store ({err})") from None

@@ -10,8 +10,10 @@ Routes (every error is a JSON ``{"error": ...}``: 404 for what the run lacks, 40
     POST /api/live   {text, dictionary}              which units fire on which token of the text
     POST /api/steer  {sae, feature, value, prompt, mode, n_tokens, seed}
 
-Database and model work runs in the thread pool (plain ``def`` routes), so the event loop keeps
-answering while a forward pass runs. Routes return ``JSONResponse`` of plain dicts directly, skipping
+Requests with a body over 64 KiB get 413, and by default a ``Host`` other than this machine's
+loopback names gets 400 (``guards.py``). Database and model work runs in the thread pool (plain
+``def`` routes), so the event loop keeps answering while a forward pass runs. Routes return
+``JSONResponse`` of plain dicts directly, skipping
 FastAPI's per-value re-encoding (a feature page holds thousands of numbers). Each response carries
 ``Server-Timing: app;dur=<ms>``.
 """
@@ -22,7 +24,7 @@ import logging
 import time
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from monosemantic.browser.guards import LOOPBACK_HOSTS, BodyLimit, HostAllowList
 from monosemantic.browser.live import MAX_CHARS, MAX_NEW_TOKENS, LiveModel
 from monosemantic.browser.run_view import MAX_PAGE, NEURONS, PICTURE_TYPES, NotFound, RunView
 from monosemantic.errors import UserError
@@ -58,12 +61,16 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(run_dir: str | Path) -> FastAPI:
-    """The browser app over ``run_dir`` (its feature store must exist: ``UserError`` otherwise)."""
+def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS) -> FastAPI:
+    """The browser app over ``run_dir`` (its feature store must exist and its artifacts match
+    ``run.json``: ``UserError`` otherwise), answering only to ``allowed_hosts`` (None: any)."""
     view = RunView(run_dir)
     live = LiveModel(run_dir)
     app = FastAPI(title=f"monosemantic — {view.path.name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.view, app.state.live = view, live
+    app.add_middleware(BodyLimit)
+    if allowed_hosts is not None:
+        app.add_middleware(HostAllowList, hosts=allowed_hosts)
 
     @app.middleware("http")
     async def server_timing(request: Request, call_next):

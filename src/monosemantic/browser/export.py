@@ -42,6 +42,14 @@ def export_site(run_dir: str | Path, out: str | Path, max_units: int | None = No
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "data" / "overview.js").is_file())):
         raise UserError(f"{out}: exists and is not an earlier export (choose an empty or new folder)")
     counts = {"pages": 0, "pictures": 0}
+    try:
+        _write_site(view, out, max_units, counts)
+    except OSError as err:  # a read-only or full disk: atomic_path has removed the partial copy
+        raise UserError(f"{out}: cannot write the export there ({err.strerror or err})") from None
+    return counts
+
+
+def _write_site(view: RunView, out: Path, max_units: int | None, counts: dict[str, int]) -> None:
     with atomic_path(out) as tmp:
         shutil.copytree(STATIC_DIR, tmp / "static")
         index = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
@@ -57,7 +65,6 @@ def export_site(run_dir: str | Path, out: str | Path, max_units: int | None = No
             for name, d in view.dicts.items():
                 _export_dictionary(view, tmp, name, d, max_units, advance)
         counts["pages"] = n_pages
-    return counts
 
 
 def _export_dictionary(view: RunView, root: Path, name: str, d: dict, max_units: int | None, advance) -> None:

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 
 from monosemantic.activations import ActivationStore
-from monosemantic.analysis.steer import next_token_change, sample_continuation, steering_hook
+from monosemantic.analysis.steer import (
+    MAX_NEW_TOKENS,
+    MAX_STEER_VALUE,
+    next_token_change,
+    sample_continuation,
+    steering_hook,
+)
 from monosemantic.analysis.store import NEURONS
 from monosemantic.corpus.tokenizer import eos_id, load_tokenizer
 from monosemantic.errors import UserError
@@ -24,8 +30,6 @@ from monosemantic.sae.base import SparseAutoencoder
 from monosemantic.sae.io import load_sae
 
 MAX_CHARS = 4000
-MAX_NEW_TOKENS = 40
-MAX_STEER_VALUE = 1e4
 
 
 class LiveModel:

@@ -16,6 +16,7 @@ from typing import Any
 
 from monosemantic.analysis.store import FILENAME, NEURONS, TOKEN_F1_SQL, FeatureStore
 from monosemantic.errors import UserError
+from monosemantic.integrity import verify_run
 from monosemantic.pipeline import RunDir
 
 SORT_COLUMNS = ("unit", "density", "fire_count", "max_act", "mean_act", "simulation_score", "detection_score", "f1")
@@ -52,8 +53,9 @@ class RunView:
         self.path = Path(run_dir)
         if not self.path.is_dir():
             raise UserError(f"run directory {self.path}: not found")
-        FeatureStore(self.path / FILENAME).close()  # fail now, with one clear line, if it is missing or foreign
         self.manifest = RunDir(self.path).manifest
+        verify_run(self.path, self.manifest)
+        FeatureStore(self.path / FILENAME).close()  # fail now, with one clear line, if it is missing or foreign
         self._local = threading.local()
         self.dicts = {d["name"]: d for d in self.store.dictionaries()}
 
@@ -144,9 +146,12 @@ class RunView:
         parts = Path(rel).parts
         if len(parts) != 2 or parts[0] not in PICTURE_DIRS or Path(rel).suffix not in PICTURE_TYPES:
             raise NotFound(f"no picture {rel!r}")
-        path = (self.path / rel).resolve()
-        if path.parent != (self.path / parts[0]).resolve() or not path.is_file():
-            raise NotFound(f"no picture {rel!r}")
+        try:  # a NUL byte or an over-long name makes the OS calls raise: no such picture either way
+            path = (self.path / rel).resolve()
+            if path.parent != (self.path / parts[0]).resolve() or not path.is_file():
+                raise NotFound(f"no picture {rel!r}")
+        except (OSError, ValueError):
+            raise NotFound(f"no picture {rel!r}") from None
         return path
 
     # --- feature list ---------------------------------------------------------------------------

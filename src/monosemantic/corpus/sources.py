@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from monosemantic.errors import UserError
+from monosemantic.integrity import input_fingerprint
 
 LOCAL_SUFFIXES = (".txt", ".md", ".jsonl")
 # Long plain-text files are cut at paragraph breaks into documents of about this many characters,
@@ -42,16 +43,33 @@ def iter_documents(corpus: str | None = None, dataset: str | None = None,
         raise UserError(f"corpus {dataset or corpus or 'bundled'}: contains no non-empty documents")
 
 
-def _iter_local(path: Path, text_field: str) -> Iterator[str]:
+def corpus_fingerprint(corpus: str | None = None, dataset: str | None = None) -> dict[str, str] | None:
+    """What the corpus's files hold (``integrity.input_fingerprint`` of each, by name), so that a
+    corpus edited in place makes the corpus stage stale; ``None`` for a Hugging Face dataset."""
+    if dataset is not None:
+        return None
+    if corpus is None:
+        from monosemantic.corpus.bundled import BUNDLED_CORPUS_PATH
+
+        return {"bundled": input_fingerprint(BUNDLED_CORPUS_PATH)}
+    path = Path(corpus)
+    return {file.relative_to(path).as_posix() if path.is_dir() else file.name: input_fingerprint(file)
+            for file in _local_files(path)}
+
+
+def _local_files(path: Path) -> list[Path]:
     if not path.exists():
         raise UserError(f"--corpus {path}: no such file or directory")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
         if not files:
             raise UserError(f"--corpus {path}: directory has no {'/'.join(LOCAL_SUFFIXES)} files")
-    else:
-        files = [path]
-    for file in files:
+        return files
+    return [path]
+
+
+def _iter_local(path: Path, text_field: str) -> Iterator[str]:
+    for file in _local_files(path):
         yield from _iter_file(file, text_field)
 
 

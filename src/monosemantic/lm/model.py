@@ -9,8 +9,10 @@ autoencoders are trained on. Weights are saved as safetensors next to a JSON con
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -38,6 +40,19 @@ def build_lm(cfg: LMConfig, vocab_size: int) -> HookedTransformer:
         device="cpu",
     )
     return HookedTransformer(tl_cfg, move_to_device=False)
+
+
+def check_hook_name(cfg: LMConfig, vocab_size: int) -> None:
+    """``UserError`` unless ``cfg.hook_name`` is a hook point of the model ``cfg`` describes; checked
+    before training, not after it (building the model seeds the global RNGs, so they are restored)."""
+    with torch.random.fork_rng(devices=[]):
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        hooks = build_lm(cfg, vocab_size).hook_dict
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    if cfg.hook_name not in hooks:
+        mlp = ", ".join(h for h in hooks if h.startswith("blocks.0.mlp."))
+        raise UserError(f"lm.hook_name={cfg.hook_name}: not a hook point of this model (its MLP's are {mlp})")
 
 
 def save_lm(model: HookedTransformer, cfg: LMConfig, out_dir: Path) -> None:

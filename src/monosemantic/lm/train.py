@@ -5,13 +5,16 @@ forward pass runs under bf16 autocast (float32 weights, optimizer and loss), as 
 evaluation stays in float32. Batches are random windows of ``n_ctx`` tokens
 from the train shards, drawn from a generator seeded by ``cfg.seed``; every ``checkpoint_every``
 steps the model, optimizer and generator state are saved atomically, so a killed run resumes
-exactly where it stopped and gives the same losses as an uninterrupted one.
+exactly where it stopped and gives the same losses as an uninterrupted one. A checkpoint holds only
+tensors and plain values (loaded with ``weights_only=True``: opening one runs no code) and the hash
+of the config and tokens it was trained on; one made for anything else is set aside, not resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import pickle
 import time
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from monosemantic.corpus.shards import TokenShards
 from monosemantic.errors import UserError
 from monosemantic.lm.config import LMConfig
 from monosemantic.lm.model import build_lm
-from monosemantic.progress import progress
+from monosemantic.progress import notice, progress
 
 
 def lr_at(step: int, cfg: LMConfig) -> float:
@@ -70,8 +73,9 @@ def train_lm(cfg: LMConfig, tokens_dir: Path, checkpoint_path: Path,
                                   weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step, history, seconds_before = 0, [], 0.0
+    key = _checkpoint_key(cfg, tokens_dir)
     if checkpoint_path.exists():
-        step, history, seconds_before = _resume(checkpoint_path, model, optimizer, rng)
+        step, history, seconds_before = _resume(checkpoint_path, key, model, optimizer, rng)
 
     start = time.perf_counter()
     device_type = torch.device(device).type
@@ -99,7 +103,7 @@ def train_lm(cfg: LMConfig, tokens_dir: Path, checkpoint_path: Path,
                 history.append({"step": step, "train_loss": loss.item(), "val_loss": val_loss})
                 info += f" val {val_loss:.3f}"
             if step % cfg.checkpoint_every == 0 and step < cfg.n_steps:
-                _save_checkpoint(checkpoint_path, model, optimizer, rng, step, history,
+                _save_checkpoint(checkpoint_path, key, model, optimizer, rng, step, history,
                                  seconds_before + time.perf_counter() - start)
             advance(tokens_per_step, info=info)
     model.eval()
@@ -109,23 +113,42 @@ def train_lm(cfg: LMConfig, tokens_dir: Path, checkpoint_path: Path,
     return model, figures
 
 
-def _save_checkpoint(path: Path, model, optimizer, rng: np.random.Generator, step: int,
+def _checkpoint_key(cfg: LMConfig, tokens_dir: Path) -> str:
+    """Hash of what a training run depends on: the LM config and the token shards' index."""
+    index = (Path(tokens_dir) / "index.json").read_text()
+    blob = json.dumps({"lm": cfg.model_dump(), "tokens": index}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, key: str, model, optimizer, rng: np.random.Generator, step: int,
                      history: list, seconds: float) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "rng": pickle.dumps(rng.bit_generator.state), "step": step,
+        torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": json.dumps(rng.bit_generator.state), "step": step,
                     "history": history, "seconds": seconds,
                     "torch_rng": torch.get_rng_state()}, tmp)
 
 
-def _resume(path: Path, model, optimizer, rng: np.random.Generator) -> tuple[int, list, float]:
+def _resume(path: Path, key: str, model, optimizer, rng: np.random.Generator) -> tuple[int, list, float]:
+    """Load the checkpoint into the model, optimizer and generators; returns (step, history,
+    seconds). One that is unreadable or made for another config is renamed ``*.stale`` (with a
+    notice) and training starts over: (0, [], 0.0)."""
     try:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        problem = None if state.get("key") == key else "made for another config or corpus"
+    except Exception as err:  # torch.load raises many types on a bad file
+        problem = f"unreadable ({type(err).__name__})"
+    if problem is not None:
+        stale = path.with_name(path.name + ".stale")
+        path.replace(stale)
+        notice(f"LM checkpoint {path}: {problem}; set aside as {stale.name}, training from step 0")
+        return 0, [], 0.0
+    try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = pickle.loads(state["rng"])
+        rng.bit_generator.state = json.loads(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-    except Exception as err:  # torch.load / load_state_dict raise many types on a bad file
-        raise UserError(f"LM checkpoint {path}: corrupt or from another config "
+        return state["step"], state["history"], state["seconds"]
+    except Exception as err:  # a file with the right key but wrong contents was written by hand
+        raise UserError(f"LM checkpoint {path}: has this config's key but does not fit the model "
                         f"({type(err).__name__}); delete it to start over") from None
-    return state["step"], state["history"], state["seconds"]
