@@ -54,10 +54,11 @@ def analysed_run(tiny_run, tmp_path_factory):
     """The tiny run carried on through the sae and analysis stages: (run directory, its config)."""
     import shutil
 
-    from monosemantic.cli import _config, _run_stages
+    from monosemantic import pipeline
+    from monosemantic.config import load_config
 
     run = tmp_path_factory.mktemp("analysed") / "run"
     shutil.copytree(tiny_run, run)
-    cfg = _config("tiny", None, ["corpus.val_fraction=0.2"], str(tiny_run.parent / "corpus.txt"), None, None, None)
-    _run_stages(cfg, run, "analysis", force=False)
+    cfg = load_config("tiny", overrides=["corpus.val_fraction=0.2", f"corpus.corpus={tiny_run.parent / 'corpus.txt'}"])
+    pipeline.run(cfg, run, "analysis")
     return run, cfg

@@ -22,7 +22,8 @@ from monosemantic.analysis import cli as analysis_cli
 from monosemantic.analysis.store import FILENAME, FeatureStore, create_store
 from monosemantic.browser.app import create_app
 from monosemantic.browser.export import export_site
-from monosemantic.cli import _config, _run_stages
+from monosemantic import pipeline
+from monosemantic.config import load_config
 from monosemantic.config import LMConfig
 from monosemantic.corpus.shards import is_val_document, write_token_shards
 from monosemantic.corpus.tokenizer import train_tokenizer
@@ -214,7 +215,7 @@ def test_a_corrupt_artifact_is_refused_by_readers_and_recomputed_by_run(analysed
 
     before = json.loads((run / "run.json").read_text())["stages"]
     capsys.readouterr()
-    _run_stages(cfg, run, stage, force=False)
+    pipeline.run(cfg, run, stage)
     assert "recomputing the stage" in capsys.readouterr().err
     after = json.loads((run / "run.json").read_text())["stages"]
     verify_run(run)
@@ -232,7 +233,7 @@ def test_downstream_stages_follow_the_digests_they_were_built_on(analysed_run, t
     manifest = json.loads((run / "run.json").read_text())
     manifest["stages"]["harvest"]["artifacts"]["activations/val/store.json"]["blake2b"] = "0" * 128
     (run / "run.json").write_text(json.dumps(manifest))
-    _run_stages(cfg, run, "harvest", force=False)  # recomputed, identical to what is on disk: sae stays current
+    pipeline.run(cfg, run, "harvest")  # recomputed, identical to what is on disk: sae stays current
     assert json.loads((run / "run.json").read_text())["stages"]["sae"] == manifest["stages"]["sae"]
     capsys.readouterr()
     code, out, _ = run_cli(["run", "--preset", "tiny", "--corpus", cfg.corpus.corpus,
@@ -264,7 +265,7 @@ def test_temporaries_of_killed_runs_are_removed_and_nothing_else(analysed_run, t
     (run / ".lm_checkpoint.pt.deadbeef.tmp").write_bytes(b"x")
     (run / "notes.tmp").write_text("the user's")
     (run / ".my-notes.txt").write_text("the user's")
-    _run_stages(cfg, run, "analysis", force=False)
+    pipeline.run(cfg, run, "analysis")
     left = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.name.endswith(".tmp"))
     assert left == ["notes.tmp"] and (run / ".my-notes.txt").exists()
     assert "removed 4 temporary file(s)" in capsys.readouterr().err
@@ -277,7 +278,7 @@ def test_a_second_writer_is_refused(analysed_run, tmp_path):
     with open(run / ".lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(UserError, match="another monosemantic process"):
-            _run_stages(cfg, run, "corpus", force=False)
+            pipeline.run(cfg, run, "corpus")
 
 
 # ---- one line, exit 2, before any work ---------------------------------------------------------
@@ -351,9 +352,9 @@ def test_a_new_harvest_retrains_the_saes_instead_of_reusing_them(analysed_run, t
     original, cfg = analysed_run
     run = tmp_path / "run"
     shutil.copytree(original, run)
-    changed = _config("tiny", None, ["corpus.val_fraction=0.2", "harvest.n_train_tokens=2048"], cfg.corpus.corpus,
-                      None, None, None)
-    _run_stages(changed, run, "sae", force=False)
+    changed = load_config("tiny", overrides=["corpus.val_fraction=0.2", "harvest.n_train_tokens=2048",
+                                              f"corpus.corpus={cfg.corpus.corpus}"])
+    pipeline.run(changed, run, "sae")
     for size in cfg.sae.sizes:
         weights = f"saes/{cfg.sae.variant}-{size}/sae_weights.safetensors"
         assert file_digest(run / weights) != file_digest(original / weights)
