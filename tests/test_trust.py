@@ -18,13 +18,12 @@ from conftest import make_corpus_text
 from test_cli import run_cli
 
 import monosemantic.lm.train as train_module
+from monosemantic import pipeline
 from monosemantic.analysis import cli as analysis_cli
 from monosemantic.analysis.store import FILENAME, FeatureStore, create_store
 from monosemantic.browser.app import create_app
 from monosemantic.browser.export import export_site
-from monosemantic import pipeline
-from monosemantic.config import load_config
-from monosemantic.config import LMConfig
+from monosemantic.config import LMConfig, load_config
 from monosemantic.corpus.shards import is_val_document, write_token_shards
 from monosemantic.corpus.tokenizer import train_tokenizer
 from monosemantic.errors import UserError
