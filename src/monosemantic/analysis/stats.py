@@ -9,6 +9,7 @@ neurons (the baseline basis), ``sae.encode`` for a dictionary. Two sweeps over t
   Σ a per (unit, token) (sparse [U, V]); co-firing counts C_uv = #{n: a_nu > 0 ∧ a_nv > 0} (sparse
   [U, U], over the first ``cofire_rows`` rows only and until it holds ``MAX_COFIRE_PAIRS`` pairs, as
   distinct pairs grow with the tokens); every unit's activations on a fixed seeded set of random contexts;
+  Σ a per (unit, document source), per (unit, language) and per (unit, previous token) (``context.py``);
 - sweep 2 (needs each unit's max): a histogram of the nonzero activations over (0, max], and
   ``per_interval`` uniform samples from each of ``n_intervals`` equal activation intervals
   [i·max/I, (i+1)·max/I) — Bricken et al. 2023's dashboard intervals — keyed by a hash of
@@ -30,6 +31,7 @@ import scipy.sparse as sp
 import torch
 
 from monosemantic.activations import ActivationStore
+from monosemantic.analysis.context import TokenSources, UnitContext
 from monosemantic.analysis.sampling import GroupedBottomK, fill_up
 from monosemantic.errors import UserError
 from monosemantic.progress import progress
@@ -84,6 +86,16 @@ class UnitStats:
     token_act_sums_UV: sp.csr_matrix  # Σ activation per (unit, token)
     cofire_UU: sp.csr_matrix  # co-firing counts (diagonal = fire counts) over the first cofire_rows rows
     cofire_rows: int
+    source_mass_US: np.ndarray  # float64 Σ activation per (unit, document source)
+    language_mass_UL: np.ndarray  # float64 Σ activation per (unit, document language)
+    prev_mass_UV: sp.csr_matrix  # Σ activation per (unit, previous token in the window)
+
+    def context(self, unit: int) -> UnitContext:
+        """Where unit ``unit``'s activation mass comes from (see ``context.py``)."""
+        start, stop = self.prev_mass_UV.indptr[unit], self.prev_mass_UV.indptr[unit + 1]
+        return UnitContext(self.source_mass_US[unit], self.language_mass_UL[unit],
+                           self.prev_mass_UV.indices[start:stop].astype(np.int64),
+                           self.prev_mass_UV.data[start:stop].astype(np.float64), float(self.mean_act_U[unit]))
 
     @property
     def n_units(self) -> int:
@@ -199,13 +211,16 @@ class _MatrixSum:
 
 @torch.no_grad()
 def compute_unit_stats(store: ActivationStore, bases: list[Basis], text: TokenContext,
-                       vocab_size: int, cfg: StatsConfig) -> list[UnitStats]:
-    """Both sweeps over rows [0, cfg.n_rows) for every basis (one read of each chunk serves all)."""
+                       vocab_size: int, cfg: StatsConfig, sources: TokenSources | None = None) -> list[UnitStats]:
+    """Both sweeps over rows [0, cfg.n_rows) for every basis (one read of each chunk serves all);
+    ``sources`` (default: one source for every document) gives each row's source and previous token."""
     n_rows, W = cfg.n_rows, cfg.left + cfg.right + 1
+    if sources is None:
+        sources = TokenSources.single_source(text.tokens_N, text.docs_N, text.ctx, vocab_size)
     chunk = cfg.chunk_windows * text.ctx
     rng = np.random.default_rng(cfg.seed)
     random_rows = np.sort(rng.choice(n_rows, size=min(cfg.n_random, n_rows), replace=False))
-    states = [_Sweep1(b, cfg, W, vocab_size, len(random_rows)) for b in bases]
+    states = [_Sweep1(b, cfg, W, vocab_size, len(random_rows), sources) for b in bases]
     with progress("analysis: unit statistics", 2 * n_rows, unit="tok") as advance:
         for start in range(0, n_rows, chunk):
             stop = min(n_rows, start + chunk)
@@ -239,9 +254,12 @@ def _context_payload(latents_BU: np.ndarray, start: int, text: TokenContext, row
 
 
 class _Sweep1:
-    def __init__(self, basis: Basis, cfg: StatsConfig, W: int, vocab_size: int, n_random: int):
+    def __init__(self, basis: Basis, cfg: StatsConfig, W: int, vocab_size: int, n_random: int, sources: TokenSources):
         U = basis.n_units
-        self.basis, self.cfg, self.vocab_size = basis, cfg, vocab_size
+        self.basis, self.cfg, self.vocab_size, self.sources = basis, cfg, vocab_size, sources
+        self.source_mass_US = np.zeros((U, sources.n_sources))
+        self.language_mass_UL = np.zeros((U, sources.n_languages))
+        self.prev_mass = _MatrixSum((U, vocab_size))
         self.fire_count_U = np.zeros(U, dtype=np.int64)
         self.act_sum_U = np.zeros(U, dtype=np.float64)
         self.max_act_U = np.zeros(U, dtype=np.float32)
@@ -270,6 +288,14 @@ class _Sweep1:
         token_E = text.tokens_N[rows_E]
         self.token_fires.add(u_E, token_E, np.ones(len(u_E), dtype=np.float32))
         self.token_acts.add(u_E, token_E, v_E)
+        S, L = self.sources.n_sources, self.sources.n_languages
+        self.source_mass_US += np.bincount(u_E * S + self.sources.source_N[rows_E], weights=v_E,
+                                           minlength=U * S).reshape(U, S)
+        self.language_mass_UL += np.bincount(u_E * L + self.sources.language_N[rows_E], weights=v_E,
+                                             minlength=U * L).reshape(U, L)
+        prev_E = self.sources.prev_N[rows_E]
+        has_prev = prev_E >= 0
+        self.prev_mass.add(u_E[has_prev], prev_E[has_prev], v_E[has_prev])
         if start < cfg.cofire_rows and self.cofire.sparse_entries() < MAX_COFIRE_PAIRS:
             self._count_cofiring(latents_BU, b_E, u_E)
             self.cofire_rows += B
@@ -324,4 +350,6 @@ class _Sweep2:
             random_rows_P=random_rows, random_acts_UPW=np.ascontiguousarray(first.random_acts_PWU.transpose(2, 0, 1)),
             token_fires_UV=first.token_fires.collapse(), token_act_sums_UV=first.token_acts.collapse(),
             cofire_UU=first.cofire.collapse(), cofire_rows=first.cofire_rows,
+            source_mass_US=first.source_mass_US, language_mass_UL=first.language_mass_UL,
+            prev_mass_UV=first.prev_mass.collapse(),
         )
