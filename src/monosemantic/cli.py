@@ -134,8 +134,11 @@ def _headline(stage: str, f: dict) -> str:
 
         return analysis_headline(f)
     if stage == "splitting":
+        family = f.get("context_family")
+        context = (f"; context family {family['sae']}/{family['feature']} (JS {family['js_divergence_bits']:.2f} bits)"
+                   if family else "")
         return (f"{f['split_families']:,} features split into ≥ 2 children at the next size; "
-                f"map by {f['feature_map']['method']}")
+                f"map by {f['feature_map']['method']}{context}")
     if stage == "universality":
         return (f"median max-correlation A→B: features {f['median_feature_corr']:.2f} vs neurons "
                 f"{f['median_neuron_corr']:.2f} (paper 0.72 vs 0.46)")

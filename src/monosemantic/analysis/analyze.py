@@ -408,12 +408,13 @@ def _nullable(value: float) -> float | None:
 
 
 def analysis_headline(figures: dict[str, Any]) -> str:
-    """One line for the ``run`` summary: the score comparison and the God check."""
-    line = f"{figures['n_tokens']:,} tokens; autointerp ({figures['backend']}, {figures['n_scored_units']} each): "
+    """One line for the ``run`` summary: the score comparison per backend and the God check."""
+    line = f"{figures['n_tokens']:,} tokens; autointerp ({figures['n_scored_units']} each, mean simulation score): "
     if "feature_score_mean" not in figures:
-        return line + f"neurons {figures['neuron_score_mean']:.2f} (no SAE analysed)"
-    line += (f"features {figures['feature_score_mean']:.2f} vs neurons {figures['neuron_score_mean']:.2f} "
-             f"(mean simulation score)")
+        return line + "; ".join(f"{b['backend']}: neurons {b['neuron_score_mean']:.2f}"
+                                for b in figures["explainer_backends"]) + " (no SAE analysed)"
+    line += "; ".join(f"{b['backend']}: features {b['feature_score_mean']:.2f} vs neurons {b['neuron_score_mean']:.2f}"
+                      for b in figures["explainer_backends"])
     god = figures.get("god")
     if god:
         line += (f"; {god['token']!r} → {god['dictionary']}/{god['feature']} (precision {god['precision']:.2f}, "
