@@ -35,8 +35,8 @@ def smart_answer(prompt: str) -> str:
         return json.dumps([[10 if t == "tok7" else 0 for t in tokens] for tokens in lists])
     excerpts = [json.loads(m) for m in re.findall(r"^Excerpt \d+: (.*)$", prompt, re.M)]
     if "marked <<like this>>" in prompt:
-        return json.dumps([int(bool(re.findall(r"<<(.*?)>>", e)) and all(m == "tok7" for m in re.findall(r"<<(.*?)>>", e)))
-                           for e in excerpts])
+        marked = [re.findall(r"<<(.*?)>>", e) for e in excerpts]
+        return json.dumps([int(bool(m) and all(t == "tok7" for t in m)) for m in marked])
     return "Sure: " + json.dumps([int("tok7" in e) for e in excerpts])
 
 
@@ -80,7 +80,8 @@ class ChatServer:
                     self.end_headers()
                     self.wfile.write(b"{}")
                     return
-                content = "I cannot do that" if behaviour == "nonsense" else smart_answer(body["messages"][0]["content"])
+                prompt = body["messages"][0]["content"]
+                content = "I cannot do that" if behaviour == "nonsense" else smart_answer(prompt)
                 if self.path.endswith("/v1/messages"):
                     reply = {"content": [{"type": "text", "text": content}],
                              "usage": {"input_tokens": server.tokens_per_answer, "output_tokens": 0}}
@@ -186,7 +187,8 @@ def test_request_and_token_caps_stop_with_a_clear_message(server):
     tokens = client(server, max_tokens=150)
     tokens.ask("a")
     tokens.ask("b")  # 200 tokens used now
-    with pytest.raises(UserError, match=r"token cap reached: the server reports 200 tokens used \(analysis.llm_max_tokens=150\)"):
+    with pytest.raises(UserError, match=r"token cap reached: the server reports 200 tokens used "
+                                        r"\(analysis.llm_max_tokens=150\)"):
         tokens.ask("c")
 
 
@@ -226,7 +228,8 @@ def test_units_are_scored_concurrently():
                                 context=lambda u: UnitContext(np.ones(1), np.ones(1), np.arange(0), np.zeros(0), 1.0))
         explainer = LLMExplainer(client(slow), STRINGS)
         scores = _score_units(explainer, stats, examples, list(range(n_units)), sources, seed=0, workers=4)
-        assert sorted(scores) == list(range(n_units)) and all(s.explanation == "the token tok7" for s in scores.values())
+        assert sorted(scores) == list(range(n_units))
+        assert all(s.explanation == "the token tok7" for s in scores.values())
         assert slow.max_in_flight >= 3
     finally:
         slow.stop()

@@ -107,7 +107,8 @@ def test_document_sources_name_each_document_in_corpus_order(tmp_path):
     (tmp_path / "bible.txt").write_text("In the beginning.\n\nAnd God said.")
     sub = tmp_path / "code"
     sub.mkdir()
-    (sub / "notes.jsonl").write_text('{"text": "x = 1", "genre": "python"}\n{"text": "  "}\n{"text": "y", "genre": "doc"}\n')
+    (sub / "notes.jsonl").write_text('{"text": "x = 1", "genre": "python"}\n{"text": "  "}\n'
+                                     '{"text": "y", "genre": "doc"}\n')
     docs = list(iter_labelled_documents(str(tmp_path)))
     assert [d.text for d in docs] == list(iter_documents(str(tmp_path)))  # same documents, same order
     assert [d.source for d in docs] == ["bible.txt", "code/notes.jsonl", "code/notes.jsonl"]

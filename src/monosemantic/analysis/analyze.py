@@ -23,7 +23,8 @@ import torch
 from monosemantic.activations import ActivationStore
 from monosemantic.analysis import store as fs
 from monosemantic.analysis.config import AnalysisConfig
-from monosemantic.analysis.autointerp import ContextExplainer, Example, Explainer, OfflineExplainer, UnitScore, score_unit
+from monosemantic.analysis.autointerp import (ContextExplainer, Example, Explainer, OfflineExplainer, UnitScore,
+                                              score_unit)
 from monosemantic.analysis.context import TokenSources, UnitContext, describe_sources
 from monosemantic.analysis.llm import llm_explainer_from_config
 from monosemantic.analysis.logits import logit_effects, top_and_bottom
@@ -177,12 +178,14 @@ def _backend_figures(scores: dict[int, UnitScore], sample: np.ndarray) -> dict[s
     """Means over one dictionary's comparison sample, for one backend: simulation (NaN counted as 0,
     the same rule for neurons and features), detection and fuzzing (NaN left out)."""
     simulation = [scores[u].simulation for u in sample]
-    return {"score_mean": _finite_mean(simulation), "score_median": float(np.median(np.nan_to_num(simulation, nan=0.0))),
+    return {"score_mean": _finite_mean(simulation),
+            "score_median": float(np.median(np.nan_to_num(simulation, nan=0.0))),
             "detection_mean": _nanmean([scores[u].detection for u in sample]),
             "fuzzing_mean": _nanmean([scores[u].fuzzing for u in sample])}
 
 
-def _explainers(cfg: AnalysisConfig, token_strings: list[str], sources: TokenSources, cache_path: Path) -> list[Explainer]:
+def _explainers(cfg: AnalysisConfig, token_strings: list[str], sources: TokenSources,
+                cache_path: Path) -> list[Explainer]:
     """The configured LLM (if any) first, then the offline context explainer and its token-list baseline."""
     offline: list[Explainer] = [ContextExplainer(token_strings, sources), OfflineExplainer(token_strings)]
     if cfg.explainer == "offline":
@@ -266,7 +269,8 @@ def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device
                                                                          samples[largest]).items()})
         figures["explainer_backends"].append(entry)
     main = figures["explainer_backends"][0]
-    figures["neuron_score_mean"], figures["neuron_score_median"] = main["neuron_score_mean"], main["neuron_score_median"]
+    figures["neuron_score_mean"] = main["neuron_score_mean"]
+    figures["neuron_score_median"] = main["neuron_score_median"]
     if largest:
         figures["feature_dictionary"] = largest
         for key in ("feature_score_mean", "feature_score_median", "feature_detection_mean", "neuron_detection_mean"):
@@ -315,7 +319,8 @@ def god_check(store_path: Path, dict_name: str) -> dict[str, Any] | None:
 def _write_dictionary(db, stats: UnitStats, examples: dict, by_backend: dict[str, dict[int, UnitScore]], sample,
                       text: TokenContext, cfg: AnalysisConfig, model, sae, vocab_size: int, token_count_V: np.ndarray,
                       written_rows: set[int], backend: str) -> None:
-    """One dictionary's rows; ``units`` carries the primary ``backend``'s explanation, ``explanations`` every backend's."""
+    """One dictionary's rows: ``units`` carries the primary ``backend``'s explanation, ``explanations``
+    every backend's."""
     name, U = stats.name, stats.n_units
     scores = by_backend[backend]
     in_sample = set(sample.tolist()) if sample is not None else set()
@@ -329,7 +334,8 @@ def _write_dictionary(db, stats: UnitStats, examples: dict, by_backend: dict[str
          _nullable(scores[u].detection) if u in scores else None, _nullable(scores[u].fuzzing) if u in scores else None,
          scores[u].backend if u in scores else None, int(u in in_sample)) for u in range(U)])
     db.executemany("INSERT INTO explanations VALUES (?, ?, ?, ?, ?, ?, ?)", [
-        (name, u, b, score.explanation, _nullable(score.simulation), _nullable(score.detection), _nullable(score.fuzzing))
+        (name, u, b, score.explanation, _nullable(score.simulation), _nullable(score.detection),
+         _nullable(score.fuzzing))
         for b, unit_scores in by_backend.items() for u, score in unit_scores.items()])
     new_contexts, example_rows = [], []
     for u in range(U):

@@ -175,7 +175,8 @@ class ContextExplainer(OfflineExplainer):
         if prev_lifts:
             rest_mass = prev_total - context.prev_mass[candidates].sum()
             rest_expected = prev_expected - expected_V[context.prev_tokens[candidates]].sum()
-            other_prev = float(lifts(np.array([rest_mass]), np.array([rest_expected]), prev_total, prev_expected, mu)[0])
+            other_prev = float(lifts(np.array([rest_mass]), np.array([rest_expected]), prev_total, prev_expected,
+                                     mu)[0])
 
         where = ", ".join(f"{self.sources.sources[s]} {shares_S[s]:.0%} (×{source_lifts[s]:.1f})" for s in named)
         after = ", ".join(f"{self.quote(p)} ×{lift:.1f}" for p, lift in prev_lifts.items())
@@ -184,16 +185,13 @@ class ContextExplainer(OfflineExplainer):
 
     def simulate(self, explanation: Explanation, contexts: list[Example]) -> list[np.ndarray]:
         token_only = super().simulate(explanation, contexts)
-        out = []
-        for predicted, c in zip(token_only, contexts):
-            if c.rows is not None:
-                sources, prevs = self.sources.source_N[c.rows], self.sources.prev_N[c.rows]
-                predicted = predicted * np.array([explanation.source_lifts.get(int(s), explanation.other_source_lift)
-                                                  for s in sources])
-                predicted = predicted * np.array([explanation.prev_lifts.get(int(p), explanation.other_prev_lift)
-                                                  for p in prevs])
-            out.append(predicted)
-        return out
+        source_lift = np.full(self.sources.n_sources, explanation.other_source_lift)
+        source_lift[list(explanation.source_lifts)] = list(explanation.source_lifts.values())
+        prev_lift = np.full(self.sources.token_source_VS.shape[0] + 1, explanation.other_prev_lift)  # last: no previous
+        prev_lift[list(explanation.prev_lifts)] = list(explanation.prev_lifts.values())
+        return [p if c.rows is None
+                else p * source_lift[self.sources.source_N[c.rows]] * prev_lift[self.sources.prev_N[c.rows]]
+                for p, c in zip(token_only, contexts)]
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from monosemantic.corpus.sources import UNKNOWN_LANGUAGE, DocumentSources
+from monosemantic.corpus.sources import DocumentSources
 
 PRIOR_FIRINGS = 3.0  # κ: pseudo-firings at lift 1 added to every context
 
@@ -94,7 +94,8 @@ class UnitContext:
     def without_rows(self, rows_R: np.ndarray, acts_R: np.ndarray, text: TokenSources) -> "UnitContext":
         """This mass less the unit's activations ``acts_R`` on rows ``rows_R`` (distinct rows): what
         an explainer may use when those rows are held out for scoring."""
-        source = self.source_mass_S - np.bincount(text.source_N[rows_R], weights=acts_R, minlength=len(self.source_mass_S))
+        source = self.source_mass_S - np.bincount(text.source_N[rows_R], weights=acts_R,
+                                                  minlength=len(self.source_mass_S))
         language = self.language_mass_L - np.bincount(text.language_N[rows_R], weights=acts_R,
                                                       minlength=len(self.language_mass_L))
         prev_R = text.prev_N[rows_R]
@@ -120,8 +121,8 @@ def lifts(mass_C: np.ndarray, expected_C: np.ndarray, total_mass: float, total_e
     if total_expected <= 0:
         return np.ones(len(mass_C))
     prior = PRIOR_FIRINGS * max(mean_act, 1e-12)
-    return (np.asarray(mass_C, dtype=float) + prior) / (np.asarray(expected_C, dtype=float) * total_mass / total_expected
-                                                        + prior)
+    expected_C = np.asarray(expected_C, dtype=float) * (total_mass / total_expected)
+    return (np.asarray(mass_C, dtype=float) + prior) / (expected_C + prior)
 
 
 def js_divergence(distributions_KS: np.ndarray, weights_K: np.ndarray) -> float:
@@ -136,11 +137,9 @@ def js_divergence(distributions_KS: np.ndarray, weights_K: np.ndarray) -> float:
     return float(entropy(w @ P) - (w * entropy(P)).sum())
 
 
-def describe_sources(shares_S: np.ndarray, names: list[str], n: int = 3, min_share: float = 0.05) -> list[tuple[str, float]]:
+def describe_sources(shares_S: np.ndarray, names: list[str], n: int = 3,
+                     min_share: float = 0.05) -> list[tuple[str, float]]:
     """The ``n`` largest shares of at least ``min_share``, as (name, share), largest first."""
     order = np.argsort(-shares_S, kind="stable")[:n]
     return [(names[i], float(shares_S[i])) for i in order if shares_S[i] >= min_share]
 
-
-def language_label(language: str) -> str:
-    return "unknown language" if language == UNKNOWN_LANGUAGE else language

@@ -194,7 +194,8 @@ class LLMExplainer:
         blocks = []
         for example in examples[: self.max_examples]:
             scaled = np.rint(np.clip(example.acts / max_act, 0, 1) * 10).astype(int)
-            block = "\n".join(f"{json.dumps(s, ensure_ascii=False)}\t{a}" for s, a in zip(self._show(example.tokens), scaled))
+            block = "\n".join(f"{json.dumps(s, ensure_ascii=False)}\t{a}"
+                              for s, a in zip(self._show(example.tokens), scaled))
             if blocks and len(head) + sum(len(b) + 2 for b in blocks) + len(block) > self.max_prompt_chars:
                 break
             blocks.append(block)

@@ -303,9 +303,10 @@ def _feature_contexts(source_FS: np.ndarray, prev_FV: np.ndarray, source_names: 
     top_prev_FK = np.argsort(-prev_FV, axis=1, kind="stable")[:, :N_CONTEXTS]
     out = []
     for f in range(len(source_FS)):
-        after = [[token_text[p], round(float(prev_FV[f, p] / total_F[f]), 4)] for p in top_prev_FK[f] if prev_FV[f, p] > 0]
-        out.append({"sources": [[n, round(v, 4)] for n, v in describe_sources(shares_FS[f], source_names, N_CONTEXTS, 0.01)],
-                    "after": after})
+        after = [[token_text[p], round(float(prev_FV[f, p] / total_F[f]), 4)]
+                 for p in top_prev_FK[f] if prev_FV[f, p] > 0]
+        shares = describe_sources(shares_FS[f], source_names, N_CONTEXTS, 0.01)
+        out.append({"sources": [[n, round(v, 4)] for n, v in shares], "after": after})
     return out
 
 
@@ -360,7 +361,8 @@ def choose_context_family(analysis: SplitAnalysis, names: list[str], sizes: list
         return {"sae": names[lvl], "size": sizes[lvl], "feature": feature, "label": labels[lvl][feature],
                 "density": float(analysis.density[lvl][feature]), "after": contexts[lvl][feature]["after"],
                 "source_shares": [round(float(v), 4) for v in shares_S],
-                "dominant_source": source_names[int(shares_S.argmax())], "dominant_share": round(float(shares_S.max()), 4)}
+                "dominant_source": source_names[int(shares_S.argmax())],
+                "dominant_share": round(float(shares_S.max()), 4)}
 
     children = []
     for c, weight in sorted(zip(kids.tolist(), weights.tolist()), key=lambda cw: -cw[1]):
@@ -539,7 +541,8 @@ def draw_context_family(family: dict, source_names: list[str], path: Path) -> Pa
     ax.set_xlabel("share of the feature's activation mass, by document source")
     used = sorted({s for m in members for s, v in enumerate(m["source_shares"]) if v >= 0.02})
     ax.legend([plt.Rectangle((0, 0), 1, 1, color=colors[s]) for s in used], [source_names[s] for s in used],
-              fontsize=7, ncol=min(len(used), 6), loc="upper center", bbox_to_anchor=(0.5, -0.35 / max(len(members), 1) - 0.12))
+              fontsize=7, ncol=min(len(used), 6), loc="upper center",
+              bbox_to_anchor=(0.5, -0.35 / max(len(members), 1) - 0.12))
     ax.set_title(f"Why {family['parent']['sae']} #{family['parent']['feature']} split: its children's sources "
                  f"(Jensen-Shannon {family['js_divergence_bits']:.2f} bits of {family['max_bits']:.2f})", fontsize=9)
     with warnings.catch_warnings(), atomic_path(path) as tmp:

@@ -2,8 +2,9 @@
 
 Every source yields plain ``str`` documents in a fixed order, so the same inputs always give the
 same token shards; ``iter_labelled_documents`` yields the same documents with where each came from
-(``document_sources`` turns that into a per-document table the analysis reads). Local inputs are checked up front: a missing path, an empty corpus or bytes
-that are not UTF-8 are a ``UserError`` naming the file, never a traceback half-way through.
+(``document_sources`` turns that into a per-document table the analysis reads). Local inputs are
+checked up front: a missing path, an empty corpus or bytes that are not UTF-8 are a ``UserError``
+naming the file, never a traceback half-way through.
 """
 
 from __future__ import annotations
