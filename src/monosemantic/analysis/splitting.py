@@ -300,7 +300,10 @@ def _feature_contexts(source_FS: np.ndarray, prev_FV: np.ndarray, source_names: 
     """Per feature: its ``N_CONTEXTS`` largest source shares and previous-token shares, rounded."""
     total_F = np.maximum(source_FS.sum(axis=1), 1e-30)
     shares_FS = source_FS / total_F[:, None]
-    top_prev_FK = np.argsort(-prev_FV, axis=1, kind="stable")[:, :N_CONTEXTS]
+    k = min(N_CONTEXTS, prev_FV.shape[1])
+    top_prev_FK = np.argpartition(-prev_FV, k - 1, axis=1)[:, :k]
+    top_prev_FK = np.take_along_axis(top_prev_FK, np.argsort(-np.take_along_axis(prev_FV, top_prev_FK, axis=1),
+                                                              axis=1, kind="stable"), axis=1)
     out = []
     for f in range(len(source_FS)):
         after = [[token_text[p], round(float(prev_FV[f, p] / total_F[f]), 4)]
