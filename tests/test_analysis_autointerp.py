@@ -92,18 +92,27 @@ def context_corpus(rng, n_windows=400, ctx=16):
     return tokens.ravel(), docs.ravel(), acts.ravel(), ctx
 
 
-def test_context_explainer_scores_above_the_token_list_on_a_context_feature():
+def unit_context(sources: TokenSources, acts_N: np.ndarray, n_tokens: int = 3):
+    """A unit's context statistics computed directly from its activations ``acts_N`` on every row."""
     from monosemantic.analysis.context import UnitContext
 
+    has = sources.prev_N >= 0
+    by_prev = np.bincount(sources.prev_N[has], weights=acts_N[has], minlength=20)
+    tokens_T = np.argsort(-np.bincount(sources.tokens_N, weights=acts_N, minlength=20), kind="stable")[:n_tokens]
+    token_source_TS = np.array([np.bincount(sources.source_N, weights=acts_N * (sources.tokens_N == t), minlength=2)
+                                for t in tokens_T])
+    token_prev_TV = np.array([np.bincount(sources.prev_N[has], weights=(acts_N * (sources.tokens_N == t))[has],
+                                          minlength=20) for t in tokens_T])
+    return UnitContext(np.bincount(sources.source_N, weights=acts_N, minlength=2), np.array([acts_N.sum()]),
+                       np.arange(20), by_prev, float(acts_N[acts_N > 0].mean()), tokens_T, token_source_TS,
+                       token_prev_TV)
+
+
+def test_context_explainer_scores_above_the_token_list_on_a_context_feature():
     rng = np.random.default_rng(0)
     tokens_N, docs_N, acts_N, ctx = context_corpus(rng)
     sources = TokenSources.build(tokens_N, docs_N, ctx, TWO_SOURCES, vocab_size=20)
-    has = sources.prev_N >= 0
-    context = UnitContext(np.bincount(sources.source_N, weights=acts_N, minlength=2), np.array([acts_N.sum()]),
-                          np.flatnonzero(np.bincount(sources.prev_N[has], weights=acts_N[has], minlength=20)),
-                          np.bincount(sources.prev_N[has], weights=acts_N[has], minlength=20)[
-                              np.flatnonzero(np.bincount(sources.prev_N[has], weights=acts_N[has], minlength=20))],
-                          float(acts_N[acts_N > 0].mean()))
+    context = unit_context(sources, acts_N)
 
     def examples(rows_list):
         return [Example(tokens_N[r], acts_N[r], r) for r in rows_list]
@@ -123,26 +132,15 @@ def test_context_explainer_scores_above_the_token_list_on_a_context_feature():
 
 
 def test_context_without_rows_removes_exactly_the_held_out_mass():
-    from monosemantic.analysis.context import UnitContext
-
     rng = np.random.default_rng(2)
     tokens_N, docs_N, acts_N, ctx = context_corpus(rng, n_windows=20)
     sources = TokenSources.build(tokens_N, docs_N, ctx, TWO_SOURCES, vocab_size=20)
-
-    def context_of(keep):
-        a = np.where(keep, acts_N, 0.0)
-        has = sources.prev_N >= 0
-        prev = np.bincount(sources.prev_N[has], weights=a[has], minlength=20)
-        return UnitContext(np.bincount(sources.source_N, weights=a, minlength=2), np.array([a.sum()]),
-                           np.arange(20), prev, 1.0)
-
     held_out = np.unique(rng.integers(0, len(tokens_N), 60))
     keep = np.ones(len(tokens_N), bool)
     keep[held_out] = False
-    reduced = context_of(np.ones(len(tokens_N), bool)).without_rows(held_out, acts_N[held_out], sources)
-    expected = context_of(keep)
-    np.testing.assert_allclose(reduced.source_mass_S, expected.source_mass_S, atol=1e-12)
-    np.testing.assert_allclose(reduced.prev_mass, expected.prev_mass, atol=1e-12)
-    np.testing.assert_allclose(reduced.language_mass_L, expected.language_mass_L, atol=1e-12)
-
-
+    full = unit_context(sources, acts_N)
+    reduced = full.without_rows(held_out, acts_N[held_out], sources)
+    expected = unit_context(sources, np.where(keep, acts_N, 0.0))
+    np.testing.assert_array_equal(full.tokens_T, expected.tokens_T)  # token 7 first either way
+    for name in ("source_mass_S", "prev_mass", "language_mass_L", "token_source_TS", "token_prev_TV"):
+        np.testing.assert_allclose(getattr(reduced, name), getattr(expected, name), atol=1e-12, err_msg=name)

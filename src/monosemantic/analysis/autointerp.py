@@ -22,11 +22,13 @@ Offline backends (no network, no LLM):
 - ``OfflineExplainer`` ("offline-token-list", the baseline): the explanation is the list of tokens
   the unit prefers, each weighted by its mean normalised activation in the explain split, shrunk
   towards 0 for rare tokens (Σa / (count + 1)); the simulator predicts each token's weight.
-- ``ContextExplainer`` ("offline-context"): the same token weights times the *lift* of the
-  context's document source and of the token before (``context.py``), measured on the unit's
-  activation over all analysed tokens *less the score split's rows*, so the score split stays
-  held out. The explanation names the largest sources and the most preferred previous tokens; the
-  simulator uses those factors and one pooled factor for every context it does not name.
+- ``ContextExplainer`` ("offline-context"): the same token weights, times — on the listed tokens
+  that are among the unit's tokens of most activation mass — the *lift* of the context's document
+  source and of the token before (``context.py``), measured on the unit's activation on those
+  tokens over all analysed text *less the score split's rows*, so the score split stays held out.
+  The explanation names the sources with the largest shares of that activation and the most
+  preferred previous tokens; the simulator uses those factors and one pooled factor for every
+  context it does not name.
 
 Offline detection says "fires" where the simulator predicts ≥ ``DETECT_THRESHOLD`` somewhere in the
 context; offline fuzzing says "correct" when it predicts ≥ ``DETECT_THRESHOLD`` on every marked
@@ -68,6 +70,7 @@ class Explanation:
     other_source_lift: float = 1.0  # … and every other source
     prev_lifts: dict[int, float] = field(default_factory=dict)  # context backend: named previous tokens
     other_prev_lift: float = 1.0  # … and every other previous token
+    context_tokens: set[int] = field(default_factory=set)  # the tokens the lifts apply to
 
 
 @dataclass
@@ -147,41 +150,48 @@ class ContextExplainer(OfflineExplainer):
 
     def explain(self, examples: list[Example], max_act: float, context: UnitContext | None = None) -> Explanation:
         base = super().explain(examples, max_act)
-        if not base.token_weights or context is None or context.total <= 0:
+        if not base.token_weights or context is None:
             return base
-        ids = np.fromiter(base.token_weights, dtype=np.int64)
-        w = np.fromiter(base.token_weights.values(), dtype=np.float64)
-        total, mu = context.total, context.mean_act
+        # the listed tokens whose activation mass the statistics split by context
+        slots = [i for i, t in enumerate(context.tokens_T.tolist()) if t in base.token_weights]
+        ids = context.tokens_T[slots]
+        w = np.array([base.token_weights[int(t)] for t in ids])
+        mass_S = context.token_source_TS[slots].sum(axis=0)
+        total, mu = float(mass_S.sum()), context.mean_act
+        if total <= 0:
+            return base
 
         expected_S = w @ self.sources.token_source_VS[ids]
-        lift_S = lifts(context.source_mass_S, expected_S, total, expected_S.sum(), mu)
-        shares_S = context.source_shares()
+        lift_S = lifts(mass_S, expected_S, total, expected_S.sum(), mu)
+        shares_S = mass_S / total
         named = [int(s) for s in np.argsort(-shares_S, kind="stable")[: self.n_sources]
-                 if shares_S[s] >= self.min_source_share]
+                 if shares_S[s] >= self.min_source_share and len(shares_S) > 1]  # one source says nothing
         source_lifts = {s: float(lift_S[s]) for s in named}
         rest = np.setdiff1d(np.arange(len(shares_S)), named)
-        other_source = float(lifts(context.source_mass_S[rest].sum(keepdims=True), expected_S[rest].sum(keepdims=True),
+        other_source = float(lifts(mass_S[rest].sum(keepdims=True), expected_S[rest].sum(keepdims=True),
                                    total, expected_S.sum(), mu)[0])
 
-        # previous tokens: the same comparison against n(p → t) for the listed tokens t
+        # previous tokens: the same comparison against n(p → t)
+        mass_V = context.token_prev_TV[slots].sum(axis=0)
         expected_V = np.asarray(self.sources.bigram_PV[:, ids] @ w).ravel()
-        prev_total, prev_expected = context.prev_mass.sum(), expected_V.sum()
-        prev_lift = lifts(context.prev_mass, expected_V[context.prev_tokens], prev_total, prev_expected, mu)
-        prev_share = context.prev_mass / total
-        candidates = [i for i in np.argsort(-prev_share, kind="stable")
-                      if prev_share[i] >= self.min_prev_share and prev_lift[i] >= self.min_prev_lift][: self.n_prev]
-        prev_lifts = {int(context.prev_tokens[i]): float(prev_lift[i]) for i in candidates}
+        prev_total, prev_expected = float(mass_V.sum()), float(expected_V.sum())
+        prev_lift = lifts(mass_V, expected_V, prev_total, prev_expected, mu)
+        prev_share = mass_V / total
+        candidates = [int(p) for p in np.argsort(-prev_share, kind="stable")[: 4 * self.n_prev]
+                      if prev_share[p] >= self.min_prev_share and prev_lift[p] >= self.min_prev_lift][: self.n_prev]
+        prev_lifts = {p: float(prev_lift[p]) for p in candidates}
         other_prev = 1.0
         if prev_lifts:
-            rest_mass = prev_total - context.prev_mass[candidates].sum()
-            rest_expected = prev_expected - expected_V[context.prev_tokens[candidates]].sum()
+            rest_mass = prev_total - mass_V[candidates].sum()
+            rest_expected = prev_expected - expected_V[candidates].sum()
             other_prev = float(lifts(np.array([rest_mass]), np.array([rest_expected]), prev_total, prev_expected,
                                      mu)[0])
 
         where = ", ".join(f"{self.sources.sources[s]} {shares_S[s]:.0%} (×{source_lifts[s]:.1f})" for s in named)
         after = ", ".join(f"{self.quote(p)} ×{lift:.1f}" for p, lift in prev_lifts.items())
         text = base.text + (f" — {where}" if where else "") + (f" · after {after}" if after else "")
-        return Explanation(text, base.token_weights, source_lifts, other_source, prev_lifts, other_prev)
+        return Explanation(text, base.token_weights, source_lifts, other_source, prev_lifts, other_prev,
+                           {int(t) for t in ids})
 
     def simulate(self, explanation: Explanation, contexts: list[Example]) -> list[np.ndarray]:
         token_only = super().simulate(explanation, contexts)
@@ -189,9 +199,14 @@ class ContextExplainer(OfflineExplainer):
         source_lift[list(explanation.source_lifts)] = list(explanation.source_lifts.values())
         prev_lift = np.full(self.sources.token_source_VS.shape[0] + 1, explanation.other_prev_lift)  # last: no previous
         prev_lift[list(explanation.prev_lifts)] = list(explanation.prev_lifts.values())
-        return [p if c.rows is None
-                else p * source_lift[self.sources.source_N[c.rows]] * prev_lift[self.sources.prev_N[c.rows]]
-                for p, c in zip(token_only, contexts)]
+        context_tokens = np.fromiter(explanation.context_tokens, dtype=np.int64)
+        out = []
+        for p, c in zip(token_only, contexts):
+            if c.rows is not None and len(context_tokens):
+                factor = source_lift[self.sources.source_N[c.rows]] * prev_lift[self.sources.prev_N[c.rows]]
+                p = np.where(np.isin(c.tokens, context_tokens), p * factor, p)
+            out.append(p)
+        return out
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:

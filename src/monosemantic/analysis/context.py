@@ -7,12 +7,13 @@ s_n and language l_n of its document), a unit u with activations a_un ≥ 0 has
     share_u(s) = mass_u(s) / Σ_n a_un      "Python docs 91 %"
 
 A share alone says little: a feature that fires on every " the" gets most of its mass wherever " the"
-is most common. The context explanation therefore compares each share with what the unit's *token*
-explanation predicts there. With token weights w(t) (``OfflineExplainer``) and the analysed text's
-counts n(t, s) and n(p → t),
+is most common. The context explanation therefore compares, on the tokens t its token explanation
+lists (those among the unit's ``CONTEXT_TOKENS`` tokens of most mass, whose mass mass_u(t, s) and
+mass_u(p → t) is kept per source and previous token), the mass with what the token weights w(t)
+(``OfflineExplainer``) predict from the analysed text's counts n(t, s) and n(p → t):
 
-    expected_u(s) = Σ_t w(t) n(t, s),  rescaled so that Σ_s expected_u(s) = Σ_s mass_u(s),
-    lift_u(s) = (mass_u(s) + κ μ_u) / (expected_u(s) + κ μ_u),
+    mass_u(s) = Σ_t mass_u(t, s),  expected_u(s) = Σ_t w(t) n(t, s),
+    lift_u(s) = (mass_u(s) + κ μ_u) / (expected_u(s) · Σ_s mass_u(s) / Σ_s expected_u(s) + κ μ_u),
 
 where μ_u is the unit's mean activation when it fires and κ = ``PRIOR_FIRINGS`` pseudo-firings pull
 the lift of a context seen a few times towards 1. lift_u(s) ≫ 1: the unit prefers its tokens in s;
@@ -21,7 +22,7 @@ the lift of a context seen a few times towards 1. lift_u(s) ≫ 1: the unit pref
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,6 +39,7 @@ class TokenSources:
 
     sources: list[str]
     languages: list[str]
+    tokens_N: np.ndarray  # int64 [N]
     source_N: np.ndarray  # int64 [N]
     language_N: np.ndarray  # int64 [N]
     prev_N: np.ndarray  # int64 [N], −1 for the first row of a harvest window (the model saw nothing before)
@@ -59,7 +61,7 @@ class TokenSources:
         bigram_PV = sp.csc_matrix((np.ones(int(has.sum())), (prev_N[has], tokens_N[has])),
                                   shape=(vocab_size, vocab_size))
         bigram_PV.sum_duplicates()
-        return cls(doc_sources.sources, doc_sources.languages, source_N, language_N, prev_N,
+        return cls(doc_sources.sources, doc_sources.languages, tokens_N.astype(np.int64), source_N, language_N, prev_N,
                    token_source_VS.astype(np.float64), bigram_PV)
 
     @classmethod
@@ -79,13 +81,17 @@ class TokenSources:
 
 @dataclass
 class UnitContext:
-    """One unit's activation mass by source [S], by language [L] and by previous token (sparse)."""
+    """One unit's activation mass by source [S], by language [L] and by previous token (sparse), and
+    on its tokens of most mass [T] by source [T, S] and by previous token [T, V]."""
 
     source_mass_S: np.ndarray
     language_mass_L: np.ndarray
     prev_tokens: np.ndarray  # previous-token ids with mass, ascending
     prev_mass: np.ndarray  # their mass
     mean_act: float  # μ: mean activation when firing
+    tokens_T: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # −1: no token
+    token_source_TS: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    token_prev_TV: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def total(self) -> float:
@@ -104,8 +110,14 @@ class UnitContext:
             slot_R = np.minimum(np.searchsorted(self.prev_tokens, prev_R), len(self.prev_tokens) - 1)
             hit_R = self.prev_tokens[slot_R] == prev_R  # a row with no previous token (−1) never hits
             np.subtract.at(prev_mass, slot_R[hit_R], acts_R[hit_R])
+        token_source, token_prev = self.token_source_TS.copy(), self.token_prev_TV.copy()
+        entry, slot = np.nonzero(self.tokens_T[None, :] == text.tokens_N[rows_R][:, None])
+        np.subtract.at(token_source, (slot, text.source_N[rows_R][entry]), acts_R[entry])
+        has = text.prev_N[rows_R][entry] >= 0
+        np.subtract.at(token_prev, (slot[has], text.prev_N[rows_R][entry][has]), acts_R[entry][has])
         return UnitContext(np.maximum(source, 0), np.maximum(language, 0), self.prev_tokens,
-                           np.maximum(prev_mass, 0), self.mean_act)
+                           np.maximum(prev_mass, 0), self.mean_act, self.tokens_T,
+                           np.maximum(token_source, 0), np.maximum(token_prev, 0))
 
     def source_shares(self) -> np.ndarray:
         return self.source_mass_S / max(self.total, 1e-30)

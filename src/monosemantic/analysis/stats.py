@@ -10,7 +10,10 @@ neurons (the baseline basis), ``sae.encode`` for a dictionary. Two sweeps over t
   [U, U], over the first ``cofire_rows`` rows only and until it holds ``MAX_COFIRE_PAIRS`` pairs, as
   distinct pairs grow with the tokens); every unit's activations on a fixed seeded set of random contexts;
   Σ a per (unit, document source), per (unit, language) and per (unit, previous token) (``context.py``);
-- sweep 2 (needs each unit's max): a histogram of the nonzero activations over (0, max], and
+- sweep 2 (needs each unit's max and its tokens): Σ a per (unit, token, document source) and per
+  (unit, token, previous token) for each unit's ``CONTEXT_TOKENS`` tokens of most activation mass
+  (what the context explainer compares with its token list); a histogram of the nonzero
+  activations over (0, max], and
   ``per_interval`` uniform samples from each of ``n_intervals`` equal activation intervals
   [i·max/I, (i+1)·max/I) — Bricken et al. 2023's dashboard intervals — keyed by a hash of
   (row, unit, seed), so the sample is the same however the pass is chunked.
@@ -39,6 +42,7 @@ from monosemantic.progress import progress
 DENSE_COFIRE_FRACTION = 0.05  # above this fraction of nonzero activations, co-firing uses a dense matmul
 DENSE_ENTRIES = 1 << 24  # count matrices up to this size (64 MB as float32) are kept dense
 MAX_COFIRE_PAIRS = 1 << 24  # a sparse co-firing matrix stops growing here (~200 MB)
+CONTEXT_TOKENS = 8  # per unit, the tokens whose activation is split by source and previous token
 
 
 @dataclass
@@ -89,13 +93,19 @@ class UnitStats:
     source_mass_US: np.ndarray  # float64 Σ activation per (unit, document source)
     language_mass_UL: np.ndarray  # float64 Σ activation per (unit, document language)
     prev_mass_UV: sp.csr_matrix  # Σ activation per (unit, previous token in the window)
+    context_tokens_UT: np.ndarray  # int64 [U, T] each unit's tokens of most activation mass (−1: none)
+    token_source_UTS: np.ndarray  # float64 [U, T, S] Σ activation on those tokens per source
+    token_prev_UTV: sp.csr_matrix  # [U·T, V] Σ activation on those tokens per previous token
 
     def context(self, unit: int) -> UnitContext:
         """Where unit ``unit``'s activation mass comes from (see ``context.py``)."""
         start, stop = self.prev_mass_UV.indptr[unit], self.prev_mass_UV.indptr[unit + 1]
+        T = self.context_tokens_UT.shape[1]
         return UnitContext(self.source_mass_US[unit], self.language_mass_UL[unit],
                            self.prev_mass_UV.indices[start:stop].astype(np.int64),
-                           self.prev_mass_UV.data[start:stop].astype(np.float64), float(self.mean_act_U[unit]))
+                           self.prev_mass_UV.data[start:stop].astype(np.float64), float(self.mean_act_U[unit]),
+                           self.context_tokens_UT[unit], self.token_source_UTS[unit],
+                           self.token_prev_UTV[unit * T:(unit + 1) * T].toarray())
 
     @property
     def n_units(self) -> int:
@@ -326,6 +336,9 @@ class _Sweep2:
         self.scale_U = np.where(first.max_act_U > 0, 1 / np.maximum(first.max_act_U, 1e-30), 0)
         self.hist_UH = np.zeros((U, cfg.hist_bins), dtype=np.int64)
         self.intervals = GroupedBottomK(U * I, cfg.per_interval, W)
+        self.context_tokens_UT = _top_columns(first.token_acts.collapse(), CONTEXT_TOKENS)
+        self.token_source_UTS = np.zeros((U, CONTEXT_TOKENS, first.sources.n_sources))
+        self.token_prev = _MatrixSum((U * CONTEXT_TOKENS, first.vocab_size))
 
     def update(self, acts_BD: torch.Tensor, start: int, text: TokenContext) -> None:
         cfg, U = self.cfg, self.first.basis.n_units
@@ -337,8 +350,19 @@ class _Sweep2:
         self.hist_UH += np.bincount(u_E * H + hist_bin_E, minlength=U * H).reshape(U, H)
         interval_E = np.minimum((frac_E * I).astype(np.int64), I - 1)
         rows_E = start + b_E
+        self._add_token_contexts(u_E, v_E, rows_E, text)
         self.intervals.offer(u_E * I + interval_E, uniform_hash(rows_E, u_E, self.cfg.seed), rows_E, text.docs_N[rows_E],
                              v_E, lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg))
+
+    def _add_token_contexts(self, u_E: np.ndarray, v_E: np.ndarray, rows_E: np.ndarray, text: TokenContext) -> None:
+        sources, T = self.first.sources, CONTEXT_TOKENS
+        entry, slot = np.nonzero(self.context_tokens_UT[u_E] == text.tokens_N[rows_E][:, None])
+        unit_slot, value, rows = u_E[entry] * T + slot, v_E[entry], rows_E[entry]
+        S = sources.n_sources
+        self.token_source_UTS += np.bincount(unit_slot * S + sources.source_N[rows], weights=value,
+                                             minlength=self.token_source_UTS.size).reshape(self.token_source_UTS.shape)
+        prev = sources.prev_N[rows]
+        self.token_prev.add(unit_slot[prev >= 0], prev[prev >= 0], value[prev >= 0])
 
     def result(self, random_rows: np.ndarray) -> UnitStats:
         first = self.first
@@ -351,5 +375,16 @@ class _Sweep2:
             token_fires_UV=first.token_fires.collapse(), token_act_sums_UV=first.token_acts.collapse(),
             cofire_UU=first.cofire.collapse(), cofire_rows=first.cofire_rows,
             source_mass_US=first.source_mass_US, language_mass_UL=first.language_mass_UL,
-            prev_mass_UV=first.prev_mass.collapse(),
+            prev_mass_UV=first.prev_mass.collapse(), context_tokens_UT=self.context_tokens_UT,
+            token_source_UTS=self.token_source_UTS, token_prev_UTV=self.token_prev.collapse(),
         )
+
+
+def _top_columns(matrix_UV: sp.csr_matrix, k: int) -> np.ndarray:
+    """Per row, the columns of its ``k`` largest entries, largest first, padded with −1 → int64 [U, k]."""
+    out = np.full((matrix_UV.shape[0], k), -1, dtype=np.int64)
+    for u in range(matrix_UV.shape[0]):
+        start, stop = matrix_UV.indptr[u], matrix_UV.indptr[u + 1]
+        order = np.lexsort((matrix_UV.indices[start:stop], -matrix_UV.data[start:stop]))[:k]
+        out[u, :len(order)] = matrix_UV.indices[start:stop][order]
+    return out
