@@ -155,13 +155,15 @@ class ContextExplainer(OfflineExplainer):
         # the listed tokens whose activation mass the statistics split by context
         slots = [i for i, t in enumerate(context.tokens_T.tolist()) if t in base.token_weights]
         ids = context.tokens_T[slots]
-        w = np.array([base.token_weights[int(t)] for t in ids])
-        mass_S = context.token_source_TS[slots].sum(axis=0)
+        mass_TS = context.token_source_TS[slots]
+        mass_S = mass_TS.sum(axis=0)
         total, mu = float(mass_S.sum()), context.mean_act
         if total <= 0:
             return base
+        # each token's own mean activation, so a context's lift measures the context, not token weights' errors
+        rate = mass_TS.sum(axis=1) / np.maximum(self.sources.token_source_VS[ids].sum(axis=1), 1)
 
-        expected_S = w @ self.sources.token_source_VS[ids]
+        expected_S = rate @ self.sources.token_source_VS[ids]
         lift_S = lifts(mass_S, expected_S, total, expected_S.sum(), mu)
         shares_S = mass_S / total
         named = [int(s) for s in np.argsort(-shares_S, kind="stable")[: self.n_sources]
@@ -173,7 +175,7 @@ class ContextExplainer(OfflineExplainer):
 
         # previous tokens: the same comparison against n(p → t)
         mass_V = context.token_prev_TV[slots].sum(axis=0)
-        expected_V = np.asarray(self.sources.bigram_PV[:, ids] @ w).ravel()
+        expected_V = np.asarray(self.sources.bigram_PV[:, ids] @ rate).ravel()
         prev_total, prev_expected = float(mass_V.sum()), float(expected_V.sum())
         prev_lift = lifts(mass_V, expected_V, prev_total, prev_expected, mu)
         prev_share = mass_V / total

@@ -9,10 +9,10 @@ s_n and language l_n of its document), a unit u with activations a_un ≥ 0 has
 A share alone says little: a feature that fires on every " the" gets most of its mass wherever " the"
 is most common. The context explanation therefore compares, on the tokens t its token explanation
 lists (those among the unit's ``CONTEXT_TOKENS`` tokens of most mass, whose mass mass_u(t, s) and
-mass_u(p → t) is kept per source and previous token), the mass with what the token weights w(t)
-(``OfflineExplainer``) predict from the analysed text's counts n(t, s) and n(p → t):
+mass_u(p → t) is kept per source and previous token), the mass with what each token's own mean
+activation r(t) = Σ_s mass_u(t, s) / n(t) predicts from the analysed text's counts n(t, s), n(p → t):
 
-    mass_u(s) = Σ_t mass_u(t, s),  expected_u(s) = Σ_t w(t) n(t, s),
+    mass_u(s) = Σ_t mass_u(t, s),  expected_u(s) = Σ_t r(t) n(t, s),
     lift_u(s) = (mass_u(s) + κ μ_u) / (expected_u(s) · Σ_s mass_u(s) / Σ_s expected_u(s) + κ μ_u),
 
 where μ_u is the unit's mean activation when it fires and κ = ``PRIOR_FIRINGS`` pseudo-firings pull
