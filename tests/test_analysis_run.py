@@ -3,6 +3,7 @@ themselves — so every feature number must equal the matching neuron number —
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 
@@ -15,6 +16,7 @@ from monosemantic.analysis.analyze import AnalysisConfig, analyze_run
 from monosemantic.analysis.cli import search, steer
 from monosemantic.analysis.steer import ablation_loss_change, next_token_change, sample_continuation, steering_hook
 from monosemantic.analysis.store import FILENAME, FeatureStore
+from monosemantic.corpus.sources import DocumentSources
 from monosemantic.errors import UserError
 from monosemantic.lm.model import load_lm
 from monosemantic.progress import set_quiet
@@ -45,14 +47,27 @@ def analysed(tiny_run, tmp_path_factory):
     d = ActivationStore(run / "activations" / "val").d_in
     sae, cfg = identity_sae(d)
     save_sae(sae, cfg, run / "saes" / f"identity-{d}")
-    figures = analyze_run(run, [f"identity-{d}"], CFG)
+    figures = analyze_run(run, [f"identity-{d}"], CFG, doc_sources=parity_sources(run))
     return run, figures, f"identity-{d}"
+
+
+def parity_sources(run):
+    """Two made-up sources: even and odd corpus documents."""
+    n_docs = json.loads((run / "tokens" / "index.json").read_text())["n_docs"]
+    parity = np.arange(n_docs, dtype=np.int32) % 2
+    return DocumentSources(["even", "odd"], ["en"], parity, np.zeros(n_docs, dtype=np.int32))
 
 
 def test_figures_and_files(analysed):
     run, figures, name = analysed
     assert (run / FILENAME).is_file() and (run / figures["score_plot"]).stat().st_size > 1000
-    assert figures["backend"] == "offline-token-list" and figures["feature_dictionary"] == name
+    assert figures["backend"] == "offline-context" and figures["feature_dictionary"] == name
+    backends = {b["backend"]: b for b in figures["explainer_backends"]}
+    assert list(backends) == ["offline-context", "offline-token-list"]
+    for b in backends.values():
+        for key in ("score_mean", "score_median", "detection_mean", "fuzzing_mean"):
+            assert -1 <= b[f"feature_{key}"] <= 1 and -1 <= b[f"neuron_{key}"] <= 1, key
+    assert figures["feature_score_mean"] == backends["offline-context"]["feature_score_mean"]
     n_alive = figures["dictionaries"]["neurons"]["alive"]
     assert figures["n_scored_units"] == min(16, n_alive) and figures["dictionaries"][name]["alive"] == n_alive
     store = FeatureStore(run / FILENAME)
@@ -78,6 +93,8 @@ def test_identity_features_equal_neurons(analysed):
         ]
         assert store.constituents(name, u)[0] == (u, 1.0)
         assert store.neuron_users(name, u)[0] == (u, 1.0)
+        assert store.explanations("neurons", u) == store.explanations(name, u)
+        assert store.contexts("neurons", u) == store.contexts(name, u)
     assert store.dictionary(None)["name"] == name  # the default is the largest SAE
     with pytest.raises(sqlite3.OperationalError):
         store.db.execute("DELETE FROM units")  # read-only
@@ -100,6 +117,31 @@ def test_examples_hold_true_contexts_and_activations(analysed):
         assert e["tokens"] == acts.origin(rows)["token"].tolist()
         np.testing.assert_allclose(e["acts"], acts.rows(rows)[:, unit].numpy(), rtol=1e-6)
         assert len(set(rows // 32)) == 1  # never crosses a harvest window
+
+
+def test_context_shares_are_exact(analysed):
+    run, figures, name = analysed
+    acts = ActivationStore(run / "activations" / "val")
+    n = figures["n_tokens"]
+    origin = acts.origin(np.arange(n))
+    acts_NU = acts.rows(np.arange(n)).numpy().astype(np.float64)
+    parity_N = origin["doc"] % 2
+    prev_N = np.concatenate([[-1], origin["token"][:-1]])
+    prev_N[np.arange(n) % 32 == 0] = -1  # nothing before a harvest window's first token
+    store = FeatureStore(run / FILENAME)
+    unit = max(range(8), key=lambda u: store.unit(name, u)["fire_count"])
+    contexts = store.contexts(name, unit)
+    total = acts_NU[:, unit].sum()
+    expected = {label: acts_NU[parity_N == k, unit].sum() / total for k, label in enumerate(["even", "odd"])}
+    assert {label: share for label, share in contexts["source"]} == pytest.approx(
+        {k: v for k, v in expected.items() if v >= 0.01})
+    assert contexts["language"] == [("en", pytest.approx(1.0))]
+    label, share = contexts["preceding"][0]
+    by_prev = np.bincount(prev_N[prev_N >= 0], weights=acts_NU[prev_N >= 0, unit])
+    assert store.token_text(int(by_prev.argmax())) == label and share == pytest.approx(by_prev.max() / total)
+    explanations = store.explanations(name, unit)
+    assert [e["backend"] for e in explanations] == ["offline-context", "offline-token-list"]
+    assert store.unit(name, unit)["explanation"] == explanations[0]["explanation"]
 
 
 def test_token_search_precision_recall_is_exact(analysed):
@@ -137,7 +179,7 @@ def test_analysis_is_deterministic(analysed, tmp_path):
     again = tmp_path / "run"
     shutil.copytree(run, again)
     (again / FILENAME).unlink()
-    figures2 = analyze_run(again, [name], CFG)
+    figures2 = analyze_run(again, [name], CFG, doc_sources=parity_sources(again))
     assert figures2["neuron_score_mean"] == figures["neuron_score_mean"]
     rows = [
         sqlite3.connect(r / FILENAME)

@@ -83,9 +83,11 @@ def run(tiny_run, tmp_path_factory) -> Path:
     analyze_run(run, names, CFG)
     (run / "splitting").mkdir()
     (run / "splitting" / "families.json").write_text(json.dumps({
-        "features": {name: {"label": [f"{name}#{f}" for f in range(n)]} for name, n in zip(names, (d, 2 * d))},
+        "features": {name: {"label": [f"{name}#{f}" for f in range(n)],
+                            "sources": [[["bible" if f % 2 else "python-docs", 0.9]] for f in range(n)],
+                            "after": [[[" in", 0.25]] for _ in range(n)]} for name, n in zip(names, (d, 2 * d))},
         "links": [{"from": names[0], "to": names[1], "parent": [j // 2 for j in range(2 * d)],
-                   "similarity": [0.5] * (2 * d), "coverage": [1.0] * d}]}))
+                   "similarity": [0.5] * (2 * d), "coverage": [1.0] * d, "parent_coverage": [0.5] * (2 * d)}]}))
     (run / "toy").mkdir()
     (run / "toy" / "plane.png").write_bytes(_png(4, 3))
     rd = RunDir(run)
@@ -139,6 +141,9 @@ def test_feature_page_of_an_identity_feature_is_its_neuron(client, run, names):
     family = feature["family"]
     assert family["ancestors"] == []
     assert [f["feature"] for f in family["descendants"][0]["features"]] == [2 * unit, 2 * unit + 1]
+    assert [f["sources"][0][0] for f in family["descendants"][0]["features"]] == ["python-docs", "bible"]
+    assert family["descendants"][0]["features"][0]["parent_coverage"] == 0.5
+    assert family["self"]["feature"] == unit and family["self"]["after"] == [[" in", 0.25]]
     child = client.get(f"/api/saes/{doubled}/features/{2 * unit + 1}").json()
     assert [(a["sae"], a["feature"]) for a in child["family"]["ancestors"]] == [(identity, unit)]
 
@@ -392,7 +397,9 @@ def test_ui_feature_page(page, server, run, names):
     main = page.find_element("css selector", "main").text
     assert "[object" not in main and "interval 2:" in main and "Random firing contexts" in main
     assert len(page.find_elements("css selector", ".ctx")) == len(store.examples(identity, unit))
-    assert f"feature {2 * unit + 1}" in page.find_element("css selector", "#family").text
+    family = page.find_element("css selector", "#family").text
+    assert f"feature {2 * unit + 1}" in family and "covers 50 % of its parent" in family
+    assert "sources: python-docs 90 %" in family and "sources: bible 90 %" in family and "after:" in family
     page.find_element("css selector", "#family a").click()
     wait_for(page, "h1", f"Feature {2 * unit}")
 

@@ -80,3 +80,16 @@ def test_god_occurs_for_the_essays_feature(docs):
                     if d["source"] == "kjv-bible")
     assert bible_god > 4000  # 4,116 in this KJV text
     assert god > bible_god
+
+
+def test_document_sources_know_each_part_and_language(docs):
+    from monosemantic.corpus.sources import document_sources
+
+    sources = document_sources()
+    assert len(sources.source_D) == len(docs)
+    assert [sources.sources[s] for s in sources.source_D[:50]] == [d["source"] for d in docs[:50]]
+    language = {d["title"]: sources.languages[sources.language_D[i]] for i, d in enumerate(docs)}
+    assert language["The Bible (KJV): 2 John"] == "en"
+    assert {"ru", "zh", "ja", "ar", "fa", "de"} <= set(sources.languages)
+    handbook_zh = next(t for t in language if t.startswith("Debian Handbook [zh-CN]"))
+    assert language[handbook_zh] == "zh"

@@ -157,3 +157,45 @@ def test_features_firing_on_too_few_tokens_get_no_parent():
     loose = analyse_splitting([x], [small.encode, large.encode], decoders, threshold=0.4, min_fires=1).links[0]
     np.testing.assert_array_equal(strict.parent_L, [0, 0, 1, -1, -1])
     np.testing.assert_array_equal(loose.parent_L, [0, 0, 1, 2, 2])
+
+
+def test_context_family_is_the_parent_whose_children_differ_most_in_source(tmp_path):
+    """Parent x0 + x1 + x2 splits into three children that fire in three different documents'
+    sources: the context family is that parent, with JS divergence = the entropy of the children's
+    mass shares, and each child covers exactly its own share of the parent's squared activation."""
+    from monosemantic.corpus.sources import DocumentSources
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(N, 4, generator=g) * (torch.rand(N, 4, generator=g) < 0.3)
+    which = torch.randint(0, 3, (N,), generator=g)
+    x[:, :3] *= torch.nn.functional.one_hot(which, 3).float()  # at most one of x0, x1, x2 per token
+    small_W = torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0], [0, 1.0]])
+    large_W = torch.eye(4)
+    run = tmp_path / "run"
+    tokenizer = train_tokenizer(["the cat sat on the mat."] * 20, 300)
+    save_tokenizer(tokenizer, run / "tokenizer.json")
+    doc_N = np.where(x[:, :3].sum(1).numpy() > 0, which.numpy(), 3)  # document k holds the tokens of child k
+    with ActivationWriter(run / "activations/val", 4, "synthetic", meta={"ctx": 8}) as writer:
+        writer.append(x, np.zeros(N, np.int64), doc_N, np.arange(N) % 8, np.zeros(N, np.int64))
+    for name, W in (("standard-2", small_W), ("standard-4", large_W)):
+        save_sae(_sae(W), SAEConfig(variant="standard", d_in=4, d_sae=W.shape[1]), run / "saes" / name)
+    sources = DocumentSources(["bible", "python", "fortunes", "other"], ["en"], np.arange(4, dtype=np.int32),
+                              np.zeros(4, dtype=np.int32))
+
+    figures = feature_families(run, ["standard-2", "standard-4"], SplittingConfig(n_pictures=0), sources)
+    chosen = figures["context_family"]
+    assert (chosen["sae"], chosen["feature"], chosen["n_children"]) == ("standard-2", 0, 3)
+    mass = np.array([x[:, k].sum().item() for k in range(3)])
+    w = mass / mass.sum()
+    assert chosen["js_divergence_bits"] == pytest.approx(-(w * np.log2(w)).sum(), abs=1e-3)
+    assert chosen["distinct_dominant_sources"] == 3
+    saved = json.loads((run / "splitting/families.json").read_text())["context_family"]
+    p2 = ((x[:, 0] + x[:, 1] + x[:, 2]) ** 2).sum().item()
+    for child in saved["children"]:
+        k = child["feature"]
+        assert child["dominant_source"] == ["bible", "python", "fortunes"][k] and child["dominant_share"] == 1.0
+        assert child["parent_coverage"] == pytest.approx((x[:, k] ** 2).sum().item() / p2, abs=1e-4)
+    assert saved["parent"]["source_shares"][:3] == pytest.approx(w.tolist(), abs=1e-4)
+    assert (run / chosen["picture"]).read_bytes()[:4] == b"\x89PNG"
+    families = json.loads((run / "splitting/families.json").read_text())
+    assert families["features"]["standard-4"]["sources"][1] == [["python", 1.0]]

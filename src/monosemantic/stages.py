@@ -23,7 +23,7 @@ from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
 from monosemantic.analysis.universality import universality
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
-from monosemantic.corpus.sources import corpus_fingerprint, iter_documents
+from monosemantic.corpus.sources import DocumentSources, corpus_fingerprint, document_sources, iter_documents
 from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
@@ -236,12 +236,20 @@ def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore
     return figures
 
 
+def _document_sources(cfg: RunConfig, rd: RunDir) -> DocumentSources:
+    """Each corpus document's source, for the context statistics of analysis and splitting."""
+    c = cfg.corpus
+    if c.dataset is not None and cfg.analysis.source_field is None:  # one source: no need to stream it again
+        return DocumentSources.single(c.dataset, json.loads((rd / "tokens/index.json").read_text())["n_docs"])
+    return document_sources(c.corpus, c.dataset, c.dataset_split, c.text_field, c.max_docs, cfg.analysis.source_field)
+
+
 def analysis_stage(cfg: RunConfig) -> Stage:
     """Feature (and neuron) dashboards, logit effects, autointerp scores → RUN/features.sqlite."""
     names = [f"{cfg.sae.variant}-{size}" for size in cfg.sae.sizes]
 
     def run(rd: RunDir) -> dict:
-        return analyze_run(rd.path, names, cfg.analysis, str(resolve_device(cfg.device)))
+        return analyze_run(rd.path, names, cfg.analysis, str(resolve_device(cfg.device)), _document_sources(cfg, rd))
 
     return Stage("analysis", {**cfg.analysis.model_dump(), "saes": names}, run,
                  [FEATURE_STORE_FILE], analysis_headline, needs=["sae"])
@@ -253,14 +261,19 @@ def splitting_stage(cfg: RunConfig) -> Stage:
     split_cfg = cfg.splitting.model_copy(update={"device": cfg.device})
 
     def run(rd: RunDir) -> dict:
-        figures = feature_families(rd.path, names, split_cfg)
+        figures = feature_families(rd.path, names, split_cfg, _document_sources(cfg, rd))
         figures["feature_map"] = feature_map(rd.path, names, cfg.feature_map)
         return figures
 
-    config = {"splitting": cfg.splitting.model_dump(), "map": cfg.feature_map.model_dump(), "saes": names}
+    config = {"splitting": cfg.splitting.model_dump(), "map": cfg.feature_map.model_dump(), "saes": names,
+              "source_field": cfg.analysis.source_field}
+
     def summary(f: dict) -> str:
+        family = f.get("context_family")
+        context = (f"; context family {family['sae']}/{family['feature']} (JS {family['js_divergence_bits']:.2f} bits)"
+                   if family else "")
         return (f"{f['split_families']:,} features split into ≥ 2 children at the next size; "
-                f"map by {f['feature_map']['method']}")
+                f"map by {f['feature_map']['method']}{context}")
 
     return Stage("splitting", config, run, ["splitting/families.json", "feature_map/map.json"], summary,
                  needs=["sae"])

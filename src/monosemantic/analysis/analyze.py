@@ -1,16 +1,19 @@
 """The analysis stage: neurons and every SAE's features, analysed alike, into ``RUN/features.sqlite``.
 
 ``analyze_run`` computes the per-unit statistics (``stats.py``) over the held-out activation store,
-logit effects, constituent neurons, neighbours, and explains and scores units (``autointerp.py``);
-it compares a random sample of neurons with an equal-sized sample of the largest SAE's features
-under the same scorer (a plot and the two means go into ``run.json``), and checks for a "God"
-feature the way the essay describes it.
+where each unit's activation comes from (``context.py``), logit effects, constituent neurons,
+neighbours, and explains and scores units (``autointerp.py``) with every backend: the offline
+context explainer, the offline token-list baseline, and the LLM when configured. It compares a
+random sample of neurons with an equal-sized sample of the largest SAE's features under each
+backend separately (``explainer_backends`` in ``run.json``; scores of different backends are never
+averaged together), and checks for a "God" feature the way the essay describes it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +23,16 @@ import torch
 from monosemantic.activations import ActivationStore
 from monosemantic.analysis import store as fs
 from monosemantic.analysis.autointerp import (
+    ContextExplainer,
     Example,
     Explainer,
     OfflineExplainer,
     UnitScore,
-    llm_explainer_from_env,
     score_unit,
 )
 from monosemantic.analysis.config import AnalysisConfig
+from monosemantic.analysis.context import TokenSources, UnitContext, describe_sources
+from monosemantic.analysis.llm import llm_explainer_from_config
 from monosemantic.analysis.logits import logit_effects, top_and_bottom
 from monosemantic.analysis.neighbours import cofiring_neighbours, decoder_neighbours
 from monosemantic.analysis.neurons import constituent_neurons, neuron_users
@@ -41,9 +46,10 @@ from monosemantic.analysis.stats import (
     read_token_context,
 )
 from monosemantic.analysis.store import NEURONS
+from monosemantic.corpus.sources import DocumentSources
 from monosemantic.corpus.tokenizer import load_tokenizer
 from monosemantic.errors import UserError
-from monosemantic.figures import new_figure, save_figure
+from monosemantic.figures import save_figure
 from monosemantic.lm.model import load_lm
 from monosemantic.progress import progress
 from monosemantic.sae.io import load_sae
@@ -71,8 +77,8 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
     """Per unit: explain and score examples (token ids + activations), and rows for the store."""
     explain_intervals = cfg.per_interval // 2 + 1
     out = {}
-    random_tokens = [_context_tokens(text, r, cfg) for r in stats.random_rows_P]
-    tokens_of: dict[int, np.ndarray] = {}
+    random_rows = [_context_rows(text, r, cfg) for r in stats.random_rows_P]
+    rows_of: dict[int, np.ndarray] = {}
     for u in range(stats.n_units):
         records = []  # (kind, bucket, rank, row, activation, acts, split)
         for rank in range(cfg.top_k):
@@ -106,27 +112,53 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
         explain, score = [], []
         for kind, _bucket, rank, row, _activation, acts, split in records:
             if kind == "random":
-                tokens = random_tokens[rank]
+                rows = random_rows[rank]
             else:
-                tokens = tokens_of.get(row)
-                if tokens is None:
-                    tokens = tokens_of[row] = _context_tokens(text, row, cfg)
-            (explain if split == "explain" else score).append(Example(tokens, acts[~np.isnan(acts)].astype(np.float64)))
+                rows = rows_of.get(row)
+                if rows is None:
+                    rows = rows_of[row] = _context_rows(text, row, cfg)
+            (explain if split == "explain" else score).append(
+                Example(text.tokens_N[rows], acts[~np.isnan(acts)].astype(np.float64), rows))
         out[u] = {"records": records, "explain": explain, "score": score}
     return out
 
 
-def _context_tokens(text: TokenContext, row: int, cfg: AnalysisConfig) -> np.ndarray:
+def _context_rows(text: TokenContext, row: int, cfg: AnalysisConfig) -> np.ndarray:
     first, stop = text.span(int(row), cfg.context_left, cfg.context_right)
-    return text.tokens_N[first:stop]
+    return np.arange(first, stop)
 
 
-def _score_units(explainer: Explainer, stats: UnitStats, examples: dict, units: list[int]) -> dict[int, UnitScore]:
+def held_out_context(stats: UnitStats, unit: int, score: list[Example], sources: TokenSources) -> UnitContext:
+    """The unit's context mass less its activations on the score split's rows (each row once)."""
+    if not score:
+        return stats.context(unit)
+    rows = np.concatenate([e.rows for e in score])
+    acts = np.concatenate([e.acts for e in score])
+    rows, first = np.unique(rows, return_index=True)
+    return stats.context(unit).without_rows(rows, acts[first], sources)
+
+
+def _score_units(explainer: Explainer, stats: UnitStats, examples: dict, units: list[int],
+                 sources: TokenSources, seed: int, workers: int = 1) -> dict[int, UnitScore]:
+    """Explain and score ``units``; ``workers`` > 1 scores that many units at once (an LLM's requests overlap)."""
+
+    def one(u: int) -> UnitScore:
+        score = examples[u]["score"]
+        return score_unit(explainer, examples[u]["explain"], score, float(stats.max_act_U[u]),
+                          held_out_context(stats, u, score, sources), seed=seed + u)
+
     scores = {}
-    with progress(f"analysis: explain+score {stats.name}", len(units), unit="units") as advance:
-        for u in units:
-            scores[u] = score_unit(explainer, examples[u]["explain"], examples[u]["score"], float(stats.max_act_U[u]))
-            advance(1)
+    with progress(f"analysis: explain+score {stats.name} ({explainer.backend})", len(units), unit="units") as advance:
+        if workers == 1:
+            for u in units:
+                scores[u] = one(u)
+                advance(1)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = {pool.submit(one, u): u for u in units}
+                for future in as_completed(futures):
+                    scores[futures[future]] = future.result()
+                    advance(1)
     return scores
 
 
@@ -135,27 +167,54 @@ def _finite_mean(values: list[float]) -> float:
     return float(np.mean(np.nan_to_num(np.asarray(values, dtype=float), nan=0.0))) if values else float("nan")
 
 
-def _plot_scores(neuron_scores: list[float], feature_scores: list[float], feature_dict: str, backend: str,
-                 path: Path) -> Path:
-    fig, ax = new_figure((6, 3.5))
+def _plot_scores(per_backend: dict[str, tuple[list[float], list[float]]], feature_dict: str, path: Path) -> Path:
+    """One panel per backend: the neurons' and the features' simulation scores (never pooled)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6 * len(per_backend), 3.5), layout="tight")
+    axes = fig.subplots(1, len(per_backend), squeeze=False)
     bins = np.linspace(-0.2, 1, 25)
-    for scores, label, color in (
-        (neuron_scores, "neurons", "tab:gray"),
-        (feature_scores, f"features ({feature_dict})", "tab:blue"),
-    ):
-        values = np.nan_to_num(np.asarray(scores, dtype=float), nan=0.0)
-        ax.hist(np.clip(values, -0.2, 1), bins=bins, alpha=0.6, color=color,
-                label=f"{label}: n={len(values)}, mean {values.mean():.2f}, median {np.median(values):.2f}")
-    ax.set_xlabel("simulation score (correlation of predicted and true activations)")
-    ax.set_ylabel("units")
-    ax.set_title(f"Automated interpretability, explainer: {backend}", fontsize=9)
-    ax.legend(fontsize=7)
+    for ax, (backend, (neuron_scores, feature_scores)) in zip(axes[0], per_backend.items()):
+        for scores, label, color in ((neuron_scores, "neurons", "tab:gray"),
+                                     (feature_scores, f"features ({feature_dict})", "tab:blue")):
+            values = np.nan_to_num(np.asarray(scores, dtype=float), nan=0.0)
+            ax.hist(np.clip(values, -0.2, 1), bins=bins, alpha=0.6, color=color,
+                    label=f"{label}: n={len(values)}, mean {values.mean():.2f}, median {np.median(values):.2f}")
+        ax.set_xlabel("simulation score (correlation of predicted and true activations)")
+        ax.set_ylabel("units")
+        ax.set_title(f"Automated interpretability, explainer: {backend}", fontsize=9)
+        ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 
-def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device: str = "cpu") -> dict[str, Any]:
+def _nanmean(values: list[float]) -> float | None:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else None
+
+
+def _backend_figures(scores: dict[int, UnitScore], sample: np.ndarray) -> dict[str, Any]:
+    """Means over one dictionary's comparison sample, for one backend: simulation (NaN counted as 0,
+    the same rule for neurons and features), detection and fuzzing (NaN left out)."""
+    simulation = [scores[u].simulation for u in sample]
+    return {"score_mean": _finite_mean(simulation),
+            "score_median": float(np.median(np.nan_to_num(simulation, nan=0.0))),
+            "detection_mean": _nanmean([scores[u].detection for u in sample]),
+            "fuzzing_mean": _nanmean([scores[u].fuzzing for u in sample])}
+
+
+def _explainers(cfg: AnalysisConfig, token_strings: list[str], sources: TokenSources,
+                cache_path: Path) -> list[Explainer]:
+    """The configured LLM (if any) first, then the offline context explainer and its token-list baseline."""
+    offline: list[Explainer] = [ContextExplainer(token_strings, sources), OfflineExplainer(token_strings)]
+    if cfg.explainer == "offline":
+        return offline
+    return [llm_explainer_from_config(cfg, token_strings, cache_path), *offline]
+
+
+def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device: str = "cpu",
+                doc_sources: DocumentSources | None = None) -> dict[str, Any]:
     """Analyse the neurons and the SAEs ``RUN/saes/<name>`` over the held-out store; write
-    ``RUN/features.sqlite`` and ``RUN/analysis/autointerp_scores.png``; return run.json's figures."""
+    ``RUN/features.sqlite`` and ``RUN/analysis/autointerp_scores.png``; return run.json's figures.
+    ``doc_sources`` names each corpus document's source (default: one source for all)."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
     store = ActivationStore(run_dir / "activations" / "val")
@@ -165,16 +224,18 @@ def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device
     token_strings = _token_strings(tokenizer, vocab_size)
     n_rows, ctx = analysed_rows(store, cfg.n_tokens)
     text = read_token_context(store, n_rows, ctx)
+    if doc_sources is None:
+        sources = TokenSources.single_source(text.tokens_N, text.docs_N, ctx, vocab_size)
+    else:
+        sources = TokenSources.build(text.tokens_N, text.docs_N, ctx, doc_sources, vocab_size)
     bases, saes = _bases(run_dir, sae_names, store.d_in)
     stats_cfg = StatsConfig(n_rows=n_rows, top_k=cfg.top_k, doc_cap=cfg.doc_cap, n_intervals=cfg.n_quantile_intervals,
                             per_interval=cfg.per_interval, n_random=cfg.n_random, hist_bins=cfg.hist_bins,
                             left=cfg.context_left, right=cfg.context_right, seed=cfg.seed)
-    all_stats = compute_unit_stats(store, bases, text, vocab_size, stats_cfg)
+    all_stats = compute_unit_stats(store, bases, text, vocab_size, stats_cfg, sources)
 
-    offline = OfflineExplainer(token_strings)
-    explainer: Explainer = (
-        offline if cfg.explainer == "offline" else llm_explainer_from_env(cfg.explainer, token_strings, cfg.llm_model)
-    )
+    explainers = _explainers(cfg, token_strings, sources, run_dir / "analysis" / "llm_cache.sqlite")
+    primary = explainers[0]
     rng = np.random.default_rng(cfg.seed)
     largest = max(sae_names, key=lambda n: saes[n].cfg.d_sae) if sae_names else None
     alive = {s.name: np.flatnonzero(s.fire_count_U > 0) for s in all_stats}
@@ -183,52 +244,59 @@ def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device
                for name in ([NEURONS, largest] if largest else [NEURONS])}
 
     token_count_V = np.bincount(text.tokens_N, minlength=vocab_size)
-    scores: dict[str, dict[int, UnitScore]] = {}
+    scores: dict[str, dict[str, dict[int, UnitScore]]] = {e.backend: {} for e in explainers}
     with fs.create_store(run_dir / fs.FILENAME) as db:
         db.executemany("INSERT INTO vocab VALUES (?, ?, ?)",
                        [(t, token_strings[t], int(token_count_V[t])) for t in range(vocab_size)])
-        db.executemany(
-            "INSERT INTO meta VALUES (?, ?)",
-            [
-                ("analysis_config", json.dumps(cfg.model_dump())),
-                ("n_tokens", json.dumps(n_rows)),
-                ("hook_name", json.dumps(store.hook_name)),
-                ("score_sample", json.dumps({k: v.tolist() for k, v in samples.items()})),
-            ],
-        )
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [
+            ("analysis_config", json.dumps(cfg.model_dump())), ("n_tokens", json.dumps(n_rows)),
+            ("hook_name", json.dumps(store.hook_name)),
+            ("score_sample", json.dumps({k: v.tolist() for k, v in samples.items()})),
+            ("backends", json.dumps([e.backend for e in explainers])),
+            ("sources", json.dumps(sources.sources)), ("languages", json.dumps(sources.languages)),
+        ])
         written_rows: set[int] = set()
         for stats in all_stats:
             examples = _examples(stats, text, cfg)
-            # the offline scorer is cheap: it scores every unit; an LLM scores the comparison sample only
-            units = (
-                alive[stats.name].tolist()
-                if explainer is offline
-                else samples.get(stats.name, np.array([], int)).tolist()
-            )
-            scores[stats.name] = _score_units(explainer, stats, examples, units)
-            _write_dictionary(db, stats, examples, scores[stats.name], samples.get(stats.name), text, cfg,
-                              model, saes.get(stats.name), vocab_size, token_count_V, written_rows, explainer.backend)
+            for explainer in explainers:
+                # the offline scorers are cheap: they score every unit; an LLM scores the comparison sample only
+                offline = explainer.backend.startswith("offline")
+                units = alive[stats.name] if offline else samples.get(stats.name, np.array([], int))
+                scores[explainer.backend][stats.name] = _score_units(
+                    explainer, stats, examples, units.tolist(), sources, cfg.seed,
+                    workers=1 if offline else cfg.llm_concurrency)
+            _write_dictionary(db, stats, examples, {b: by_dict[stats.name] for b, by_dict in scores.items()},
+                              samples.get(stats.name), text, cfg, model, saes.get(stats.name), vocab_size,
+                              token_count_V, written_rows, primary.backend)
+            _write_contexts(db, stats, sources, token_strings)
 
-    figures: dict[str, Any] = {"n_tokens": n_rows, "backend": explainer.backend, "n_scored_units": n_sample,
-                               "store": fs.FILENAME, "dictionaries": {}}
+    figures: dict[str, Any] = {"n_tokens": n_rows, "backend": primary.backend, "n_scored_units": n_sample,
+                               "store": fs.FILENAME, "sources": sources.sources, "dictionaries": {}}
     for stats in all_stats:
         figures["dictionaries"][stats.name] = {
             "n_units": stats.n_units, "alive": int(len(alive[stats.name])),
             "dead_fraction": float(1 - len(alive[stats.name]) / stats.n_units),
             "mean_density": float(stats.density_U.mean()), "cofiring_tokens": stats.cofire_rows}
-    neuron_sample = [scores[NEURONS][u].simulation for u in samples[NEURONS]]
-    figures["neuron_score_mean"] = _finite_mean(neuron_sample)
-    figures["neuron_score_median"] = float(np.median(np.nan_to_num(neuron_sample, nan=0.0)))
+    figures["explainer_backends"] = []
+    for explainer in explainers:
+        entry = {"backend": explainer.backend,
+                 **{f"neuron_{k}": v for k, v in _backend_figures(scores[explainer.backend][NEURONS],
+                                                                  samples[NEURONS]).items()}}
+        if largest:
+            entry.update({f"feature_{k}": v for k, v in _backend_figures(scores[explainer.backend][largest],
+                                                                         samples[largest]).items()})
+        figures["explainer_backends"].append(entry)
+    main = figures["explainer_backends"][0]
+    figures["neuron_score_mean"] = main["neuron_score_mean"]
+    figures["neuron_score_median"] = main["neuron_score_median"]
     if largest:
-        feature_sample = [scores[largest][u].simulation for u in samples[largest]]
         figures["feature_dictionary"] = largest
-        figures["feature_score_mean"] = _finite_mean(feature_sample)
-        figures["feature_score_median"] = float(np.median(np.nan_to_num(feature_sample, nan=0.0)))
-        for name, sample in ((NEURONS, samples[NEURONS]), (largest, samples[largest])):
-            detection = [scores[name][u].detection for u in sample]
-            figures[f"{'neuron' if name == NEURONS else 'feature'}_detection_mean"] = (
-                float(np.nanmean(detection)) if np.isfinite(detection).any() else None)
-        figures["score_plot"] = str(_plot_scores(neuron_sample, feature_sample, largest, explainer.backend,
+        for key in ("feature_score_mean", "feature_score_median", "feature_detection_mean", "neuron_detection_mean"):
+            figures[key] = main[key]
+        per_backend = {e.backend: ([scores[e.backend][NEURONS][u].simulation for u in samples[NEURONS]],
+                                   [scores[e.backend][largest][u].simulation for u in samples[largest]])
+                       for e in explainers}
+        figures["score_plot"] = str(_plot_scores(per_backend, largest,
                                                  run_dir / "analysis" / "autointerp_scores.png").relative_to(run_dir))
         figures["god"] = god_check(run_dir / fs.FILENAME, largest)
     figures["seconds"] = round(time.perf_counter() - started, 1)
@@ -273,38 +341,30 @@ def god_check(store_path: Path, dict_name: str) -> dict[str, Any] | None:
         store.close()
 
 
-def _write_dictionary(db, stats: UnitStats, examples: dict, scores: dict[int, UnitScore], sample, text: TokenContext,
-                      cfg: AnalysisConfig, model, sae, vocab_size: int, token_count_V: np.ndarray,
+def _write_dictionary(db, stats: UnitStats, examples: dict, by_backend: dict[str, dict[int, UnitScore]], sample,
+                      text: TokenContext, cfg: AnalysisConfig, model, sae, vocab_size: int, token_count_V: np.ndarray,
                       written_rows: set[int], backend: str) -> None:
+    """One dictionary's rows: ``units`` carries the primary ``backend``'s explanation, ``explanations``
+    every backend's."""
     name, U = stats.name, stats.n_units
+    scores = by_backend[backend]
     in_sample = set(sample.tolist()) if sample is not None else set()
     db.execute(
         "INSERT INTO dictionaries VALUES (?, ?, ?, ?, ?, ?, ?)",
         (name, stats.kind, U, model.cfg.d_mlp, sae.cfg.variant if sae is not None else None, stats.n_rows, backend),
     )
     density, mean_act = stats.density_U, stats.mean_act_U
-    db.executemany(
-        "INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                name,
-                u,
-                stats.kind,
-                int(stats.fire_count_U[u]),
-                float(density[u]),
-                float(mean_act[u]),
-                float(stats.max_act_U[u]),
-                fs.blob(stats.hist_UH[u], "i8"),
-                float(stats.max_act_U[u]),
-                scores[u].explanation if u in scores else None,
-                _nullable(scores[u].simulation) if u in scores else None,
-                _nullable(scores[u].detection) if u in scores else None,
-                scores[u].backend if u in scores else None,
-                int(u in in_sample),
-            )
-            for u in range(U)
-        ],
-    )
+    db.executemany("INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        (name, u, stats.kind, int(stats.fire_count_U[u]), float(density[u]), float(mean_act[u]),
+         float(stats.max_act_U[u]),
+         fs.blob(stats.hist_UH[u], "i8"), float(stats.max_act_U[u]),
+         scores[u].explanation if u in scores else None, _nullable(scores[u].simulation) if u in scores else None,
+         _nullable(scores[u].detection) if u in scores else None, _nullable(scores[u].fuzzing) if u in scores else None,
+         scores[u].backend if u in scores else None, int(u in in_sample)) for u in range(U)])
+    db.executemany("INSERT INTO explanations VALUES (?, ?, ?, ?, ?, ?, ?)", [
+        (name, u, b, score.explanation, _nullable(score.simulation), _nullable(score.detection),
+         _nullable(score.fuzzing))
+        for b, unit_scores in by_backend.items() for u, score in unit_scores.items()])
     new_contexts, example_rows = [], []
     for u in range(U):
         for kind, bucket, rank, row, activation, acts, split in examples[u]["records"]:
@@ -348,6 +408,24 @@ def _write_dictionary(db, stats: UnitStats, examples: dict, scores: dict[int, Un
                    _unit_token_rows(name, stats, cfg.n_unit_tokens))
 
 
+def _write_contexts(db, stats: UnitStats, sources: TokenSources, token_strings: list[str], n_prev: int = 5) -> None:
+    """Per unit: its activation mass's shares by source, by language, and by previous token (top ``n_prev``)."""
+    rows = []
+    prev = stats.prev_mass_UV
+    for u in np.flatnonzero(stats.fire_count_U > 0):
+        context = stats.context(int(u))
+        total = max(context.total, 1e-30)
+        for kind, shares, names in (("source", context.source_shares(), sources.sources),
+                                    ("language", context.language_shares(), sources.languages)):
+            rows += [(stats.name, int(u), kind, r, label, share)
+                     for r, (label, share) in enumerate(describe_sources(shares, names, n=5, min_share=0.01))]
+        start, stop = prev.indptr[u], prev.indptr[u + 1]
+        order = np.argsort(-prev.data[start:stop], kind="stable")[:n_prev]
+        rows += [(stats.name, int(u), "preceding", r, token_strings[int(prev.indices[start + i])],
+                  float(prev.data[start + i] / total)) for r, i in enumerate(order)]
+    db.executemany("INSERT INTO unit_contexts VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
 def _unit_token_rows(name: str, stats: UnitStats, n: int) -> list[tuple]:
     """(dict, unit, token, fires, mean act) for each unit's n most-fired tokens and each token's n
     most-firing units — enough to rank units by precision/recall on any token."""
@@ -370,12 +448,13 @@ def _nullable(value: float) -> float | None:
 
 
 def analysis_headline(figures: dict[str, Any]) -> str:
-    """One line for the ``run`` summary: the score comparison and the God check."""
-    line = f"{figures['n_tokens']:,} tokens; autointerp ({figures['backend']}, {figures['n_scored_units']} each): "
+    """One line for the ``run`` summary: the score comparison per backend and the God check."""
+    line = f"{figures['n_tokens']:,} tokens; autointerp ({figures['n_scored_units']} each, mean simulation score): "
     if "feature_score_mean" not in figures:
-        return line + f"neurons {figures['neuron_score_mean']:.2f} (no SAE analysed)"
-    line += (f"features {figures['feature_score_mean']:.2f} vs neurons {figures['neuron_score_mean']:.2f} "
-             f"(mean simulation score)")
+        return line + "; ".join(f"{b['backend']}: neurons {b['neuron_score_mean']:.2f}"
+                                for b in figures["explainer_backends"]) + " (no SAE analysed)"
+    line += "; ".join(f"{b['backend']}: features {b['feature_score_mean']:.2f} vs neurons {b['neuron_score_mean']:.2f}"
+                      for b in figures["explainer_backends"])
     god = figures.get("god")
     if god:
         line += (

@@ -2,72 +2,100 @@
 well it predicts the unit's activations on held-out contexts — the same procedure for neurons and
 features, so their scores can be compared.
 
-Procedure (Bills et al. 2023, OpenAI "Language models can explain neurons"; Bricken et al. 2023):
+Procedure (Bills et al. 2023, OpenAI "Language models can explain neurons"; Bricken et al. 2023;
+Paulo et al. 2024, EleutherAI's delphi, for detection and fuzzing):
 
 1. *Explain* from the explain split (half of the top examples, part of each activation interval).
-2. *Simulate*: from the explanation alone, predict an activation in [0, 1] for every token of the
-   score split (the other top examples and interval samples, plus random contexts).
-3. *Simulation score* = Pearson correlation, over all those tokens, between predicted and true
-   activations (true ones divided by the unit's max) — OpenAI's correlation scoring.
-   *Detection score* = balanced accuracy of "the context contains a token predicted > 0" against
-   "the unit fires somewhere in the context" (the question EleutherAI's delphi asks an LLM).
+2. *Simulation score*: from the explanation alone, predict an activation for every token of the
+   score split (the other top examples and interval samples, plus random contexts); the score is
+   the Pearson correlation, over all those tokens, of predicted and true activations (true ones
+   divided by the unit's max) — OpenAI's correlation scoring.
+3. *Detection score* (delphi): for each score context, does the unit fire anywhere in it? The
+   balanced accuracy of the explainer's yes/no answers.
+4. *Fuzzing score* (delphi): each context in which the unit fires is shown with its tokens above
+   ``FUZZ_THRESHOLD`` × its maximum marked (correctly marked); each context in which it does not is
+   shown with as many random tokens marked as the firing ones have on average, rounded up
+   (incorrectly marked). Are the marks correct? The balanced accuracy of the answers.
 
-Backends (``Explainer``):
+Offline backends (no network, no LLM):
 
-- ``OfflineExplainer`` (default, no network, no LLM): the explanation is the list of tokens the unit
-  prefers, each weighted by its mean normalised activation in the explain split, shrunk towards 0
-  for rare tokens (Σa / (count + 1)); the simulator predicts each token's weight (0 if unlisted).
-  It can only express token-level regularities — a lower bound on what an LLM explainer finds.
-- ``LLMExplainer``: any OpenAI-compatible chat-completions endpoint or the Anthropic messages API,
-  configured by environment variables (see ``llm_explainer_from_env``); never needed by the tests.
-Every score records the backend that made it.
+- ``OfflineExplainer`` ("offline-token-list", the baseline): the explanation is the list of tokens
+  the unit prefers, each weighted by its mean normalised activation in the explain split, shrunk
+  towards 0 for rare tokens (Σa / (count + 1)); the simulator predicts each token's weight.
+- ``ContextExplainer`` ("offline-context"): the same token weights, times — on the listed tokens
+  that are among the unit's tokens of most activation mass — the *lift* of the context's document
+  source and of the token before (``context.py``), measured on the unit's activation on those
+  tokens over all analysed text *less the score split's rows*, so the score split stays held out.
+  The explanation names the sources with the largest shares of that activation and the most
+  preferred previous tokens; the simulator uses those factors and one pooled factor for every
+  context it does not name.
+
+Offline detection says "fires" where the simulator predicts ≥ ``DETECT_THRESHOLD`` somewhere in the
+context; offline fuzzing says "correct" when it predicts ≥ ``DETECT_THRESHOLD`` on every marked
+token. ``llm.py`` holds the LLM backend. Every score records the backend that made it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import urllib.error
-import urllib.request
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from monosemantic.errors import UserError
+from monosemantic.analysis.context import TokenSources, UnitContext, lifts
 
 OFFLINE_BACKEND = "offline-token-list"
+CONTEXT_BACKEND = "offline-context"
+DETECT_THRESHOLD = 0.1  # predicted (normalised) activation that counts as "fires"
+FUZZ_THRESHOLD = 0.3  # delphi's: tokens above this fraction of the context's max activation are marked
 
 
 @dataclass
 class Example:
-    """A context window: token ids [L] and the unit's activation on each token [L]."""
+    """A context window: token ids [L], the unit's activation on each token [L], and (when known)
+    the activation store's row of each token [L], which gives its document source and previous token."""
 
     tokens: np.ndarray
     acts: np.ndarray
+    rows: np.ndarray | None = None
 
 
 @dataclass
 class Explanation:
     text: str
-    token_weights: dict[int, float] = field(default_factory=dict)  # offline backend only
+    token_weights: dict[int, float] = field(default_factory=dict)  # offline backends only
+    source_lifts: dict[int, float] = field(default_factory=dict)  # context backend: named sources
+    other_source_lift: float = 1.0  # … and every other source
+    prev_lifts: dict[int, float] = field(default_factory=dict)  # context backend: named previous tokens
+    other_prev_lift: float = 1.0  # … and every other previous token
+    context_tokens: set[int] = field(default_factory=set)  # the tokens the lifts apply to
 
 
 @dataclass
 class UnitScore:
     explanation: str
     simulation: float  # NaN when undefined (constant prediction or constant truth)
-    detection: float  # NaN when the score split has only one class
+    detection: float  # NaN when the score split has only one class or nothing was answered
+    fuzzing: float  # NaN likewise
     backend: str
 
 
 class Explainer(Protocol):
     backend: str
 
-    def explain(self, examples: list[Example], max_act: float) -> Explanation: ...
+    def explain(self, examples: list[Example], max_act: float, context: UnitContext | None = None) -> Explanation:
+        """An explanation from ``examples`` (and the unit's held-out-free context mass, if it uses it)."""
 
-    def simulate(self, explanation: Explanation, token_lists: list[np.ndarray]) -> list[np.ndarray]: ...
+    def simulate(self, explanation: Explanation, contexts: list[Example]) -> list[np.ndarray]:
+        """Predicted normalised activation of every token of every context (never reads ``acts``)."""
+
+    def detect(self, explanation: Explanation, contexts: list[Example]) -> np.ndarray:
+        """Per context: 1.0 "the unit fires here", 0.0 "it does not", NaN no usable answer."""
+
+    def fuzz(self, explanation: Explanation, contexts: list[Example], marked: list[np.ndarray]) -> np.ndarray:
+        """Per context with its ``marked`` tokens [L] bool: 1.0 "correctly marked", 0.0 not, NaN no answer."""
 
 
 class OfflineExplainer:
@@ -75,10 +103,10 @@ class OfflineExplainer:
 
     backend = OFFLINE_BACKEND
 
-    def __init__(self, token_strings: list[str], max_tokens: int = 8, min_weight: float = 0.1):
+    def __init__(self, token_strings: list[str], max_tokens: int = 8, min_weight: float = DETECT_THRESHOLD):
         self.token_strings, self.max_tokens, self.min_weight = token_strings, max_tokens, min_weight
 
-    def explain(self, examples: list[Example], max_act: float) -> Explanation:
+    def explain(self, examples: list[Example], max_act: float, context: UnitContext | None = None) -> Explanation:
         if not examples or max_act <= 0:
             return Explanation("(no activations)")
         tokens = np.concatenate([e.tokens for e in examples])
@@ -89,13 +117,98 @@ class OfflineExplainer:
         chosen = {int(ids[i]): float(weight[i]) for i in order if weight[i] >= self.min_weight}
         if not chosen:
             return Explanation("(no consistent tokens)")
-        listed = ", ".join(f"{json.dumps(self.token_strings[t], ensure_ascii=False)} ({w:.2f})"
-                           for t, w in chosen.items())
+        listed = ", ".join(f"{self.quote(t)} ({w:.2f})" for t, w in chosen.items())
         return Explanation(f"tokens {listed}", chosen)
 
-    def simulate(self, explanation: Explanation, token_lists: list[np.ndarray]) -> list[np.ndarray]:
+    def quote(self, token: int) -> str:
+        return json.dumps(self.token_strings[token], ensure_ascii=False)
+
+    def simulate(self, explanation: Explanation, contexts: list[Example]) -> list[np.ndarray]:
         lookup = explanation.token_weights
-        return [np.array([lookup.get(int(t), 0.0) for t in tokens]) for tokens in token_lists]
+        return [np.array([lookup.get(int(t), 0.0) for t in c.tokens]) for c in contexts]
+
+    def detect(self, explanation: Explanation, contexts: list[Example]) -> np.ndarray:
+        return np.array([float(p.max(initial=0) >= DETECT_THRESHOLD) for p in self.simulate(explanation, contexts)])
+
+    def fuzz(self, explanation: Explanation, contexts: list[Example], marked: list[np.ndarray]) -> np.ndarray:
+        predicted = self.simulate(explanation, contexts)
+        return np.array([float((p[m] >= DETECT_THRESHOLD).all()) for p, m in zip(predicted, marked)])
+
+
+class ContextExplainer(OfflineExplainer):
+    """Token weights × source lift × previous-token lift (see the module docstring)."""
+
+    backend = CONTEXT_BACKEND
+
+    def __init__(self, token_strings: list[str], sources: TokenSources, max_tokens: int = 8,
+                 n_sources: int = 3, min_source_share: float = 0.1, n_prev: int = 3,
+                 min_prev_share: float = 0.05, min_prev_lift: float = 2.0):
+        super().__init__(token_strings, max_tokens)
+        self.sources = sources
+        self.n_sources, self.min_source_share = n_sources, min_source_share
+        self.n_prev, self.min_prev_share, self.min_prev_lift = n_prev, min_prev_share, min_prev_lift
+
+    def explain(self, examples: list[Example], max_act: float, context: UnitContext | None = None) -> Explanation:
+        base = super().explain(examples, max_act)
+        if not base.token_weights or context is None:
+            return base
+        # the listed tokens whose activation mass the statistics split by context
+        slots = [i for i, t in enumerate(context.tokens_T.tolist()) if t in base.token_weights]
+        ids = context.tokens_T[slots]
+        mass_TS = context.token_source_TS[slots]
+        mass_S = mass_TS.sum(axis=0)
+        total, mu = float(mass_S.sum()), context.mean_act
+        if total <= 0:
+            return base
+        # each token's own mean activation, so a context's lift measures the context, not token weights' errors
+        rate = mass_TS.sum(axis=1) / np.maximum(self.sources.token_source_VS[ids].sum(axis=1), 1)
+
+        expected_S = rate @ self.sources.token_source_VS[ids]
+        lift_S = lifts(mass_S, expected_S, total, expected_S.sum(), mu)
+        shares_S = mass_S / total
+        named = [int(s) for s in np.argsort(-shares_S, kind="stable")[: self.n_sources]
+                 if shares_S[s] >= self.min_source_share and len(shares_S) > 1]  # one source says nothing
+        source_lifts = {s: float(lift_S[s]) for s in named}
+        rest = np.setdiff1d(np.arange(len(shares_S)), named)
+        other_source = float(lifts(mass_S[rest].sum(keepdims=True), expected_S[rest].sum(keepdims=True),
+                                   total, expected_S.sum(), mu)[0])
+
+        # previous tokens: the same comparison against n(p → t)
+        mass_V = context.token_prev_TV[slots].sum(axis=0)
+        expected_V = np.asarray(self.sources.bigram_PV[:, ids] @ rate).ravel()
+        prev_total, prev_expected = float(mass_V.sum()), float(expected_V.sum())
+        prev_lift = lifts(mass_V, expected_V, prev_total, prev_expected, mu)
+        prev_share = mass_V / total
+        candidates = [int(p) for p in np.argsort(-prev_share, kind="stable")[: 4 * self.n_prev]
+                      if prev_share[p] >= self.min_prev_share and prev_lift[p] >= self.min_prev_lift][: self.n_prev]
+        prev_lifts = {p: float(prev_lift[p]) for p in candidates}
+        other_prev = 1.0
+        if prev_lifts:
+            rest_mass = prev_total - mass_V[candidates].sum()
+            rest_expected = prev_expected - expected_V[candidates].sum()
+            other_prev = float(lifts(np.array([rest_mass]), np.array([rest_expected]), prev_total, prev_expected,
+                                     mu)[0])
+
+        where = ", ".join(f"{self.sources.sources[s]} {shares_S[s]:.0%} (×{source_lifts[s]:.1f})" for s in named)
+        after = ", ".join(f"{self.quote(p)} ×{lift:.1f}" for p, lift in prev_lifts.items())
+        text = base.text + (f" — {where}" if where else "") + (f" · after {after}" if after else "")
+        return Explanation(text, base.token_weights, source_lifts, other_source, prev_lifts, other_prev,
+                           {int(t) for t in ids})
+
+    def simulate(self, explanation: Explanation, contexts: list[Example]) -> list[np.ndarray]:
+        token_only = super().simulate(explanation, contexts)
+        source_lift = np.full(self.sources.n_sources, explanation.other_source_lift)
+        source_lift[list(explanation.source_lifts)] = list(explanation.source_lifts.values())
+        prev_lift = np.full(self.sources.token_source_VS.shape[0] + 1, explanation.other_prev_lift)  # last: no previous
+        prev_lift[list(explanation.prev_lifts)] = list(explanation.prev_lifts.values())
+        context_tokens = np.fromiter(explanation.context_tokens, dtype=np.int64)
+        out = []
+        for p, c in zip(token_only, contexts):
+            if c.rows is not None and len(context_tokens):
+                factor = source_lift[self.sources.source_N[c.rows]] * prev_lift[self.sources.prev_N[c.rows]]
+                p = np.where(np.isin(c.tokens, context_tokens), p * factor, p)
+            out.append(p)
+        return out
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -105,123 +218,45 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def detection_accuracy(predicted_C: np.ndarray, actual_C: np.ndarray) -> float:
-    """Balanced accuracy of boolean predictions [C] against boolean labels [C] (NaN if one class)."""
-    if actual_C.all() or not actual_C.any():
+    """Balanced accuracy of predictions [C] (1/0, NaN = no answer: left out) against boolean labels
+    [C]; NaN when the answered contexts hold only one class."""
+    answered = ~np.isnan(np.asarray(predicted_C, dtype=float))
+    predicted, actual = np.asarray(predicted_C, dtype=float)[answered] > 0.5, np.asarray(actual_C, bool)[answered]
+    if actual.all() or not actual.any():
         return float("nan")
-    return float((predicted_C[actual_C].mean() + (~predicted_C[~actual_C]).mean()) / 2)
+    return float((predicted[actual].mean() + (~predicted[~actual]).mean()) / 2)
 
 
-def score_unit(explainer: Explainer, explain: list[Example], score: list[Example], max_act: float) -> UnitScore:
-    """Explain from ``explain``, simulate ``score``, and measure both scores."""
-    explanation = explainer.explain(explain, max_act)
+def fuzzing_marks(score: list[Example], rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+    """delphi's fuzzing set over ``score``: per context its marked tokens [L] and whether the marks
+    are correct (see the module docstring)."""
+    firing = [e for e in score if e.acts.max(initial=0) > 0]
+    n_wrong = math.ceil(np.mean([(e.acts > FUZZ_THRESHOLD * e.acts.max()).sum() for e in firing])) if firing else 1
+    marks, correct = [], []
+    for e in score:
+        if e.acts.max(initial=0) > 0:
+            marks.append(e.acts > FUZZ_THRESHOLD * e.acts.max())
+            correct.append(True)
+        else:
+            mark = np.zeros(len(e.tokens), dtype=bool)
+            mark[rng.choice(len(e.tokens), size=min(n_wrong, len(e.tokens)), replace=False)] = True
+            marks.append(mark)
+            correct.append(False)
+    return marks, np.array(correct, dtype=bool)
+
+
+def score_unit(explainer: Explainer, explain: list[Example], score: list[Example], max_act: float,
+               context: UnitContext | None = None, seed: int = 0) -> UnitScore:
+    """Explain from ``explain`` (and ``context``), then measure the three scores on ``score``;
+    ``seed`` picks fuzzing's wrongly marked tokens."""
+    explanation = explainer.explain(explain, max_act, context)
     if not score or max_act <= 0:
-        return UnitScore(explanation.text, float("nan"), float("nan"), explainer.backend)
-    predicted = explainer.simulate(explanation, [e.tokens for e in score])
+        return UnitScore(explanation.text, float("nan"), float("nan"), float("nan"), explainer.backend)
+    predicted = explainer.simulate(explanation, score)
     true_all = np.concatenate([e.acts for e in score]) / max_act
     simulation = pearson(np.concatenate(predicted), true_all)
-    detection = detection_accuracy(np.array([p.max(initial=0) > 0 for p in predicted]),
-                                   np.array([e.acts.max(initial=0) > 0 for e in score]))
-    return UnitScore(explanation.text, simulation, detection, explainer.backend)
-
-
-# ---------------------------------------------------------------- LLM backends (optional)
-
-Transport = Callable[[str, dict, dict], dict]  # (url, headers, json body) → parsed JSON response
-
-
-def _http_post(url: str, headers: dict, body: dict, timeout: float = 120) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as err:
-        raise UserError(f"LLM endpoint {url}: request failed ({err})") from None
-
-
-class LLMExplainer:
-    """Explanations and simulations from an LLM behind an HTTP API.
-
-    ``provider`` "openai": POST {base_url}/chat/completions (any OpenAI-compatible server);
-    "anthropic": POST {base_url}/v1/messages. Activations are shown to the LLM on OpenAI's 0–10
-    scale (a / max · 10, rounded); the simulator answers one integer per token.
-    """
-
-    def __init__(self, provider: str, model: str, api_key: str, base_url: str, token_strings: list[str],
-                 transport: Transport = _http_post, max_examples: int = 20):
-        if provider not in ("openai", "anthropic"):
-            raise UserError(f"LLM provider {provider!r}: must be openai or anthropic")
-        self.provider, self.model, self.api_key = provider, model, api_key
-        self.base_url, self.token_strings = base_url.rstrip("/"), token_strings
-        self.transport, self.max_examples = transport, max_examples
-        self.backend = f"{provider}:{model}"
-
-    def _ask(self, prompt: str) -> str:
-        if self.provider == "openai":
-            reply = self.transport(f"{self.base_url}/chat/completions",
-                                   {"authorization": f"Bearer {self.api_key}"},
-                                   {"model": self.model, "temperature": 0,
-                                    "messages": [{"role": "user", "content": prompt}]})
-            return reply["choices"][0]["message"]["content"]
-        reply = self.transport(f"{self.base_url}/v1/messages",
-                               {"x-api-key": self.api_key, "anthropic-version": "2023-06-01"},
-                               {"model": self.model, "max_tokens": 2048, "temperature": 0,
-                                "messages": [{"role": "user", "content": prompt}]})
-        return "".join(block.get("text", "") for block in reply["content"])
-
-    def _show(self, tokens: np.ndarray) -> list[str]:
-        return [self.token_strings[int(t)] for t in tokens]
-
-    def explain(self, examples: list[Example], max_act: float) -> Explanation:
-        if not examples or max_act <= 0:
-            return Explanation("(no activations)")
-        blocks = []
-        for example in examples[: self.max_examples]:
-            scaled = np.rint(np.clip(example.acts / max_act, 0, 1) * 10).astype(int)
-            blocks.append("\n".join(f"{json.dumps(s, ensure_ascii=False)}\t{a}"
-                                    for s, a in zip(self._show(example.tokens), scaled)))
-        prompt = ("We study a unit of a small language model. Below are text excerpts, one token per line, "
-                  "each with the unit's activation on a 0-10 scale. In one short phrase, say what the unit "
-                  "responds to. Answer with the phrase only.\n\n" + "\n\n".join(blocks))
-        answer = self._ask(prompt).strip()
-        return Explanation(answer.splitlines()[0][:300] if answer else "(empty answer)")
-
-    def simulate(self, explanation: Explanation, token_lists: list[np.ndarray]) -> list[np.ndarray]:
-        shown = [self._show(tokens) for tokens in token_lists]
-        prompt = (f"A unit of a small language model responds to: {explanation.text}\n"
-                  "For each excerpt below (a JSON list of tokens), predict the unit's activation on every "
-                  "token as an integer 0-10. Answer with a JSON list of lists of integers only, one inner "
-                  "list per excerpt, of the same lengths.\n\n"
-                  + "\n".join(json.dumps(tokens, ensure_ascii=False) for tokens in shown))
-        answer = self._ask(prompt)
-        match = re.search(r"\[.*\]", answer, re.S)
-        try:
-            values = json.loads(match.group(0)) if match else None
-            predicted = [np.asarray(v, dtype=float)[: len(t)] / 10 for v, t in zip(values, shown)]
-            if len(predicted) != len(shown) or any(len(p) != len(t) for p, t in zip(predicted, shown)):
-                raise ValueError("wrong shape")
-        except (ValueError, TypeError):
-            predicted = [np.zeros(len(t)) for t in shown]  # an unusable answer predicts nothing
-        return predicted
-
-
-def llm_explainer_from_env(provider: str, token_strings: list[str], model: str | None = None,
-                           transport: Transport = _http_post) -> LLMExplainer:
-    """An ``LLMExplainer`` configured by environment variables.
-
-    openai:    OPENAI_API_KEY (or MONOSEMANTIC_LLM_API_KEY), MONOSEMANTIC_LLM_BASE_URL
-               (default https://api.openai.com/v1), MONOSEMANTIC_LLM_MODEL (default gpt-4o-mini);
-    anthropic: ANTHROPIC_API_KEY (or MONOSEMANTIC_LLM_API_KEY), MONOSEMANTIC_LLM_BASE_URL
-               (default https://api.anthropic.com), MONOSEMANTIC_LLM_MODEL (default claude-3-5-haiku-latest).
-    """
-    defaults = {"openai": ("OPENAI_API_KEY", "https://api.openai.com/v1", "gpt-4o-mini"),
-                "anthropic": ("ANTHROPIC_API_KEY", "https://api.anthropic.com", "claude-3-5-haiku-latest")}
-    if provider not in defaults:
-        raise UserError(f"explainer {provider!r}: must be offline, openai or anthropic")
-    key_var, base_url, default_model = defaults[provider]
-    api_key = os.environ.get("MONOSEMANTIC_LLM_API_KEY") or os.environ.get(key_var)
-    if not api_key:
-        raise UserError(f"explainer {provider}: set {key_var} (or MONOSEMANTIC_LLM_API_KEY), "
-                        "or use the offline explainer")
-    return LLMExplainer(provider, model or os.environ.get("MONOSEMANTIC_LLM_MODEL") or default_model, api_key,
-                        os.environ.get("MONOSEMANTIC_LLM_BASE_URL") or base_url, token_strings, transport)
+    fires_C = np.array([e.acts.max(initial=0) > 0 for e in score])
+    detection = detection_accuracy(explainer.detect(explanation, score), fires_C)
+    marks, correct_C = fuzzing_marks(score, np.random.default_rng(seed))
+    fuzzing = detection_accuracy(explainer.fuzz(explanation, score, marks), correct_C)
+    return UnitScore(explanation.text, simulation, detection, fuzzing, explainer.backend)

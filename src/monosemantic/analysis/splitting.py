@@ -18,8 +18,17 @@ consecutive sizes (small S, large L) and over the same held-out tokens:
   decoder-direction nearest neighbour.
 
 Family trees are rooted at the smallest size. Each node carries its density and a label: the
-most frequent tokens among the ``top_k`` tokens where the feature fires most.
-``feature_families`` writes ``RUN/splitting/families.json`` and a picture per selected family.
+most frequent tokens among the ``top_k`` tokens where the feature fires most; and its context
+(``context.py``): the shares of its activation mass by document source and by previous token, and
+for a child its ``parent_coverage`` Σ_{n: c_n≠0} p_n² / Σ_n p_n², the share of the parent's (squared)
+activation on the tokens where that child fires.
+
+**The context family** shows why features split. Among parents with ≥ ``CONTEXT_FAMILY_MIN_CHILDREN``
+children at the next size, it is the one whose children's source distributions P_c differ most:
+the largest generalised Jensen–Shannon divergence H(Σ_c w_c P_c) − Σ_c w_c H(P_c) (bits), with
+w_c the children's shares of their total activation mass, so a child that barely fires cannot
+decide it. ``feature_families`` writes ``RUN/splitting/families.json``, a picture per selected
+family, and ``RUN/splitting/context_family.png``.
 """
 
 from __future__ import annotations
@@ -35,13 +44,18 @@ import torch
 
 from monosemantic.activations.store import ActivationStore
 from monosemantic.analysis.config import SplittingConfig
+from monosemantic.analysis.context import TokenSources, describe_sources, js_divergence
 from monosemantic.analysis.correlation import CrossStats, best_matches
 from monosemantic.atomic import write_json
+from monosemantic.corpus.sources import DocumentSources
 from monosemantic.corpus.tokenizer import load_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.figures import new_figure, save_figure
 from monosemantic.sae.io import load_sae
+
+CONTEXT_FAMILY_MIN_CHILDREN = 3
+N_CONTEXTS = 3  # sources and previous tokens listed per feature
 
 
 @dataclass
@@ -54,6 +68,7 @@ class SizeLink:
     decoder_cos_L: np.ndarray  # [L] decoder cosine with the parent (NaN: no parent)
     decoder_nearest_L: np.ndarray  # [L] the S-feature whose decoder direction is nearest
     coverage_S: np.ndarray  # [S] coverage of each S-feature by its children (NaN: dead)
+    parent_coverage_L: np.ndarray  # [L] share of its parent's squared activation this child covers (NaN: no parent)
 
     def children(self, parent: int) -> np.ndarray:
         return np.flatnonzero(self.parent_L == parent)
@@ -70,18 +85,24 @@ class SplitAnalysis:
     top_rows: list[np.ndarray]  # per size: [top_k, F] rows of its largest activations (−1: none)
     links: list[SizeLink]  # links[i]: size i → size i + 1
     n_tokens: int
+    source_mass: list[np.ndarray] | None = None  # per size: [F, S] activation mass by document source
+    prev_mass: list[np.ndarray] | None = None  # per size: [F, V] activation mass by previous token
 
 
 def analyse_splitting(chunks: Iterable[torch.Tensor], encoders: list[Callable[[torch.Tensor], torch.Tensor]],
                       decoders: list[torch.Tensor], threshold: float, top_k: int = 12,
-                      device: torch.device | str = "cpu", min_fires: int = 1) -> SplitAnalysis:
+                      device: torch.device | str = "cpu", min_fires: int = 1,
+                      sources: TokenSources | None = None) -> SplitAnalysis:
     """Stream ``chunks`` ([N, D] inputs, the same tokens for every size) through ``encoders``
     (sizes in increasing order, each [N, D] → [N, F_i]) and link consecutive sizes.
-    ``decoders[i]`` is [F_i, D], one dictionary direction per feature."""
+    ``decoders[i]`` is [F_i, D], one dictionary direction per feature. With ``sources`` (the
+    streamed rows' contexts, row for row) it also sums each feature's activation by source and by
+    previous token."""
     if len(encoders) < 2 or len(encoders) != len(decoders):
         raise UserError("splitting needs at least two dictionaries, each with its decoder")
     stats: list[CrossStats] = []
     tops: list[_TopActivations] = []
+    masses: list[_ContextMass] = []
     n_seen = 0
     with torch.no_grad():
         for x_ND in chunks:
@@ -91,10 +112,14 @@ def analyse_splitting(chunks: Iterable[torch.Tensor], encoders: list[Callable[[t
                 stats = [CrossStats(a.shape[1], b.shape[1], masked=True, device=device)
                          for a, b in zip(latents, latents[1:])]
                 tops = [_TopActivations(z.shape[1], top_k, device) for z in latents]
+                if sources is not None:
+                    masses = [_ContextMass(z.shape[1], sources, device) for z in latents]
             for pair, small, large in zip(stats, latents, latents[1:]):
                 pair.update(small, large)
             for top, z in zip(tops, latents):
                 top.update(z, n_seen)
+            for mass, z in zip(masses, latents):
+                mass.update(z, n_seen)
             n_seen += x_ND.shape[0]
     if n_seen == 0:
         raise UserError("splitting: no tokens to compare the dictionaries on")
@@ -102,7 +127,9 @@ def analyse_splitting(chunks: Iterable[torch.Tensor], encoders: list[Callable[[t
         _link(pair, dec_S, dec_L, threshold, min_fires) for pair, dec_S, dec_L in zip(stats, decoders, decoders[1:])
     ]
     density = [(s.fires_A / s.n).cpu().numpy() for s in stats] + [(stats[-1].fires_B / stats[-1].n).cpu().numpy()]
-    return SplitAnalysis(density, [t.rows() for t in tops], links, n_seen)
+    return SplitAnalysis(density, [t.rows() for t in tops], links, n_seen,
+                         [m.source_FS.cpu().numpy() for m in masses] if masses else None,
+                         [m.prev_FV.cpu().numpy() for m in masses] if masses else None)
 
 
 def _link(stats: CrossStats, dec_SD: torch.Tensor, dec_LD: torch.Tensor, threshold: float, min_fires: int) -> SizeLink:
@@ -124,7 +151,31 @@ def _link(stats: CrossStats, dec_SD: torch.Tensor, dec_LD: torch.Tensor, thresho
     covered.index_add_(0, parent_idx, stats.masked_a_sq_AB[parent_idx, child_idx])
     live_S = stats.sumsq_A > 0
     coverage = torch.where(live_S, (covered / stats.sumsq_A.clamp_min(1e-300)).clamp(max=1.0), torch.nan)
-    return SizeLink(parent, matches.value, pearson, decoder_cos, nearest.cpu().numpy(), coverage.cpu().numpy())
+    parent_coverage = np.full(len(parent), np.nan)
+    parent_coverage[has] = (stats.masked_a_sq_AB[parent_idx, child_idx]
+                            / stats.sumsq_A[parent_idx].clamp_min(1e-300)).clamp(max=1.0).cpu().numpy()
+    return SizeLink(parent, matches.value, pearson, decoder_cos, nearest.cpu().numpy(), coverage.cpu().numpy(),
+                    parent_coverage)
+
+
+class _ContextMass:
+    """Running Σ activation of every feature by document source [F, S] and by previous token [F, V]."""
+
+    def __init__(self, n_features: int, sources: TokenSources, device: torch.device | str):
+        self.source_N = torch.from_numpy(sources.source_N).to(device)
+        self.prev_N = torch.from_numpy(sources.prev_N).to(device)
+        self.S, self.V = sources.n_sources, sources.token_source_VS.shape[0]
+        self.source_FS = torch.zeros(n_features, self.S, dtype=torch.float64, device=device)
+        self.prev_FV = torch.zeros(n_features, self.V, dtype=torch.float32, device=device)
+
+    def update(self, latents_NF: torch.Tensor, first_row: int) -> None:
+        n_E, f_E = torch.nonzero(latents_NF > 0, as_tuple=True)
+        value_E = latents_NF[n_E, f_E]
+        rows_E = n_E + first_row
+        self.source_FS.view(-1).index_add_(0, f_E * self.S + self.source_N[rows_E], value_E.double())
+        prev_E = self.prev_N[rows_E]
+        has = prev_E >= 0
+        self.prev_FV.view(-1).index_add_(0, f_E[has] * self.V + prev_E[has], value_E[has].float())
 
 
 class _TopActivations:
@@ -148,13 +199,15 @@ class _TopActivations:
 
 
 def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
-                     cfg: SplittingConfig | None = None) -> dict:
+                     cfg: SplittingConfig | None = None, doc_sources: DocumentSources | None = None) -> dict:
     """Link the run's SAEs ``sae_names_by_size`` (under ``RUN/saes/``, smallest first) on the
     held-out activations; write ``RUN/splitting/families.json`` and ``RUN/splitting/family_*.png``.
+    ``doc_sources`` names each corpus document's source (default: one source for all).
 
     Returns the figures for ``run.json``: ``split_families`` (features with ≥ 2 children at the
     next size, summed over consecutive pairs), ``split_families_by_size``, per-pair ``summary``,
-    ``highlights`` (the families of ``cfg.highlight`` tokens) and the artifact paths.
+    ``highlights`` (the families of ``cfg.highlight`` tokens), ``context_family`` (see the module
+    docstring) and the artifact paths.
     """
     cfg = cfg or SplittingConfig()
     run = Path(run_dir)
@@ -168,10 +221,16 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
     n_rows = min(cfg.max_tokens or store.n_rows, store.n_rows)
     chunks = (torch.from_numpy(store.read_range(start, min(start + cfg.chunk_rows, n_rows))).float()
               for start in range(0, n_rows, cfg.chunk_rows))
-    analysis = analyse_splitting(chunks, [sae.encode for sae in saes], [sae.W_dec.detach() for sae in saes],
-                                 cfg.threshold, cfg.top_k, device, cfg.min_fires)
-
     tokenizer = load_tokenizer(run / "tokenizer.json")
+    origin = store.origin(np.arange(n_rows))
+    ctx, vocab_size = int(store.meta.get("ctx") or n_rows), tokenizer.get_vocab_size()
+    if doc_sources is None:
+        sources = TokenSources.single_source(origin["token"], origin["doc"], ctx, vocab_size)
+    else:
+        sources = TokenSources.build(origin["token"], origin["doc"], ctx, doc_sources, vocab_size)
+    analysis = analyse_splitting(chunks, [sae.encode for sae in saes], [sae.W_dec.detach() for sae in saes],
+                                 cfg.threshold, cfg.top_k, device, cfg.min_fires, sources)
+
     labels, top_tokens = [], []
     for rows_KF in analysis.top_rows:
         valid = np.unique(rows_KF[rows_KF >= 0])
@@ -182,8 +241,12 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
         top_tokens.append(feature_tokens)
         labels.append([_label(tokens) for tokens in feature_tokens])
 
+    token_text = [tokenizer.decode([t]) for t in range(vocab_size)]
+    contexts = [_feature_contexts(analysis.source_mass[i], analysis.prev_mass[i], sources.sources, token_text)
+                for i in range(len(sizes))]
     out = run / "splitting"
-    families = _families(analysis, sae_names_by_size, sizes, labels)
+    families = _families(analysis, sae_names_by_size, sizes, labels, contexts)
+    context_family = choose_context_family(analysis, sae_names_by_size, sizes, labels, contexts, sources.sources)
     summary = [
         _pair_summary(link, analysis.density[i], sizes[i], sizes[i + 1]) for i, link in enumerate(analysis.links)
     ]
@@ -197,17 +260,26 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
         draw_family(family, path, cfg.max_children_drawn, sizes)
         pictures.append(str(path.relative_to(run)))
 
+    if context_family is not None:
+        context_family["picture"] = str(draw_context_family(context_family, sources.sources,
+                                                            out / "context_family.png").relative_to(run))
+    else:
+        (out / "context_family.png").unlink(missing_ok=True)
     write_json(out / "families.json", {
         "saes": sae_names_by_size, "sizes": sizes, "threshold": cfg.threshold, "n_tokens": analysis.n_tokens,
         "measure": "masked cosine of activations (max of both directions)",
         "summary": summary,
-        "features": {name: {"density": [round(float(d), 8) for d in analysis.density[i]], "label": labels[i]}
+        "sources": sources.sources,
+        "features": {name: {"density": [round(float(d), 8) for d in analysis.density[i]], "label": labels[i],
+                            "sources": [c["sources"] for c in contexts[i]], "after": [c["after"] for c in contexts[i]]}
                      for i, name in enumerate(sae_names_by_size)},
         "links": [{"from": sae_names_by_size[i], "to": sae_names_by_size[i + 1],
                    "parent": link.parent_L.tolist(), "similarity": _rounded(link.similarity_L),
                    "pearson": _rounded(link.pearson_L), "decoder_cos": _rounded(link.decoder_cos_L),
-                   "coverage": _rounded(link.coverage_S)} for i, link in enumerate(analysis.links)],
+                   "coverage": _rounded(link.coverage_S), "parent_coverage": _rounded(link.parent_coverage_L)}
+                  for i, link in enumerate(analysis.links)],
         "families": families,
+        "context_family": context_family,
         "highlights": {w: (f["feature"] if f else None) for w, f in highlights.items()},
     })
     by_size = {str(s["size"]): s["split_2plus"] for s in summary}
@@ -216,6 +288,7 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
         "split_families_by_size": by_size,
         "summary": summary,
         "highlights": {word: _describe(f) for word, f in highlights.items()},
+        "context_family": _summarise_context_family(context_family),
         "n_tokens": analysis.n_tokens,
         "artifacts": {"families": "splitting/families.json", "pictures": pictures},
     }
@@ -230,24 +303,104 @@ def _rounded(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else round(float(v), 4) for v in values]
 
 
-def _families(analysis: SplitAnalysis, names: list[str], sizes: list[int], labels: list[list[str]]) -> list[dict]:
+def _feature_contexts(source_FS: np.ndarray, prev_FV: np.ndarray, source_names: list[str],
+                      token_text: list[str]) -> list[dict]:
+    """Per feature: its ``N_CONTEXTS`` largest source shares and previous-token shares, rounded."""
+    total_F = np.maximum(source_FS.sum(axis=1), 1e-30)
+    shares_FS = source_FS / total_F[:, None]
+    k = min(N_CONTEXTS, prev_FV.shape[1])
+    top_prev_FK = np.argpartition(-prev_FV, k - 1, axis=1)[:, :k]
+    top_prev_FK = np.take_along_axis(top_prev_FK, np.argsort(-np.take_along_axis(prev_FV, top_prev_FK, axis=1),
+                                                              axis=1, kind="stable"), axis=1)
+    out = []
+    for f in range(len(source_FS)):
+        after = [[token_text[p], round(float(prev_FV[f, p] / total_F[f]), 4)]
+                 for p in top_prev_FK[f] if prev_FV[f, p] > 0]
+        shares = describe_sources(shares_FS[f], source_names, N_CONTEXTS, 0.01)
+        out.append({"sources": [[n, round(v, 4)] for n, v in shares], "after": after})
+    return out
+
+
+def _families(analysis: SplitAnalysis, names: list[str], sizes: list[int], labels: list[list[str]],
+              contexts: list[list[dict]]) -> list[dict]:
     """Nested trees rooted at the smallest size, for every root with at least one descendant."""
 
-    def node(level: int, feature: int, similarity: float | None) -> dict:
+    def node(level: int, feature: int, similarity: float | None, parent_coverage: float | None = None) -> dict:
         children = []
         if level < len(analysis.links):
             link = analysis.links[level]
             kids = link.children(feature)
             kids = kids[np.argsort(-analysis.density[level + 1][kids], kind="stable")]
-            children = [node(level + 1, int(c), round(float(link.similarity_L[c]), 4)) for c in kids]
+            children = [node(level + 1, int(c), round(float(link.similarity_L[c]), 4),
+                             round(float(link.parent_coverage_L[c]), 4)) for c in kids]
         coverage = analysis.links[level].coverage_S[feature] if level < len(analysis.links) else np.nan
         return {"sae": names[level], "size": sizes[level], "feature": feature,
                 "density": float(analysis.density[level][feature]), "label": labels[level][feature],
                 "similarity": similarity, "coverage": None if np.isnan(coverage) else round(float(coverage), 4),
+                "parent_coverage": parent_coverage, **contexts[level][feature],
                 "leaves": sum(c["leaves"] for c in children) or 1, "children": children}
 
     roots = [node(0, f, None) for f in range(len(analysis.density[0]))]
     return sorted((r for r in roots if r["children"]), key=lambda r: -r["leaves"])
+
+
+def choose_context_family(analysis: SplitAnalysis, names: list[str], sizes: list[int], labels: list[list[str]],
+                          contexts: list[list[dict]], source_names: list[str]) -> dict | None:
+    """The parent with ≥ ``CONTEXT_FAMILY_MIN_CHILDREN`` children whose children's source mixes
+    differ most (mass-weighted Jensen–Shannon divergence, see the module docstring); None when no
+    parent has that many children or there is only one source."""
+    if analysis.source_mass is None or len(source_names) < 2:
+        return None
+    best = None
+    for level, link in enumerate(analysis.links):
+        mass_FS = analysis.source_mass[level + 1]
+        for parent in np.flatnonzero(link.n_children_S() >= CONTEXT_FAMILY_MIN_CHILDREN):
+            kids = link.children(int(parent))
+            weights = mass_FS[kids].sum(axis=1)
+            if weights.sum() <= 0:
+                continue
+            divergence = js_divergence(mass_FS[kids], weights)
+            if best is None or divergence > best[0]:
+                best = (divergence, level, int(parent), kids, weights)
+    if best is None:
+        return None
+    divergence, level, parent, kids, weights = best
+    link = analysis.links[level]
+
+    def member(lvl: int, feature: int, mass_S: np.ndarray) -> dict:
+        shares_S = mass_S / max(mass_S.sum(), 1e-30)
+        return {"sae": names[lvl], "size": sizes[lvl], "feature": feature, "label": labels[lvl][feature],
+                "density": float(analysis.density[lvl][feature]), "after": contexts[lvl][feature]["after"],
+                "source_shares": [round(float(v), 4) for v in shares_S],
+                "dominant_source": source_names[int(shares_S.argmax())],
+                "dominant_share": round(float(shares_S.max()), 4)}
+
+    children = []
+    for c, weight in sorted(zip(kids.tolist(), weights.tolist()), key=lambda cw: -cw[1]):
+        child = member(level + 1, c, analysis.source_mass[level + 1][c])
+        child.update(parent_coverage=round(float(link.parent_coverage_L[c]), 4),
+                     similarity=round(float(link.similarity_L[c]), 4), mass_share=round(weight / weights.sum(), 4))
+        children.append(child)
+    return {"criterion": f"largest mass-weighted Jensen-Shannon divergence (bits) between the children's source "
+                         f"distributions, among parents with >= {CONTEXT_FAMILY_MIN_CHILDREN} children",
+            "js_divergence_bits": round(divergence, 4), "max_bits": round(float(np.log2(len(kids))), 4),
+            "parent": member(level, parent, analysis.source_mass[level][parent]), "children": children}
+
+
+def _summarise_context_family(family: dict | None) -> dict | None:
+    """run.json's view of the context family: who, how far apart, and each member's dominant source."""
+    if family is None:
+        return None
+
+    def line(m: dict) -> str:
+        return f"{m['feature']}: {m['label']} — {m['dominant_source']} {m['dominant_share']:.0%}"
+
+    return {"sae": family["parent"]["sae"], "feature": family["parent"]["feature"],
+            "children_sae": family["children"][0]["sae"], "n_children": len(family["children"]),
+            "js_divergence_bits": family["js_divergence_bits"], "criterion": family["criterion"],
+            "parent": line(family["parent"]), "children": [line(c) for c in family["children"]],
+            "distinct_dominant_sources": len({c["dominant_source"] for c in family["children"]}),
+            "picture": family.get("picture")}
 
 
 def _pair_summary(link: SizeLink, density_S: np.ndarray, size_S: int, size_L: int) -> dict:
@@ -345,7 +498,8 @@ def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -
             text = f"(+{node['more']} more)"
         else:
             label = re.sub(r"\s+", " ", node["label"])[:38]
-            text = f"#{node['feature']}  {label}\ndensity {node['density']:.1e}"
+            where = " · ".join(f"{name} {share:.0%}" for name, share in node.get("sources", [])[:2])
+            text = f"#{node['feature']}  {label}\n{where}\ndensity {node['density']:.1e}"
         ax.text(level, y, text, fontsize=7, va="center", ha="left", family="monospace",
                 bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "0.5", "lw": 0.6})
     ax.set_xticks(range(len(sizes)), [f"{s} features" for s in sizes])
@@ -356,3 +510,41 @@ def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -
         ax.spines[side].set_visible(False)
     ax.set_title(f"Family of {family['sae']} feature {family['feature']} ({family['label'][:40]})", fontsize=9)
     return save_figure(fig, path, dpi=110)
+
+
+def context_label(member: dict) -> str:
+    """"' the' — python-docs 91 % · after ' in'": a family member's token label with its context."""
+    after = f" · after {member['after'][0][0]!r}" if member["after"] else ""
+    return f"{member['label']} — {member['dominant_source']} {member['dominant_share']:.0%}{after}"
+
+
+def draw_context_family(family: dict, source_names: list[str], path: Path) -> Path:
+    """The context family: one bar per member (parent on top, then its children by mass), each the
+    member's activation mass split by document source, labelled with its context and, for a
+    child, the share of the parent's activation it covers."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    members = [family["parent"], *family["children"]]
+    colors = colormaps["tab20"](np.arange(len(source_names)) % 20)
+    fig, ax = new_figure((11, 0.55 * len(members) + 1.9))
+    for y, m in enumerate(members):
+        left = 0.0
+        for s, share in enumerate(m["source_shares"]):
+            ax.barh(y, share, left=left, color=colors[s], edgecolor="white", linewidth=0.4)
+            left += share
+        covers = f"covers {m['parent_coverage']:.0%} of parent · " if "parent_coverage" in m else "parent · "
+        name = f"{m['sae']} #{m['feature']}"
+        ax.text(-0.01, y, f"{name}\n{covers}{' '.join(context_label(m).split())[:70]}", ha="right",
+                va="center", fontsize=7, family="monospace")
+    ax.set_yticks([])
+    ax.set_xlim(0, 1)
+    ax.set_ylim(len(members) - 0.5, -0.5)
+    ax.set_xlabel("share of the feature's activation mass, by document source")
+    used = sorted({s for m in members for s, v in enumerate(m["source_shares"]) if v >= 0.02})
+    ax.legend([Rectangle((0, 0), 1, 1, color=colors[s]) for s in used], [source_names[s] for s in used],
+              fontsize=7, ncol=min(len(used), 6), loc="upper center",
+              bbox_to_anchor=(0.5, -0.35 / max(len(members), 1) - 0.12))
+    ax.set_title(f"Why {family['parent']['sae']} #{family['parent']['feature']} split: its children's sources "
+                 f"(Jensen-Shannon {family['js_divergence_bits']:.2f} bits of {family['max_bits']:.2f})", fontsize=9)
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")

@@ -9,8 +9,12 @@ neurons (the baseline basis), ``sae.encode`` for a dictionary. Two sweeps over t
   fire counts per (unit, token) and Σ a per (unit, token) (sparse [U, V]); co-firing counts
   C_uv = #{n: a_nu > 0 ∧ a_nv > 0} (sparse [U, U], over the first ``cofire_rows`` rows only and
   until it holds ``MAX_COFIRE_PAIRS`` pairs, as distinct pairs grow with the tokens); every unit's
-  activations on a fixed seeded set of random contexts;
-- sweep 2 (needs each unit's max): a histogram of the nonzero activations over (0, max], and
+  activations on a fixed seeded set of random contexts; Σ a per (unit, document source), per
+  (unit, language) and per (unit, previous token) (``context.py``);
+- sweep 2 (needs each unit's max and its tokens): Σ a per (unit, token, document source) and per
+  (unit, token, previous token) for each unit's ``CONTEXT_TOKENS`` tokens of most activation mass
+  (what the context explainer compares with its token list); a histogram of the nonzero
+  activations over (0, max], and
   ``per_interval`` uniform samples from each of ``n_intervals`` equal activation intervals
   [i·max/I, (i+1)·max/I) — Bricken et al. 2023's dashboard intervals — keyed by a hash of
   (row, unit, seed), so the sample is the same however the pass is chunked.
@@ -31,6 +35,7 @@ import scipy.sparse as sp
 import torch
 
 from monosemantic.activations import ActivationStore
+from monosemantic.analysis.context import TokenSources, UnitContext
 from monosemantic.analysis.sampling import GroupedBottomK, fill_up
 from monosemantic.errors import UserError
 from monosemantic.progress import progress
@@ -38,6 +43,7 @@ from monosemantic.progress import progress
 DENSE_COFIRE_FRACTION = 0.05  # above this fraction of nonzero activations, co-firing uses a dense matmul
 DENSE_ENTRIES = 1 << 24  # count matrices up to this size (64 MB as float32) are kept dense
 MAX_COFIRE_PAIRS = 1 << 24  # a sparse co-firing matrix stops growing here (~200 MB)
+CONTEXT_TOKENS = 8  # per unit, the tokens whose activation is split by source and previous token
 
 
 @dataclass
@@ -85,6 +91,22 @@ class UnitStats:
     token_act_sums_UV: sp.csr_matrix  # Σ activation per (unit, token)
     cofire_UU: sp.csr_matrix  # co-firing counts (diagonal = fire counts) over the first cofire_rows rows
     cofire_rows: int
+    source_mass_US: np.ndarray  # float64 Σ activation per (unit, document source)
+    language_mass_UL: np.ndarray  # float64 Σ activation per (unit, document language)
+    prev_mass_UV: sp.csr_matrix  # Σ activation per (unit, previous token in the window)
+    context_tokens_UT: np.ndarray  # int64 [U, T] each unit's tokens of most activation mass (−1: none)
+    token_source_UTS: np.ndarray  # float64 [U, T, S] Σ activation on those tokens per source
+    token_prev_UTV: sp.csr_matrix  # [U·T, V] Σ activation on those tokens per previous token
+
+    def context(self, unit: int) -> UnitContext:
+        """Where unit ``unit``'s activation mass comes from (see ``context.py``)."""
+        start, stop = self.prev_mass_UV.indptr[unit], self.prev_mass_UV.indptr[unit + 1]
+        T = self.context_tokens_UT.shape[1]
+        return UnitContext(self.source_mass_US[unit], self.language_mass_UL[unit],
+                           self.prev_mass_UV.indices[start:stop].astype(np.int64),
+                           self.prev_mass_UV.data[start:stop].astype(np.float64), float(self.mean_act_U[unit]),
+                           self.context_tokens_UT[unit], self.token_source_UTS[unit],
+                           self.token_prev_UTV[unit * T:(unit + 1) * T].toarray())
 
     @property
     def n_units(self) -> int:
@@ -203,13 +225,16 @@ class _MatrixSum:
 
 @torch.no_grad()
 def compute_unit_stats(store: ActivationStore, bases: list[Basis], text: TokenContext,
-                       vocab_size: int, cfg: StatsConfig) -> list[UnitStats]:
-    """Both sweeps over rows [0, cfg.n_rows) for every basis (one read of each chunk serves all)."""
+                       vocab_size: int, cfg: StatsConfig, sources: TokenSources | None = None) -> list[UnitStats]:
+    """Both sweeps over rows [0, cfg.n_rows) for every basis (one read of each chunk serves all);
+    ``sources`` (default: one source for every document) gives each row's source and previous token."""
     n_rows, W = cfg.n_rows, cfg.left + cfg.right + 1
+    if sources is None:
+        sources = TokenSources.single_source(text.tokens_N, text.docs_N, text.ctx, vocab_size)
     chunk = cfg.chunk_windows * text.ctx
     rng = np.random.default_rng(cfg.seed)
     random_rows = np.sort(rng.choice(n_rows, size=min(cfg.n_random, n_rows), replace=False))
-    states = [_Sweep1(b, cfg, W, vocab_size, len(random_rows)) for b in bases]
+    states = [_Sweep1(b, cfg, W, vocab_size, len(random_rows), sources) for b in bases]
     with progress("analysis: unit statistics", 2 * n_rows, unit="tok") as advance:
         for start in range(0, n_rows, chunk):
             stop = min(n_rows, start + chunk)
@@ -243,9 +268,12 @@ def _context_payload(latents_BU: np.ndarray, start: int, text: TokenContext, row
 
 
 class _Sweep1:
-    def __init__(self, basis: Basis, cfg: StatsConfig, W: int, vocab_size: int, n_random: int):
+    def __init__(self, basis: Basis, cfg: StatsConfig, W: int, vocab_size: int, n_random: int, sources: TokenSources):
         U = basis.n_units
-        self.basis, self.cfg, self.vocab_size = basis, cfg, vocab_size
+        self.basis, self.cfg, self.vocab_size, self.sources = basis, cfg, vocab_size, sources
+        self.source_mass_US = np.zeros((U, sources.n_sources))
+        self.language_mass_UL = np.zeros((U, sources.n_languages))
+        self.prev_mass = _MatrixSum((U, vocab_size))
         self.fire_count_U = np.zeros(U, dtype=np.int64)
         self.act_sum_U = np.zeros(U, dtype=np.float64)
         self.max_act_U = np.zeros(U, dtype=np.float32)
@@ -274,6 +302,14 @@ class _Sweep1:
         token_E = text.tokens_N[rows_E]
         self.token_fires.add(u_E, token_E, np.ones(len(u_E), dtype=np.float32))
         self.token_acts.add(u_E, token_E, v_E)
+        S, L = self.sources.n_sources, self.sources.n_languages
+        self.source_mass_US += np.bincount(u_E * S + self.sources.source_N[rows_E], weights=v_E,
+                                           minlength=U * S).reshape(U, S)
+        self.language_mass_UL += np.bincount(u_E * L + self.sources.language_N[rows_E], weights=v_E,
+                                             minlength=U * L).reshape(U, L)
+        prev_E = self.sources.prev_N[rows_E]
+        has_prev = prev_E >= 0
+        self.prev_mass.add(u_E[has_prev], prev_E[has_prev], v_E[has_prev])
         if start < cfg.cofire_rows and self.cofire.sparse_entries() < MAX_COFIRE_PAIRS:
             self._count_cofiring(latents_BU, b_E, u_E)
             self.cofire_rows += B
@@ -304,6 +340,9 @@ class _Sweep2:
         self.scale_U = np.where(first.max_act_U > 0, 1 / np.maximum(first.max_act_U, 1e-30), 0)
         self.hist_UH = np.zeros((U, cfg.hist_bins), dtype=np.int64)
         self.intervals = GroupedBottomK(U * I, cfg.per_interval, W)
+        self.context_tokens_UT = _top_columns(first.token_acts.collapse(), CONTEXT_TOKENS)
+        self.token_source_UTS = np.zeros((U, CONTEXT_TOKENS, first.sources.n_sources))
+        self.token_prev = _MatrixSum((U * CONTEXT_TOKENS, first.vocab_size))
 
     def update(self, acts_BD: torch.Tensor, start: int, text: TokenContext) -> None:
         cfg, U = self.cfg, self.first.basis.n_units
@@ -315,6 +354,7 @@ class _Sweep2:
         self.hist_UH += np.bincount(u_E * H + hist_bin_E, minlength=U * H).reshape(U, H)
         interval_E = np.minimum((frac_E * I).astype(np.int64), I - 1)
         rows_E = start + b_E
+        self._add_token_contexts(u_E, v_E, rows_E, text)
         self.intervals.offer(
             u_E * I + interval_E,
             uniform_hash(rows_E, u_E, self.cfg.seed),
@@ -323,6 +363,16 @@ class _Sweep2:
             v_E,
             lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg),
         )
+
+    def _add_token_contexts(self, u_E: np.ndarray, v_E: np.ndarray, rows_E: np.ndarray, text: TokenContext) -> None:
+        sources, T = self.first.sources, CONTEXT_TOKENS
+        entry, slot = np.nonzero(self.context_tokens_UT[u_E] == text.tokens_N[rows_E][:, None])
+        unit_slot, value, rows = u_E[entry] * T + slot, v_E[entry], rows_E[entry]
+        S = sources.n_sources
+        self.token_source_UTS += np.bincount(unit_slot * S + sources.source_N[rows], weights=value,
+                                             minlength=self.token_source_UTS.size).reshape(self.token_source_UTS.shape)
+        prev = sources.prev_N[rows]
+        self.token_prev.add(unit_slot[prev >= 0], prev[prev >= 0], value[prev >= 0])
 
     def result(self, random_rows: np.ndarray) -> UnitStats:
         first = self.first
@@ -334,4 +384,17 @@ class _Sweep2:
             random_rows_P=random_rows, random_acts_UPW=np.ascontiguousarray(first.random_acts_PWU.transpose(2, 0, 1)),
             token_fires_UV=first.token_fires.collapse(), token_act_sums_UV=first.token_acts.collapse(),
             cofire_UU=first.cofire.collapse(), cofire_rows=first.cofire_rows,
+            source_mass_US=first.source_mass_US, language_mass_UL=first.language_mass_UL,
+            prev_mass_UV=first.prev_mass.collapse(), context_tokens_UT=self.context_tokens_UT,
+            token_source_UTS=self.token_source_UTS, token_prev_UTV=self.token_prev.collapse(),
         )
+
+
+def _top_columns(matrix_UV: sp.csr_matrix, k: int) -> np.ndarray:
+    """Per row, the columns of its ``k`` largest entries, largest first, padded with −1 → int64 [U, k]."""
+    out = np.full((matrix_UV.shape[0], k), -1, dtype=np.int64)
+    for u in range(matrix_UV.shape[0]):
+        start, stop = matrix_UV.indptr[u], matrix_UV.indptr[u + 1]
+        order = np.lexsort((matrix_UV.indices[start:stop], -matrix_UV.data[start:stop]))[:k]
+        out[u, :len(order)] = matrix_UV.indices[start:stop][order]
+    return out

@@ -7,7 +7,12 @@ Schema (``unit_kind`` is "neuron" or "feature"; neurons are the dictionary named
     dictionaries(name, unit_kind, n_units, d_in, variant, n_tokens, scored_backend)
     vocab(token, text, count)                decoded token strings; count in the analysed tokens
     units(dict, unit, unit_kind, fire_count, density, mean_act, max_act, hist, hist_max,
-          explanation, simulation_score, detection_score, score_backend, in_score_sample)
+          explanation, simulation_score, detection_score, fuzzing_score, score_backend, in_score_sample)
+              (the explanation and scores of the run's primary backend: the LLM if used, else offline-context)
+    explanations(dict, unit, backend, explanation, simulation_score, detection_score, fuzzing_score)
+              every backend's explanation and scores, so backends are compared, never mixed
+    unit_contexts(dict, unit, kind, rank, label, share)
+              kind: source | language | preceding (previous token): the share of the unit's activation mass
     contexts(row, doc, center, tokens)       a context window of the activation store's row `row`
     examples(dict, unit, kind, bucket, rank, row, activation, acts, split)
               kind: top | interval (bucket = interval index) | random;  split: explain | score
@@ -36,7 +41,7 @@ import numpy as np
 from monosemantic.atomic import atomic_path
 from monosemantic.errors import UserError
 
-FORMAT = "monosemantic.feature-store/1"
+FORMAT = "monosemantic.feature-store/2"
 FILENAME = "features.sqlite"
 NEURONS = "neurons"  # the dictionary name under which the store keeps the neuron basis
 
@@ -57,8 +62,12 @@ CREATE TABLE vocab (token INTEGER PRIMARY KEY, text TEXT NOT NULL, count INTEGER
 CREATE TABLE units (dict TEXT NOT NULL, unit INTEGER NOT NULL, unit_kind TEXT NOT NULL,
     fire_count INTEGER NOT NULL, density REAL NOT NULL, mean_act REAL NOT NULL, max_act REAL NOT NULL,
     hist BLOB NOT NULL, hist_max REAL NOT NULL, explanation TEXT, simulation_score REAL,
-    detection_score REAL, score_backend TEXT, in_score_sample INTEGER NOT NULL DEFAULT 0,
+    detection_score REAL, fuzzing_score REAL, score_backend TEXT, in_score_sample INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (dict, unit));
+CREATE TABLE explanations (dict TEXT NOT NULL, unit INTEGER NOT NULL, backend TEXT NOT NULL, explanation TEXT,
+    simulation_score REAL, detection_score REAL, fuzzing_score REAL, PRIMARY KEY (dict, unit, backend));
+CREATE TABLE unit_contexts (dict TEXT NOT NULL, unit INTEGER NOT NULL, kind TEXT NOT NULL, rank INTEGER NOT NULL,
+    label TEXT NOT NULL, share REAL NOT NULL, PRIMARY KEY (dict, unit, kind, rank));
 CREATE TABLE contexts (row INTEGER PRIMARY KEY, doc INTEGER NOT NULL, center INTEGER NOT NULL,
     tokens BLOB NOT NULL);
 CREATE TABLE examples (dict TEXT NOT NULL, unit INTEGER NOT NULL, kind TEXT NOT NULL,
@@ -211,10 +220,28 @@ class FeatureStore:
             "SELECT token, fires, mean_act FROM unit_tokens WHERE dict=? AND unit=? ORDER BY fires DESC, token LIMIT ?",
             (dict_name, unit, n))]
 
+    def explanations(self, dict_name: str, unit: int) -> list[dict[str, Any]]:
+        """Every backend's explanation and scores of one unit (the primary backend's first)."""
+        order = {b: i for i, b in enumerate(self.meta().get("backends", []))}
+        rows = [dict(r) for r in self.db.execute(
+            "SELECT backend, explanation, simulation_score, detection_score, fuzzing_score FROM explanations "
+            "WHERE dict=? AND unit=?", (dict_name, unit))]
+        return sorted(rows, key=lambda r: order.get(r["backend"], len(order)))
+
+    def contexts(self, dict_name: str, unit: int) -> dict[str, list[tuple[str, float]]]:
+        """Where the unit's activation mass comes from: (label, share) by source, language and previous token."""
+        out: dict[str, list[tuple[str, float]]] = {"source": [], "language": [], "preceding": []}
+        for kind, label, share in self.db.execute(
+                "SELECT kind, label, share FROM unit_contexts WHERE dict=? AND unit=? ORDER BY kind, rank",
+                (dict_name, unit)):
+            out[kind].append((label, share))
+        return out
+
     def feature_page(self, dict_name: str, unit: int) -> dict[str, Any]:
         """Everything the browser shows for one unit."""
         page = self.unit(dict_name, unit)
         page.update(examples=self.examples(dict_name, unit), logits=self.logits(dict_name, unit),
+                    explanations=self.explanations(dict_name, unit), contexts=self.contexts(dict_name, unit),
                     decoder_neighbours=self.neighbours(dict_name, unit, "decoder"),
                     cofiring_neighbours=self.neighbours(dict_name, unit, "cofiring"),
                     top_tokens=self.top_tokens(dict_name, unit, 10))

@@ -282,18 +282,23 @@ class RunView:
             return None
         data = json.loads(path.read_text())
         return {"labels": {name: f["label"] for name, f in data["features"].items()},
+                "sources": {name: f.get("sources") for name, f in data["features"].items()},
+                "after": {name: f.get("after") for name, f in data["features"].items()},
                 "links": data["links"]}
 
     def family(self, sae: str, feature: int) -> dict[str, Any] | None:
         """The feature's ancestors in the smaller SAEs and its descendants in the larger ones
-        (splitting's parent links), or ``None`` before the splitting stage has run."""
+        (splitting's parent links), each with its source mix, the tokens it follows and (a
+        descendant) the share of its parent's activation it covers; ``None`` before splitting has run."""
         families = self._families
         if families is None or sae not in families["labels"]:
             return None
         labels, links = families["labels"], families["links"]
 
         def node(name: str, f: int, similarity: float | None = None) -> dict[str, Any]:
-            return {"sae": name, "feature": f, "label": labels[name][f], "similarity": similarity}
+            sources, after = families["sources"][name], families["after"][name]
+            return {"sae": name, "feature": f, "label": labels[name][f], "similarity": similarity,
+                    "sources": sources[f] if sources else [], "after": after[f] if after else []}
 
         ancestors, name, f = [], sae, feature
         while (link := next((k for k in links if k["to"] == name), None)) is not None and link["parent"][f] >= 0:
@@ -302,8 +307,9 @@ class RunView:
         descendants, name, parents = [], sae, {feature}
         while parents and (link := next((k for k in links if k["from"] == name), None)) is not None:
             children = [j for j, p in enumerate(link["parent"]) if p in parents]
+            coverage = link.get("parent_coverage") or [None] * len(link["parent"])
             descendants.append({"sae": link["to"], "total": len(children),
-                                "features": [dict(node(link["to"], j, link["similarity"][j]), parent=link["parent"][j])
-                                             for j in children[:FAMILY_CHILDREN]]})
+                                "features": [dict(node(link["to"], j, link["similarity"][j]), parent=link["parent"][j],
+                                                  parent_coverage=coverage[j]) for j in children[:FAMILY_CHILDREN]]})
             name, parents = link["to"], set(children)
-        return {"ancestors": ancestors, "descendants": descendants}
+        return {"ancestors": ancestors, "self": node(sae, feature), "descendants": descendants}

@@ -1,15 +1,21 @@
 """Where documents come from: the bundled corpus, the user's own files, or a Hugging Face dataset.
 
 Every source yields plain ``str`` documents in a fixed order, so the same inputs always give the
-same token shards. Local inputs are checked up front: a missing path, an empty corpus or bytes
-that are not UTF-8 are a ``UserError`` naming the file, never a traceback half-way through.
+same token shards; ``iter_labelled_documents`` yields the same documents with where each came from
+(``document_sources`` turns that into a per-document table the analysis reads). Local inputs are
+checked up front: a missing path, an empty corpus or bytes that are not UTF-8 are a ``UserError``
+naming the file, never a traceback half-way through.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from monosemantic.errors import UserError
 from monosemantic.integrity import input_fingerprint
@@ -20,23 +26,50 @@ LOCAL_SUFFIXES = (".txt", ".md", ".jsonl")
 DOC_CHARS = 8_000
 
 
+UNKNOWN_LANGUAGE = "?"
+# The bundled corpus tags translated documents' titles: "fortunes [ru]: …", "Debian Handbook [zh-CN]: …"
+LANGUAGE_TAG = re.compile(r"\[([a-z]{2})(?:-[A-Z]{2})?\]")
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document's text, its source (the bundled corpus's part, a file name, or a jsonl field's
+    value) and its language (a two-letter code, or ``UNKNOWN_LANGUAGE``)."""
+
+    text: str
+    source: str
+    language: str = UNKNOWN_LANGUAGE
+
+
 def iter_documents(corpus: str | None = None, dataset: str | None = None,
                    dataset_split: str = "train", text_field: str = "text",
                    max_docs: int | None = None) -> Iterator[str]:
     """Documents from ``dataset`` (HF hub), else ``corpus`` (a local path), else the bundled mix."""
+    for doc in iter_labelled_documents(corpus, dataset, dataset_split, text_field, max_docs):
+        yield doc.text
+
+
+def iter_labelled_documents(corpus: str | None = None, dataset: str | None = None,
+                            dataset_split: str = "train", text_field: str = "text",
+                            max_docs: int | None = None, source_field: str | None = None) -> Iterator[Document]:
+    """The documents of ``iter_documents``, in the same order, each with its source and language.
+
+    The source is the bundled corpus's part; for local files the value of the jsonl field
+    ``source_field`` when given, else the file's path relative to ``corpus``; for a dataset the
+    field ``source_field`` when given, else the dataset's name."""
     if dataset is not None:
-        docs = _iter_hf_dataset(dataset, dataset_split, text_field)
+        docs = _iter_hf_dataset(dataset, dataset_split, text_field, source_field)
     elif corpus is not None:
-        docs = _iter_local(Path(corpus), text_field)
+        docs = _iter_local(Path(corpus), text_field, source_field)
     else:
         from monosemantic.corpus.bundled import iter_bundled_documents
 
-        docs = (d["text"] for d in iter_bundled_documents())
+        docs = (Document(d["text"], d["source"], _bundled_language(d["title"])) for d in iter_bundled_documents())
     n = 0
     for doc in docs:
         if max_docs is not None and n >= max_docs:
             return
-        if doc.strip():
+        if doc.text.strip():
             n += 1
             yield doc
     if n == 0:
@@ -57,6 +90,49 @@ def corpus_fingerprint(corpus: str | None = None, dataset: str | None = None) ->
             for file in _local_files(path)}
 
 
+def _bundled_language(title: str) -> str:
+    """The bundled corpus is English except the documents whose title carries a language tag."""
+    tag = LANGUAGE_TAG.search(title)
+    return tag.group(1) if tag else "en"
+
+
+@dataclass
+class DocumentSources:
+    """Per corpus document (its index in corpus order): its source and language, as indices into
+    ``sources`` and ``languages``."""
+
+    sources: list[str]
+    languages: list[str]
+    source_D: np.ndarray  # int32 [n_docs]
+    language_D: np.ndarray  # int32 [n_docs]
+
+    @classmethod
+    def from_documents(cls, docs: Iterator[Document]) -> DocumentSources:
+        sources: dict[str, int] = {}
+        languages: dict[str, int] = {}
+        source_D, language_D = [], []
+        for doc in docs:
+            source_D.append(sources.setdefault(doc.source, len(sources)))
+            language_D.append(languages.setdefault(doc.language, len(languages)))
+        return cls(list(sources), list(languages), np.asarray(source_D, dtype=np.int32),
+                   np.asarray(language_D, dtype=np.int32))
+
+    @classmethod
+    def single(cls, name: str, n_docs: int) -> DocumentSources:
+        """Every document from one source, of unknown language."""
+        zeros = np.zeros(n_docs, dtype=np.int32)
+        return cls([name], [UNKNOWN_LANGUAGE], zeros, zeros.copy())
+
+
+def document_sources(corpus: str | None = None, dataset: str | None = None, dataset_split: str = "train",
+                     text_field: str = "text", max_docs: int | None = None,
+                     source_field: str | None = None) -> DocumentSources:
+    """The source and language of every document ``iter_documents`` yields, in its order (so a token
+    shard's document index looks its source up directly)."""
+    return DocumentSources.from_documents(iter_labelled_documents(corpus, dataset, dataset_split, text_field,
+                                                                  max_docs, source_field))
+
+
 def _local_files(path: Path) -> list[Path]:
     if not path.exists():
         raise UserError(f"--corpus {path}: no such file or directory")
@@ -68,9 +144,11 @@ def _local_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _iter_local(path: Path, text_field: str) -> Iterator[str]:
-    for file in _local_files(path):
-        yield from _iter_file(file, text_field)
+def _iter_local(path: Path, text_field: str, source_field: str | None) -> Iterator[Document]:
+    files = _local_files(path)
+    for file in files:
+        name = file.relative_to(path).as_posix() if path.is_dir() else file.name
+        yield from _iter_file(file, name, text_field, source_field)
 
 
 def _read_utf8(file: Path) -> str:
@@ -81,7 +159,7 @@ def _read_utf8(file: Path) -> str:
         raise UserError(f"--corpus {file}: not UTF-8 text (bad byte at offset {err.start})") from None
 
 
-def _iter_file(file: Path, text_field: str) -> Iterator[str]:
+def _iter_file(file: Path, name: str, text_field: str, source_field: str | None) -> Iterator[Document]:
     text = _read_utf8(file)
     if file.suffix == ".jsonl":
         for line_no, line in enumerate(text.splitlines(), 1):
@@ -94,9 +172,16 @@ def _iter_file(file: Path, text_field: str) -> Iterator[str]:
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                 raise UserError(f"--corpus {file}:{line_no}: expected an object with a string "
                                 f"'{text_field}' field")
-            yield record[text_field]
+            source = name
+            if source_field is not None:
+                if not isinstance(record.get(source_field), str):
+                    raise UserError(f"--corpus {file}:{line_no}: expected a string '{source_field}' field "
+                                    f"(analysis.source_field)")
+                source = record[source_field]
+            yield Document(record[text_field], source)
     else:
-        yield from split_paragraphs(text, DOC_CHARS)
+        for piece in split_paragraphs(text, DOC_CHARS):
+            yield Document(piece, name)
 
 
 def split_paragraphs(text: str, max_chars: int) -> Iterator[str]:
@@ -113,7 +198,7 @@ def split_paragraphs(text: str, max_chars: int) -> Iterator[str]:
         yield "\n\n".join(piece)
 
 
-def _iter_hf_dataset(name: str, split: str, text_field: str) -> Iterator[str]:
+def _iter_hf_dataset(name: str, split: str, text_field: str, source_field: str | None) -> Iterator[Document]:
     """Stream a Hugging Face dataset (needs the network; never used by default)."""
     try:
         import datasets
@@ -128,4 +213,7 @@ def _iter_hf_dataset(name: str, split: str, text_field: str) -> Iterator[str]:
         if not isinstance(text, str):
             raise UserError(f"--dataset {name}: records have no string field '{text_field}' "
                             f"(fields: {', '.join(record)})")
-        yield text
+        source = record.get(source_field) if source_field is not None else name
+        if not isinstance(source, str):
+            raise UserError(f"--dataset {name}: records have no string field '{source_field}' (analysis.source_field)")
+        yield Document(text, source)

@@ -289,11 +289,16 @@ async function showUnit(dict, unit) {
   }
   if (page.family) {
     const f = page.family;
-    const node = n => h("li", {}, unitLink(n.sae, n.feature), h("span", {class: "muted"}, ` ${n.label}`, n.similarity === null ? "" : ` (sim ${fmt(n.similarity, 2)})`));
+    // each member's context: where its activation comes from (source shares) and the tokens it follows
+    const where = n => [n.sources.length ? h("div", {class: "family-sources"}, "sources: ", n.sources.map(([s, v]) => `${s} ${fmt(100 * v, 0)} %`).join(" · ")) : null,
+      n.after.length ? h("div", {class: "family-after"}, "after: ", ...n.after.map(([t, v]) => h("span", {}, chip(t), ` ${fmt(100 * v, 0)} % `))) : null];
+    const node = (n, link = true) => h("li", {}, link ? unitLink(n.sae, n.feature) : h("b", {}, `feature ${n.feature}`), h("span", {class: "muted"}, ` ${n.label}`, n.similarity === null ? "" : ` (sim ${fmt(n.similarity, 2)})`,
+      n.parent_coverage == null ? "" : ` · covers ${fmt(100 * n.parent_coverage, 0)} % of its parent`), ...where(n));
     right.append(h("h2", {}, "Split family across sizes"), h("div", {class: "family", id: "family"},
-      f.ancestors.length ? [h("h3", {}, "ancestors"), h("ul", {}, f.ancestors.map(node))] : h("p", {class: "muted"}, "no parent in a smaller SAE"),
+      f.ancestors.length ? [h("h3", {}, "ancestors"), h("ul", {}, f.ancestors.map(n => node(n)))] : h("p", {class: "muted"}, "no parent in a smaller SAE"),
+      h("h3", {}, "this feature"), h("ul", {}, node(f.self, false)),
       f.descendants.filter(l => l.total).map(l => [h("h3", {}, `${l.sae}: ${l.total} descendant${l.total === 1 ? "" : "s"}`),
-        h("ul", {}, l.features.map(node))])));
+        h("ul", {}, l.features.map(n => node(n)))])));
   }
   out.push(h("div", {style: {display: "grid", gridTemplateColumns: "minmax(0, 3fr) minmax(0, 2fr)", gap: "24px"}}, left, right));
   render(...out);
