@@ -43,7 +43,7 @@ def test_tokenizer_file(tmp_path, monkeypatch):
 def test_hf_dataset(monkeypatch, error, expected):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=_raises(error)))
     with pytest.raises(expected):
-        next(sources._iter_hf_dataset("someone/texts", "train", "text"))
+        next(sources._iter_hf_dataset("someone/texts", "train", "text", None))
 
 
 def test_saved_lm(tiny_run, tmp_path, monkeypatch):
