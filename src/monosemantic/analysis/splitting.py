@@ -28,8 +28,9 @@ A child *keeps its parent's token* when the most frequent of its top-activation 
 parent's. Among parents with ≥ ``CONTEXT_FAMILY_MIN_CHILDREN`` such children at the next size, it
 is the one whose token-keeping children's source distributions P_c differ most: the largest
 generalised Jensen–Shannon divergence H(Σ_c w_c P_c) − Σ_c w_c H(P_c) (bits), with w_c the
-children's shares of their total activation mass, so a child that barely fires cannot decide it. ``feature_families`` writes ``RUN/splitting/families.json``, a picture per selected
-family, and ``RUN/splitting/context_family.png``.
+children's shares of their total activation mass, so a child that barely fires cannot decide it.
+``feature_families`` writes ``RUN/splitting/families.json``, a picture per selected family, and
+``RUN/splitting/context_family.png``.
 """
 
 from __future__ import annotations
