@@ -199,3 +199,20 @@ def test_context_family_is_the_parent_whose_children_differ_most_in_source(tmp_p
     assert (run / chosen["picture"]).read_bytes()[:4] == b"\x89PNG"
     families = json.loads((run / "splitting/families.json").read_text())
     assert families["features"]["standard-4"]["sources"][1] == [["python", 1.0]]
+
+
+def test_context_family_counts_only_children_that_keep_the_parents_token():
+    from monosemantic.analysis.splitting import SizeLink, SplitAnalysis, choose_context_family
+
+    ones = np.ones(4)
+    link = SizeLink(np.zeros(4, dtype=np.int64), ones, ones, ones, np.zeros(4, dtype=np.int64), np.ones(1), ones / 4)
+    mass = [np.array([[3.0, 1.0, 1.0]]), np.array([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0, 0], [0, 0, 1.0]])]
+    analysis = SplitAnalysis([np.ones(1), ones], [], [link], 10, mass, [np.zeros((1, 5)), np.zeros((4, 5))])
+    contexts = [[{"sources": [], "after": []}] * n for n in (1, 4)]
+    labels = [["' the'"], ["' the'"] * 4]
+    family = choose_context_family(analysis, ["s", "l"], [1, 4], labels, contexts, ["a", "b", "c"],
+                                   [[" the"], [" the", " the", " the", " of"]])
+    assert sorted(c["feature"] for c in family["children"]) == [0, 1, 2] and family["n_children_total"] == 4
+    assert family["js_divergence_bits"] == pytest.approx(-(2 / 3 * np.log2(2 / 3) + 1 / 3 * np.log2(1 / 3)), abs=1e-4)
+    assert choose_context_family(analysis, ["s", "l"], [1, 4], labels, contexts, ["a", "b", "c"],
+                                 [[" the"], [" the", " the", " a", " of"]]) is None

@@ -23,12 +23,14 @@ most frequent tokens among the ``top_k`` tokens where the feature fires most; an
 for a child its ``parent_coverage`` Σ_{n: c_n≠0} p_n² / Σ_n p_n², the share of the parent's (squared)
 activation on the tokens where that child fires.
 
-**The context family** shows why features split. Among parents with ≥ ``CONTEXT_FAMILY_MIN_CHILDREN``
-children at the next size, it is the one whose children's source distributions P_c differ most:
-the largest generalised Jensen–Shannon divergence H(Σ_c w_c P_c) − Σ_c w_c H(P_c) (bits), with
-w_c the children's shares of their total activation mass, so a child that barely fires cannot
-decide it. ``feature_families`` writes ``RUN/splitting/families.json``, a picture per selected
-family, and ``RUN/splitting/context_family.png``.
+**The context family** shows a split by context rather than by token, the essay's " the" story.
+A child *keeps its parent's token* when the most frequent of its top-activation tokens is the
+parent's. Among parents with ≥ ``CONTEXT_FAMILY_MIN_CHILDREN`` such children at the next size, it
+is the one whose token-keeping children's source distributions P_c differ most: the largest
+generalised Jensen–Shannon divergence H(Σ_c w_c P_c) − Σ_c w_c H(P_c) (bits), with w_c the
+children's shares of their total activation mass, so a child that barely fires cannot decide it.
+``feature_families`` writes ``RUN/splitting/families.json``, a picture per selected family, and
+``RUN/splitting/context_family.png``.
 """
 
 from __future__ import annotations
@@ -246,7 +248,8 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
                 for i in range(len(sizes))]
     out = run / "splitting"
     families = _families(analysis, sae_names_by_size, sizes, labels, contexts)
-    context_family = choose_context_family(analysis, sae_names_by_size, sizes, labels, contexts, sources.sources)
+    context_family = choose_context_family(analysis, sae_names_by_size, sizes, labels, contexts, sources.sources,
+                                           [[_main_token(tokens) for tokens in level] for level in top_tokens])
     summary = [
         _pair_summary(link, analysis.density[i], sizes[i], sizes[i + 1]) for i, link in enumerate(analysis.links)
     ]
@@ -344,18 +347,28 @@ def _families(analysis: SplitAnalysis, names: list[str], sizes: list[int], label
     return sorted((r for r in roots if r["children"]), key=lambda r: -r["leaves"])
 
 
+def _main_token(tokens: list[str]) -> str | None:
+    """The most frequent of a feature's top-activation tokens (None for a dead feature)."""
+    return Counter(tokens).most_common(1)[0][0] if tokens else None
+
+
 def choose_context_family(analysis: SplitAnalysis, names: list[str], sizes: list[int], labels: list[list[str]],
-                          contexts: list[list[dict]], source_names: list[str]) -> dict | None:
-    """The parent with ≥ ``CONTEXT_FAMILY_MIN_CHILDREN`` children whose children's source mixes
-    differ most (mass-weighted Jensen–Shannon divergence, see the module docstring); None when no
-    parent has that many children or there is only one source."""
+                          contexts: list[list[dict]], source_names: list[str],
+                          main_tokens: list[list[str | None]]) -> dict | None:
+    """The parent with ≥ ``CONTEXT_FAMILY_MIN_CHILDREN`` children keeping its main token whose source
+    mixes differ most (mass-weighted Jensen–Shannon divergence, see the module docstring); None when
+    no parent has that many or there is only one source."""
     if analysis.source_mass is None or len(source_names) < 2:
         return None
     best = None
     for level, link in enumerate(analysis.links):
         mass_FS = analysis.source_mass[level + 1]
         for parent in np.flatnonzero(link.n_children_S() >= CONTEXT_FAMILY_MIN_CHILDREN):
-            kids = link.children(int(parent))
+            token = main_tokens[level][parent]
+            kids = np.array([c for c in link.children(int(parent)) if main_tokens[level + 1][c] == token],
+                            dtype=np.int64)
+            if token is None or len(kids) < CONTEXT_FAMILY_MIN_CHILDREN:
+                continue
             weights = mass_FS[kids].sum(axis=1)
             if weights.sum() <= 0:
                 continue
@@ -381,8 +394,10 @@ def choose_context_family(analysis: SplitAnalysis, names: list[str], sizes: list
         child.update(parent_coverage=round(float(link.parent_coverage_L[c]), 4),
                      similarity=round(float(link.similarity_L[c]), 4), mass_share=round(weight / weights.sum(), 4))
         children.append(child)
-    return {"criterion": f"largest mass-weighted Jensen-Shannon divergence (bits) between the children's source "
-                         f"distributions, among parents with >= {CONTEXT_FAMILY_MIN_CHILDREN} children",
+    return {"criterion": f"largest mass-weighted Jensen-Shannon divergence (bits) between the source distributions "
+                         f"of the children that keep their parent's main token, among parents with >= "
+                         f"{CONTEXT_FAMILY_MIN_CHILDREN} such children",
+            "token": main_tokens[level][parent], "n_children_total": int(len(link.children(parent))),
             "js_divergence_bits": round(divergence, 4), "max_bits": round(float(np.log2(len(kids))), 4),
             "parent": member(level, parent, analysis.source_mass[level][parent]), "children": children}
 
@@ -397,6 +412,7 @@ def _summarise_context_family(family: dict | None) -> dict | None:
 
     return {"sae": family["parent"]["sae"], "feature": family["parent"]["feature"],
             "children_sae": family["children"][0]["sae"], "n_children": len(family["children"]),
+            "token": family["token"], "n_children_total": family["n_children_total"],
             "js_divergence_bits": family["js_divergence_bits"], "criterion": family["criterion"],
             "parent": line(family["parent"]), "children": [line(c) for c in family["children"]],
             "distinct_dominant_sources": len({c["dominant_source"] for c in family["children"]}),
