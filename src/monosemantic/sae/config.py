@@ -45,12 +45,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Variant = Literal["standard", "standard2024", "topk", "batchtopk", "jumprelu"]
+SelectPrecision = Literal["auto", "float32", "bfloat16"]
 
 _VARIANT_FIELDS: dict[str, tuple[str, ...]] = {
     "standard": ("l1_coeff",),
     "standard2024": ("l1_coeff",),
-    "topk": ("k", "aux_k", "aux_coeff"),
-    "batchtopk": ("k", "aux_k", "aux_coeff", "threshold_ema"),
+    "topk": ("k", "aux_k", "aux_coeff", "select_precision"),
+    "batchtopk": ("k", "aux_k", "aux_coeff", "threshold_ema", "select_precision"),
     "jumprelu": ("l0_coeff", "jumprelu_bandwidth", "jumprelu_init_threshold"),
 }
 _DEFAULT_LR = {"standard": 1e-4, "standard2024": 1e-4, "topk": 2e-4, "batchtopk": 2e-4, "jumprelu": 7e-5}
@@ -78,6 +79,7 @@ class SAEConfig(BaseModel):
     aux_k: int | None = Field(None, gt=0, description="dead latents used by the AuxK loss")
     aux_coeff: float | None = Field(None, ge=0, description="weight α of the AuxK loss")
     threshold_ema: float | None = Field(None, gt=0, le=1, description="batchtopk threshold EMA rate")
+    select_precision: SelectPrecision | None = Field(None, description="dtype of the product ranking latents")
     # jumprelu (Rajamanoharan et al. 2024)
     l0_coeff: float | None = Field(None, description="λ on the L0 of the latents")
     jumprelu_bandwidth: float | None = Field(None, gt=0, description="STE kernel width ε")
@@ -123,6 +125,7 @@ class SAEConfig(BaseModel):
             self.k = self.k or min(32, self.d_sae // 2)
             self.aux_k = min(self.aux_k or self.d_in // 2, self.d_sae - self.k)
             self.aux_coeff = self.aux_coeff if self.aux_coeff is not None else 1 / 32
+            self.select_precision = self.select_precision or "auto"
         if self.variant == "batchtopk":
             self.threshold_ema = self.threshold_ema or 0.1
         if self.variant == "jumprelu":
