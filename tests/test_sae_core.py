@@ -267,12 +267,13 @@ def test_sparse_decoding_gradients_equal_dense_ones(variant):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("aux_k", [4, 32])  # 32 ≥ the 22 dead latents: all of them, no top-k
 @pytest.mark.parametrize("variant", ["topk", "batchtopk"])
-def test_sparse_encoder_gradients_equal_dense_ones_with_auxk(variant):
+def test_sparse_encoder_gradients_equal_dense_ones_with_auxk(variant, aux_k):
     """The training loss's gradients, read through the selected entries only (``pre_acts_at``),
     equal those of the same loss written densely: latents = kept ReLU(pre), AuxK over dead ones."""
     torch.manual_seed(0)
-    sae = build_sae(_cfg(variant, k=5, aux_k=4, select_precision="float32"))
+    sae = build_sae(_cfg(variant, k=5, aux_k=aux_k, select_precision="float32"))
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_()
@@ -291,7 +292,7 @@ def test_sparse_encoder_gradients_equal_dense_ones_with_auxk(variant):
         kept = pre.detach().relu() >= pre.detach().relu().flatten().topk(5 * 32).values.min()
     recon = torch.where(kept, pre.relu(), 0) @ sae.W_dec + sae.b_dec
     dead_kept = torch.zeros_like(kept)
-    dead_kept.scatter_(1, pre.detach().masked_fill(~dead, float("-inf")).topk(4, dim=1).indices, True)
+    dead_kept.scatter_(1, pre.detach().masked_fill(~dead, float("-inf")).topk(min(aux_k, 22), dim=1).indices, True)
     residual = (x - recon).detach()
     aux = ((torch.where(dead_kept, pre.relu(), 0) @ sae.W_dec - residual) ** 2).mean()
     aux = aux / (residual - residual.mean(dim=0)).pow(2).mean()

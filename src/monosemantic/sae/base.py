@@ -55,30 +55,32 @@ class _SparseDecode(torch.autograd.Function):
 
 
 class _SparseEncode(torch.autograd.Function):
-    """vals_n = pre[b_n, f_n] = x_{b_n} · W_enc[:, f_n] + bias[f_n] for the selected entries, read
-    from the pre_BF already computed without gradient (or recomputed exactly, B·K·D work, when that
-    pre_BF is a lower-precision one used only for ranking), with a sparse backward: for the sparse
-    gradient G [B, F] of the selected entries, ∂/∂W_enc = xᵀ G and ∂/∂bias = Σ_b G — B·K·D work
-    where backpropagating through the dense pre_BF costs a second B·F·D matmul."""
+    """vals_n = pre[b_n, f_n] = x̄_{b_n} · W_enc[:, f_n] + b_enc[f_n] (x̄ = x − b_dec) for the selected
+    entries, read from the pre_BF already computed without gradient (or recomputed exactly, B·K·D
+    work, when that pre_BF is a lower-precision one used only for ranking), with a sparse backward:
+    for the sparse gradient G [B, F] of the selected entries, ∂/∂W_enc = x̄ᵀ G, ∂/∂b_enc = Σ_b G and
+    ∂/∂b_dec = −W_enc ∂/∂b_enc — B·K·D work where backpropagating through the dense pre_BF costs a
+    second B·F·D matmul (and through a folded bias b_enc − b_dec W_enc, a dense D×F outer product)."""
 
     @staticmethod
-    def forward(ctx, pre_BF, rows_N, idx_N, x_BD, W_enc_DF, bias_F):  # noqa: ANN001, ANN205 — autograd signature
-        ctx.save_for_backward(rows_N, idx_N, x_BD)
+    def forward(ctx, pre_BF, rows_N, idx_N, x_BD, W_enc_DF, b_enc_F, b_dec_D):  # noqa: ANN001, ANN205 — autograd
+        centred_BD = x_BD - b_dec_D
+        ctx.save_for_backward(rows_N, idx_N, centred_BD, W_enc_DF)
         ctx.n_features = pre_BF.shape[1]
         if pre_BF.dtype == W_enc_DF.dtype:
             return pre_BF[rows_N, idx_N]
-        return exact_entries(x_BD, W_enc_DF, bias_F, rows_N, idx_N)  # pre_BF was a low-precision ranking
+        return exact_entries(centred_BD, W_enc_DF, b_enc_F, rows_N, idx_N)  # pre_BF only ranked them
 
     @staticmethod
     def backward(ctx, grad_N):  # noqa: ANN001, ANN205
-        rows_N, idx_N, x_BD = ctx.saved_tensors
+        rows_N, idx_N, centred_BD, W_enc_DF = ctx.saved_tensors
         F = ctx.n_features
         grad_FB = torch.sparse_coo_tensor(
-            torch.stack([idx_N, rows_N]), grad_N, (F, x_BD.shape[0]), check_invariants=False
+            torch.stack([idx_N, rows_N]), grad_N, (F, centred_BD.shape[0]), check_invariants=False
         )
-        grad_W_enc_DF = torch.sparse.mm(grad_FB, x_BD).T
-        grad_bias_F = torch.zeros(F, dtype=grad_N.dtype, device=grad_N.device).index_add_(0, idx_N, grad_N)
-        return None, None, None, None, grad_W_enc_DF, grad_bias_F
+        grad_W_enc_DF = torch.sparse.mm(grad_FB, centred_BD).T
+        grad_b_enc_F = torch.zeros(F, dtype=grad_N.dtype, device=grad_N.device).index_add_(0, idx_N, grad_N)
+        return None, None, None, None, grad_W_enc_DF, grad_b_enc_F, -(W_enc_DF @ grad_b_enc_F)
 
 
 def exact_entries(
@@ -89,7 +91,7 @@ def exact_entries(
     One sampled product (SDDMM) over the N entries; its CPU kernel wants W_enc's columns
     contiguous (it would copy them anyway), and CSR wants the entries sorted by (row, column)."""
     B, F = x_BD.shape[0], W_enc_DF.shape[1]
-    order_N = (rows_N * F + idx_N).argsort()
+    order_N = (rows_N * F + idx_N).double().argsort()  # torch's CPU sort of int64 is ~40× slower than float64
     counts_B = torch.bincount(rows_N, minlength=B)
     crow_B1 = torch.cat([counts_B.new_zeros(1), counts_B.cumsum(0)])
     with warnings.catch_warnings():
@@ -199,8 +201,7 @@ class SparseAutoencoder(nn.Module, ABC):
         keeps a few latents per token picks them from a gradient-free pre_BF and reads their values
         here, so its backward pass skips the dense B×F×D product."""
         rows_N = token_rows(idx, offsets_B, x_BD.shape[0])
-        bias_F = self.b_enc - self.b_dec @ self.W_enc
-        vals_N = _SparseEncode.apply(pre_BF, rows_N, idx.flatten(), x_BD, self.W_enc, bias_F)
+        vals_N = _SparseEncode.apply(pre_BF, rows_N, idx.flatten(), x_BD, self.W_enc, self.b_enc, self.b_dec)
         return vals_N.view(idx.shape)
 
     @abstractmethod

@@ -53,7 +53,8 @@ class BatchTopKSAE(TopKSAE):
             if per_row == F or counts_B.max() < per_row:
                 break
             per_row = min(F, 4 * per_row)
-        rows_N, order_N = rows_N.sort()  # embedding_bag wants each token's entries together
+        order_N = rows_N.double().argsort()  # each token's entries together; float64 sorts ~40× faster than int64 on CPU
+        rows_N = rows_N[order_N]
         cols_N = cand_idx_BC.flatten()[pos_N[order_N]]
         return cols_N, vals_N[order_N], torch.cumsum(counts_B, 0) - counts_B
 

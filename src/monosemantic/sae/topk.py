@@ -70,9 +70,11 @@ class TopKSAE(SparseAutoencoder):
     ) -> torch.Tensor:
         """Normalised error of reconstructing ``residual_BD`` from the top-k_aux dead latents
         (``pre_BF``: x_BD's pre-activations for ranking, without gradient)."""
-        k_aux = min(self.cfg.aux_k, int(dead_F.sum()))
-        dead_pre_BF = pre_BF.masked_fill(~dead_F, float("-inf"))
-        idx_BK = dead_pre_BF.topk(k_aux, dim=1, sorted=False).indices
+        dead_idx = dead_F.nonzero().squeeze(1)
+        if len(dead_idx) <= self.cfg.aux_k:  # few dead: all of them, no top-k over the batch's [B, F]
+            idx_BK = dead_idx.expand(x_BD.shape[0], -1)
+        else:
+            idx_BK = dead_idx[pre_BF[:, dead_idx].topk(self.cfg.aux_k, dim=1, sorted=False).indices]
         aux_recon_BD = self.decode_sparse(idx_BK, self.pre_acts_at(x_BD, pre_BF, idx_BK).relu())
         baseline = (residual_BD - residual_BD.mean(dim=0)).pow(2).mean()
         return mse(aux_recon_BD, residual_BD) / baseline.clamp_min(1e-12)
