@@ -147,7 +147,10 @@ class SparseAutoencoder(nn.Module, ABC):
         x̂         = latents W_dec + b_dec           ([B, D])
 
     Parameters: ``W_enc`` [D, F], ``b_enc`` [F], ``W_dec`` [F, D] (row f = feature f's unit-norm
-    dictionary vector), ``b_dec`` [D]. These names and layouts are SAELens's, so saving is a copy.
+    dictionary vector), ``b_dec`` [D]. These names and shapes are SAELens's, so saving is a copy.
+    W_enc is stored feature-major (a transposed view of an [F, D] tensor): the sparse backward
+    produces its gradient in that layout and the exact re-read (``exact_entries``) reads its
+    columns, so neither copies 4·D·F bytes per step; the dense matmuls take either layout.
     """
 
     variant: ClassVar[str]
@@ -159,7 +162,7 @@ class SparseAutoencoder(nn.Module, ABC):
         super().__init__()
         self.cfg = cfg
         D, F = cfg.d_in, cfg.d_sae
-        self.W_enc = nn.Parameter(torch.empty(D, F))
+        self.W_enc = nn.Parameter(torch.empty(F, D).T)  # [D, F] stored feature-major: see the class docstring
         self.b_enc = nn.Parameter(torch.zeros(F))
         self.W_dec = nn.Parameter(torch.empty(F, D))
         self.b_dec = nn.Parameter(torch.zeros(D))
