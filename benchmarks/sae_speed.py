@@ -16,7 +16,9 @@ batches of ``--batch`` rows (the same rows, seed and hyper-parameters for every 
 Printed: samples/s (median over ``--repeats`` processes), peak resident memory, the one-matmul
 floor — samples/s if a step cost exactly one fp32 [B, d]×[d, F] product, the encoder forward that
 every dense trainer pays — and our fraction of it, our speed over SAELens's, and FVU and L0 on
-held-out rows after the run's fixed budget of ``steps × batch`` samples.
+held-out rows after the run's fixed budget of ``steps × batch`` samples, and (``sel. diff``) the
+fraction of the latents an exact fp32 ranking keeps on one held-out batch that the bf16 ranking
+misses (the trained SAE; its values are re-read exactly either way).
 
 Data: ``--data lm`` (default) records MLP activations (``blocks.0.mlp.hook_post``, width d) from the
 project's own one-layer LM with d_mlp = d, trained ``--lm-steps`` steps on the bundled corpus; the
@@ -42,6 +44,7 @@ import torch
 
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, train_sae
+from monosemantic.sae.base import token_rows
 from monosemantic.sae.metrics import evaluate_sae
 from monosemantic.sae.synthetic import SyntheticFeatures
 
@@ -143,6 +146,7 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
     train_ND, held_out_ND = torch.load(data_path)
     d = train_ND.shape[1]
     _reset_peak_rss()
+    differs = float("nan")
     if impl == "sae-lens":
         sae, seconds = _saelens_fit(variant, F, lr, train_ND, batch)
         sae.eval()
@@ -159,10 +163,27 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
         seconds = result.train_seconds
         stats = evaluate_sae(result.sae, [held_out_ND])
         fvu, l0 = stats["fvu"], stats["l0"]
-    return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0
+        if variant in ("topk", "batchtopk"):
+            differs = selection_mismatch(result.sae, held_out_ND[:batch])
+    return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0, differs
 
 
-def _run_isolated(*args) -> tuple[float, float, float, float]:
+@torch.no_grad()
+def selection_mismatch(sae, x_BD: torch.Tensor) -> float:
+    """Fraction of the latents the fp32 ranking keeps on ``x_BD`` that the bf16 ranking does not."""
+    B, F = x_BD.shape[0], sae.cfg.d_sae
+    kept = []
+    for dtype in (torch.float32, torch.bfloat16):
+        bias_F = sae.b_enc - sae.b_dec @ sae.W_enc
+        pre_BF = torch.addmm(bias_F.to(dtype), x_BD.to(dtype), sae.W_enc.to(dtype))
+        idx, _, offsets_B = sae.select_active(pre_BF)
+        mask_BF = torch.zeros(B, F, dtype=torch.bool)
+        mask_BF[token_rows(idx, offsets_B, B), idx.flatten()] = True
+        kept.append(mask_BF)
+    return (kept[0] & ~kept[1]).sum().item() / kept[0].sum().item()
+
+
+def _run_isolated(*args) -> tuple[float, float, float, float, float]:
     """``_measure`` in a fresh process (its own peak memory, no warm caches); errors propagate."""
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measure, args)
@@ -211,7 +232,7 @@ def main() -> None:
           f"{f' (LM trained {args.lm_steps} steps)' if args.data == 'lm' else ''}, median of {args.repeats}, "
           f"torch {torch.__version__}, CPU")
     print(f"{'d':>5}{'F':>7} {'variant':<10}{'impl':<10}{'samples/s':>10}{'peak MB':>9}{'floor s/s':>11}"
-          f"{'of floor':>9}{'×sae-lens':>10}{'FVU':>8}{'L0':>7}")
+          f"{'of floor':>9}{'×sae-lens':>10}{'FVU':>8}{'L0':>7}{'sel. diff':>10}")
     for d in args.dims:
         n_rows = args.batch * args.steps + args.held_out
         if args.data == "lm":
@@ -234,11 +255,11 @@ def main() -> None:
                     runs = [_run_isolated(impl, variant, F, args.batch, args.lr, str(data_path), args.threads)
                             for _ in range(args.repeats)]
                     rate = statistics.median(r[0] for r in runs)
-                    _, peak, fvu, l0 = runs[0]
+                    _, peak, fvu, l0, differs = runs[0]
                     rates[impl] = rate
                     versus = f"{rate / rates['sae-lens']:>10.2f}" if "sae-lens" in rates and impl != "sae-lens" else ""
                     print(f"{d:>5}{F:>7} {variant:<10}{impl:<10}{rate:>10,.0f}{peak:>9,.0f}{floor:>11,.0f}"
-                          f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}", flush=True)
+                          f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}{differs:>10.2%}", flush=True)
 
 
 if __name__ == "__main__":
