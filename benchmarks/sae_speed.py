@@ -12,6 +12,8 @@ batches of ``--batch`` rows (the same rows, seed and hyper-parameters for every 
 - ``sae-lens``: SAELens's real ``SAETrainer`` (``fit()`` over a batch iterator: its Adam, gradient
   clipping, dead-feature and sparsity bookkeeping), for the variants SAELens has (topk, batchtopk,
   standard, jumprelu), with activations and learning rate as ours, constant LR, no warm-up.
+  Neither declares a latent dead within so short a budget (ours: ``dead_window`` 1), so AuxK and
+  resampling do not run; ``sae/topk.py`` takes the AuxK top-k only over the dead latents.
 
 Printed: samples/s (median over ``--repeats`` processes), peak resident memory, the one-matmul
 floor — samples/s if a step cost exactly one fp32 [B, d]×[d, F] product, the encoder forward that
@@ -116,7 +118,8 @@ def synthetic_activations(d: int, n_rows: int) -> torch.Tensor:
 def _our_params(variant: str, lr: float) -> dict:
     sparsity = {"standard": {"l1_coeff": 0.01, "resample_at": ()}, "topk": {"k": 32}, "batchtopk": {"k": 32},
                 "jumprelu": {"l0_coeff": 3e-3}}[variant]
-    return sparsity | {"lr": lr, "warmup_frac": 0.0, "decay_frac": 0.0}
+    # dead_window 1: no latent counts as dead within the budget, as in SAELens (1,000-step window)
+    return sparsity | {"lr": lr, "warmup_frac": 0.0, "decay_frac": 0.0, "dead_window": 1.0}
 
 
 def _saelens_fit(variant: str, F: int, lr: float, train_ND: torch.Tensor, batch: int):
@@ -259,7 +262,7 @@ def main() -> None:
                     rates[impl] = rate
                     versus = f"{rate / rates['sae-lens']:>10.2f}" if "sae-lens" in rates and impl != "sae-lens" else ""
                     print(f"{d:>5}{F:>7} {variant:<10}{impl:<10}{rate:>10,.0f}{peak:>9,.0f}{floor:>11,.0f}"
-                          f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}{differs:>10.2%}", flush=True)
+                          f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}{'' if differs != differs else f'{differs:.2%}':>10}", flush=True)
 
 
 if __name__ == "__main__":
