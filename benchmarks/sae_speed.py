@@ -17,7 +17,8 @@ batches of ``--batch`` rows (the same rows, seed and hyper-parameters for every 
 
 Printed: samples/s (median over ``--repeats`` processes), peak resident memory, the one-matmul
 floor — samples/s if a step cost exactly one fp32 [B, d]×[d, F] product, the encoder forward that
-every dense trainer pays — and our fraction of it, our speed over SAELens's, and FVU and L0 on
+every dense trainer pays, timed in the same process right after its training run, so under the
+same load — and our fraction of it, our speed over SAELens's, and FVU and L0 on
 held-out rows after the run's fixed budget of ``steps × batch`` samples, and (``sel. diff``) the
 fraction of the latents an exact fp32 ranking keeps on one held-out batch that the bf16 ranking
 misses (the trained SAE; its values are re-read exactly either way).
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import multiprocessing as mp
 import resource
 import statistics
@@ -132,8 +134,10 @@ def _saelens_fit(variant: str, F: int, lr: float, train_ND: torch.Tensor, batch:
     sae = {
         "topk": lambda: saes.TopKTrainingSAE(saes.TopKTrainingSAEConfig(d_in=d, d_sae=F, k=32)),
         "batchtopk": lambda: saes.BatchTopKTrainingSAE(saes.BatchTopKTrainingSAEConfig(d_in=d, d_sae=F, k=32)),
-        "standard": lambda: saes.StandardTrainingSAE(saes.StandardTrainingSAEConfig(d_in=d, d_sae=F, l1_coefficient=0.01)),
-        "jumprelu": lambda: saes.JumpReLUTrainingSAE(saes.JumpReLUTrainingSAEConfig(d_in=d, d_sae=F, l0_coefficient=3e-3)),
+        "standard": lambda: saes.StandardTrainingSAE(
+            saes.StandardTrainingSAEConfig(d_in=d, d_sae=F, l1_coefficient=0.01)),
+        "jumprelu": lambda: saes.JumpReLUTrainingSAE(
+            saes.JumpReLUTrainingSAEConfig(d_in=d, d_sae=F, l0_coefficient=3e-3)),
     }[variant]()
     cfg = SAETrainerConfig(total_training_samples=len(train_ND), train_batch_size_samples=batch, lr=lr, lr_end=lr / 10,
                            logger=LoggingConfig(log_to_wandb=False))
@@ -168,7 +172,7 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
         fvu, l0 = stats["fvu"], stats["l0"]
         if variant in ("topk", "batchtopk"):
             differs = selection_mismatch(result.sae, held_out_ND[:batch])
-    return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0, differs
+    return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0, differs, matmul_floor(d, F, batch, threads)
 
 
 @torch.no_grad()
@@ -186,7 +190,7 @@ def selection_mismatch(sae, x_BD: torch.Tensor) -> float:
     return (kept[0] & ~kept[1]).sum().item() / kept[0].sum().item()
 
 
-def _run_isolated(*args) -> tuple[float, float, float, float, float]:
+def _run_isolated(*args) -> tuple[float, float, float, float, float, float]:
     """``_measure`` in a fresh process (its own peak memory, no warm caches); errors propagate."""
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measure, args)
@@ -247,7 +251,6 @@ def main() -> None:
         torch.save((rows_ND[args.held_out:].clone(), rows_ND[:args.held_out].clone()), data_path)
         for ratio in args.ratios:
             F = ratio * d
-            floor = matmul_floor(d, F, args.batch, args.threads)
             for variant in args.variants:
                 rates: dict[str, float] = {}
                 for impl in impls:
@@ -258,11 +261,13 @@ def main() -> None:
                     runs = [_run_isolated(impl, variant, F, args.batch, args.lr, str(data_path), args.threads)
                             for _ in range(args.repeats)]
                     rate = statistics.median(r[0] for r in runs)
-                    _, peak, fvu, l0, differs = runs[0]
+                    floor = statistics.median(r[5] for r in runs)
+                    _, peak, fvu, l0, differs, _ = runs[0]
                     rates[impl] = rate
-                    versus = f"{rate / rates['sae-lens']:>10.2f}" if "sae-lens" in rates and impl != "sae-lens" else ""
+                    versus = f"{rate / rates['sae-lens']:.2f}" if "sae-lens" in rates and impl != "sae-lens" else ""
+                    missed = "" if math.isnan(differs) else f"{differs:.2%}"
                     print(f"{d:>5}{F:>7} {variant:<10}{impl:<10}{rate:>10,.0f}{peak:>9,.0f}{floor:>11,.0f}"
-                          f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}{'' if differs != differs else f'{differs:.2%}':>10}", flush=True)
+                          f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}{missed:>10}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import warnings
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, NamedTuple
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F_

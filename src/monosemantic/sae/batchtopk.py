@@ -53,7 +53,7 @@ class BatchTopKSAE(TopKSAE):
             if per_row == F or counts_B.max() < per_row:
                 break
             per_row = min(F, 4 * per_row)
-        order_N = rows_N.double().argsort()  # each token's entries together; float64 sorts ~40× faster than int64 on CPU
+        order_N = rows_N.double().argsort()  # each token's entries together; float64: torch sorts int64 slowly on CPU
         rows_N = rows_N[order_N]
         cols_N = cand_idx_BC.flatten()[pos_N[order_N]]
         return cols_N, vals_N[order_N], torch.cumsum(counts_B, 0) - counts_B

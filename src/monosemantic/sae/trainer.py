@@ -124,7 +124,7 @@ def train_sae(
     device = resolve_device(cfg.device)
     check_activations(init_acts_ND, cfg.d_in, "init activations")
     sae = build_sae(cfg).to(device)
-    # fused: one kernel over each tensor; on CPU 8× faster than the per-op loop at F×D = 9.4M (benchmarks/sae_speed.py)
+    # fused: one kernel per tensor; on CPU several times faster than the per-op loop (benchmarks/sae_step_levers.py)
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
