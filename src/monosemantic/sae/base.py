@@ -188,7 +188,7 @@ class SparseAutoencoder(nn.Module, ABC):
         ``cfg.select_precision`` resolves to it (``selection_dtype``), a quarter of the fp32
         product's time on hardware with bf16 units; ``pre_acts_at`` then re-reads the chosen
         entries exactly, so only the choice near the k-th largest value can differ."""
-        dtype = selection_dtype(self.cfg.select_precision or "float32", x_BD.device, self.bf16_is_fast)
+        dtype = selection_dtype(self.cfg.select_precision, x_BD.device, self.bf16_is_fast)
         if dtype == self.W_enc.dtype:
             return self.pre_acts(x_BD)
         bias_F = self.b_enc - self.b_dec @ self.W_enc
