@@ -35,7 +35,7 @@ Defaults and their sources:
 - ``select_precision`` auto: TopK and BatchTopK rank latents by a bf16 product where the hardware
   has bf16 units (``sae/base.py``), then read the kept values exactly. Measured by
   benchmarks/sae_speed.py on our LM's activations (d = 1,536, F = 6,144, 8k samples): FVU within
-  0.2 % of the fp32 ranking at the same L0, 0.5–0.9 % of kept latents differ; steps 1.2–1.4×
+  0.2 % of the fp32 ranking at the same L0, 0.5–0.9 % of kept latents differ; training 1.1–1.4×
   faster at d ≥ 1,536, no faster at d = 512.
 - ``l1_coeff`` 0.01, chosen for d_in = 512 on synthetic data (benchmarks/sae_synthetic.py: 8192
   true features, 16 active, F = 2048, 300 steps: λ = 0.005/0.0125/0.025 give L0 149/24/14); the
