@@ -1,35 +1,60 @@
-"""SAE training speed and memory, per variant and dictionary size, against the dense-matmul floor.
+"""SAE training speed at real model widths, against the one-matmul floor and SAELens's own trainer.
 
-    python benchmarks/sae_speed.py                      # d=512, F=512…4096, batch 4096, CPU
-    python benchmarks/sae_speed.py --sizes 4096 --steps 8 --quality-samples 0
+    python benchmarks/sae_speed.py                                  # d=1536, F=4d, topk+batchtopk, LM data
+    python benchmarks/sae_speed.py --dims 512 1536 3072 --ratios 4 8 16 --steps 8
+    python benchmarks/sae_speed.py --data synthetic --dims 512 --variants topk standard jumprelu
 
-For every (variant, F) a fresh subprocess trains ``--steps`` steps with our trainer (resampling
-off: it is a one-off cost) and reports samples/s and its peak resident memory during training,
-next to its resident memory just before (``idle``: Python, torch and the batches). The floor is
-measured in the same run: the encoder's x_BD @ W_enc_DF matmul, three times (forward and two
-backward products) — a dense implementation cannot beat it. If sae-lens is
-installed, its TopK and standard SAEs train the same steps on the same data with the same
-hyperparameters, in a bare loop (forward, backward, Adam) that is cheaper than its own trainer.
-``--quality-samples`` then trains ours and SAELens's for that many samples on synthetic data with
-a known dictionary and prints FVU and L0 on held-out data. Numbers on a shared machine are noisy:
-compare ratios from one run.
+For every width d, dictionary size F = ratio·d and variant, fresh subprocesses train ``--steps``
+batches of ``--batch`` rows (the same rows, seed and hyper-parameters for every implementation):
+
+- ``ours``: our trainer with ``select_precision=auto`` (bf16 ranking where the hardware has bf16
+  units, see ``sae/base.py``); ``ours-fp32``: the same with the exact fp32 ranking;
+- ``sae-lens``: SAELens's real ``SAETrainer`` (``fit()`` over a batch iterator: its Adam, gradient
+  clipping, dead-feature and sparsity bookkeeping), for the variants SAELens has (topk, batchtopk,
+  standard, jumprelu), with activations and learning rate as ours, constant LR, no warm-up.
+  Neither declares a latent dead within so short a budget (ours: ``dead_window`` 1), so AuxK and
+  resampling do not run; ``sae/topk.py`` takes the AuxK top-k only over the dead latents.
+
+Printed: samples/s (median over ``--repeats`` processes), peak resident memory, the one-matmul
+floor — samples/s if a step cost exactly one fp32 [B, d]×[d, F] product, the encoder forward that
+every dense trainer pays, timed in the same process right after its training run, so under the
+same load — and our fraction of it, our speed over SAELens's, and FVU and L0 on
+held-out rows after the run's fixed budget of ``steps × batch`` samples, and (``sel. diff``) the
+fraction of the latents an exact fp32 ranking keeps on one held-out batch that the bf16 ranking
+misses (the trained SAE; its values are re-read exactly either way).
+
+Data: ``--data lm`` (default) records MLP activations (``blocks.0.mlp.hook_post``, width d) from the
+project's own one-layer LM with d_mlp = d, trained ``--lm-steps`` steps on the bundled corpus; the
+LM, tokens and activations are cached under ``--cache``. ``--data synthetic`` draws sparse
+combinations of known directions (``sae/synthetic.py``). Numbers on a shared machine are noisy:
+compare ratios from one run, and say what else was running.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import multiprocessing as mp
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, train_sae
+from monosemantic.sae.base import token_rows
+from monosemantic.sae.metrics import evaluate_sae
 from monosemantic.sae.synthetic import SyntheticFeatures
+
+LM_HOOK = "blocks.0.mlp.hook_post"
+LM_CORPUS_CHARS = 4_000_000  # enough text for a few hundred LM steps at 64 tokens × 32 windows
+SAELENS_VARIANTS = ("topk", "batchtopk", "standard", "jumprelu")
 
 
 def _reset_peak_rss() -> None:
@@ -51,63 +76,128 @@ def _rss_mb(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch.Tensor:
+    """[n_rows, d_mlp] MLP activations of our one-layer LM (d_model 128, d_mlp given), trained
+    ``lm_steps`` steps on the start of the bundled corpus, at random 64-token windows."""
+    from monosemantic.activations.harvest import activations_at
+    from monosemantic.config import LMConfig
+    from monosemantic.corpus.bundled import iter_bundled_documents
+    from monosemantic.corpus.shards import TokenShards, write_token_shards
+    from monosemantic.corpus.tokenizer import train_tokenizer
+    from monosemantic.lm.train import train_lm
+
+    path = cache / f"lm_d{d_mlp}_s{lm_steps}_n{n_rows}.pt"
+    if path.exists():
+        return torch.load(path)
+    cache.mkdir(parents=True, exist_ok=True)
+    tokens_dir = cache / "tokens"
+    if not (tokens_dir / "index.json").exists():
+        def docs():
+            chars = itertools.accumulate(len(doc["text"]) for doc in iter_bundled_documents())
+            texts = (doc["text"] for doc in iter_bundled_documents())
+            return (text for text, total in zip(texts, chars) if total <= LM_CORPUS_CHARS)
+
+        write_token_shards(docs(), train_tokenizer(docs(), 4096), tokens_dir, val_fraction=0.05)
+    ctx = 64
+    cfg = LMConfig(d_model=128, d_mlp=d_mlp, n_heads=4, n_ctx=ctx, batch_size=32, n_steps=lm_steps,
+                   warmup_steps=min(100, lm_steps // 10), eval_every=lm_steps, checkpoint_every=lm_steps)
+    model, _ = train_lm(cfg, tokens_dir, cache / f"lm_d{d_mlp}_s{lm_steps}.ckpt")
+    model.eval()
+    windows_BT = TokenShards(tokens_dir, "train").random_windows(-(-n_rows // ctx), ctx, np.random.default_rng(0))
+    acts = torch.cat([activations_at(model, torch.from_numpy(chunk), LM_HOOK).flatten(0, 1)
+                      for chunk in np.array_split(windows_BT, max(1, len(windows_BT) // 64))])
+    acts = acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))[:n_rows]].contiguous()
+    torch.save(acts, path)
+    return acts
+
+
+def synthetic_activations(d: int, n_rows: int) -> torch.Tensor:
+    """[n_rows, d] sparse non-negative combinations of 4·d known directions, 16 active on average."""
+    syn = SyntheticFeatures(d=d, n_features=4 * d, mean_active=16.0, seed=0)
+    return torch.cat(list(syn.batches(1024, -(-n_rows // 1024), seed=1)))[:n_rows]
+
+
 def _our_params(variant: str, lr: float) -> dict:
-    return {"standard": {"l1_coeff": 0.1, "resample_at": ()}, "topk": {"k": 32}, "batchtopk": {"k": 32},
-            "jumprelu": {"l0_coeff": 1e-3}}[variant] | {"lr": lr}
+    sparsity = {"standard": {"l1_coeff": 0.01, "resample_at": ()}, "topk": {"k": 32}, "batchtopk": {"k": 32},
+                "jumprelu": {"l0_coeff": 3e-3}}[variant]
+    # dead_window 1: no latent counts as dead within the budget, as in SAELens (1,000-step window)
+    return sparsity | {"lr": lr, "warmup_frac": 0.0, "decay_frac": 0.0, "dead_window": 1.0}
 
 
-def _saelens_sae(variant: str, d: int, F: int, k: int):
-    from sae_lens.saes import StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+def _saelens_fit(variant: str, F: int, lr: float, train_ND: torch.Tensor, batch: int):
+    """SAELens's ``SAETrainer`` over ``train_ND`` in batches; returns (trained SAE, seconds)."""
+    from sae_lens import saes
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
 
-    if variant == "topk":
-        return TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=F, k=k))
-    return StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=F, l1_coefficient=0.1))
-
-
-def _saelens_train(sae, batches: list[torch.Tensor], lr: float, variant: str) -> float:
-    from sae_lens.saes.sae import TrainStepInput
-
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
-    coefficients = {"l1": 0.1} if variant == "standard" else {}
-    dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    d = train_ND.shape[1]
+    sae = {
+        "topk": lambda: saes.TopKTrainingSAE(saes.TopKTrainingSAEConfig(d_in=d, d_sae=F, k=32)),
+        "batchtopk": lambda: saes.BatchTopKTrainingSAE(saes.BatchTopKTrainingSAEConfig(d_in=d, d_sae=F, k=32)),
+        "standard": lambda: saes.StandardTrainingSAE(
+            saes.StandardTrainingSAEConfig(d_in=d, d_sae=F, l1_coefficient=0.01)),
+        "jumprelu": lambda: saes.JumpReLUTrainingSAE(
+            saes.JumpReLUTrainingSAEConfig(d_in=d, d_sae=F, l0_coefficient=3e-3)),
+    }[variant]()
+    cfg = SAETrainerConfig(total_training_samples=len(train_ND), train_batch_size_samples=batch, lr=lr, lr_end=lr / 10,
+                           logger=LoggingConfig(log_to_wandb=False))
+    trainer = SAETrainer(cfg, sae, iter(train_ND.split(batch)))
     started = time.perf_counter()
-    for step, x in enumerate(batches):
-        out = sae.training_forward_pass(TrainStepInput(x, coefficients, dead, step, False))
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-    return time.perf_counter() - started
+    trained = trainer.fit()
+    return trained, time.perf_counter() - started
 
 
-def _measure(impl: str, variant: str, d: int, F: int, batch: int, steps: int, threads: int, queue) -> None:
+def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: str, threads: int):
     torch.set_num_threads(threads)
     set_quiet(True)
-    g = torch.Generator().manual_seed(0)
-    batches = [torch.relu(torch.randn(batch, d, generator=g)) for _ in range(steps)]
+    train_ND, held_out_ND = torch.load(data_path)
+    d = train_ND.shape[1]
     _reset_peak_rss()
-    idle = _rss_mb("VmRSS")
-    if impl == "ours":
-        cfg = SAEConfig(
-            variant=variant, d_in=d, d_sae=F, n_samples=batch * steps, batch_size=batch, **_our_params(variant, 1e-4)
-        )
-        seconds = train_sae(cfg, iter(batches), batches[0]).train_seconds
+    differs = float("nan")
+    if impl == "sae-lens":
+        sae, seconds = _saelens_fit(variant, F, lr, train_ND, batch)
+        sae.eval()
+        with torch.no_grad():
+            latents = torch.cat([sae.encode(x) for x in held_out_ND.split(1024)])
+            recon = torch.cat([sae.decode(z) for z in latents.split(1024)])
+        fvu = ((recon - held_out_ND).pow(2).sum() / (held_out_ND - held_out_ND.mean(0)).pow(2).sum()).item()
+        l0 = (latents != 0).sum(1).float().mean().item()
     else:
-        seconds = _saelens_train(_saelens_sae(variant, d, F, 32), batches, 1e-4, variant)
-    queue.put((batch * steps / seconds, _rss_mb("VmHWM"), idle))
+        extra = {"select_precision": "float32"} if impl == "ours-fp32" else {}
+        cfg = SAEConfig(variant=variant, d_in=d, d_sae=F, n_samples=len(train_ND), batch_size=batch,
+                        **_our_params(variant, lr), **extra)
+        result = train_sae(cfg, train_ND.split(batch), train_ND[:4096])
+        seconds = result.train_seconds
+        stats = evaluate_sae(result.sae, [held_out_ND])
+        fvu, l0 = stats["fvu"], stats["l0"]
+        if variant in ("topk", "batchtopk"):
+            differs = selection_mismatch(result.sae, held_out_ND[:batch])
+    return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0, differs, matmul_floor(d, F, batch, threads)
 
 
-def _run_isolated(*args) -> tuple[float, float, float]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+@torch.no_grad()
+def selection_mismatch(sae, x_BD: torch.Tensor) -> float:
+    """Fraction of the latents the fp32 ranking keeps on ``x_BD`` that the bf16 ranking does not."""
+    B, F = x_BD.shape[0], sae.cfg.d_sae
+    kept = []
+    for dtype in (torch.float32, torch.bfloat16):
+        bias_F = sae.b_enc - sae.b_dec @ sae.W_enc
+        pre_BF = torch.addmm(bias_F.to(dtype), x_BD.to(dtype), sae.W_enc.to(dtype))
+        idx, _, offsets_B = sae.select_active(pre_BF)
+        mask_BF = torch.zeros(B, F, dtype=torch.bool)
+        mask_BF[token_rows(idx, offsets_B, B), idx.flatten()] = True
+        kept.append(mask_BF)
+    return (kept[0] & ~kept[1]).sum().item() / kept[0].sum().item()
 
 
-def _matmul_floor(d: int, F: int, batch: int, threads: int, repeats: int = 7) -> float:
-    """Samples/s if a step cost exactly three [B, D]×[D, F] matmuls."""
+def _run_isolated(*args) -> tuple[float, float, float, float, float, float]:
+    """``_measure`` in a fresh process (its own peak memory, no warm caches); errors propagate."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure, args)
+
+
+def matmul_floor(d: int, F: int, batch: int, threads: int, repeats: int = 7) -> float:
+    """Samples/s if a training step cost exactly one fp32 [B, d]×[d, F] product (median time)."""
     torch.set_num_threads(threads)
     x, W = torch.randn(batch, d), torch.randn(d, F)
     times = []
@@ -115,75 +205,69 @@ def _matmul_floor(d: int, F: int, batch: int, threads: int, repeats: int = 7) ->
         started = time.perf_counter()
         x @ W
         times.append(time.perf_counter() - started)
-    return batch / (3 * statistics.median(times[1:]))
-
-
-def _quality(samples: int, d: int, F: int, batch: int, threads: int) -> None:
-    """Ours vs SAELens on synthetic data with a known dictionary: FVU, L0, samples/s."""
-    from monosemantic.sae.metrics import evaluate_sae
-
-    torch.set_num_threads(threads)
-    set_quiet(True)
-    syn = SyntheticFeatures(d=d, n_features=2 * F, mean_active=16.0, seed=0)
-    n_batches = samples // batch
-    train = list(syn.batches(batch, n_batches, seed=1))
-    held_out = list(syn.batches(4096, 4, seed=2))
-    lr = 1e-3
-    print(f"\nQuality: synthetic d={d}, {2 * F} true features, F={F}, {samples:,} samples, batch {batch}, lr {lr}")
-    print(f"{'implementation':<22}{'FVU':>8}{'L0':>8}{'samples/s':>12}")
-    for variant in ("topk", "standard"):
-        cfg = SAEConfig(variant=variant, d_in=d, d_sae=F, n_samples=n_batches * batch, batch_size=batch,
-                        warmup_frac=0.0, decay_frac=0.0, **_our_params(variant, lr))
-        result = train_sae(cfg, iter(train), train[0])
-        stats = evaluate_sae(result.sae, held_out)
-        rate = n_batches * batch / result.train_seconds
-        print(f"{'ours ' + variant:<22}{stats['fvu']:>8.4f}{stats['l0']:>8.1f}{rate:>12,.0f}")
-        try:
-            theirs = _saelens_sae(variant, d, F, 32)
-        except ImportError:
-            continue
-        seconds = _saelens_train(theirs, train, lr, variant)
-        theirs.eval()
-        with torch.no_grad():
-            x = torch.cat(held_out)
-            latents = theirs.encode(x)
-            fvu = ((theirs.decode(latents) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
-            l0 = (latents != 0).sum(1).float().mean().item()
-        print(f"{'sae-lens ' + variant:<22}{fvu:>8.4f}{l0:>8.1f}{n_batches * batch / seconds:>12,.0f}")
+    return batch / statistics.median(times[1:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--d", type=int, default=512)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
-    parser.add_argument("--variants", nargs="+", default=["standard", "topk", "batchtopk", "jumprelu"])
-    parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--dims", type=int, nargs="+", default=[1536], help="activation widths d")
+    parser.add_argument("--ratios", type=int, nargs="+", default=[4], help="dictionary sizes F = ratio·d")
+    parser.add_argument("--variants", nargs="+", default=["topk", "batchtopk"],
+                        choices=["standard", "topk", "batchtopk", "jumprelu"])
+    parser.add_argument("--impls", nargs="+", default=["ours", "ours-fp32", "sae-lens"],
+                        choices=["ours", "ours-fp32", "sae-lens"])
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=8, help="training batches per run (the fixed budget)")
+    parser.add_argument("--repeats", type=int, default=1, help="processes per measurement; samples/s is their median")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--quality-samples", type=int, default=0, help="0 skips the quality comparison")
+    parser.add_argument("--data", choices=["lm", "synthetic"], default="lm")
+    parser.add_argument("--lm-steps", type=int, default=300)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "monosemantic-sae-speed")
+    parser.add_argument("--held-out", type=int, default=4096, help="rows for FVU and L0")
     args = parser.parse_args()
-    try:
-        import sae_lens  # noqa: F401
+    impls = [impl for impl in ("sae-lens", "ours-fp32", "ours") if impl in args.impls]  # theirs first: the ratio
+    if "sae-lens" in impls:
+        try:
+            import sae_lens  # noqa: F401
+        except ImportError:
+            impls.remove("sae-lens")
+            print("sae-lens not installed: no comparison")
+    set_quiet(True)
 
-        has_saelens = True
-    except ImportError:
-        has_saelens = False
-
-    print(f"d={args.d}, batch {args.batch}, {args.steps} steps, {args.threads} threads, torch {torch.__version__}, CPU")
-    header = f"{'variant':<12}{'F':>6}{'samples/s':>12}{'peak MB':>10}{'idle MB':>9}{'floor s/s':>12}{'floor/ours':>12}"
-    header += f"{'sae-lens s/s':>14}{'ours/sae-lens':>15}" if has_saelens else ""
-    print(header)
-    for F in args.sizes:
-        floor = _matmul_floor(args.d, F, args.batch, args.threads)
-        for variant in args.variants:
-            rate, peak, idle = _run_isolated("ours", variant, args.d, F, args.batch, args.steps, args.threads)
-            line = f"{variant:<12}{F:>6}{rate:>12,.0f}{peak:>10,.0f}{idle:>9,.0f}{floor:>12,.0f}{floor / rate:>12.2f}"
-            if has_saelens and variant in ("standard", "topk"):
-                theirs, _, _ = _run_isolated("saelens", variant, args.d, F, args.batch, args.steps, args.threads)
-                line += f"{theirs:>14,.0f}{rate / theirs:>15.2f}"
-            print(line, flush=True)
-    if args.quality_samples:
-        _quality(args.quality_samples, args.d, min(args.sizes[-1], 2048), 1024, args.threads)
+    print(f"batch {args.batch}, {args.steps} steps, {args.threads} threads, lr {args.lr}, data {args.data}"
+          f"{f' (LM trained {args.lm_steps} steps)' if args.data == 'lm' else ''}, median of {args.repeats}, "
+          f"torch {torch.__version__}, CPU")
+    print(f"{'d':>5}{'F':>7} {'variant':<10}{'impl':<10}{'samples/s':>10}{'peak MB':>9}{'floor s/s':>11}"
+          f"{'of floor':>9}{'×sae-lens':>10}{'FVU':>8}{'L0':>7}{'sel. diff':>10}")
+    for d in args.dims:
+        n_rows = args.batch * args.steps + args.held_out
+        if args.data == "lm":
+            rows_ND = lm_activations(d, n_rows, args.lm_steps, args.cache)
+        else:
+            rows_ND = synthetic_activations(d, n_rows)
+        data_path = args.cache / f"rows_{args.data}_d{d}_n{n_rows}.pt"
+        args.cache.mkdir(parents=True, exist_ok=True)
+        torch.save((rows_ND[args.held_out:].clone(), rows_ND[:args.held_out].clone()), data_path)
+        for ratio in args.ratios:
+            F = ratio * d
+            for variant in args.variants:
+                rates: dict[str, float] = {}
+                for impl in impls:
+                    if impl == "sae-lens" and variant not in SAELENS_VARIANTS:
+                        continue
+                    if impl == "ours-fp32" and variant not in ("topk", "batchtopk"):
+                        continue
+                    runs = [_run_isolated(impl, variant, F, args.batch, args.lr, str(data_path), args.threads)
+                            for _ in range(args.repeats)]
+                    rate = statistics.median(r[0] for r in runs)
+                    floor = statistics.median(r[5] for r in runs)
+                    _, peak, fvu, l0, differs, _ = runs[0]
+                    rates[impl] = rate
+                    versus = f"{rate / rates['sae-lens']:.2f}" if "sae-lens" in rates and impl != "sae-lens" else ""
+                    missed = "" if math.isnan(differs) else f"{differs:.2%}"
+                    print(f"{d:>5}{F:>7} {variant:<10}{impl:<10}{rate:>10,.0f}{peak:>9,.0f}{floor:>11,.0f}"
+                          f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}{missed:>10}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, build_sae, train_sae
+from monosemantic.sae.base import selection_dtype, token_rows
 from monosemantic.sae.resampling import resample_dead_features
 from monosemantic.sae.trainer import CHECKPOINT_NAME, geometric_median
 
@@ -279,12 +280,13 @@ def test_sparse_decoding_gradients_equal_dense_ones(variant):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("aux_k", [4, 32])  # 32 ≥ the 22 dead latents: all of them, no top-k
 @pytest.mark.parametrize("variant", ["topk", "batchtopk"])
-def test_sparse_encoder_gradients_equal_dense_ones_with_auxk(variant):
+def test_sparse_encoder_gradients_equal_dense_ones_with_auxk(variant, aux_k):
     """The training loss's gradients, read through the selected entries only (``pre_acts_at``),
     equal those of the same loss written densely: latents = kept ReLU(pre), AuxK over dead ones."""
     torch.manual_seed(0)
-    sae = build_sae(_cfg(variant, k=5, aux_k=4))
+    sae = build_sae(_cfg(variant, k=5, aux_k=aux_k, select_precision="float32"))
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_()
@@ -303,10 +305,66 @@ def test_sparse_encoder_gradients_equal_dense_ones_with_auxk(variant):
         kept = pre.detach().relu() >= pre.detach().relu().flatten().topk(5 * 32).values.min()
     recon = torch.where(kept, pre.relu(), 0) @ sae.W_dec + sae.b_dec
     dead_kept = torch.zeros_like(kept)
-    dead_kept.scatter_(1, pre.detach().masked_fill(~dead, float("-inf")).topk(4, dim=1).indices, True)
+    dead_kept.scatter_(1, pre.detach().masked_fill(~dead, float("-inf")).topk(min(aux_k, 22), dim=1).indices, True)
     residual = (x - recon).detach()
     aux = ((torch.where(dead_kept, pre.relu(), 0) @ sae.W_dec - residual) ** 2).mean()
     aux = aux / (residual - residual.mean(dim=0)).pow(2).mean()
     (((recon - x) ** 2).mean() + sae.cfg.aux_coeff * aux).backward()
     for got, want in zip(sparse_grads, [p.grad for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
+def test_bf16_ranking_reads_the_chosen_entries_exactly(variant):
+    """With a bf16 ranking product, the kept latents are those its selection names, their values
+    and gradients those of the exact fp32 pre-activations at those entries."""
+    torch.manual_seed(0)
+    sae = build_sae(_cfg(variant, k=5, select_precision="bfloat16"))
+    x = torch.randn(32, D)
+    rank = sae.ranking_pre_acts(x)
+    assert rank.dtype == torch.bfloat16
+    idx, _, offsets = sae.select_active(rank)
+    sae.training_output(x, torch.zeros(F, dtype=torch.bool), 1.0).loss.backward()
+    sparse_grads = [p.grad.clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+    sae.zero_grad()
+
+    kept = torch.zeros(32, F, dtype=torch.bool)
+    kept[token_rows(idx, offsets, 32), idx.flatten()] = True
+    pre = sae.pre_acts(x)
+    recon = torch.where(kept, pre.relu(), 0) @ sae.W_dec + sae.b_dec
+    ((recon - x) ** 2).mean().backward()
+    for got, want in zip(sparse_grads, [p.grad for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_ranking_precision_falls_back_to_exact_where_bf16_is_not_faster():
+    cpu = torch.device("cpu")
+    assert selection_dtype("auto", cpu, bf16_is_fast=lambda device: True) == torch.bfloat16
+    assert selection_dtype("auto", cpu, bf16_is_fast=lambda device: False) == torch.float32
+    assert selection_dtype("float32", cpu, bf16_is_fast=lambda device: True) == torch.float32
+    assert selection_dtype("bfloat16", cpu, bf16_is_fast=lambda device: False) == torch.bfloat16
+    sae = build_sae(_cfg("topk", k=5))
+    assert sae.cfg.select_precision == "auto"
+    x = torch.randn(8, D)
+    sae.bf16_is_fast = lambda device: False
+    torch.testing.assert_close(sae.ranking_pre_acts(x), sae.pre_acts(x).detach())
+    sae.bf16_is_fast = lambda device: True
+    assert sae.ranking_pre_acts(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
+def test_bf16_ranking_trains_to_the_exact_paths_fvu(variant):
+    """Same seed, same data: picking latents from a bf16 product ends within 1 % of the fp32
+    path's held-out FVU, at the same L0."""
+    from monosemantic.sae.metrics import evaluate_sae
+
+    held_out = list(_batches(2, batch=512, seed=9))
+    stats = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = SAEConfig(variant=variant, d_in=D, d_sae=F, k=4, n_samples=128 * 60, batch_size=128,
+                        lr=3e-3, select_precision=precision)
+        stats[precision] = evaluate_sae(train_sae(cfg, _batches(60), next(_batches(1))).sae, held_out)
+    exact, low = stats["float32"], stats["bfloat16"]
+    assert exact["fvu"] < 0.5  # it learned something, so the comparison means something
+    assert abs(low["fvu"] - exact["fvu"]) <= 0.01 * exact["fvu"]
+    assert abs(low["l0"] - exact["l0"]) <= 0.02 * exact["l0"]

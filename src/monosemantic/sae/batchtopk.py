@@ -54,14 +54,14 @@ class BatchTopKSAE(TopKSAE):
             if per_row == F or counts_B.max() < per_row:
                 break
             per_row = min(F, 4 * per_row)
-        rows_N, order_N = rows_N.sort()  # embedding_bag wants each token's entries together
+        order_N = rows_N.double().argsort()  # each token's entries together; float64: torch sorts int64 slowly on CPU
+        rows_N = rows_N[order_N]
         cols_N = cand_idx_BC.flatten()[pos_N[order_N]]
-        vals_N = vals_N[order_N]
-        self._update_threshold(vals_N.detach())
-        return cols_N, vals_N, torch.cumsum(counts_B, 0) - counts_B
+        return cols_N, vals_N[order_N], torch.cumsum(counts_B, 0) - counts_B
 
     @torch.no_grad()
-    def _update_threshold(self, vals_N: torch.Tensor) -> None:
+    def observe_kept(self, vals_N: torch.Tensor) -> None:
+        """θ ← EMA of the smallest positive kept value (read exactly, whatever ranked them)."""
         if self.training and (vals_N > 0).any():
             smallest = vals_N[vals_N > 0].min()
             rate = self.cfg.threshold_ema if self.threshold > 0 else 1.0  # first batch: start there

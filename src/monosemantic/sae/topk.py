@@ -8,7 +8,8 @@ latents (no activation for a while — our ``dead_window``) get the auxiliary lo
 
 Training is sparse on both sides: the k active latents per token are picked from pre-activations
 computed without gradient and re-read with gradient (``pre_acts_at``), and only their decoder rows
-are read; backward costs B·K·D instead of the dense B·F·D.
+are read; backward costs B·K·D instead of the dense B·F·D. The ranking product may be bf16
+(``SAEConfig.select_precision``): the chosen values are still read exactly.
 """
 
 from __future__ import annotations
@@ -40,14 +41,18 @@ class TopKSAE(SparseAutoencoder):
         vals_BK, idx_BK = pre_BF.topk(self.cfg.k, dim=1, sorted=False)
         return idx_BK, vals_BK.relu(), None
 
+    def observe_kept(self, vals: torch.Tensor) -> None:
+        """What a training step's kept latent values (exact, detached) teach a subclass; TopK
+        itself learns nothing from them (BatchTopK's inference threshold does)."""
+
     def training_output(
         self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float
     ) -> StepOutput:
         B = x_BD.shape[0]
-        with torch.no_grad():  # only the selected entries need gradient (``pre_acts_at``)
-            pre_BF = self.pre_acts(x_BD)
+        pre_BF = self.ranking_pre_acts(x_BD)  # only the selected entries need gradient (``pre_acts_at``)
         idx, _, offsets_B = self.select_active(pre_BF)
         vals = self.pre_acts_at(x_BD, pre_BF, idx, offsets_B).relu()
+        self.observe_kept(vals.detach())
         recon_BD = self.decode_sparse(idx, vals, offsets_B) + self.b_dec
         mse_loss = mse(recon_BD, x_BD)
         loss, terms = mse_loss, {"mse": mse_loss.detach()}
@@ -64,10 +69,12 @@ class TopKSAE(SparseAutoencoder):
         self, x_BD: torch.Tensor, pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Tensor
     ) -> torch.Tensor:
         """Normalised error of reconstructing ``residual_BD`` from the top-k_aux dead latents
-        (``pre_BF``: x_BD's pre-activations, without gradient)."""
-        k_aux = min(self.cfg.aux_k, int(dead_F.sum()))
-        dead_pre_BF = pre_BF.masked_fill(~dead_F, float("-inf"))
-        idx_BK = dead_pre_BF.topk(k_aux, dim=1, sorted=False).indices
+        (``pre_BF``: x_BD's pre-activations for ranking, without gradient)."""
+        dead_idx = dead_F.nonzero().squeeze(1)
+        if len(dead_idx) <= self.cfg.aux_k:  # few dead: all of them, no top-k over the batch's [B, F]
+            idx_BK = dead_idx.expand(x_BD.shape[0], -1)
+        else:
+            idx_BK = dead_idx[pre_BF[:, dead_idx].topk(self.cfg.aux_k, dim=1, sorted=False).indices]
         aux_recon_BD = self.decode_sparse(idx_BK, self.pre_acts_at(x_BD, pre_BF, idx_BK).relu())
         baseline = (residual_BD - residual_BD.mean(dim=0)).pow(2).mean()
         return mse(aux_recon_BD, residual_BD) / baseline.clamp_min(1e-12)
