@@ -17,6 +17,7 @@ import json
 import math
 import time
 from pathlib import Path
+from pickle import UnpicklingError  # what torch.load(weights_only=True) raises on a foreign file
 
 import numpy as np
 import torch
@@ -135,8 +136,9 @@ def _resume(path: Path, key: str, model, optimizer, rng: np.random.Generator) ->
     notice) and training starts over: (0, [], 0.0)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        problem = None if state.get("key") == key else "made for another config or corpus"
-    except Exception as err:  # torch.load raises many types on a bad file
+        ours = isinstance(state, dict) and state.get("key") == key
+        problem = None if ours else "made for another config or corpus"
+    except (OSError, EOFError, UnpicklingError, RuntimeError, ValueError) as err:  # what a bad file raises
         problem = f"unreadable ({type(err).__name__})"
     if problem is not None:
         stale = path.with_name(path.name + ".stale")
@@ -149,6 +151,6 @@ def _resume(path: Path, key: str, model, optimizer, rng: np.random.Generator) ->
         rng.bit_generator.state = json.loads(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         return state["step"], state["history"], state["seconds"]
-    except Exception as err:  # a file with the right key but wrong contents was written by hand
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:  # right key, wrong contents: written by hand
         raise UserError(f"LM checkpoint {path}: has this config's key but does not fit the model "
                         f"({type(err).__name__}); delete it to start over") from None
