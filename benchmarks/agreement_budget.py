@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--budgets", type=int, nargs="+", required=True, help="activations per SAE")
-    parser.add_argument("--set", action="append", default=[], help="SAEConfig field=value (JSON value)")
+    parser.add_argument("--set", action="append", default=[], help="SAEConfig field=value (JSON, or a string)")
     parser.add_argument("--plot", type=Path, help="write the curve as a PNG here")
     args = parser.parse_args()
     set_quiet(True)
@@ -44,7 +44,7 @@ def main() -> None:
     manifest = json.loads((args.run / "run.json").read_text())
     sweep = SAESweepConfig(**manifest["config"]["sae"])
     lm_cfg = manifest["config"]["lm"]
-    overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
+    overrides = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
     val = ActivationStore(args.run / "activations/val")
     stream = ActivationStream(load_lm(args.run / "lm"), TokenShards(args.run / "tokens", "train"),
                               lm_cfg["hook_name"], lm_cfg["n_ctx"])
@@ -80,6 +80,14 @@ def main() -> None:
         plot(rows, name, args.plot)
 
 
+def _value(text: str):
+    """A --set value: JSON (numbers, null, lists), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def plot(rows: list[dict], name: str, path: Path) -> None:
     import matplotlib
 
@@ -92,6 +100,8 @@ def plot(rows: list[dict], name: str, path: Path) -> None:
     ax.plot(budgets, [r["median_dense"] for r in rows], "s--", label="density ≥ 1e-5")
     ax.axhline(0.72, color="grey", linestyle=":", label="paper, A/1 → B/1 (8B samples)")
     ax.set_xscale("log")
+    ax.set_xticks(budgets, [f"{b / 1e6:g}M" for b in budgets])
+    ax.minorticks_off()
     ax.set_xlabel("activations per SAE")
     ax.set_ylabel("median best correlation, two seeds")
     ax.set_title(f"Same-model agreement vs budget ({name})")
