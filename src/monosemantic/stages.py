@@ -178,7 +178,7 @@ def sae_stage(cfg: RunConfig) -> Stage:
 
 
 def train_activations(rd: RunDir, cfg: RunConfig, model) -> ActivationStore | ActivationStream:
-    """Run A's SAE training activations: the harvested store, or ``model`` run on the fly."""
+    """The sweep's training activations: the harvested store, or ``model`` run on the fly."""
     if cfg.harvest.stream_train:
         return ActivationStream(model, TokenShards(rd / "tokens", "train"), cfg.lm.hook_name, cfg.lm.n_ctx)
     return ActivationStore(rd / "activations/train")
