@@ -46,16 +46,18 @@ def main() -> None:
     lm_cfg = manifest["config"]["lm"]
     overrides = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
     val = ActivationStore(args.run / "activations/val")
-    stream = ActivationStream(load_lm(args.run / "lm"), TokenShards(args.run / "tokens", "train"),
-                              lm_cfg["hook_name"], lm_cfg["n_ctx"])
+    stream = ActivationStream(
+        load_lm(args.run / "lm"), TokenShards(args.run / "tokens", "train"), lm_cfg["hook_name"], lm_cfg["n_ctx"]
+    )
     base = sweep.sae_config(val.d_in, max(sweep.sizes), "cpu").model_dump(mode="json")
 
     rows = []
     for budget in args.budgets:
         saes, seconds = [], 0.0
         for seed in (sweep.seed, sweep.seed + 1):
-            cfg = SAEConfig.model_validate({**base, **overrides, "n_samples": budget, "seed": seed,
-                                            "checkpoint_every": None})
+            cfg = SAEConfig.model_validate(
+                {**base, **overrides, "n_samples": budget, "seed": seed, "checkpoint_every": None}
+            )
             folder = args.run / "benchmarks/agreement" / f"{cfg.variant}-{cfg.d_sae}-{budget}-seed{seed}"
             if not (folder / "cfg.json").exists():
                 start = time.perf_counter()
@@ -65,11 +67,22 @@ def main() -> None:
         held_out = evaluate_sae(saes[0], (c for _, c in val.iter_chunks(65_536)))
         chunks = ((c, c) for _, c in val.iter_chunks(16_384))
         same = compare_units(chunks, {"same": (saes[0].encode, saes[1].encode, "a")})["same"].a_to_b
-        rows.append({"budget": budget, "fvu": held_out["fvu"], "l0": held_out["l0"], "median": same.median(),
-                     "median_dense": same.median(DENSE_MIN_DENSITY), "seconds": seconds})
+        rows.append(
+            {
+                "budget": budget,
+                "fvu": held_out["fvu"],
+                "l0": held_out["l0"],
+                "median": same.median(),
+                "median_dense": same.median(DENSE_MIN_DENSITY),
+                "seconds": seconds,
+            }
+        )
         r = rows[-1]
-        print(f"{budget:>12,} samples: FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  same-model median {r['median']:.3f} "
-              f"(dense {r['median_dense']:.3f})  trained in {r['seconds']:.0f}s", flush=True)
+        print(
+            f"{budget:>12,} samples: FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  same-model median {r['median']:.3f} "
+            f"(dense {r['median_dense']:.3f})  trained in {r['seconds']:.0f}s",
+            flush=True,
+        )
 
     name = f"{saes[0].cfg.variant}-{saes[0].cfg.d_sae}"
     print(f"\n| {name}: activations per SAE | held-out FVU | L0 | same-model median | density ≥ 1e-5 |")

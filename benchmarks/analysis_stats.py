@@ -35,8 +35,13 @@ def write_store(path: Path, n_rows: int, seed: int) -> None:
         for start in range(0, n_rows, 16_384):
             n = min(16_384, n_rows - start)
             acts = np.maximum(rng.standard_normal((n, D), dtype=np.float32) - 0.5, 0)
-            writer.append(acts, rng.integers(0, VOCAB, n), np.arange(start, start + n) // 700,
-                          np.arange(start, start + n), np.zeros(n, dtype=np.int64))
+            writer.append(
+                acts,
+                rng.integers(0, VOCAB, n),
+                np.arange(start, start + n) // 700,
+                np.arange(start, start + n),
+                np.zeros(n, dtype=np.int64),
+            )
 
 
 def sparse_random_sae(n_features: int, l0: float, sample_ND: torch.Tensor, seed: int):
@@ -74,12 +79,33 @@ def main() -> None:
             seconds = time.perf_counter() - start
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             l0 = stats[1].fire_count_U.sum() / n_rows
-            rows.append((n_features, n_rows, l0, seconds, n_rows / seconds, 1e6 / (n_rows / seconds) / 60,
-                         peak, peak - rss_before, stats[1].cofire_UU.nnz))
-    print(f"\nfeature-statistics pass (neurons + one SAE, two sweeps), {args.threads} threads, "
-          f"torch {torch.__version__}")
-    header = ("features", "rows", "L0", "seconds", "rows/s", "min per 1M rows", "peak RSS MB", "RSS growth MB",
-              "co-firing pairs")
+            rows.append(
+                (
+                    n_features,
+                    n_rows,
+                    l0,
+                    seconds,
+                    n_rows / seconds,
+                    1e6 / (n_rows / seconds) / 60,
+                    peak,
+                    peak - rss_before,
+                    stats[1].cofire_UU.nnz,
+                )
+            )
+    print(
+        f"\nfeature-statistics pass (neurons + one SAE, two sweeps), {args.threads} threads, torch {torch.__version__}"
+    )
+    header = (
+        "features",
+        "rows",
+        "L0",
+        "seconds",
+        "rows/s",
+        "min per 1M rows",
+        "peak RSS MB",
+        "RSS growth MB",
+        "co-firing pairs",
+    )
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for f, n, l0, s, rate, per_m, peak, growth, pairs in rows:

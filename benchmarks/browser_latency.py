@@ -81,6 +81,7 @@ async def burst(requests: list[tuple[str, int]], in_flight: int) -> tuple[list[f
     gate, latencies, errors = asyncio.Semaphore(in_flight), [], []
     limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
         async def one(url: str, expected: int) -> None:
             async with gate:
                 start = time.perf_counter()
@@ -111,8 +112,10 @@ def main() -> None:
         overview = client.get(f"{base}/api/overview").json()
         sae = max((d for d in overview["dictionaries"] if d["unit_kind"] == "feature"), key=lambda d: d["n_units"])
         client.get(f"{base}/api/saes/{sae['name']}/features/0")  # warm-up: connection, page cache
-        page_ms = [server_ms(client.get(f"{base}/api/saes/{sae['name']}/features/{rng.randrange(sae['n_units'])}"))
-                   for _ in range(args.pages)]
+        page_ms = [
+            server_ms(client.get(f"{base}/api/saes/{sae['name']}/features/{rng.randrange(sae['n_units'])}"))
+            for _ in range(args.pages)
+        ]
         neuron_ms = [server_ms(client.get(f"{base}/api/neurons/{rng.randrange(512)}")) for _ in range(args.pages // 4)]
     latencies, errors, wall = asyncio.run(burst(burst_requests(base, overview, args.burst, rng), args.in_flight))
     server.terminate()
@@ -121,12 +124,18 @@ def main() -> None:
     print(f"Feature browser latency — run {args.run} ({sae['name']}: {sae['n_units']:,} features)\n")
     print("| measurement | n | median ms | p95 ms | p99 ms | errors |")
     print("|---|---:|---:|---:|---:|---:|")
-    print(f"| feature page, server time (Server-Timing) | {len(page_ms)} | {statistics.median(page_ms):.1f} | "
-          f"{p(page_ms, 95):.1f} | {p(page_ms, 99):.1f} | 0 |")
-    print(f"| neuron page, server time | {len(neuron_ms)} | {statistics.median(neuron_ms):.1f} | "
-          f"{p(neuron_ms, 95):.1f} | {p(neuron_ms, 99):.1f} | 0 |")
-    print(f"| burst, {args.in_flight} in flight, client latency | {len(latencies)} | {p(latencies, 50):.1f} | "
-          f"{p(latencies, 95):.1f} | {p(latencies, 99):.1f} | {len(errors)} |")
+    print(
+        f"| feature page, server time (Server-Timing) | {len(page_ms)} | {statistics.median(page_ms):.1f} | "
+        f"{p(page_ms, 95):.1f} | {p(page_ms, 99):.1f} | 0 |"
+    )
+    print(
+        f"| neuron page, server time | {len(neuron_ms)} | {statistics.median(neuron_ms):.1f} | "
+        f"{p(neuron_ms, 95):.1f} | {p(neuron_ms, 99):.1f} | 0 |"
+    )
+    print(
+        f"| burst, {args.in_flight} in flight, client latency | {len(latencies)} | {p(latencies, 50):.1f} | "
+        f"{p(latencies, 95):.1f} | {p(latencies, 99):.1f} | {len(errors)} |"
+    )
     print(f"\nburst: {len(latencies) / wall:,.0f} requests/s over {wall:.1f} s")
     for error in errors:
         print("error:", error)

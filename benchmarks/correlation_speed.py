@@ -29,8 +29,9 @@ def sparse_latents(n: int, units: int, l0: float, generator: torch.Generator) ->
     return fires_NU * torch.rand(n, units, generator=generator)
 
 
-def time_run(n_tokens: int, n_a: int, n_b: int, l0: float, chunk: int, device: str,
-             dense_units: bool) -> tuple[float, float, CrossStats]:
+def time_run(
+    n_tokens: int, n_a: int, n_b: int, l0: float, chunk: int, device: str, dense_units: bool
+) -> tuple[float, float, CrossStats]:
     """(wall seconds, process CPU seconds, stats) of streaming ``n_tokens`` synthetic tokens."""
     generator = torch.Generator().manual_seed(0)
     stats = CrossStats(n_a, n_b, device=device)
@@ -71,8 +72,17 @@ def main() -> None:
     ):
         seconds, cpu, stats = time_run(args.tokens, units, units, args.l0, args.chunk, args.device, dense)
         rate = args.tokens / seconds
-        rows.append((f"{label} {units}×{units}", f"{args.tokens:,}", f"{seconds:.1f}", f"{cpu:.1f}", f"{rate:,.0f}",
-                     f"{1_048_576 / rate / 60:.1f}", f"{stats.sparse_chunks}/{stats.dense_chunks}"))
+        rows.append(
+            (
+                f"{label} {units}×{units}",
+                f"{args.tokens:,}",
+                f"{seconds:.1f}",
+                f"{cpu:.1f}",
+                f"{rate:,.0f}",
+                f"{1_048_576 / rate / 60:.1f}",
+                f"{stats.sparse_chunks}/{stats.dense_chunks}",
+            )
+        )
 
     generator = torch.Generator().manual_seed(1)
     a, b = (sparse_latents(args.chunk, args.features, args.l0, generator) for _ in range(2))
@@ -93,8 +103,10 @@ def main() -> None:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print(f"\none CPU chunk of {args.chunk:,} tokens, {args.features}×{args.features} features, "
-          f"{products:,.0f} product terms vs {args.chunk * args.features**2:,.0f} dense multiply-adds:")
+    print(
+        f"\none CPU chunk of {args.chunk:,} tokens, {args.features}×{args.features} features, "
+        f"{products:,.0f} product terms vs {args.chunk * args.features**2:,.0f} dense multiply-adds:"
+    )
     for path, seconds in path_rows:
         print(f"  {path:6s} {seconds} s")
 

@@ -34,8 +34,23 @@ STAGES = ("corpus", "lm", "harvest", "sae", "analysis", "splitting", "toy", "uni
 
 
 def command(run: Path, upto: str) -> list[str]:
-    return [sys.executable, "-m", "monosemantic", "-q", "run", "--preset", "tiny", "--out", str(run), "--upto", upto,
-            "--set", "corpus.max_docs=400", "--set", "corpus.val_fraction=0.2"]
+    return [
+        sys.executable,
+        "-m",
+        "monosemantic",
+        "-q",
+        "run",
+        "--preset",
+        "tiny",
+        "--out",
+        str(run),
+        "--upto",
+        upto,
+        "--set",
+        "corpus.max_docs=400",
+        "--set",
+        "corpus.val_fraction=0.2",
+    ]
 
 
 def timed_run(args: list[str]) -> tuple[float, int]:
@@ -59,8 +74,9 @@ def kill_in_stage(args: list[str], run: Path, stage: str, delay: float) -> float
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = None
     while process.poll() is None:
-        if started is None and ((run / ".lock").exists() if before is None
-                                else before in recorded(run).get("stages", {})):
+        if started is None and (
+            (run / ".lock").exists() if before is None else before in recorded(run).get("stages", {})
+        ):
             started = time.perf_counter()
         if started is not None and time.perf_counter() - started >= delay:
             process.send_signal(signal.SIGKILL)
@@ -92,8 +108,9 @@ def main() -> None:
     parser.add_argument("--upto", default="analysis", choices=STAGES)
     parser.add_argument("--work", type=Path, default=None, help="Folder for the runs (default: a temporary one).")
     args = parser.parse_args()
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent.parent / "src"),
-                                                os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parent.parent / "src"), os.environ.get("PYTHONPATH", "")]
+    )
     work = args.work or Path(tempfile.mkdtemp(prefix="fault-injection-"))
     rng = random.Random(args.seed)
     stages = STAGES[: STAGES.index(args.upto) + 1]
@@ -104,8 +121,11 @@ def main() -> None:
     if status != 0:
         sys.exit(f"the uninterrupted run failed (exit {status})")
     expected, seconds = digests(reference), recorded(reference)["timings"]
-    print(f"uninterrupted run: {total:.1f} s wall; stage seconds: "
-          + ", ".join(f"{s} {seconds[s]:.1f}" for s in stages) + f"; {len(expected)} artifact files compared")
+    print(
+        f"uninterrupted run: {total:.1f} s wall; stage seconds: "
+        + ", ".join(f"{s} {seconds[s]:.1f}" for s in stages)
+        + f"; {len(expected)} artifact files compared"
+    )
 
     rows = []
     for i in range(args.kills):
@@ -115,20 +135,39 @@ def main() -> None:
         stage, temps_at_kill = stage_in_progress(run, args.upto), temporaries(run)
         _, status = timed_run(command(run, args.upto))
         matched = status == 0 and digests(run) == expected
-        lost = (in_stage + recorded(run)["timings"][stage] - seconds[stage]
-                if in_stage is not None and stage == target else None)
-        rows.append((i, target, stage if in_stage is not None else "(ended first)", temps_at_kill, temporaries(run),
-                     lost, seconds[target], matched))
+        lost = (
+            in_stage + recorded(run)["timings"][stage] - seconds[stage]
+            if in_stage is not None and stage == target
+            else None
+        )
+        rows.append(
+            (
+                i,
+                target,
+                stage if in_stage is not None else "(ended first)",
+                temps_at_kill,
+                temporaries(run),
+                lost,
+                seconds[target],
+                matched,
+            )
+        )
         shutil.rmtree(run, ignore_errors=True)
 
-    print("| kill | target stage | in progress at kill | temporaries at kill | temporaries after resume | "
-          "work lost s | stage s (reference) | matches |")
+    print(
+        "| kill | target stage | in progress at kill | temporaries at kill | temporaries after resume | "
+        "work lost s | stage s (reference) | matches |"
+    )
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |")
     for i, target, stage, temps_at, temps_after, lost, stage_seconds, matched in rows:
-        print(f"| {i} | {target} | {stage} | {temps_at} | {temps_after} | "
-              f"{'—' if lost is None else f'{lost:.1f}'} | {stage_seconds:.1f} | {'yes' if matched else 'NO'} |")
-    print(f"\n{sum(r[-1] for r in rows)}/{len(rows)} resumed runs match the uninterrupted one; "
-          f"temporaries left after resume: {sum(r[4] for r in rows)}")
+        print(
+            f"| {i} | {target} | {stage} | {temps_at} | {temps_after} | "
+            f"{'—' if lost is None else f'{lost:.1f}'} | {stage_seconds:.1f} | {'yes' if matched else 'NO'} |"
+        )
+    print(
+        f"\n{sum(r[-1] for r in rows)}/{len(rows)} resumed runs match the uninterrupted one; "
+        f"temporaries left after resume: {sum(r[4] for r in rows)}"
+    )
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

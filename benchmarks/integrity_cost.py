@@ -39,24 +39,37 @@ def stand_in_run(root: Path, preset: str, sqlite_mb: int) -> None:
     """Files of a ``preset`` run's artifact sizes, and a run.json recording their digests."""
     cfg = load_config(preset)
     d_mlp, d_model, vocab = cfg.lm.d_mlp, cfg.lm.d_model, cfg.corpus.vocab_size
-    lm_params = (2 * vocab * d_model + cfg.lm.n_ctx * d_model
-                 + cfg.lm.n_layers * (4 * d_model * d_model + 2 * d_model * d_mlp))
-    sizes = {"tokenizer.json": 300_000, "tokens/train_000.npy": 2 * BUNDLED_TRAIN_TOKENS,
-             "lm/model.safetensors": 4 * lm_params, "features.sqlite": sqlite_mb << 20}
+    lm_params = (
+        2 * vocab * d_model + cfg.lm.n_ctx * d_model + cfg.lm.n_layers * (4 * d_model * d_model + 2 * d_model * d_mlp)
+    )
+    sizes = {
+        "tokenizer.json": 300_000,
+        "tokens/train_000.npy": 2 * BUNDLED_TRAIN_TOKENS,
+        "lm/model.safetensors": 4 * lm_params,
+        "features.sqlite": sqlite_mb << 20,
+    }
     for split, n in (("train", cfg.harvest.n_train_tokens), ("val", cfg.harvest.n_val_tokens)):
         sizes[f"activations/{split}/acts_00000.bin"] = 4 * n * d_mlp
         sizes[f"activations/{split}/origin_00000.bin"] = 32 * n
     for size in cfg.sae.sizes:
         sizes[f"saes/{cfg.sae.variant}-{size}/sae_weights.safetensors"] = 4 * (2 * size * d_mlp + size + d_mlp)
     biggest = 4 * (2 * max(cfg.sae.sizes) * d_mlp)
-    sizes.update({"universality/sae_b/sae_weights.safetensors": biggest,
-                  "universality/sae_a_reseed/sae_weights.safetensors": biggest})
+    sizes.update(
+        {
+            "universality/sae_b/sae_weights.safetensors": biggest,
+            "universality/sae_a_reseed/sae_weights.safetensors": biggest,
+        }
+    )
     for rel, n in sizes.items():
         write_random(root / rel, n)
-    stages = {"corpus": ["tokenizer.json", "tokens/train_000.npy"], "lm": ["lm/model.safetensors"],
-              "harvest": ["activations/train/acts_00000.bin", "activations/val/acts_00000.bin"],
-              "sae": [f"saes/{cfg.sae.variant}-{s}/sae_weights.safetensors" for s in cfg.sae.sizes],
-              "analysis": ["features.sqlite"], "universality": ["universality/sae_b/sae_weights.safetensors"]}
+    stages = {
+        "corpus": ["tokenizer.json", "tokens/train_000.npy"],
+        "lm": ["lm/model.safetensors"],
+        "harvest": ["activations/train/acts_00000.bin", "activations/val/acts_00000.bin"],
+        "sae": [f"saes/{cfg.sae.variant}-{s}/sae_weights.safetensors" for s in cfg.sae.sizes],
+        "analysis": ["features.sqlite"],
+        "universality": ["universality/sae_b/sae_weights.safetensors"],
+    }
     manifest = {"stages": {name: {"artifacts": record(root, artifacts)} for name, artifacts in stages.items()}}
     (root / "run.json").write_text(json.dumps(manifest))
 
@@ -89,13 +102,15 @@ def main() -> None:
     print("| check | files | MB | seconds |")
     print("| --- | ---: | ---: | ---: |")
     for label, files, full, limit in (
-            ("sizes only, every artifact", every, False, None),
-            ("`run` (digests of files ≤ 256 MiB, sizes of larger ones)", every, True, LARGE_FILE_BYTES),
-            ("`run --verify` (digests of every artifact)", every, True, None),
-            ("serve / steer / export-html (digests of what they read)", readers, True, None)):
+        ("sizes only, every artifact", every, False, None),
+        ("`run` (digests of files ≤ 256 MiB, sizes of larger ones)", every, True, LARGE_FILE_BYTES),
+        ("`run --verify` (digests of every artifact)", every, True, None),
+        ("serve / steer / export-html (digests of what they read)", readers, True, None),
+    ):
         megabytes = sum(d["bytes"] for d in files.values()) / 1e6
-        seconds = best_seconds(lambda files=files, full=full, limit=limit: mismatches(args.run, files, full, limit),
-                               args.repeats)
+        seconds = best_seconds(
+            lambda files=files, full=full, limit=limit: mismatches(args.run, files, full, limit), args.repeats
+        )
         print(f"| {label} | {len(files)} | {megabytes:,.0f} | {seconds:.3f} |")
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)

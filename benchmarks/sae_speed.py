@@ -92,6 +92,7 @@ def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch
     cache.mkdir(parents=True, exist_ok=True)
     tokens_dir = cache / "tokens"
     if not (tokens_dir / "index.json").exists():
+
         def docs():
             chars = itertools.accumulate(len(doc["text"]) for doc in iter_bundled_documents())
             texts = (doc["text"] for doc in iter_bundled_documents())
@@ -99,13 +100,26 @@ def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch
 
         write_token_shards(docs(), train_tokenizer(docs(), 4096), tokens_dir, val_fraction=0.05)
     ctx = 64
-    cfg = LMConfig(d_model=128, d_mlp=d_mlp, n_heads=4, n_ctx=ctx, batch_size=32, n_steps=lm_steps,
-                   warmup_steps=min(100, lm_steps // 10), eval_every=lm_steps, checkpoint_every=lm_steps)
+    cfg = LMConfig(
+        d_model=128,
+        d_mlp=d_mlp,
+        n_heads=4,
+        n_ctx=ctx,
+        batch_size=32,
+        n_steps=lm_steps,
+        warmup_steps=min(100, lm_steps // 10),
+        eval_every=lm_steps,
+        checkpoint_every=lm_steps,
+    )
     model, _ = train_lm(cfg, tokens_dir, cache / f"lm_d{d_mlp}_s{lm_steps}.ckpt")
     model.eval()
     windows_BT = TokenShards(tokens_dir, "train").random_windows(-(-n_rows // ctx), ctx, np.random.default_rng(0))
-    acts = torch.cat([activations_at(model, torch.from_numpy(chunk), LM_HOOK).flatten(0, 1)
-                      for chunk in np.array_split(windows_BT, max(1, len(windows_BT) // 64))])
+    acts = torch.cat(
+        [
+            activations_at(model, torch.from_numpy(chunk), LM_HOOK).flatten(0, 1)
+            for chunk in np.array_split(windows_BT, max(1, len(windows_BT) // 64))
+        ]
+    )
     acts = acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))[:n_rows]].contiguous()
     torch.save(acts, path)
     return acts
@@ -118,8 +132,12 @@ def synthetic_activations(d: int, n_rows: int) -> torch.Tensor:
 
 
 def _our_params(variant: str, lr: float) -> dict:
-    sparsity = {"standard": {"l1_coeff": 0.01, "resample_at": ()}, "topk": {"k": 32}, "batchtopk": {"k": 32},
-                "jumprelu": {"l0_coeff": 3e-3}}[variant]
+    sparsity = {
+        "standard": {"l1_coeff": 0.01, "resample_at": ()},
+        "topk": {"k": 32},
+        "batchtopk": {"k": 32},
+        "jumprelu": {"l0_coeff": 3e-3},
+    }[variant]
     # dead_window 1: no latent counts as dead within the budget, as in SAELens (1,000-step window)
     return sparsity | {"lr": lr, "warmup_frac": 0.0, "decay_frac": 0.0, "dead_window": 1.0}
 
@@ -135,12 +153,19 @@ def _saelens_fit(variant: str, F: int, lr: float, train_ND: torch.Tensor, batch:
         "topk": lambda: saes.TopKTrainingSAE(saes.TopKTrainingSAEConfig(d_in=d, d_sae=F, k=32)),
         "batchtopk": lambda: saes.BatchTopKTrainingSAE(saes.BatchTopKTrainingSAEConfig(d_in=d, d_sae=F, k=32)),
         "standard": lambda: saes.StandardTrainingSAE(
-            saes.StandardTrainingSAEConfig(d_in=d, d_sae=F, l1_coefficient=0.01)),
+            saes.StandardTrainingSAEConfig(d_in=d, d_sae=F, l1_coefficient=0.01)
+        ),
         "jumprelu": lambda: saes.JumpReLUTrainingSAE(
-            saes.JumpReLUTrainingSAEConfig(d_in=d, d_sae=F, l0_coefficient=3e-3)),
+            saes.JumpReLUTrainingSAEConfig(d_in=d, d_sae=F, l0_coefficient=3e-3)
+        ),
     }[variant]()
-    cfg = SAETrainerConfig(total_training_samples=len(train_ND), train_batch_size_samples=batch, lr=lr, lr_end=lr / 10,
-                           logger=LoggingConfig(log_to_wandb=False))
+    cfg = SAETrainerConfig(
+        total_training_samples=len(train_ND),
+        train_batch_size_samples=batch,
+        lr=lr,
+        lr_end=lr / 10,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
     trainer = SAETrainer(cfg, sae, iter(train_ND.split(batch)))
     started = time.perf_counter()
     trained = trainer.fit()
@@ -164,8 +189,15 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
         l0 = (latents != 0).sum(1).float().mean().item()
     else:
         extra = {"select_precision": "float32"} if impl == "ours-fp32" else {}
-        cfg = SAEConfig(variant=variant, d_in=d, d_sae=F, n_samples=len(train_ND), batch_size=batch,
-                        **_our_params(variant, lr), **extra)
+        cfg = SAEConfig(
+            variant=variant,
+            d_in=d,
+            d_sae=F,
+            n_samples=len(train_ND),
+            batch_size=batch,
+            **_our_params(variant, lr),
+            **extra,
+        )
         result = train_sae(cfg, train_ND.split(batch), train_ND[:4096])
         seconds = result.train_seconds
         stats = evaluate_sae(result.sae, [held_out_ND])
@@ -212,10 +244,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[1536], help="activation widths d")
     parser.add_argument("--ratios", type=int, nargs="+", default=[4], help="dictionary sizes F = ratio·d")
-    parser.add_argument("--variants", nargs="+", default=["topk", "batchtopk"],
-                        choices=["standard", "topk", "batchtopk", "jumprelu"])
-    parser.add_argument("--impls", nargs="+", default=["ours", "ours-fp32", "sae-lens"],
-                        choices=["ours", "ours-fp32", "sae-lens"])
+    parser.add_argument(
+        "--variants", nargs="+", default=["topk", "batchtopk"], choices=["standard", "topk", "batchtopk", "jumprelu"]
+    )
+    parser.add_argument(
+        "--impls", nargs="+", default=["ours", "ours-fp32", "sae-lens"], choices=["ours", "ours-fp32", "sae-lens"]
+    )
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=8, help="training batches per run (the fixed budget)")
     parser.add_argument("--repeats", type=int, default=1, help="processes per measurement; samples/s is their median")
@@ -235,11 +269,15 @@ def main() -> None:
             print("sae-lens not installed: no comparison")
     set_quiet(True)
 
-    print(f"batch {args.batch}, {args.steps} steps, {args.threads} threads, lr {args.lr}, data {args.data}"
-          f"{f' (LM trained {args.lm_steps} steps)' if args.data == 'lm' else ''}, median of {args.repeats}, "
-          f"torch {torch.__version__}, CPU")
-    print(f"{'d':>5}{'F':>7} {'variant':<10}{'impl':<10}{'samples/s':>10}{'peak MB':>9}{'floor s/s':>11}"
-          f"{'of floor':>9}{'×sae-lens':>10}{'FVU':>8}{'L0':>7}{'sel. diff':>10}")
+    print(
+        f"batch {args.batch}, {args.steps} steps, {args.threads} threads, lr {args.lr}, data {args.data}"
+        f"{f' (LM trained {args.lm_steps} steps)' if args.data == 'lm' else ''}, median of {args.repeats}, "
+        f"torch {torch.__version__}, CPU"
+    )
+    print(
+        f"{'d':>5}{'F':>7} {'variant':<10}{'impl':<10}{'samples/s':>10}{'peak MB':>9}{'floor s/s':>11}"
+        f"{'of floor':>9}{'×sae-lens':>10}{'FVU':>8}{'L0':>7}{'sel. diff':>10}"
+    )
     for d in args.dims:
         n_rows = args.batch * args.steps + args.held_out
         if args.data == "lm":
@@ -248,7 +286,7 @@ def main() -> None:
             rows_ND = synthetic_activations(d, n_rows)
         data_path = args.cache / f"rows_{args.data}_d{d}_n{n_rows}.pt"
         args.cache.mkdir(parents=True, exist_ok=True)
-        torch.save((rows_ND[args.held_out:].clone(), rows_ND[:args.held_out].clone()), data_path)
+        torch.save((rows_ND[args.held_out :].clone(), rows_ND[: args.held_out].clone()), data_path)
         for ratio in args.ratios:
             F = ratio * d
             for variant in args.variants:
@@ -258,16 +296,21 @@ def main() -> None:
                         continue
                     if impl == "ours-fp32" and variant not in ("topk", "batchtopk"):
                         continue
-                    runs = [_run_isolated(impl, variant, F, args.batch, args.lr, str(data_path), args.threads)
-                            for _ in range(args.repeats)]
+                    runs = [
+                        _run_isolated(impl, variant, F, args.batch, args.lr, str(data_path), args.threads)
+                        for _ in range(args.repeats)
+                    ]
                     rate = statistics.median(r[0] for r in runs)
                     floor = statistics.median(r[5] for r in runs)
                     _, peak, fvu, l0, differs, _ = runs[0]
                     rates[impl] = rate
                     versus = f"{rate / rates['sae-lens']:.2f}" if "sae-lens" in rates and impl != "sae-lens" else ""
                     missed = "" if math.isnan(differs) else f"{differs:.2%}"
-                    print(f"{d:>5}{F:>7} {variant:<10}{impl:<10}{rate:>10,.0f}{peak:>9,.0f}{floor:>11,.0f}"
-                          f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}{missed:>10}", flush=True)
+                    print(
+                        f"{d:>5}{F:>7} {variant:<10}{impl:<10}{rate:>10,.0f}{peak:>9,.0f}{floor:>11,.0f}"
+                        f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}{missed:>10}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

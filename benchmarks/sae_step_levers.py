@@ -83,8 +83,9 @@ def main() -> None:
     rows.append(("argsort of B·k int64 keys", keys_N.argsort))
     rows.append(("argsort of the same keys as float64", lambda: keys_N.double().argsort()))
 
-    print(f"d={D}, F={F}, batch {B}, k {K}, {args.threads} threads, median of {args.repeats}, "
-          f"torch {torch.__version__}")
+    print(
+        f"d={D}, F={F}, batch {B}, k {K}, {args.threads} threads, median of {args.repeats}, torch {torch.__version__}"
+    )
     print(f"{'step piece':<48}{'seconds':>10}")
     for name, fn in rows:
         print(f"{name:<48}{median_seconds(fn, args.repeats):>10.4f}", flush=True)

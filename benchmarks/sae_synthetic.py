@@ -67,24 +67,42 @@ def main() -> None:
     if args.demo:
         syn = SyntheticFeatures(d=512, n_features=8192, mean_active=16.0, seed=0)
         held_out = list(syn.batches(4096, 4, seed=123))
-        print(f"Demo preset on synthetic d=512, 8192 true features; {args.demo_samples:,} samples, "
-              f"batch {args.batch}, lr {args.lr}")
+        print(
+            f"Demo preset on synthetic d=512, 8192 true features; {args.demo_samples:,} samples, "
+            f"batch {args.batch}, lr {args.lr}"
+        )
         print(header)
         for variant in args.variants:
             for size in (512, 1024, 2048, 4096):
-                cfg = SAEConfig(variant=variant, d_in=512, d_sae=size, n_samples=args.demo_samples,
-                                batch_size=args.batch, lr=args.lr, **DEMO_PARAMS[variant])
+                cfg = SAEConfig(
+                    variant=variant,
+                    d_in=512,
+                    d_sae=size,
+                    n_samples=args.demo_samples,
+                    batch_size=args.batch,
+                    lr=args.lr,
+                    **DEMO_PARAMS[variant],
+                )
                 _row(f"{variant} F={size}", syn, cfg, held_out)
         return
 
     syn = SyntheticFeatures(d=args.d, n_features=args.true_features, mean_active=args.mean_active, seed=0)
     held_out = list(syn.batches(4096, 4, seed=123))
-    print(f"Synthetic d={args.d}, {args.true_features} true features, F={args.sae_size}, "
-          f"{args.samples:,} samples, batch {args.batch}, lr {args.lr}, mean active {args.mean_active}")
+    print(
+        f"Synthetic d={args.d}, {args.true_features} true features, F={args.sae_size}, "
+        f"{args.samples:,} samples, batch {args.batch}, lr {args.lr}, mean active {args.mean_active}"
+    )
     print(header)
     for variant in args.variants:
-        cfg = SAEConfig(variant=variant, d_in=args.d, d_sae=args.sae_size, n_samples=args.samples,
-                        batch_size=args.batch, lr=args.lr, **VARIANT_PARAMS[variant])
+        cfg = SAEConfig(
+            variant=variant,
+            d_in=args.d,
+            d_sae=args.sae_size,
+            n_samples=args.samples,
+            batch_size=args.batch,
+            lr=args.lr,
+            **VARIANT_PARAMS[variant],
+        )
         _row(variant, syn, cfg, held_out)
 
 

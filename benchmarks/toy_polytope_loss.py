@@ -87,8 +87,10 @@ def main() -> None:
     print(f"loss removed per dimension, relative to one feature per dimension ({args.samples:,} samples)")
     print(f"{'1/(1−S)':>8} " + " ".join(f"{name:>16}" for name in names) + "   best")
     for inverse_density in args.inverse_density:
-        removed = {name: loss_removed_per_dim(U, 1 / inverse_density, args.samples, generator)
-                   for name, U in STRUCTURES.items()}
+        removed = {
+            name: loss_removed_per_dim(U, 1 / inverse_density, args.samples, generator)
+            for name, U in STRUCTURES.items()
+        }
         base = removed["one per dim"]
         best = max(removed, key=removed.get)
         print(f"{inverse_density:>8.2f} " + " ".join(f"{removed[name] / base:>16.3f}" for name in names) + f"   {best}")

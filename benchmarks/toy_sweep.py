@@ -23,8 +23,9 @@ def seconds_per_step(cfg: ToyConfig, steps: int) -> float:
     model = ToyModel(cfg.n_sparsities, cfg.n_features, cfg.n_hidden, generator)
     density_I = 1.0 - torch.tensor(cfg.sparsities())
     importance_N = torch.ones(cfg.n_features)
-    run = dict(batch_size=cfg.batch_size, lr=cfg.lr, schedule=cfg.lr_schedule, warmup=0, weight_decay=0.01,
-               generator=generator)
+    run = dict(
+        batch_size=cfg.batch_size, lr=cfg.lr, schedule=cfg.lr_schedule, warmup=0, weight_decay=0.01, generator=generator
+    )
     train_toy_model(model, density_I, importance_N, steps=3, **run)  # warm-up
     started = time.perf_counter()
     train_toy_model(model, density_I, importance_N, steps=steps, **run)
@@ -37,8 +38,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
     cfg = ToyConfig.preset(args.preset)
-    table = Table(title=f"toy sweep '{args.preset}': {cfg.n_sparsities} sparsities × batch {cfg.batch_size} × "
-                        f"n={cfg.n_features}, m={cfg.n_hidden}, {cfg.steps} steps")
+    table = Table(
+        title=f"toy sweep '{args.preset}': {cfg.n_sparsities} sparsities × batch {cfg.batch_size} × "
+        f"n={cfg.n_features}, m={cfg.n_hidden}, {cfg.steps} steps"
+    )
     for column in ("threads", "s/step", "sweep (projected s)"):
         table.add_column(column, justify="right")
     for threads in sorted({1, 2, torch.get_num_threads()}):

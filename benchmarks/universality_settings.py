@@ -53,17 +53,24 @@ def measure(run: Path, fields: dict, folder: Path) -> tuple[dict[str, float], fl
     for name, source, seed in (("a", "a", base.seed), ("a_reseed", "a", base.seed + 1), ("b", "b", base.seed)):
         if (folder / name / "cfg.json").exists():
             continue
-        cfg = SAEConfig.model_validate({**base.model_dump(mode="json"), "seed": seed, "checkpoint_every": None,
-                                        "device": "cpu", **fields})
+        cfg = SAEConfig.model_validate(
+            {**base.model_dump(mode="json"), "seed": seed, "checkpoint_every": None, "device": "cpu", **fields}
+        )
         start = time.perf_counter()
         _train_sae_on(stores[source], cfg, sweep, folder / name, "lm" if source == "a" else "lm_b")
         seconds += time.perf_counter() - start
     encode = {name: load_sae(folder / name, "cpu").encode for name in ("a", "a_reseed", "b")}
-    units = {"features A→B": (encode["a"], encode["b"], "b"),
-             "same model": (encode["a"], encode["a_reseed"], "a"),
-             "neurons A→B": (_identity, _identity, "b")}
-    chunks = zip(*((c for _, c in ActivationStore(run / f"{store}/val").iter_chunks(16_384))
-                   for store in ("activations", "activations_b")))
+    units = {
+        "features A→B": (encode["a"], encode["b"], "b"),
+        "same model": (encode["a"], encode["a_reseed"], "a"),
+        "neurons A→B": (_identity, _identity, "b"),
+    }
+    chunks = zip(
+        *(
+            (c for _, c in ActivationStore(run / f"{store}/val").iter_chunks(16_384))
+            for store in ("activations", "activations_b")
+        )
+    )
     matches = compare_units(chunks, units, "cpu")
     return {name: m.a_to_b.median() for name, m in matches.items()}, seconds
 
@@ -71,8 +78,13 @@ def measure(run: Path, fields: dict, folder: Path) -> tuple[dict[str, float], fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--set", dest="settings", action="append", default=[],
-                        help="comma-separated SAEConfig fields of one setting (repeatable; none: the run's own recipe)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        help="comma-separated SAEConfig fields of one setting (repeatable; none: the run's own recipe)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="where the SAEs go (default: a temporary directory)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
@@ -87,8 +99,10 @@ def main() -> None:
     print(f"\nrun {args.run}, {args.threads} threads, SAEs in {work}")
     print(f"{'setting':<40} {'features A→B':>13} {'same model':>11} {'neurons A→B':>12} {'train s':>8}")
     for text, medians, seconds in rows:
-        print(f"{text:<40} {medians['features A→B']:>13.3f} {medians['same model']:>11.3f} "
-              f"{medians['neurons A→B']:>12.3f} {seconds:>8.0f}")
+        print(
+            f"{text:<40} {medians['features A→B']:>13.3f} {medians['same model']:>11.3f} "
+            f"{medians['neurons A→B']:>12.3f} {seconds:>8.0f}"
+        )
 
 
 if __name__ == "__main__":

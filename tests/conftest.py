@@ -18,8 +18,9 @@ def make_corpus_text(n_docs: int = 60, seed: int = 0) -> str:
     rng = random.Random(seed)
     docs = []
     for d in range(n_docs):
-        sentences = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
-                     for _ in range(rng.randint(8, 20))]
+        sentences = [
+            f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(rng.randint(8, 20))
+        ]
         if d % 7 == 0:
             sentences.append("Слово и دنيا 世界.")
         docs.append(" ".join(sentences))

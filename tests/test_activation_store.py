@@ -26,8 +26,13 @@ def write_store(path: Path, n_rows: int, d_in: int, *, dtype="float32", rows_per
     pos_N, source_N = np.arange(n_rows) % 5, np.arange(n_rows) // 20
     with ActivationWriter(path, d_in, HOOK, dtype=dtype, rows_per_shard=rows_per_shard, meta={"model": "A"}) as w:
         for s in range(0, n_rows, chunk):
-            w.append(acts_ND[s : s + chunk], token_N[s : s + chunk], doc_N[s : s + chunk], pos_N[s : s + chunk],
-                     source_N[s : s + chunk])
+            w.append(
+                acts_ND[s : s + chunk],
+                token_N[s : s + chunk],
+                doc_N[s : s + chunk],
+                pos_N[s : s + chunk],
+                source_N[s : s + chunk],
+            )
     return acts_ND, {"token": token_N, "doc": doc_N, "pos": pos_N, "source_shard": source_N}
 
 
@@ -41,8 +46,13 @@ def test_round_trip_across_shards(tmp_path):
     assert (len(store), store.d_in, store.hook_name, store.meta) == (53, 6, HOOK, {"model": "A"})
     assert store.n_shards == 8 and store.shard_rows.tolist() == [7] * 7 + [4]
     manifest = json.loads((tmp_path / "s" / "store.json").read_text())
-    assert manifest["shards"][0] == {"acts": "acts_00000.bin", "origin": "origin_00000.bin", "rows": 7,
-                                     "acts_bytes": 7 * 6 * 4, "origin_bytes": 7 * 4 * 8}
+    assert manifest["shards"][0] == {
+        "acts": "acts_00000.bin",
+        "origin": "origin_00000.bin",
+        "rows": 7,
+        "acts_bytes": 7 * 6 * 4,
+        "origin_bytes": 7 * 4 * 8,
+    }
     idx_N = np.array([52, 0, 7, 6, 30, 30, 13])
     rows_ND = store.rows(idx_N)
     assert rows_ND.dtype == torch.float32 and torch.equal(rows_ND, torch.from_numpy(acts_ND[idx_N]))
@@ -74,8 +84,9 @@ def test_every_row_exactly_once_per_epoch(tmp_path, buffer_rows):
     assert [len(b) for b in one_epoch] == [32] * 9 + [12]
     ids = np.concatenate([row_ids(b) for b in one_epoch])
     assert sorted(ids) == list(range(300)) and not np.array_equal(ids, np.arange(300))
-    stream = np.concatenate([row_ids(b) for b in store.shuffled_batches(32, seed=1, buffer_rows=buffer_rows,
-                                                                        n_batches=30)])
+    stream = np.concatenate(
+        [row_ids(b) for b in store.shuffled_batches(32, seed=1, buffer_rows=buffer_rows, n_batches=30)]
+    )
     assert len(stream) == 960
     epochs = [stream[e * 300 : (e + 1) * 300] for e in range(3)]
     assert all(sorted(e) == list(range(300)) for e in epochs)

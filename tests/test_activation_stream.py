@@ -64,9 +64,17 @@ def test_a_streamed_run_trains_saes_without_a_train_store_and_measures_long_dens
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     shutil.rmtree(run / "activations")
-    cfg = load_config("tiny", overrides=["corpus.val_fraction=0.2", f"corpus.corpus={tiny_run.parent / 'corpus.txt'}",
-                                         "harvest.stream_train=true", "sae.density_tokens=3000",
-                                         "universality.n_tokens=2000", "universality.tokens_split=train"])
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "corpus.val_fraction=0.2",
+            f"corpus.corpus={tiny_run.parent / 'corpus.txt'}",
+            "harvest.stream_train=true",
+            "sae.density_tokens=3000",
+            "universality.n_tokens=2000",
+            "universality.tokens_split=train",
+        ],
+    )
     pipeline.run(cfg, run, "universality")
     manifest = json.loads((run / "run.json").read_text())
     assert not (run / "activations/train").exists() and not (run / "activations_b/train").exists()

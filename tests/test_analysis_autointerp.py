@@ -78,8 +78,9 @@ def test_fuzzing_marks_follow_delphi():
     assert correct.tolist() == [True, False, False]
 
 
-TWO_SOURCES = DocumentSources(["bible", "python"], ["en"], np.array([0, 1] * 50, dtype=np.int32),
-                              np.zeros(100, dtype=np.int32))
+TWO_SOURCES = DocumentSources(
+    ["bible", "python"], ["en"], np.array([0, 1] * 50, dtype=np.int32), np.zeros(100, dtype=np.int32)
+)
 
 
 def context_corpus(rng, n_windows=400, ctx=16):
@@ -99,13 +100,25 @@ def unit_context(sources: TokenSources, acts_N: np.ndarray, n_tokens: int = 3):
     has = sources.prev_N >= 0
     by_prev = np.bincount(sources.prev_N[has], weights=acts_N[has], minlength=20)
     tokens_T = np.argsort(-np.bincount(sources.tokens_N, weights=acts_N, minlength=20), kind="stable")[:n_tokens]
-    token_source_TS = np.array([np.bincount(sources.source_N, weights=acts_N * (sources.tokens_N == t), minlength=2)
-                                for t in tokens_T])
-    token_prev_TV = np.array([np.bincount(sources.prev_N[has], weights=(acts_N * (sources.tokens_N == t))[has],
-                                          minlength=20) for t in tokens_T])
-    return UnitContext(np.bincount(sources.source_N, weights=acts_N, minlength=2), np.array([acts_N.sum()]),
-                       np.arange(20), by_prev, float(acts_N[acts_N > 0].mean()), tokens_T, token_source_TS,
-                       token_prev_TV)
+    token_source_TS = np.array(
+        [np.bincount(sources.source_N, weights=acts_N * (sources.tokens_N == t), minlength=2) for t in tokens_T]
+    )
+    token_prev_TV = np.array(
+        [
+            np.bincount(sources.prev_N[has], weights=(acts_N * (sources.tokens_N == t))[has], minlength=20)
+            for t in tokens_T
+        ]
+    )
+    return UnitContext(
+        np.bincount(sources.source_N, weights=acts_N, minlength=2),
+        np.array([acts_N.sum()]),
+        np.arange(20),
+        by_prev,
+        float(acts_N[acts_N > 0].mean()),
+        tokens_T,
+        token_source_TS,
+        token_prev_TV,
+    )
 
 
 def test_context_explainer_scores_above_the_token_list_on_a_context_feature():

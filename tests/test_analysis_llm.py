@@ -83,11 +83,15 @@ class ChatServer:
                 prompt = body["messages"][0]["content"]
                 content = "I cannot do that" if behaviour == "nonsense" else smart_answer(prompt)
                 if self.path.endswith("/v1/messages"):
-                    reply = {"content": [{"type": "text", "text": content}],
-                             "usage": {"input_tokens": server.tokens_per_answer, "output_tokens": 0}}
+                    reply = {
+                        "content": [{"type": "text", "text": content}],
+                        "usage": {"input_tokens": server.tokens_per_answer, "output_tokens": 0},
+                    }
                 else:
-                    reply = {"choices": [{"message": {"role": "assistant", "content": content}}],
-                             "usage": {"total_tokens": server.tokens_per_answer}}
+                    reply = {
+                        "choices": [{"message": {"role": "assistant", "content": content}}],
+                        "usage": {"total_tokens": server.tokens_per_answer},
+                    }
                 data = b"<html>bad gateway" if behaviour == "garbage" else json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -187,8 +191,11 @@ def test_request_and_token_caps_stop_with_a_clear_message(server):
     tokens = client(server, max_tokens=150)
     tokens.ask("a")
     tokens.ask("b")  # 200 tokens used now
-    with pytest.raises(UserError, match=r"token cap reached: the server reports 200 tokens used "
-                                        r"\(analysis.llm_max_tokens=150\)"):
+    with pytest.raises(
+        UserError,
+        match=r"token cap reached: the server reports 200 tokens used "
+        r"\(analysis.llm_max_tokens=150\)",
+    ):
         tokens.ask("c")
 
 
@@ -203,8 +210,9 @@ def test_malformed_answers_predict_nothing(server):
 def test_cache_means_a_rerun_asks_nothing(server, tmp_path):
     rng = np.random.default_rng(2)
     explain, score = contexts(rng, 6), contexts(rng, 12)
-    first = score_unit(LLMExplainer(client(server, cache=AnswerCache(tmp_path / "cache.sqlite")), STRINGS),
-                       explain, score, max_act=1.0)
+    first = score_unit(
+        LLMExplainer(client(server, cache=AnswerCache(tmp_path / "cache.sqlite")), STRINGS), explain, score, max_act=1.0
+    )
     n = len(server.prompts)
     rerun = LLMExplainer(client(server, cache=AnswerCache(tmp_path / "cache.sqlite")), STRINGS)
     again = score_unit(rerun, explain, score, max_act=1.0)
@@ -224,8 +232,11 @@ def test_units_are_scored_concurrently():
             rows = [np.arange((2 * u + k) * length, (2 * u + k + 1) * length) for k in range(2)]
             made = [Example(tokens_N[r], np.where(tokens_N[r] == 7, 1.0, 0.0), r) for r in rows]
             examples[u] = {"explain": made[:1], "score": made[1:]}
-        stats = SimpleNamespace(name="toy", max_act_U=np.ones(n_units),
-                                context=lambda u: UnitContext(np.ones(1), np.ones(1), np.arange(0), np.zeros(0), 1.0))
+        stats = SimpleNamespace(
+            name="toy",
+            max_act_U=np.ones(n_units),
+            context=lambda u: UnitContext(np.ones(1), np.ones(1), np.arange(0), np.zeros(0), 1.0),
+        )
         explainer = LLMExplainer(client(slow), STRINGS)
         scores = _score_units(explainer, stats, examples, list(range(n_units)), sources, seed=0, workers=4)
         assert sorted(scores) == list(range(n_units))
@@ -240,15 +251,17 @@ def test_configuration_and_the_anthropic_protocol(server, monkeypatch, tmp_path)
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(UserError, match="set OPENAI_API_KEY"):
         llm_explainer_from_config(AnalysisConfig(explainer="openai"), STRINGS, None)  # the hosted API needs a key
-    local = llm_explainer_from_config(AnalysisConfig(explainer="openai", llm_base_url=server.url, llm_model="m"),
-                                      STRINGS, tmp_path / "cache.sqlite")
+    local = llm_explainer_from_config(
+        AnalysisConfig(explainer="openai", llm_base_url=server.url, llm_model="m"), STRINGS, tmp_path / "cache.sqlite"
+    )
     assert local.backend == "openai:m" and local.client.url == f"{server.url}/chat/completions"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     keyed = llm_explainer_from_config(AnalysisConfig(explainer="openai", llm_base_url=server.url), STRINGS, None)
     keyed.client.ask("hello")
     assert server.headers[-1]["authorization"] == "Bearer sk-test"
     monkeypatch.setenv("ANTHROPIC_API_KEY", "ak-test")
-    anthropic = llm_explainer_from_config(AnalysisConfig(explainer="anthropic", llm_base_url=server.url[:-3]),
-                                          STRINGS, None)
+    anthropic = llm_explainer_from_config(
+        AnalysisConfig(explainer="anthropic", llm_base_url=server.url[:-3]), STRINGS, None
+    )
     assert anthropic.client.ask("say what the unit responds to").startswith("the token tok7")
     assert server.headers[-1]["x-api-key"] == "ak-test" and anthropic.client.tokens == 100

@@ -25,8 +25,18 @@ from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.io import save_sae
 
 HOOK = "blocks.0.mlp.hook_post"
-CFG = AnalysisConfig(top_k=6, per_interval=2, n_quantile_intervals=3, n_random=4, n_scored_units=16,
-                     context_left=4, context_right=2, n_logits=3, n_neighbours=3, n_constituents=3)
+CFG = AnalysisConfig(
+    top_k=6,
+    per_interval=2,
+    n_quantile_intervals=3,
+    n_random=4,
+    n_scored_units=16,
+    context_left=4,
+    context_right=2,
+    n_logits=3,
+    n_neighbours=3,
+    n_constituents=3,
+)
 
 
 def identity_sae(d: int):
@@ -72,8 +82,12 @@ def test_figures_and_files(analysed):
     assert figures["n_scored_units"] == min(16, n_alive) and figures["dictionaries"][name]["alive"] == n_alive
     store = FeatureStore(run / FILENAME)
     for dict_name, key in ((name, "feature_score_mean"), ("neurons", "neuron_score_mean")):
-        scores = [r[0] or 0.0 for r in store.db.execute(  # no score (NaN) counts as 0, as in the figure
-            "SELECT simulation_score FROM units WHERE dict=? AND in_score_sample", (dict_name,))]
+        scores = [
+            r[0] or 0.0
+            for r in store.db.execute(  # no score (NaN) counts as 0, as in the figure
+                "SELECT simulation_score FROM units WHERE dict=? AND in_score_sample", (dict_name,)
+            )
+        ]
         assert len(scores) == figures["n_scored_units"] and figures[key] == pytest.approx(np.mean(scores))
     n_rows = figures["n_tokens"]
     assert n_rows == ActivationStore(run / "activations" / "val").n_rows // 32 * 32
@@ -134,7 +148,8 @@ def test_context_shares_are_exact(analysed):
     total = acts_NU[:, unit].sum()
     expected = {label: acts_NU[parity_N == k, unit].sum() / total for k, label in enumerate(["even", "odd"])}
     assert {label: share for label, share in contexts["source"]} == pytest.approx(
-        {k: v for k, v in expected.items() if v >= 0.01})
+        {k: v for k, v in expected.items() if v >= 0.01}
+    )
     assert contexts["language"] == [("en", pytest.approx(1.0))]
     label, share = contexts["preceding"][0]
     by_prev = np.bincount(prev_N[prev_N >= 0], weights=acts_NU[prev_N >= 0, unit])
@@ -259,8 +274,9 @@ def test_cli_steer_by_token(analysed, capsys):
 
     run, _, name = analysed
     best = FeatureStore(run / FILENAME).search_token(" God", name, top=1)[0]["unit"]
-    code, out, err = run_cli(["steer", str(run), "--sae", name, "--feature-token", " God", "--prompt", "God",
-                              "--n-tokens", "1"], capsys)
+    code, out, err = run_cli(
+        ["steer", str(run), "--sae", name, "--feature-token", " God", "--prompt", "God", "--n-tokens", "1"], capsys
+    )
     assert code == 0, err
     assert f"feature {best} clamped" in out
 

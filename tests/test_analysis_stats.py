@@ -43,8 +43,14 @@ def test_fill_up_tops_up_lists_short_of_documents():
     docs = np.array([0, 0, 0, 0, 1, 0])  # doc 0 dominates
     capped, uncapped = GroupedBottomK(1, 4, 1, doc_cap=2), GroupedBottomK(1, 4, 1)
     for sampler in (capped, uncapped):
-        sampler.offer(np.zeros(6, int), keys, np.arange(6), docs, keys.astype(np.float32),
-                      lambda idx: idx[:, None].astype(np.float32))
+        sampler.offer(
+            np.zeros(6, int),
+            keys,
+            np.arange(6),
+            docs,
+            keys.astype(np.float32),
+            lambda idx: idx[:, None].astype(np.float32),
+        )
         sampler.flush()
     assert capped.row[0].tolist() == [0, 1, 4, -1]
     fill_up(capped, uncapped)
@@ -62,8 +68,14 @@ def test_grouped_bottom_k_is_exact_whenever_it_flushes(cap, flush_at):
     sampler = GroupedBottomK(G, k, payload_width=2, doc_cap=cap, flush_at=flush_at)
     for start in range(0, n, 37):
         idx = np.arange(start, min(n, start + 37))
-        sampler.offer(group[idx], key[idx], idx, doc[idx], key[idx].astype(np.float32),
-                      lambda sel, idx=idx: np.stack([idx[sel], -idx[sel]], axis=1).astype(np.float32))
+        sampler.offer(
+            group[idx],
+            key[idx],
+            idx,
+            doc[idx],
+            key[idx].astype(np.float32),
+            lambda sel, idx=idx: np.stack([idx[sel], -idx[sel]], axis=1).astype(np.float32),
+        )
     sampler.flush()
     for g in range(G):
         members = np.flatnonzero(group == g)
@@ -96,8 +108,19 @@ def test_unit_stats_match_brute_force(tmp_path, monkeypatch, dense_entries):
     assert (n_rows, ctx) == (10 * CTX, CTX)
     acts, tokens, docs = acts[:n_rows], tokens[:n_rows], docs[:n_rows]
     text = read_token_context(store, n_rows, ctx)
-    cfg = StatsConfig(n_rows=n_rows, top_k=6, doc_cap=2, n_intervals=3, per_interval=2, n_random=4,
-                      hist_bins=4, left=3, right=1, chunk_windows=3, seed=1)
+    cfg = StatsConfig(
+        n_rows=n_rows,
+        top_k=6,
+        doc_cap=2,
+        n_intervals=3,
+        per_interval=2,
+        n_random=4,
+        hist_bins=4,
+        left=3,
+        right=1,
+        chunk_windows=3,
+        seed=1,
+    )
     identity = Basis("neurons", "neuron", D, lambda x: x)
     doubled = Basis("double", "feature", D, lambda x: 2 * x)
     stats, stats2 = compute_unit_stats(store, [identity, doubled], text, V, cfg)
@@ -159,8 +182,9 @@ def test_samples_do_not_depend_on_chunking(tmp_path):
     text = read_token_context(store, n_rows, ctx)
     results = []
     for chunk_windows in (1, 5):
-        cfg = StatsConfig(n_rows=n_rows, top_k=3, n_intervals=2, per_interval=2, left=2, right=1,
-                          chunk_windows=chunk_windows, seed=4)
+        cfg = StatsConfig(
+            n_rows=n_rows, top_k=3, n_intervals=2, per_interval=2, left=2, right=1, chunk_windows=chunk_windows, seed=4
+        )
         results.append(compute_unit_stats(store, [Basis("n", "neuron", D, lambda x: x)], text, V, cfg)[0])
     a, b = results
     np.testing.assert_array_equal(a.top.row, b.top.row)

@@ -42,8 +42,18 @@ from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.io import load_sae, save_sae
 
 HOOK = "blocks.0.mlp.hook_post"
-CFG = AnalysisConfig(top_k=6, per_interval=2, n_quantile_intervals=3, n_random=4, n_scored_units=16,
-                     context_left=4, context_right=2, n_logits=3, n_neighbours=3, n_constituents=3)
+CFG = AnalysisConfig(
+    top_k=6,
+    per_interval=2,
+    n_quantile_intervals=3,
+    n_random=4,
+    n_scored_units=16,
+    context_left=4,
+    context_right=2,
+    n_logits=3,
+    n_neighbours=3,
+    n_constituents=3,
+)
 CHROMIUM, CHROMEDRIVER = (
     shutil.which("chromium") or "/usr/bin/chromium",
     shutil.which("chromedriver") or "/usr/bin/chromedriver",
@@ -63,12 +73,17 @@ def _sae(d: int, copies: int):
 
 def _png(width: int, height: int) -> bytes:
     """A valid grey RGB PNG of the given size."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     rows = b"".join(b"\x00" + b"\x80" * 3 * width for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +97,46 @@ def run(tiny_run, tmp_path_factory) -> Path:
         save_sae(*_sae(d, copies), run / "saes" / name)
     analyze_run(run, names, CFG)
     (run / "splitting").mkdir()
-    (run / "splitting" / "families.json").write_text(json.dumps({
-        "features": {name: {"label": [f"{name}#{f}" for f in range(n)],
-                            "sources": [[["bible" if f % 2 else "python-docs", 0.9]] for f in range(n)],
-                            "after": [[[" in", 0.25]] for _ in range(n)]} for name, n in zip(names, (d, 2 * d))},
-        "links": [{"from": names[0], "to": names[1], "parent": [j // 2 for j in range(2 * d)],
-                   "similarity": [0.5] * (2 * d), "coverage": [1.0] * d, "parent_coverage": [0.5] * (2 * d)}]}))
+    (run / "splitting" / "families.json").write_text(
+        json.dumps(
+            {
+                "features": {
+                    name: {
+                        "label": [f"{name}#{f}" for f in range(n)],
+                        "sources": [[["bible" if f % 2 else "python-docs", 0.9]] for f in range(n)],
+                        "after": [[[" in", 0.25]] for _ in range(n)],
+                    }
+                    for name, n in zip(names, (d, 2 * d))
+                },
+                "links": [
+                    {
+                        "from": names[0],
+                        "to": names[1],
+                        "parent": [j // 2 for j in range(2 * d)],
+                        "similarity": [0.5] * (2 * d),
+                        "coverage": [1.0] * d,
+                        "parent_coverage": [0.5] * (2 * d),
+                    }
+                ],
+            }
+        )
+    )
     (run / "toy").mkdir()
     (run / "toy" / "plane.png").write_bytes(_png(4, 3))
     rd = RunDir(run)
-    rd.manifest["sae"] = {"saes": [{"name": names[0], "l0": 12.5, "fvu": 0.0, "loss_recovered": 1.0, "dead_frac": 0.0,
-                                    "dense_frac": 0.25, "density_log10_hist": [0] * 39 + [d]}]}
+    rd.manifest["sae"] = {
+        "saes": [
+            {
+                "name": names[0],
+                "l0": 12.5,
+                "fvu": 0.0,
+                "loss_recovered": 1.0,
+                "dead_frac": 0.0,
+                "dense_frac": 0.25,
+                "density_log10_hist": [0] * 39 + [d],
+            }
+        ]
+    }
     rd.save()
     return run
 
@@ -176,38 +220,46 @@ def test_feature_list_sorts_filters_and_pages(client, run, names):
     assert client.get(f"/api/dicts/{identity}/units", params={"token": "no such token"}).json()["total"] == 0
 
 
-@pytest.mark.parametrize("method, url, body, status", [
-    ("get", "/api/saes/nope/features/0", None, 404),
-    ("get", "/api/saes/identity-64/features/64", None, 404),
-    ("get", "/api/saes/identity-64/features/-1", None, 404),
-    ("get", "/api/saes/identity-64/features/99999999999999999999999999", None, 404),
-    ("get", "/api/saes/neurons/features/0", None, 404),
-    ("get", "/api/neurons/64", None, 404),
-    ("get", "/api/saes/identity-64/features/abc", None, 422),
-    ("get", "/api/dicts/nope/units", None, 404),
-    ("get", "/api/dicts/identity-64/units?offset=-5", None, 422),
-    ("get", "/api/dicts/identity-64/units?limit=100000", None, 422),
-    ("get", "/api/dicts/identity-64/units?sort=unit;DROP", None, 400),
-    ("get", "/api/dicts/identity-64/units?sort=f1", None, 400),
-    ("get", "/api/dicts/identity-64/units?min_density=abc", None, 422),
-    ("get", "/api/dicts/identity-64/units?q=" + "x" * 1000, None, 422),
-    ("get", "/api/files/toy/..%2F..%2Frun.json", None, 404),
-    ("get", "/api/files/..%2Frun.json", None, 404),
-    ("get", "/api/files/lm/model.safetensors", None, 404),
-    ("get", "/api/files/toy/missing.png", None, 404),
-    ("get", "/static/..%2F..%2Fapp.py", None, 404),
-    ("get", "/api/nothing/here", None, 404),
-    ("post", "/api/live", {"text": "x" * 5000, "dictionary": "neurons"}, 422),
-    ("post", "/api/live", {"text": "God sees " * 40, "dictionary": "neurons"}, 400),
-    ("post", "/api/live", {"text": "  ", "dictionary": "neurons"}, 400),
-    ("post", "/api/live", {"text": "God", "dictionary": "../saes"}, 404),
-    ("post", "/api/live", {"text": 3}, 422),
-    ("post", "/api/steer", {"sae": "identity-64", "feature": 64, "value": 1, "prompt": "God"}, 404),
-    ("post", "/api/steer", {"sae": "neurons", "feature": 0, "value": 1, "prompt": "God"}, 404),
-    ("post", "/api/steer", {"sae": "identity-64", "feature": 0, "value": 1e308, "prompt": "God"}, 400),
-    ("post", "/api/steer", {"sae": "identity-64", "feature": 0, "value": 1, "prompt": "God", "n_tokens": 10_000}, 422),
-    ("post", "/api/steer", {"sae": "identity-64", "feature": 0, "value": 1, "prompt": "God", "mode": "zap"}, 422),
-])
+@pytest.mark.parametrize(
+    "method, url, body, status",
+    [
+        ("get", "/api/saes/nope/features/0", None, 404),
+        ("get", "/api/saes/identity-64/features/64", None, 404),
+        ("get", "/api/saes/identity-64/features/-1", None, 404),
+        ("get", "/api/saes/identity-64/features/99999999999999999999999999", None, 404),
+        ("get", "/api/saes/neurons/features/0", None, 404),
+        ("get", "/api/neurons/64", None, 404),
+        ("get", "/api/saes/identity-64/features/abc", None, 422),
+        ("get", "/api/dicts/nope/units", None, 404),
+        ("get", "/api/dicts/identity-64/units?offset=-5", None, 422),
+        ("get", "/api/dicts/identity-64/units?limit=100000", None, 422),
+        ("get", "/api/dicts/identity-64/units?sort=unit;DROP", None, 400),
+        ("get", "/api/dicts/identity-64/units?sort=f1", None, 400),
+        ("get", "/api/dicts/identity-64/units?min_density=abc", None, 422),
+        ("get", "/api/dicts/identity-64/units?q=" + "x" * 1000, None, 422),
+        ("get", "/api/files/toy/..%2F..%2Frun.json", None, 404),
+        ("get", "/api/files/..%2Frun.json", None, 404),
+        ("get", "/api/files/lm/model.safetensors", None, 404),
+        ("get", "/api/files/toy/missing.png", None, 404),
+        ("get", "/static/..%2F..%2Fapp.py", None, 404),
+        ("get", "/api/nothing/here", None, 404),
+        ("post", "/api/live", {"text": "x" * 5000, "dictionary": "neurons"}, 422),
+        ("post", "/api/live", {"text": "God sees " * 40, "dictionary": "neurons"}, 400),
+        ("post", "/api/live", {"text": "  ", "dictionary": "neurons"}, 400),
+        ("post", "/api/live", {"text": "God", "dictionary": "../saes"}, 404),
+        ("post", "/api/live", {"text": 3}, 422),
+        ("post", "/api/steer", {"sae": "identity-64", "feature": 64, "value": 1, "prompt": "God"}, 404),
+        ("post", "/api/steer", {"sae": "neurons", "feature": 0, "value": 1, "prompt": "God"}, 404),
+        ("post", "/api/steer", {"sae": "identity-64", "feature": 0, "value": 1e308, "prompt": "God"}, 400),
+        (
+            "post",
+            "/api/steer",
+            {"sae": "identity-64", "feature": 0, "value": 1, "prompt": "God", "n_tokens": 10_000},
+            422,
+        ),
+        ("post", "/api/steer", {"sae": "identity-64", "feature": 0, "value": 1, "prompt": "God", "mode": "zap"}, 422),
+    ],
+)
 def test_bad_input_is_a_json_4xx(client, names, method, url, body, status):
     if names[2] != 64:
         pytest.skip("urls above assume the tiny preset's 64 MLP neurons")
@@ -465,8 +517,11 @@ def test_ui_exported_token_search_ranks_as_serve_does(page, run, names, tmp_path
         want = view.unit_list(doubled, sort=sort, descending=order == "desc", token=query)
         assert want["total"] > 1
         page.get("about:blank")
-        page.get((tmp_path / "site" / "index.html").as_uri() + f"#/features/{doubled}?"
-                 + urlencode({"token": query, "sort": sort, "order": order}))
+        page.get(
+            (tmp_path / "site" / "index.html").as_uri()
+            + f"#/features/{doubled}?"
+            + urlencode({"token": query, "sort": sort, "order": order})
+        )
         wait_for(page, ".list-count", f"of {want['total']:,}")
         rows = page.find_elements("css selector", "#unit-table tbody tr")
         assert [r.find_element("css selector", "td a").text for r in rows] == [str(r["unit"]) for r in want["rows"]]
@@ -475,9 +530,28 @@ def test_ui_exported_token_search_ranks_as_serve_does(page, run, names, tmp_path
 
 # ---- hostile requests ---------------------------------------------------------------------------
 
-HOSTILE_SEGMENTS = ["%00", "%00.png", "x%00y.png", "..%2F..%2Frun.json", "..", "%2e%2e", "x" * 300 + ".png", "y" * 5000,
-                    "%ff%fe", "%E2%80%AE.png", "-1", "99999999999999999999999999", "1e309", "NaN", "%20", "%0d%0aX: y",
-                    "a;b", "%25", "%3F", "%23"]
+HOSTILE_SEGMENTS = [
+    "%00",
+    "%00.png",
+    "x%00y.png",
+    "..%2F..%2Frun.json",
+    "..",
+    "%2e%2e",
+    "x" * 300 + ".png",
+    "y" * 5000,
+    "%ff%fe",
+    "%E2%80%AE.png",
+    "-1",
+    "99999999999999999999999999",
+    "1e309",
+    "NaN",
+    "%20",
+    "%0d%0aX: y",
+    "a;b",
+    "%25",
+    "%3F",
+    "%23",
+]
 
 
 def _route_templates(app) -> list[tuple[str, str]]:
@@ -505,12 +579,19 @@ def test_pictures_with_a_nul_or_an_overlong_name_are_404(client):
         assert response.status_code == 404 and "no picture" in response.json()["error"]
 
 
-@pytest.mark.parametrize("body", [
-    b"[" * 100_000 + b"]" * 100_000, b'{"sae": "a", "feature": 0, "value": 1e999999, "prompt": "x"}', b"\xff\xfe\x00",
-    b'{"text": NaN, "dictionary": "neurons"}',
-    b'{"sae": "a", "feature": 99999999999999999999999, "value": 1, "prompt": "x"}',
-    b'{"sae": "a", "feature": 0, "value": "Infinity", "prompt": "x"}', b"null", b"",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"sae": "a", "feature": 0, "value": 1e999999, "prompt": "x"}',
+        b"\xff\xfe\x00",
+        b'{"text": NaN, "dictionary": "neurons"}',
+        b'{"sae": "a", "feature": 99999999999999999999999, "value": 1, "prompt": "x"}',
+        b'{"sae": "a", "feature": 0, "value": "Infinity", "prompt": "x"}',
+        b"null",
+        b"",
+    ],
+)
 def test_hostile_bodies_are_4xx(client, body):
     for url in ("/api/live", "/api/steer"):
         response = client.post(url, content=body, headers={"content-type": "application/json"})
@@ -520,21 +601,41 @@ def test_hostile_bodies_are_4xx(client, body):
 def test_oversized_bodies_are_413_before_they_are_read(client):
     big = b'{"text": "' + b"x" * (50 << 20) + b'", "dictionary": "neurons"}'
     assert client.post("/api/live", content=big, headers={"content-type": "application/json"}).status_code == 413
-    chunked = client.post("/api/live", content=(big[i:i + 1 << 20] for i in range(0, len(big), 1 << 20)),
-                          headers={"content-type": "application/json"})
+    chunked = client.post(
+        "/api/live",
+        content=(big[i : i + 1 << 20] for i in range(0, len(big), 1 << 20)),
+        headers={"content-type": "application/json"},
+    )
     assert chunked.status_code == 413 and "request body over" in chunked.json()["error"]
-    lying = client.post("/api/live", content=b"{}",
-                        headers={"content-type": "application/json", "content-length": "-5"})
+    lying = client.post(
+        "/api/live", content=b"{}", headers={"content-type": "application/json", "content-length": "-5"}
+    )
     assert lying.status_code in (400, 413)
 
 
-@pytest.mark.parametrize("host, status", [("evil.example", 400), ("evil.example:8000", 400),
-                                          ("127.0.0.1.evil.example", 400),
-                                          ("", 400), ("127.0.0.1:8000", 200), ("localhost", 200), ("[::1]:8000", 200)])
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("evil.example", 400),
+        ("evil.example:8000", 400),
+        ("127.0.0.1.evil.example", 400),
+        ("", 400),
+        ("127.0.0.1:8000", 200),
+        ("localhost", 200),
+        ("[::1]:8000", 200),
+    ],
+)
 def test_only_loopback_host_names_are_answered(client, names, host, status):
     identity, _, _ = names
-    urls = ["/", "/static/app.js", "/api/overview", f"/api/saes/{identity}/features/0", "/api/neurons/0",
-            f"/api/dicts/{identity}/units", "/api/nothing"]
+    urls = [
+        "/",
+        "/static/app.js",
+        "/api/overview",
+        f"/api/saes/{identity}/features/0",
+        "/api/neurons/0",
+        f"/api/dicts/{identity}/units",
+        "/api/nothing",
+    ]
     for url in urls:
         response = client.get(url, headers={"host": host})
         assert response.status_code == (status if url != "/api/nothing" or status == 400 else 404), (url, host)

@@ -10,8 +10,17 @@ import pytest
 from monosemantic.corpus.bundled import BUNDLED_CORPUS_PATH, iter_bundled_documents
 
 EXPECTED_SOURCES = {
-    "kjv-bible", "shakespeare", "milton", "devils-dictionary", "jargon-file", "foldoc",
-    "python-docs", "python-docs-html", "python-stdlib", "fortunes", "debian-handbook",
+    "kjv-bible",
+    "shakespeare",
+    "milton",
+    "devils-dictionary",
+    "jargon-file",
+    "foldoc",
+    "python-docs",
+    "python-docs-html",
+    "python-stdlib",
+    "fortunes",
+    "debian-handbook",
 }
 SCRIPTS = {  # Unicode blocks of the non-Latin scripts the corpus is meant to contain
     "Cyrillic": (0x0400, 0x04FF),
@@ -19,8 +28,10 @@ SCRIPTS = {  # Unicode blocks of the non-Latin scripts the corpus is meant to co
     "CJK": (0x4E00, 0x9FFF),
     "Kana": (0x3040, 0x30FF),
 }
-BOILERPLATE = re.compile(r"\*\*\* ?START OF|\*\*\* ?END OF|Project Gutenberg-tm|PROJECT GUTENBERG "
-                         r"LICENSE|START: FULL LICENSE")
+BOILERPLATE = re.compile(
+    r"\*\*\* ?START OF|\*\*\* ?END OF|Project Gutenberg-tm|PROJECT GUTENBERG "
+    r"LICENSE|START: FULL LICENSE"
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +87,7 @@ def test_no_gutenberg_boilerplate_and_no_duplicates(docs):
 
 def test_god_occurs_for_the_essays_feature(docs):
     god = sum(len(re.findall(r"\bGod\b", d["text"])) for d in docs)
-    bible_god = sum(len(re.findall(r"\bGod\b", d["text"])) for d in docs
-                    if d["source"] == "kjv-bible")
+    bible_god = sum(len(re.findall(r"\bGod\b", d["text"])) for d in docs if d["source"] == "kjv-bible")
     assert bible_god > 4000  # 4,116 in this KJV text
     assert god > bible_god
 

@@ -25,8 +25,19 @@ def run_cli(args, capsys):
 
 
 def test_run_writes_manifest_then_skips_current_stages(tmp_path, corpus_file, capsys):
-    args = ["run", "--preset", "tiny", "--corpus", str(corpus_file), "--out", str(tmp_path / "r"),
-            "--upto", "lm", "--set", "corpus.val_fraction=0.2"]
+    args = [
+        "run",
+        "--preset",
+        "tiny",
+        "--corpus",
+        str(corpus_file),
+        "--out",
+        str(tmp_path / "r"),
+        "--upto",
+        "lm",
+        "--set",
+        "corpus.val_fraction=0.2",
+    ]
     code, out, _ = run_cli(args, capsys)
     assert code == 0
     manifest = json.loads((tmp_path / "r" / "run.json").read_text())
@@ -38,21 +49,25 @@ def test_run_writes_manifest_then_skips_current_stages(tmp_path, corpus_file, ca
     code, out, _ = run_cli(args, capsys)
     assert code == 0 and out.count("current (skipped)") == 2
     # Same seed, new directory: the same numbers.
-    code, _, _ = run_cli([*args[:-4], "--out", str(tmp_path / "r2"), "--upto", "lm",
-                          "--set", "corpus.val_fraction=0.2"], capsys)
+    code, _, _ = run_cli(
+        [*args[:-4], "--out", str(tmp_path / "r2"), "--upto", "lm", "--set", "corpus.val_fraction=0.2"], capsys
+    )
     assert json.loads((tmp_path / "r2" / "run.json").read_text())["lm"]["val_loss"] == lm["val_loss"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--corpus", "/nonexistent/file.txt"], "no such file"),
-    (["--preset", "nope"], "unknown preset"),
-    (["--set", "lm.d_model=31"], "divisible"),
-    (["--set", "lm.no_such_key=1"], "lm.no_such_key"),
-    (["--set", "corpus.vocab_size=-5"], "corpus.vocab_size"),
-    (["--device", "cuda:7"], "cuda"),
-    (["--set", "sae.params={l1_coeff: -1}"], "l1_coeff must be ≥ 0"),
-    (["--set", "sae.variant=topk", "--set", "sae.params={k: 600}"], "k=600 must be smaller"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--corpus", "/nonexistent/file.txt"], "no such file"),
+        (["--preset", "nope"], "unknown preset"),
+        (["--set", "lm.d_model=31"], "divisible"),
+        (["--set", "lm.no_such_key=1"], "lm.no_such_key"),
+        (["--set", "corpus.vocab_size=-5"], "corpus.vocab_size"),
+        (["--device", "cuda:7"], "cuda"),
+        (["--set", "sae.params={l1_coeff: -1}"], "l1_coeff must be ≥ 0"),
+        (["--set", "sae.variant=topk", "--set", "sae.params={k: 600}"], "k=600 must be smaller"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, corpus_file, capsys, extra, message):
     args = ["run", "--preset", "tiny", "--corpus", str(corpus_file), "--out", str(tmp_path / "r"), *extra]
     code, _, err = run_cli(args, capsys)
@@ -78,8 +93,17 @@ def test_non_utf8_and_empty_corpus(tmp_path, capsys):
 
 def test_corrupt_lm_checkpoint_is_set_aside_and_training_restarts(tmp_path, corpus_file, capsys):
     out = tmp_path / "r"
-    base = ["run", "--preset", "tiny", "--corpus", str(corpus_file), "--out", str(out),
-            "--set", "corpus.val_fraction=0.2"]
+    base = [
+        "run",
+        "--preset",
+        "tiny",
+        "--corpus",
+        str(corpus_file),
+        "--out",
+        str(out),
+        "--set",
+        "corpus.val_fraction=0.2",
+    ]
     assert run_cli([*base, "--upto", "corpus"], capsys)[0] == 0
     (out / "lm_checkpoint.pt").write_bytes(b"not a checkpoint")
     code, _, err = run_cli([*base, "--upto", "lm"], capsys)

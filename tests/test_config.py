@@ -36,13 +36,16 @@ def test_sweep_params_are_typed_and_only_what_was_set_is_recorded():
     assert sweep.sae_config(512, 1024, "cpu").lr == 0.001 and sweep.sae_config(512, 1024, "cpu").k == 32
 
 
-@pytest.mark.parametrize("overrides, line", [
-    (["sae.params={lr: -1}"], "config sae.params.lr: Input should be greater than 0 (got -1)"),
-    (["sae.params={nope: 1}"], "config sae.params.nope: Extra inputs are not permitted"),
-    (["sae.params={d_sae: 8}"], "config sae.params.d_sae: Extra inputs are not permitted"),  # the sweep sets it
-    (["lm.n_heads=3"], "config lm: d_model (128) must be divisible by n_heads (3)"),
-    (["toy.sparsity_max=1.5"], "config toy: sparsity_max must lie in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "overrides, line",
+    [
+        (["sae.params={lr: -1}"], "config sae.params.lr: Input should be greater than 0 (got -1)"),
+        (["sae.params={nope: 1}"], "config sae.params.nope: Extra inputs are not permitted"),
+        (["sae.params={d_sae: 8}"], "config sae.params.d_sae: Extra inputs are not permitted"),  # the sweep sets it
+        (["lm.n_heads=3"], "config lm: d_model (128) must be divisible by n_heads (3)"),
+        (["toy.sparsity_max=1.5"], "config toy: sparsity_max must lie in [0, 1)"),
+    ],
+)
 def test_validation_errors_are_one_line_naming_the_key(overrides, line):
     with pytest.raises(UserError) as err:
         load_config("demo", overrides=overrides)

@@ -15,8 +15,9 @@ set_quiet(True)
 
 def test_local_sources_txt_jsonl_and_directory(tmp_path):
     (tmp_path / "a.txt").write_text("first doc\n\nsecond para")
-    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "json doc"}) + "\n\n"
-                                      + json.dumps({"text": "another"}) + "\n")
+    (tmp_path / "b.jsonl").write_text(
+        json.dumps({"text": "json doc"}) + "\n\n" + json.dumps({"text": "another"}) + "\n"
+    )
     (tmp_path / "ignored.bin").write_bytes(b"\xff\xfe")
     assert list(iter_documents(str(tmp_path))) == ["first doc\n\nsecond para", "json doc", "another"]
     assert list(iter_documents(str(tmp_path / "b.jsonl"), max_docs=1)) == ["json doc"]
@@ -29,11 +30,14 @@ def test_split_paragraphs_bounds_document_size():
     assert all(len(p) <= 1000 for p in pieces) and len(pieces) >= 10
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"),
-    (b"", "no non-empty documents"),
-    (b"caf\xe9 latin-1", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        (b"", "no non-empty documents"),
+        (b"caf\xe9 latin-1", "not UTF-8"),
+    ],
+)
 def test_bad_local_corpus_is_a_user_error(tmp_path, content, message):
     path = tmp_path / "c.txt"
     if content is not None:
@@ -67,8 +71,7 @@ def test_tokenizer_round_trip_and_determinism(tmp_path):
 def test_token_shards_round_trip(tmp_path):
     docs = make_corpus_text(n_docs=80).split("\n\n\n")
     tok = train_tokenizer(iter(docs), 400)
-    figures = write_token_shards(iter(docs), tok, tmp_path / "tokens", val_fraction=0.2,
-                                 shard_tokens=2000)
+    figures = write_token_shards(iter(docs), tok, tmp_path / "tokens", val_fraction=0.2, shard_tokens=2000)
     n_val = sum(is_val_document(d, 0.2) for d in docs)
     assert figures["val_docs"] == n_val and figures["train_docs"] == len(docs) - n_val
     train = TokenShards(tmp_path / "tokens", "train")
@@ -80,7 +83,7 @@ def test_token_shards_round_trip(tmp_path):
         starts = np.load(tmp_path / "tokens" / f"{train.shard_info[s]['name']}.docs.npy")[:, 0]
         for a, b in zip(starts, [*starts[1:], len(tokens_T)]):
             assert tokens_T[a] == train.eos_id
-            decoded.append(tok.decode(tokens_T[a + 1:b].tolist()))
+            decoded.append(tok.decode(tokens_T[a + 1 : b].tolist()))
     assert decoded == train_docs
     assert train.n_tokens == figures["train_tokens"] == sum(len(tok.encode(d).ids) + 1 for d in train_docs)
     # Random windows are reproducible from the seed; document_of maps offsets back to documents.
@@ -106,15 +109,17 @@ def test_document_sources_name_each_document_in_corpus_order(tmp_path):
     (tmp_path / "bible.txt").write_text("In the beginning.\n\nAnd God said.")
     sub = tmp_path / "code"
     sub.mkdir()
-    (sub / "notes.jsonl").write_text('{"text": "x = 1", "genre": "python"}\n{"text": "  "}\n'
-                                     '{"text": "y", "genre": "doc"}\n')
+    (sub / "notes.jsonl").write_text(
+        '{"text": "x = 1", "genre": "python"}\n{"text": "  "}\n{"text": "y", "genre": "doc"}\n'
+    )
     docs = list(iter_labelled_documents(str(tmp_path)))
     assert [d.text for d in docs] == list(iter_documents(str(tmp_path)))  # same documents, same order
     assert [d.source for d in docs] == ["bible.txt", "code/notes.jsonl", "code/notes.jsonl"]
     with pytest.raises(UserError, match=r"notes.jsonl:2: expected a string 'genre' field \(analysis.source_field\)"):
         document_sources(str(sub), source_field="genre")
-    (sub / "notes.jsonl").write_text('{"text": "x = 1", "genre": "python"}\n{"text": "y", "genre": "doc"}\n'
-                                     '{"text": "z", "genre": "python"}\n')
+    (sub / "notes.jsonl").write_text(
+        '{"text": "x = 1", "genre": "python"}\n{"text": "y", "genre": "doc"}\n{"text": "z", "genre": "python"}\n'
+    )
     by_field = document_sources(str(sub), source_field="genre")
     assert by_field.sources == ["python", "doc"] and by_field.source_D.tolist() == [0, 1, 0]
     assert by_field.languages == ["?"] and by_field.language_D.tolist() == [0, 0, 0]

@@ -37,9 +37,14 @@ def test_tokenizer_file(tmp_path, monkeypatch):
         tokenizer.load_tokenizer(path)
 
 
-@pytest.mark.parametrize("error, expected", [(FileNotFoundError("no such dataset"), UserError),
-                                             (ValueError("Bad split: nope"), UserError),
-                                             (TypeError("bug"), TypeError)])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (FileNotFoundError("no such dataset"), UserError),
+        (ValueError("Bad split: nope"), UserError),
+        (TypeError("bug"), TypeError),
+    ],
+)
 def test_hf_dataset(monkeypatch, error, expected):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=_raises(error)))
     with pytest.raises(expected):
@@ -63,18 +68,28 @@ def test_saved_lm(tiny_run, tmp_path, monkeypatch):
         lm_model.load_lm(lm_dir)
 
 
-@pytest.mark.parametrize("error, expected", [(OSError("network unreachable"), UserError),
-                                             (ValueError("gelu-9l not found"), UserError),
-                                             (TypeError("bug"), TypeError)])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (OSError("network unreachable"), UserError),
+        (ValueError("gelu-9l not found"), UserError),
+        (TypeError("bug"), TypeError),
+    ],
+)
 def test_pretrained_lm(monkeypatch, error, expected):
     monkeypatch.setattr(lm_model.HookedTransformer, "from_pretrained", _raises(error))
     with pytest.raises(expected):
         lm_model.load_external_lm(LMConfig(pretrained="gelu-9l"))
 
 
-@pytest.mark.parametrize("error, expected", [(OSError("no weights file"), UserError),
-                                             (NotImplementedError("architecture not supported"), UserError),
-                                             (TypeError("bug"), TypeError)])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (OSError("no weights file"), UserError),
+        (NotImplementedError("architecture not supported"), UserError),
+        (TypeError("bug"), TypeError),
+    ],
+)
 def test_hf_model_dir(tmp_path, monkeypatch, error, expected):
     import transformers
 

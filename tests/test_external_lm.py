@@ -19,8 +19,9 @@ def tiny_gpt2_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
     tok = train_tokenizer(iter(make_corpus_text().split("\n\n\n")), 300)
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
-    cfg = GPT2Config(vocab_size=len(hf_tok), n_positions=64, n_ctx=64, n_embd=32, n_layer=1,
-                     n_head=2, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=len(hf_tok), n_positions=64, n_ctx=64, n_embd=32, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0
+    )
     torch.manual_seed(0)
     GPT2LMHeadModel(cfg).save_pretrained(out)
     hf_tok.save_pretrained(out)
@@ -41,8 +42,10 @@ def test_pipeline_with_local_hf_model(tiny_gpt2_dir, tmp_path, corpus_file):
     from monosemantic import pipeline
     from monosemantic.config import load_config
 
-    cfg = load_config("tiny", overrides=[f"lm.hf_model_dir={tiny_gpt2_dir}", "corpus.val_fraction=0.2",
-                                         f"corpus.corpus={corpus_file}"])
+    cfg = load_config(
+        "tiny",
+        overrides=[f"lm.hf_model_dir={tiny_gpt2_dir}", "corpus.val_fraction=0.2", f"corpus.corpus={corpus_file}"],
+    )
     pipeline.run(cfg, tmp_path / "run", "harvest")
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["lm"]["external"] == str(tiny_gpt2_dir)

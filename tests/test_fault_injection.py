@@ -34,9 +34,12 @@ KILL_POINTS: list[tuple[str, Callable[[Path], bool]]] = [
 
 def _run_until(args: list[str], trigger: Callable[[Path], bool] | None, run: Path) -> int:
     """Run the CLI; SIGKILL it as soon as ``trigger(run)`` holds. Returns its exit status."""
-    process = subprocess.Popen([sys.executable, "-m", "monosemantic", "-q", *args],
-                               env={**os.environ, "PYTHONPATH": SRC},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monosemantic", "-q", *args],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 600
     while process.poll() is None and time.time() < deadline:
         if trigger is not None and run.is_dir() and trigger(run):
@@ -50,8 +53,19 @@ def _run_until(args: list[str], trigger: Callable[[Path], bool] | None, run: Pat
 def test_kill_9_at_every_stage_then_resume_gives_the_uninterrupted_run(analysed_run, tmp_path):
     reference, cfg = analysed_run
     run = tmp_path / "run"
-    args = ["run", "--preset", "tiny", "--corpus", cfg.corpus.corpus, "--out", str(run), "--upto", "analysis",
-            "--set", "corpus.val_fraction=0.2"]
+    args = [
+        "run",
+        "--preset",
+        "tiny",
+        "--corpus",
+        cfg.corpus.corpus,
+        "--out",
+        str(run),
+        "--upto",
+        "analysis",
+        "--set",
+        "corpus.val_fraction=0.2",
+    ]
     killed = []
     for stage, trigger in KILL_POINTS:
         if _run_until(args, trigger, run) == -signal.SIGKILL:

@@ -13,8 +13,17 @@ from monosemantic.lm.train import evaluate_lm, train_lm
 from monosemantic.progress import set_quiet
 
 set_quiet(True)
-TINY = dict(d_model=32, d_mlp=64, n_heads=2, n_ctx=32, batch_size=8, warmup_steps=5,
-            eval_every=10, eval_windows=8, checkpoint_every=10)
+TINY = dict(
+    d_model=32,
+    d_mlp=64,
+    n_heads=2,
+    n_ctx=32,
+    batch_size=8,
+    warmup_steps=5,
+    eval_every=10,
+    eval_windows=8,
+    checkpoint_every=10,
+)
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,21 @@ def universality_first(tiny_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("full") / "run"
     shutil.copytree(tiny_run, run)
     corpus = tiny_run.parent / "corpus.txt"
-    result = CliRunner().invoke(app, ["-q", "universality", "--preset", "tiny", "--corpus", str(corpus),
-                                      "--set", "corpus.val_fraction=0.2", "--out", str(run)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "-q",
+            "universality",
+            "--preset",
+            "tiny",
+            "--corpus",
+            str(corpus),
+            "--set",
+            "corpus.val_fraction=0.2",
+            "--out",
+            str(run),
+        ],
+    )
     assert result.exit_code == 0, result.output
     return run, result.output, json.loads((run / "run.json").read_text())
 
@@ -46,15 +59,24 @@ def test_universality_runs_only_the_stages_it_needs(universality_first):
     assert list(manifest["stages"]) == ["corpus", "lm", "harvest", "sae", "universality"]
     table = output.split("Sparse autoencoders")[0]
     rows = [[cell.strip() for cell in line.split("│")[1:3]] for line in table.splitlines() if line.startswith("│")]
-    assert [row for row in rows if row[0]] == [["corpus", "current (skipped)"], ["lm", "current (skipped)"],
-                                               ["harvest", "current (skipped)"], ["sae", "ran"],
-                                               ["universality", "ran"]]
+    assert [row for row in rows if row[0]] == [
+        ["corpus", "current (skipped)"],
+        ["lm", "current (skipped)"],
+        ["harvest", "current (skipped)"],
+        ["sae", "ran"],
+        ["universality", "ran"],
+    ]
 
 
 def test_prerequisites_follow_the_declared_needs():
     stages = all_stages(load_config("tiny"))
-    assert [s.name for s in pipeline.prerequisites(stages, "splitting")] == ["corpus", "lm", "harvest", "sae",
-                                                                              "splitting"]
+    assert [s.name for s in pipeline.prerequisites(stages, "splitting")] == [
+        "corpus",
+        "lm",
+        "harvest",
+        "sae",
+        "splitting",
+    ]
     assert [s.name for s in pipeline.prerequisites(stages, "toy")] == ["toy"]
     assert len(pipeline.prerequisites(stages, None)) == len(stages)
     with pytest.raises(UserError, match="unknown stage nope"):
@@ -63,19 +85,38 @@ def test_prerequisites_follow_the_declared_needs():
 
 def test_universality_summary_quotes_the_paper_numbers_it_recorded():
     stage = {s.name: s for s in all_stages(load_config("tiny"))}["universality"]
-    figures = {"median_feature_corr": 0.5, "median_neuron_corr": 0.4, "paper_median_feature_corr": 0.11,
-               "paper_median_neuron_corr": 0.22}
+    figures = {
+        "median_feature_corr": 0.5,
+        "median_neuron_corr": 0.4,
+        "paper_median_feature_corr": 0.11,
+        "paper_median_neuron_corr": 0.22,
+    }
     assert stage.summary(figures).endswith("features 0.50 vs neurons 0.40 (paper 0.11 vs 0.22)")
 
 
 def test_manifest_has_every_stage_and_the_checkable_fields(full_run):
     run, cfg, result = full_run
     manifest = json.loads((run / "run.json").read_text())
-    assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "universality", "analysis",
-                                         "splitting", "toy"]
+    assert list(manifest["timings"]) == [
+        "corpus",
+        "lm",
+        "harvest",
+        "sae",
+        "universality",
+        "analysis",
+        "splitting",
+        "toy",
+    ]
     assert [(s.name, s.skipped) for s in result.stages] == [
-        ("corpus", True), ("lm", True), ("harvest", True), ("sae", True), ("universality", True),
-        ("analysis", False), ("splitting", False), ("toy", False)]
+        ("corpus", True),
+        ("lm", True),
+        ("harvest", True),
+        ("sae", True),
+        ("universality", True),
+        ("analysis", False),
+        ("splitting", False),
+        ("toy", False),
+    ]
     assert all(s.summary for s in result.stages)
     saes = manifest["sae"]["saes"]
     assert [e["d_sae"] for e in saes] == cfg.sae.sizes
@@ -120,8 +161,11 @@ def test_splitting_and_universality_figures(full_run):
     assert (run / "feature_map" / "map.json").exists()
     uni = manifest["universality"]
     written = json.loads((run / "universality" / "universality.json").read_text())
-    for key, unit in (("median_feature_corr", "features_a_vs_b"), ("median_neuron_corr", "neurons_a_vs_b"),
-                      ("median_feature_corr_same_model", "features_same_model")):
+    for key, unit in (
+        ("median_feature_corr", "features_a_vs_b"),
+        ("median_neuron_corr", "neurons_a_vs_b"),
+        ("median_feature_corr_same_model", "features_same_model"),
+    ):
         assert uni[key] == pytest.approx(np.nanmedian(written[unit]["best_corr"]), abs=1e-4)  # 4 decimals kept
     # another SAE on the same model's activations shares more features than one on another model
     assert uni["median_feature_corr_same_model"] > uni["median_feature_corr"]

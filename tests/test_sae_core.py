@@ -361,8 +361,16 @@ def test_bf16_ranking_trains_to_the_exact_paths_fvu(variant):
     held_out = list(_batches(2, batch=512, seed=9))
     stats = {}
     for precision in ("float32", "bfloat16"):
-        cfg = SAEConfig(variant=variant, d_in=D, d_sae=F, k=4, n_samples=128 * 60, batch_size=128,
-                        lr=3e-3, select_precision=precision)
+        cfg = SAEConfig(
+            variant=variant,
+            d_in=D,
+            d_sae=F,
+            k=4,
+            n_samples=128 * 60,
+            batch_size=128,
+            lr=3e-3,
+            select_precision=precision,
+        )
         stats[precision] = evaluate_sae(train_sae(cfg, _batches(60), next(_batches(1))).sae, held_out)
     exact, low = stats["float32"], stats["bfloat16"]
     assert exact["fvu"] < 0.5  # it learned something, so the comparison means something

@@ -48,8 +48,13 @@ LARGE = torch.tensor([[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0], [0, 0, 1.0, 0, 0], [
 def test_splitting_finds_the_two_children_of_a_union_parent():
     x = _hierarchy()
     small, large = _sae(SMALL), _sae(LARGE)
-    result = analyse_splitting(torch.split(x, 1700), [small.encode, large.encode],
-                               [small.W_dec.detach(), large.W_dec.detach()], threshold=0.4, top_k=5)
+    result = analyse_splitting(
+        torch.split(x, 1700),
+        [small.encode, large.encode],
+        [small.W_dec.detach(), large.W_dec.detach()],
+        threshold=0.4,
+        top_k=5,
+    )
     link = result.links[0]
     assert result.n_tokens == N
     np.testing.assert_array_equal(link.parent_L, [0, 0, 1, 2, 2])
@@ -71,8 +76,9 @@ def test_below_threshold_no_parent_and_dead_features_are_not_split():
     x = _hierarchy(1)
     x[:, 3] = 0  # small feature 2 and large features 3, 4 are dead
     small, large = _sae(SMALL), _sae(LARGE)
-    result = analyse_splitting([x], [small.encode, large.encode], [small.W_dec.detach(), large.W_dec.detach()],
-                               threshold=0.4)
+    result = analyse_splitting(
+        [x], [small.encode, large.encode], [small.W_dec.detach(), large.W_dec.detach()], threshold=0.4
+    )
     link = result.links[0]
     np.testing.assert_array_equal(link.parent_L, [0, 0, 1, -1, -1])
     assert np.isnan(link.similarity_L[3:]).all() and np.isnan(link.coverage_S[2])
@@ -131,10 +137,17 @@ def test_feature_map_places_each_dictionary_and_joins_splitting_labels(tmp_path)
     for name, W in (("standard-3", SMALL), ("standard-5", LARGE)):
         save_sae(_sae(W), SAEConfig(variant="standard", d_in=4, d_sae=W.shape[1]), run / "saes" / name)
     (run / "splitting").mkdir()
-    (run / "splitting/families.json").write_text(json.dumps({
-        "features": {"standard-3": {"label": ["a", "b", "c"], "density": [0.1, 0.2, 0.3]},
-                     "standard-5": {"label": list("vwxyz"), "density": [0.1] * 5}},
-        "links": [{"from": "standard-3", "to": "standard-5", "parent": [0, 0, 1, 2, 2]}]}))
+    (run / "splitting/families.json").write_text(
+        json.dumps(
+            {
+                "features": {
+                    "standard-3": {"label": ["a", "b", "c"], "density": [0.1, 0.2, 0.3]},
+                    "standard-5": {"label": list("vwxyz"), "density": [0.1] * 5},
+                },
+                "links": [{"from": "standard-3", "to": "standard-5", "parent": [0, 0, 1, 2, 2]}],
+            }
+        )
+    )
     figures = feature_map(run, ["standard-3", "standard-5"], FeatureMapConfig(method="pca"))
     assert figures["n_points"] == 8 and figures["method"] == "pca"
     points = json.loads((run / "feature_map/map.json").read_text())["points"]
@@ -179,8 +192,9 @@ def test_context_family_is_the_parent_whose_children_differ_most_in_source(tmp_p
         writer.append(x, np.zeros(N, np.int64), doc_N, np.arange(N) % 8, np.zeros(N, np.int64))
     for name, W in (("standard-2", small_W), ("standard-4", large_W)):
         save_sae(_sae(W), SAEConfig(variant="standard", d_in=4, d_sae=W.shape[1]), run / "saes" / name)
-    sources = DocumentSources(["bible", "python", "fortunes", "other"], ["en"], np.arange(4, dtype=np.int32),
-                              np.zeros(4, dtype=np.int32))
+    sources = DocumentSources(
+        ["bible", "python", "fortunes", "other"], ["en"], np.arange(4, dtype=np.int32), np.zeros(4, dtype=np.int32)
+    )
 
     figures = feature_families(run, ["standard-2", "standard-4"], SplittingConfig(n_pictures=0), sources)
     chosen = figures["context_family"]
@@ -210,9 +224,14 @@ def test_context_family_counts_only_children_that_keep_the_parents_token():
     analysis = SplitAnalysis([np.ones(1), ones], [], [link], 10, mass, [np.zeros((1, 5)), np.zeros((4, 5))])
     contexts = [[{"sources": [], "after": []}] * n for n in (1, 4)]
     labels = [["' the'"], ["' the'"] * 4]
-    family = choose_context_family(analysis, ["s", "l"], [1, 4], labels, contexts, ["a", "b", "c"],
-                                   [[" the"], [" the", " the", " the", " of"]])
+    family = choose_context_family(
+        analysis, ["s", "l"], [1, 4], labels, contexts, ["a", "b", "c"], [[" the"], [" the", " the", " the", " of"]]
+    )
     assert sorted(c["feature"] for c in family["children"]) == [0, 1, 2] and family["n_children_total"] == 4
     assert family["js_divergence_bits"] == pytest.approx(-(2 / 3 * np.log2(2 / 3) + 1 / 3 * np.log2(1 / 3)), abs=1e-4)
-    assert choose_context_family(analysis, ["s", "l"], [1, 4], labels, contexts, ["a", "b", "c"],
-                                 [[" the"], [" the", " the", " a", " of"]]) is None
+    assert (
+        choose_context_family(
+            analysis, ["s", "l"], [1, 4], labels, contexts, ["a", "b", "c"], [[" the"], [" the", " the", " a", " of"]]
+        )
+        is None
+    )

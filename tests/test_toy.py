@@ -54,14 +54,18 @@ def block_diagonal(*blocks: torch.Tensor) -> torch.Tensor:
 
 # -- geometry on exact polytopes ------------------------------------------------------------------
 
-@pytest.mark.parametrize("W_NM, expected", [
-    (torch.eye(3, dtype=torch.float64), 1.0),
-    (torch.tensor([[1.0], [-1.0]], dtype=torch.float64), 1 / 2),
-    (regular_polygon(3), 2 / 3),
-    (torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64) / math.sqrt(3), 3 / 4),
-    (regular_polygon(5), 2 / 5),
-    (square_antiprism(), 3 / 8),
-])
+
+@pytest.mark.parametrize(
+    "W_NM, expected",
+    [
+        (torch.eye(3, dtype=torch.float64), 1.0),
+        (torch.tensor([[1.0], [-1.0]], dtype=torch.float64), 1 / 2),
+        (regular_polygon(3), 2 / 3),
+        (torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64) / math.sqrt(3), 3 / 4),
+        (regular_polygon(5), 2 / 5),
+        (square_antiprism(), 3 / 8),
+    ],
+)
 def test_feature_dimensionality_of_uniform_polytopes(W_NM, expected):
     assert feature_dimensionality(W_NM) == pytest.approx(torch.full((W_NM.shape[0],), expected, dtype=torch.float64))
     # for a uniform polytope every feature's share is the same, so D* equals it too
@@ -76,16 +80,28 @@ def test_interference_of_a_pentagon():
 def test_classify_counts_tegum_factors():
     tetrahedron = torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64) / math.sqrt(3)
     W_NM = block_diagonal(
-        torch.ones(1, 1, dtype=torch.float64),            # dense: 1 feature, 1 dim
+        torch.ones(1, 1, dtype=torch.float64),  # dense: 1 feature, 1 dim
         torch.tensor([[1.0], [-1.0]], dtype=torch.float64),  # digon
         torch.tensor([[1.0], [-1.0]], dtype=torch.float64),  # digon
-        regular_polygon(3), tetrahedron, regular_polygon(5), square_antiprism(),
-        torch.tensor([[0.02]], dtype=torch.float64),      # a feature the model dropped
-        torch.tensor([[0.3]], dtype=torch.float64),       # a feature kept at reduced strength
+        regular_polygon(3),
+        tetrahedron,
+        regular_polygon(5),
+        square_antiprism(),
+        torch.tensor([[0.02]], dtype=torch.float64),  # a feature the model dropped
+        torch.tensor([[0.3]], dtype=torch.float64),  # a feature kept at reduced strength
     )
     geometry = classify(W_NM)
-    assert geometry.counts == {"dense": 1, "tetrahedron": 1, "triangle": 1, "digon": 2, "pentagon": 1,
-                               "square_antiprism": 1, "other": 0, "partial": 1, "not_learned": 1}
+    assert geometry.counts == {
+        "dense": 1,
+        "tetrahedron": 1,
+        "triangle": 1,
+        "digon": 2,
+        "pentagon": 1,
+        "square_antiprism": 1,
+        "other": 0,
+        "partial": 1,
+        "not_learned": 1,
+    }
     assert geometry.n_represented == 1 + 4 + 3 + 4 + 5 + 8
     assert geometry.label_N[1:3] == ["digon", "digon"] and geometry.label_N[-1] == "partial"
 
@@ -98,13 +114,23 @@ def test_classify_finds_tetrahedra_and_triangles_among_digons_when_slightly_nois
     W_NM = W_NM[torch.randperm(W_NM.shape[0], generator=torch.Generator().manual_seed(0))]
     W_NM = W_NM + 0.01 * torch.randn(W_NM.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     geometry = classify(W_NM)
-    assert geometry.counts == {"dense": 0, "tetrahedron": 1, "triangle": 2, "digon": 3, "pentagon": 0,
-                               "square_antiprism": 0, "other": 0, "partial": 0, "not_learned": 0}
+    assert geometry.counts == {
+        "dense": 0,
+        "tetrahedron": 1,
+        "triangle": 2,
+        "digon": 3,
+        "pentagon": 0,
+        "square_antiprism": 0,
+        "other": 0,
+        "partial": 0,
+        "not_learned": 0,
+    }
     assert dimensions_per_feature(W_NM) == pytest.approx(10 / 16, abs=0.01)  # 3 + 2·2 + 3·1 dims over 16 features
     for name, value in (("tetrahedron", 3 / 4), ("triangle", 2 / 3), ("digon", 1 / 2)):
         chosen = torch.tensor([label == name for label in geometry.label_N])
-        assert geometry.dimensionality_N[chosen] == pytest.approx(torch.full((int(chosen.sum()),), value,
-                                                                              dtype=torch.float64), abs=0.02)
+        assert geometry.dimensionality_N[chosen] == pytest.approx(
+            torch.full((int(chosen.sum()),), value, dtype=torch.float64), abs=0.02
+        )
 
 
 def test_a_projection_spread_over_all_features_is_dense_but_partial():
@@ -126,6 +152,7 @@ def test_classify_names_a_distorted_polytope_other():
 
 # -- the model and its training -------------------------------------------------------------------
 
+
 def test_sample_features_has_the_requested_sparsity_and_range():
     generator = torch.Generator().manual_seed(0)
     x_IBN = sample_features(torch.tensor([1.0, 0.1]), 4000, 50, generator)
@@ -136,13 +163,24 @@ def test_sample_features_has_the_requested_sparsity_and_range():
     assert values.max() <= 1.0 and values.mean() == pytest.approx(0.5, abs=0.01)
 
 
-def train(n: int, m: int, sparsities: list[float], decay: float, lr: float, seed: int = 0,
-          steps: int = 800) -> torch.Tensor:
+def train(
+    n: int, m: int, sparsities: list[float], decay: float, lr: float, seed: int = 0, steps: int = 800
+) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     model = ToyModel(len(sparsities), n, m, generator)
     density_I = 1.0 - torch.tensor(sparsities)
-    train_toy_model(model, density_I, decay ** torch.arange(n, dtype=torch.float32), steps=steps, batch_size=256,
-                    lr=lr, schedule="cosine", warmup=steps // 10, weight_decay=0.01, generator=generator)
+    train_toy_model(
+        model,
+        density_I,
+        decay ** torch.arange(n, dtype=torch.float32),
+        steps=steps,
+        batch_size=256,
+        lr=lr,
+        schedule="cosine",
+        warmup=steps // 10,
+        weight_decay=0.01,
+        generator=generator,
+    )
     return model.W_INM.detach()
 
 
@@ -176,21 +214,25 @@ def test_same_seed_same_weights():
 
 # -- configuration --------------------------------------------------------------------------------
 
+
 def test_sparsities_are_log_spaced_in_inverse_density():
     cfg = ToyConfig.from_preset("tiny", sparsity_min=0.0, sparsity_max=0.99, n_sparsities=3)
     assert [1 / (1 - s) for s in cfg.sparsities()] == pytest.approx([1.0, 10.0, 100.0])
 
 
-@pytest.mark.parametrize("overrides, mentions", [
-    (dict(sparsity_max=1.0), "sparsity_max must lie in [0, 1)"),
-    (dict(sparsity_min=-0.1), "sparsity_min must lie in [0, 1)"),
-    (dict(sparsity_min=0.9, sparsity_max=0.5), "sparsity_min (0.9) is above sparsity_max (0.5)"),
-    (dict(n_features=0), "n_features (--n-features)"),
-    (dict(n_hidden=0), "n_hidden (--n-hidden)"),
-    (dict(lr=0.0), "lr (--lr)"),
-    (dict(importance_decay=1.5), "importance_decay"),
-    (dict(widht=3), "unknown option(s) widht"),
-])
+@pytest.mark.parametrize(
+    "overrides, mentions",
+    [
+        (dict(sparsity_max=1.0), "sparsity_max must lie in [0, 1)"),
+        (dict(sparsity_min=-0.1), "sparsity_min must lie in [0, 1)"),
+        (dict(sparsity_min=0.9, sparsity_max=0.5), "sparsity_min (0.9) is above sparsity_max (0.5)"),
+        (dict(n_features=0), "n_features (--n-features)"),
+        (dict(n_hidden=0), "n_hidden (--n-hidden)"),
+        (dict(lr=0.0), "lr (--lr)"),
+        (dict(importance_decay=1.5), "importance_decay"),
+        (dict(widht=3), "unknown option(s) widht"),
+    ],
+)
 def test_bad_parameters_raise_one_clear_user_error(overrides, mentions):
     with pytest.raises(UserError) as err:
         ToyConfig.from_preset("tiny", **overrides)
@@ -207,6 +249,7 @@ def test_unknown_preset():
 
 
 # -- the whole sweep: files, numbers, CLI ---------------------------------------------------------
+
 
 def test_cli_sweep_writes_figures_and_numbers(tmp_path):
     out = tmp_path / "toy"
@@ -232,7 +275,7 @@ def test_cli_sweep_writes_figures_and_numbers(tmp_path):
             == cfg.n_features
         )
     assert details["points"][0]["dims_per_feature"] == pytest.approx(1.0, abs=0.1)  # dense end: one dimension each
-    assert details["points"][-1]["dims_per_feature"] < 0.7                        # sparse end: superposition
+    assert details["points"][-1]["dims_per_feature"] < 0.7  # sparse end: superposition
     for name in ("dimensionality", "plane_demo", "gram"):
         for extension in ("png", "svg"):
             path = out / details["plots"][name][extension]
@@ -253,8 +296,9 @@ def test_run_toy_sweep_returns_the_run_json_summary(tmp_path):
 
 
 def test_cli_bad_sparsity_is_a_user_error(tmp_path):
-    result = CliRunner().invoke(toy_app, ["sweep", "--preset", "tiny", "--out", str(tmp_path / "t"),
-                                          "--sparsity-max", "1.0"])
+    result = CliRunner().invoke(
+        toy_app, ["sweep", "--preset", "tiny", "--out", str(tmp_path / "t"), "--sparsity-max", "1.0"]
+    )
     assert isinstance(result.exception, UserError)
     assert "sparsity_max must lie in [0, 1)" in str(result.exception)
     assert not (tmp_path / "t").exists()

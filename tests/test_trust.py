@@ -33,8 +33,18 @@ from monosemantic.progress import set_quiet
 
 set_quiet(True)
 SRC = Path(__file__).parent.parent / "src" / "monosemantic"
-TINY_LM = dict(d_model=32, d_mlp=64, n_heads=2, n_ctx=32, batch_size=8, warmup_steps=5,
-               eval_every=10, eval_windows=8, checkpoint_every=10, n_steps=30)
+TINY_LM = dict(
+    d_model=32,
+    d_mlp=64,
+    n_heads=2,
+    n_ctx=32,
+    batch_size=8,
+    warmup_steps=5,
+    eval_every=10,
+    eval_windows=8,
+    checkpoint_every=10,
+    n_steps=30,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +75,9 @@ def _checkpoint_at_step_20(cfg: LMConfig, tokens_dir: Path, path: Path, monkeypa
 
 
 @pytest.mark.parametrize("change", [{"lr": 0.01}, {"d_mlp": 32}])
-def test_checkpoint_of_another_config_is_set_aside_and_training_restarts(tokens_dir, tmp_path, monkeypatch,
-                                                                         capsys, change):
+def test_checkpoint_of_another_config_is_set_aside_and_training_restarts(
+    tokens_dir, tmp_path, monkeypatch, capsys, change
+):
     checkpoint = tmp_path / "lm_checkpoint.pt"
     _checkpoint_at_step_20(LMConfig(**TINY_LM), tokens_dir, checkpoint, monkeypatch)
     new_cfg = LMConfig(**{**TINY_LM, **change})
@@ -113,8 +124,15 @@ def test_the_source_never_unpickles():
         for match in re.finditer(r"torch\.load\(([^)]*)\)", text):
             if "weights_only=True" not in match.group(1):
                 problems.append(f"{path.name}: {match.group(0)}")
-        for pattern in (r"\bimport pickle\b", r"\bpickle\.loads?\(", r"allow_pickle\s*=\s*True",
-                        r"yaml\.(unsafe_)?load\(", r"yaml\.Loader\b", r"(?<![.\w])eval\(", r"(?<![.\w])exec\("):
+        for pattern in (
+            r"\bimport pickle\b",
+            r"\bpickle\.loads?\(",
+            r"allow_pickle\s*=\s*True",
+            r"yaml\.(unsafe_)?load\(",
+            r"yaml\.Loader\b",
+            r"(?<![.\w])eval\(",
+            r"(?<![.\w])exec\(",
+        ):
             problems += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
     assert not problems
 
@@ -147,8 +165,19 @@ def test_a_corpus_edited_in_place_is_tokenized_again(tmp_path, capsys):
         corpus.write_text("\n".join(json.dumps({"text": d}) for d in make_corpus_text(60, seed).split("\n\n\n")))
 
     write(seed=0)
-    args = ["run", "--preset", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / "r"), "--upto", "corpus",
-            "--set", "corpus.val_fraction=0.2"]
+    args = [
+        "run",
+        "--preset",
+        "tiny",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(tmp_path / "r"),
+        "--upto",
+        "corpus",
+        "--set",
+        "corpus.val_fraction=0.2",
+    ]
     assert run_cli(args, capsys)[0] == 0
     tokens = file_digest(tmp_path / "r" / "tokens" / "train_000.npy")
     os.utime(corpus)  # touched, not changed: still current
@@ -194,8 +223,9 @@ CORRUPTIONS = [
 
 
 @pytest.mark.parametrize("stage, rel, corrupt", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
-def test_a_corrupt_artifact_is_refused_by_readers_and_recomputed_by_run(analysed_run, tmp_path, capsys,
-                                                                        stage, rel, corrupt):
+def test_a_corrupt_artifact_is_refused_by_readers_and_recomputed_by_run(
+    analysed_run, tmp_path, capsys, stage, rel, corrupt
+):
     original, cfg = analysed_run
     run = tmp_path / "run"
     shutil.copytree(original, run)
@@ -203,8 +233,11 @@ def test_a_corrupt_artifact_is_refused_by_readers_and_recomputed_by_run(analysed
     rel = rel.format(sae=sae)
     corrupt(run / rel)
 
-    for read in (lambda: create_app(run), lambda: export_site(run, tmp_path / "site"),
-                 lambda: analysis_cli.steer(run, sae, 0, "God sees", n_tokens=1)):
+    for read in (
+        lambda: create_app(run),
+        lambda: export_site(run, tmp_path / "site"),
+        lambda: analysis_cli.steer(run, sae, 0, "God sees", n_tokens=1),
+    ):
         with pytest.raises(UserError, match=re.escape(f"{run / rel}: does not match run.json")) as err:
             read()
         assert "\n" not in str(err.value)
@@ -235,18 +268,47 @@ def test_downstream_stages_follow_the_digests_they_were_built_on(analysed_run, t
     pipeline.run(cfg, run, "harvest")  # recomputed, identical to what is on disk: sae stays current
     assert json.loads((run / "run.json").read_text())["stages"]["sae"] == manifest["stages"]["sae"]
     capsys.readouterr()
-    code, out, _ = run_cli(["run", "--preset", "tiny", "--corpus", cfg.corpus.corpus,
-                            "--out", str(run), "--upto", "sae", "--set", "corpus.val_fraction=0.2"], capsys)
+    code, out, _ = run_cli(
+        [
+            "run",
+            "--preset",
+            "tiny",
+            "--corpus",
+            cfg.corpus.corpus,
+            "--out",
+            str(run),
+            "--upto",
+            "sae",
+            "--set",
+            "corpus.val_fraction=0.2",
+        ],
+        capsys,
+    )
     assert code == 0 and out.count("current (skipped)") == 4, out
     # harvest's files changed and run.json agrees (as after a recompute that came out different): sae re-runs
     _bit_flip(run / "activations/val/acts_00000.bin")
     manifest = json.loads((run / "run.json").read_text())
-    manifest["stages"]["harvest"]["artifacts"]["activations/val/acts_00000.bin"]["blake2b"] = \
-        file_digest(run / "activations/val/acts_00000.bin")
+    manifest["stages"]["harvest"]["artifacts"]["activations/val/acts_00000.bin"]["blake2b"] = file_digest(
+        run / "activations/val/acts_00000.bin"
+    )
     (run / "run.json").write_text(json.dumps(manifest))
     capsys.readouterr()
-    code, out, _ = run_cli(["run", "--preset", "tiny", "--corpus", cfg.corpus.corpus,
-                            "--out", str(run), "--upto", "sae", "--set", "corpus.val_fraction=0.2"], capsys)
+    code, out, _ = run_cli(
+        [
+            "run",
+            "--preset",
+            "tiny",
+            "--corpus",
+            cfg.corpus.corpus,
+            "--out",
+            str(run),
+            "--upto",
+            "sae",
+            "--set",
+            "corpus.val_fraction=0.2",
+        ],
+        capsys,
+    )
     assert code == 0 and out.count("current (skipped)") == 3 and re.search(r"sae\s+│ ran", out), out
 
 
@@ -290,28 +352,43 @@ def _short_val_corpus(path: Path) -> None:
     path.write_text("\n".join(json.dumps({"text": t}) for t in [*long_docs, short]))
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--set", "lm.n_steps=[1,"], r"--set lm.n_steps=\[1,: the value is not valid YAML \(line 1"),
-    (["--config", "{binary}"], "not a YAML text file"),
-    (["--config", "{bad_yaml}"], r"not valid YAML \(line \d+, column \d+: "),
-    (["--out", "{file}"], "is a file, not a directory"),
-    (["--out", "{file}/run"], "cannot write there"),
-    (["--device", "mps"], "MPS is not available"),
-    (["--device", "meta"], "not a device that can train"),
-    (["--set", "lm.hook_name=bogus"], "not a hook point"),
-    (["--set", "lm.lr=.inf"], "lm.lr: inf is not a finite number"),
-    (["--corpus", "{short_val}", "--set", "corpus.val_fraction=0.1"], "val split has .* less than one"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "lm.n_steps=[1,"], r"--set lm.n_steps=\[1,: the value is not valid YAML \(line 1"),
+        (["--config", "{binary}"], "not a YAML text file"),
+        (["--config", "{bad_yaml}"], r"not valid YAML \(line \d+, column \d+: "),
+        (["--out", "{file}"], "is a file, not a directory"),
+        (["--out", "{file}/run"], "cannot write there"),
+        (["--device", "mps"], "MPS is not available"),
+        (["--device", "meta"], "not a device that can train"),
+        (["--set", "lm.hook_name=bogus"], "not a hook point"),
+        (["--set", "lm.lr=.inf"], "lm.lr: inf is not a finite number"),
+        (["--corpus", "{short_val}", "--set", "corpus.val_fraction=0.1"], "val split has .* less than one"),
+    ],
+)
 def test_bad_input_is_one_line_before_any_work(tmp_path, corpus_file, capsys, extra, message):
     (tmp_path / "binary.yaml").write_bytes(b"lm:\x00\xff\xfe\x01")
     (tmp_path / "bad.yaml").write_text("lm:\n  n_steps: 5\n  lr: [1,\n")
     (tmp_path / "file").write_text("a file")
     _short_val_corpus(tmp_path / "short_val.jsonl")
-    paths = {"binary": tmp_path / "binary.yaml", "bad_yaml": tmp_path / "bad.yaml", "file": tmp_path / "file",
-             "short_val": tmp_path / "short_val.jsonl"}
+    paths = {
+        "binary": tmp_path / "binary.yaml",
+        "bad_yaml": tmp_path / "bad.yaml",
+        "file": tmp_path / "file",
+        "short_val": tmp_path / "short_val.jsonl",
+    }
     out = tmp_path / "r"
-    args = ["run", "--preset", "tiny", "--corpus", str(corpus_file), "--out", str(out),
-            *[e.format(**paths) for e in extra]]
+    args = [
+        "run",
+        "--preset",
+        "tiny",
+        "--corpus",
+        str(corpus_file),
+        "--out",
+        str(out),
+        *[e.format(**paths) for e in extra],
+    ]
     code, _, err = run_cli(args, capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
@@ -330,15 +407,22 @@ def test_read_only_directories_are_one_line(tmp_path, corpus_file, analysed_run,
     assert code == 2 and "cannot write the export there" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("command, message", [
-    (["search", "{run}", "--token", " God", "--top", "99999999999999999999"], "--top 99999999999999999999"),
-    (["steer", "{run}", "--sae", "{sae}", "--feature", "99999999999999999999", "--prompt", "God"],
-     "--feature 99999999999999999999: .* has features 0…63"),
-    (["steer", "{run}", "--sae", "{sae}", "--feature", "0", "--prompt", "God", "--value", "nan"], "--value nan"),
-    (["steer", "{run}", "--sae", "{sae}", "--feature", "0", "--prompt", "God", "--value", "inf"], "--value inf"),
-    (["steer", "{run}", "--sae", "{sae}", "--feature", "0", "--prompt", "God", "--n-tokens", "100000"],
-     "--n-tokens 100000: must be 0…40"),
-])
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["search", "{run}", "--token", " God", "--top", "99999999999999999999"], "--top 99999999999999999999"),
+        (
+            ["steer", "{run}", "--sae", "{sae}", "--feature", "99999999999999999999", "--prompt", "God"],
+            "--feature 99999999999999999999: .* has features 0…63",
+        ),
+        (["steer", "{run}", "--sae", "{sae}", "--feature", "0", "--prompt", "God", "--value", "nan"], "--value nan"),
+        (["steer", "{run}", "--sae", "{sae}", "--feature", "0", "--prompt", "God", "--value", "inf"], "--value inf"),
+        (
+            ["steer", "{run}", "--sae", "{sae}", "--feature", "0", "--prompt", "God", "--n-tokens", "100000"],
+            "--n-tokens 100000: must be 0…40",
+        ),
+    ],
+)
 def test_reader_options_out_of_range_are_one_line(analysed_run, capsys, command, message):
     run, cfg = analysed_run
     names = {"run": str(run), "sae": f"{cfg.sae.variant}-{cfg.sae.sizes[0]}"}
@@ -351,8 +435,10 @@ def test_a_new_harvest_retrains_the_saes_instead_of_reusing_them(analysed_run, t
     original, cfg = analysed_run
     run = tmp_path / "run"
     shutil.copytree(original, run)
-    changed = load_config("tiny", overrides=["corpus.val_fraction=0.2", "harvest.n_train_tokens=2048",
-                                              f"corpus.corpus={cfg.corpus.corpus}"])
+    changed = load_config(
+        "tiny",
+        overrides=["corpus.val_fraction=0.2", "harvest.n_train_tokens=2048", f"corpus.corpus={cfg.corpus.corpus}"],
+    )
     pipeline.run(changed, run, "sae")
     for size in cfg.sae.sizes:
         weights = f"saes/{cfg.sae.variant}-{size}/sae_weights.safetensors"

@@ -45,7 +45,7 @@ def test_streamed_statistics_match_numpy(monkeypatch, path_cost):
     a[:, 9] = 0  # a dead unit
     stats = CrossStats(30, 45, masked=True)
     for start in range(0, 1500, 400):  # uneven last chunk
-        stats.update(a[start:start + 400], b[start:start + 400])
+        stats.update(a[start : start + 400], b[start : start + 400])
     assert (stats.sparse_chunks, stats.dense_chunks) == ((4, 0) if path_cost == 0 else (0, 4))
 
     an, bn = a.double().numpy(), b.double().numpy()
@@ -102,8 +102,9 @@ def test_two_saes_on_a_known_dictionary_match_with_median_correlation_near_one(t
         saes.append(train_sae(cfg, syn.batches(256, 600, seed=10 + seed), init).sae)
     store = _store(tmp_path / "val", syn.sample(8000, torch.Generator().manual_seed(5)))
     chunks = zip((c for _, c in store.iter_chunks(3000)), (c for _, c in store.iter_chunks(3000)))
-    matches = compare_units(chunks, {"features": (saes[0].encode, saes[1].encode, "a"),
-                                     "inputs": (lambda x: x, lambda x: x, "a")})
+    matches = compare_units(
+        chunks, {"features": (saes[0].encode, saes[1].encode, "a"), "inputs": (lambda x: x, lambda x: x, "a")}
+    )
     features = matches["features"].a_to_b
     assert features.live.all() and features.median() > 0.9
     assert matches["features"].n_tokens == 8000

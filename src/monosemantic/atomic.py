@@ -18,7 +18,6 @@ from typing import Any, Iterator
 TEMPORARY_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what ``atomic_path`` names its temporaries
 
 
-
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it to ``path``.

@@ -24,7 +24,7 @@ from monosemantic.toy.cli import toy_app
 
 app = typer.Typer(
     help="Dictionary learning on neural networks: train a 1-layer transformer, learn sparse "
-         "autoencoders on its MLP, analyse and browse the features.",
+    "autoencoders on its MLP, analyse and browse the features.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,12 +52,22 @@ DatasetOption = typer.Option(None, "--dataset", help="A Hugging Face dataset nam
 SeedOption = typer.Option(None, "--seed", help="Seed for every random choice of every stage.")
 DeviceOption = typer.Option(None, "--device", help="cpu, cuda or auto.")
 ForceOption = typer.Option(False, "--force", help="Re-run the stages even if their artifacts are current.")
-VerifyOption = typer.Option(False, "--verify", help="Compare the digest of every artifact, large ones too "
-                            "(by default files over 256 MiB are compared by size).")
+VerifyOption = typer.Option(
+    False,
+    "--verify",
+    help="Compare the digest of every artifact, large ones too (by default files over 256 MiB are compared by size).",
+)
 
 
-def _config(preset: str, config: Path | None, set_: list[str] | None, corpus: str | None,
-            dataset: str | None, seed: int | None, device: str | None) -> RunConfig:
+def _config(
+    preset: str,
+    config: Path | None,
+    set_: list[str] | None,
+    corpus: str | None,
+    dataset: str | None,
+    seed: int | None,
+    device: str | None,
+) -> RunConfig:
     overrides = list(set_ or [])
     if corpus is not None:
         overrides.append(f"corpus.corpus={corpus}")
@@ -80,34 +90,53 @@ def _print_summary(result: RunResult) -> None:
     for col in ("stage", "status", "seconds", "figures"):
         table.add_column(col)
     for stage in result.stages:
-        table.add_row(stage.name, "current (skipped)" if stage.skipped else "ran",
-                      f"{stage.figures.get('seconds', 0):.1f}", stage.summary)
+        table.add_row(
+            stage.name,
+            "current (skipped)" if stage.skipped else "ran",
+            f"{stage.figures.get('seconds', 0):.1f}",
+            stage.summary,
+        )
     out.print(table)
     lm = rd.manifest.get("lm")
     if lm:
         beats = lm["val_loss"] < min(lm["unigram_loss"], lm["bigram_loss"])
-        out.print(f"LM validation loss {lm['val_loss']:.3f} nats/token vs unigram "
-                  f"{lm['unigram_loss']:.3f} and bigram {lm['bigram_loss']:.3f}: "
-                  + ("[green]beats both[/green]" if beats else "[red]does NOT beat both[/red]"))
+        out.print(
+            f"LM validation loss {lm['val_loss']:.3f} nats/token vs unigram "
+            f"{lm['unigram_loss']:.3f} and bigram {lm['bigram_loss']:.3f}: "
+            + ("[green]beats both[/green]" if beats else "[red]does NOT beat both[/red]")
+        )
     saes = rd.manifest.get("sae", {}).get("saes", [])
     if saes:
         t = Table(title="Sparse autoencoders (held-out activations)")
         for col in ("SAE", "L0", "FVU", "loss rec.", "vs mean-abl.", "dead", "dense", "train s"):
             t.add_column(col, justify="right")
         for e in saes:
-            t.add_row(e["name"], f"{e['l0']:.1f}", f"{e['fvu']:.3f}",
-                      f"{e['loss_recovered']:.1%}", f"{e['loss_recovered_mean_ablation']:.1%}",
-                      f"{e['dead_frac']:.1%}", f"{e['dense_frac']:.1%}", f"{e['train_seconds']:.0f}")
+            t.add_row(
+                e["name"],
+                f"{e['l0']:.1f}",
+                f"{e['fvu']:.3f}",
+                f"{e['loss_recovered']:.1%}",
+                f"{e['loss_recovered_mean_ablation']:.1%}",
+                f"{e['dead_frac']:.1%}",
+                f"{e['dense_frac']:.1%}",
+                f"{e['train_seconds']:.0f}",
+            )
         out.print(t)
     out.print(f"Manifest: {rd.manifest_path}")
 
 
 @app.command()
 def run(
-    out: Path = OutOption, preset: str = PresetOption, config: Path | None = ConfigOption,
-    set_: list[str] | None = SetOption, corpus: str | None = CorpusOption,
-    dataset: str | None = DatasetOption, seed: int | None = SeedOption,
-    device: str | None = DeviceOption, force: bool = ForceOption, verify: bool = VerifyOption,
+    out: Path = OutOption,
+    preset: str = PresetOption,
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    corpus: str | None = CorpusOption,
+    dataset: str | None = DatasetOption,
+    seed: int | None = SeedOption,
+    device: str | None = DeviceOption,
+    force: bool = ForceOption,
+    verify: bool = VerifyOption,
     upto: str | None = typer.Option(None, "--upto", help="Run only this stage and the stages it needs."),
 ) -> None:
     """Run the whole pipeline (skipping stages whose artifacts are current) and print a summary."""
@@ -115,16 +144,24 @@ def run(
     result = pipeline.run(cfg, out, upto, force, verify)
     _print_summary(result)
     if (result.run_dir / "features.sqlite").is_file():
-        Console().print(f"Browse the features: [bold]monosemantic serve {result.run_dir.path}[/bold], "
-                        "then open http://127.0.0.1:8000/")
+        Console().print(
+            f"Browse the features: [bold]monosemantic serve {result.run_dir.path}[/bold], "
+            "then open http://127.0.0.1:8000/"
+        )
 
 
 def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | None = None):
     def command(
-        out: Path = OutOption, preset: str = PresetOption, config: Path | None = ConfigOption,
-        set_: list[str] | None = SetOption, corpus: str | None = CorpusOption,
-        dataset: str | None = DatasetOption, seed: int | None = SeedOption,
-        device: str | None = DeviceOption, force: bool = ForceOption, verify: bool = VerifyOption,
+        out: Path = OutOption,
+        preset: str = PresetOption,
+        config: Path | None = ConfigOption,
+        set_: list[str] | None = SetOption,
+        corpus: str | None = CorpusOption,
+        dataset: str | None = DatasetOption,
+        seed: int | None = SeedOption,
+        device: str | None = DeviceOption,
+        force: bool = ForceOption,
+        verify: bool = VerifyOption,
     ) -> None:
         cfg = _config(preset, config, set_, corpus, dataset, seed, device)
         _print_summary(pipeline.run(cfg, out, stage, force, verify))
@@ -137,8 +174,9 @@ _stage_command("corpus", "Build the tokenizer and the token shards from the corp
 _stage_command("lm", "Train the 1-layer transformer and compare it with unigram/bigram baselines.")
 _stage_command("harvest", "Record the LM's activations at the hook point into the activation store.")
 app.add_typer(toy_app, name="toy")
-_stage_command("analysis", "Analyse every feature and neuron (dashboards, logit effects, autointerp) "
-               "into the feature store.")
+_stage_command(
+    "analysis", "Analyse every feature and neuron (dashboards, logit effects, autointerp) into the feature store."
+)
 _stage_command("splitting", "Feature splitting across dictionary sizes, family trees and the feature map.")
 _stage_command("universality", "Train a second LM and SAE with other seeds; match features A→B.")
 
@@ -208,8 +246,12 @@ def export_html(
 
 sae_app = typer.Typer(help="Sparse autoencoders on the run's activations.", no_args_is_help=True)
 app.add_typer(sae_app, name="sae")
-_stage_command("sae", "Train a family of SAEs of growing size (sae.sizes) on the same activations "
-               "and measure each.", sae_app, "sweep")
+_stage_command(
+    "sae",
+    "Train a family of SAEs of growing size (sae.sizes) on the same activations and measure each.",
+    sae_app,
+    "sweep",
+)
 
 
 def main() -> None:

@@ -76,8 +76,7 @@ def _parse_override(item: str) -> dict:
     return value
 
 
-def load_config(preset: str = "demo", config_file: Path | None = None,
-                overrides: list[str] = ()) -> RunConfig:
+def load_config(preset: str = "demo", config_file: Path | None = None, overrides: list[str] = ()) -> RunConfig:
     data = read_preset(preset)
     if config_file is not None:
         if not Path(config_file).is_file():
@@ -85,8 +84,9 @@ def load_config(preset: str = "demo", config_file: Path | None = None,
         try:
             text = Path(config_file).read_bytes().decode("utf-8")
         except UnicodeDecodeError as err:
-            raise UserError(f"--config {config_file}: not a YAML text file (bad UTF-8 byte at offset "
-                            f"{err.start})") from None
+            raise UserError(
+                f"--config {config_file}: not a YAML text file (bad UTF-8 byte at offset {err.start})"
+            ) from None
         data = _merge(data, read_yaml(text, f"--config {config_file}"))
     for item in overrides:
         data = _merge(data, _parse_override(item))

@@ -78,19 +78,26 @@ def unit_files(root: Path, unit: str) -> list[str]:
         return [unit]
     if not path.is_dir():
         return []
-    return sorted(p.relative_to(root).as_posix() for p in path.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
 
 
 def record(root: str | Path, artifacts: list[str]) -> dict[str, dict]:
     """Size and digest of every file of the units holding ``artifacts``, for ``run.json``."""
     root = Path(root)
-    return {rel: {"bytes": (root / rel).stat().st_size, DIGEST: file_digest(root / rel)}
-            for unit in artifact_units(artifacts) for rel in unit_files(root, unit)}
+    return {
+        rel: {"bytes": (root / rel).stat().st_size, DIGEST: file_digest(root / rel)}
+        for unit in artifact_units(artifacts)
+        for rel in unit_files(root, unit)
+    }
 
 
-def mismatches(root: str | Path, recorded: dict[str, dict], full: bool = True,
-               digest_max_bytes: int | None = None) -> dict[str, str]:
+def mismatches(
+    root: str | Path, recorded: dict[str, dict], full: bool = True, digest_max_bytes: int | None = None
+) -> dict[str, str]:
     """The recorded files that are missing, changed size or changed content: {file: why}. Content
     is compared only when ``full``, and then only for files of at most ``digest_max_bytes`` if given."""
     root = Path(root)
@@ -101,14 +108,22 @@ def mismatches(root: str | Path, recorded: dict[str, dict], full: bool = True,
             found[rel] = "missing"
         elif path.stat().st_size != expected["bytes"]:
             found[rel] = f"{path.stat().st_size:,} bytes, {expected['bytes']:,} when written"
-        elif (full and (digest_max_bytes is None or expected["bytes"] <= digest_max_bytes)
-              and file_digest(path) != expected[DIGEST]):
+        elif (
+            full
+            and (digest_max_bytes is None or expected["bytes"] <= digest_max_bytes)
+            and file_digest(path) != expected[DIGEST]
+        ):
             found[rel] = "its content changed since it was written"
     return found
 
 
-def verify_run(root: str | Path, manifest: dict | None = None, only: tuple[str, ...] | None = None,
-               skip: tuple[str, ...] = TRAINING_ONLY, full: bool = True) -> None:
+def verify_run(
+    root: str | Path,
+    manifest: dict | None = None,
+    only: tuple[str, ...] | None = None,
+    skip: tuple[str, ...] = TRAINING_ONLY,
+    full: bool = True,
+) -> None:
     """Check the artifacts ``manifest`` (default: ``root/run.json``) records, those under the
     ``only`` prefixes if given, less those under ``skip``, against the disk; the first mismatch is
     a ``UserError`` telling how to recompute it. A reader calls this once when it opens a run."""
@@ -116,15 +131,20 @@ def verify_run(root: str | Path, manifest: dict | None = None, only: tuple[str, 
     if manifest is None:
         manifest = _read_manifest(root / "run.json")
     for stage, entry in manifest.get("stages", {}).items():
-        recorded = {rel: d for rel, d in entry.get("artifacts", {}).items()
-                    if (only is None or rel.startswith(only)) and not rel.startswith(skip)}
+        recorded = {
+            rel: d
+            for rel, d in entry.get("artifacts", {}).items()
+            if (only is None or rel.startswith(only)) and not rel.startswith(skip)
+        }
         bad = mismatches(root, recorded, full)
         if bad:
             rel, why = next(iter(bad.items()))
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise UserError(f"{root / rel}: does not match run.json ({why}){more}; the run directory is "
-                            f"corrupt or was edited: re-run `monosemantic run --out {root}` with its config "
-                            f"to recompute the {stage} stage")
+            raise UserError(
+                f"{root / rel}: does not match run.json ({why}){more}; the run directory is "
+                f"corrupt or was edited: re-run `monosemantic run --out {root}` with its config "
+                f"to recompute the {stage} stage"
+            )
 
 
 def _read_manifest(path: Path) -> dict:

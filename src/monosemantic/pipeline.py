@@ -93,8 +93,9 @@ def prerequisites(stages: list[Stage], target: str | None) -> list[Stage]:
     return [s for s in stages if s.name in wanted]
 
 
-def run(cfg: RunConfig, out: str | Path, upto: str | None = None, force: bool = False,
-        verify: bool = False) -> RunResult:
+def run(
+    cfg: RunConfig, out: str | Path, upto: str | None = None, force: bool = False, verify: bool = False
+) -> RunResult:
     """Run stage ``upto`` (None: every stage) in run directory ``out``, after the stages it needs;
     a stage whose artifacts are current is skipped. ``force`` re-runs ``upto`` (None: every stage)
     even when current; ``verify`` compares the digests of large artifacts too (``RunDir``)."""
@@ -124,13 +125,15 @@ class RunDir:
             try:
                 self.manifest = json.loads(self.manifest_path.read_text())
             except json.JSONDecodeError as err:
-                raise UserError(f"{self.manifest_path}: not valid JSON ({err.msg}); "
-                                f"delete it to start the run over") from None
+                raise UserError(
+                    f"{self.manifest_path}: not valid JSON ({err.msg}); delete it to start the run over"
+                ) from None
             except UnicodeDecodeError:
                 raise UserError(f"{self.manifest_path}: not UTF-8 text; delete it to start the run over") from None
             if not isinstance(self.manifest, dict):
-                raise UserError(f"{self.manifest_path}: not a run manifest (a JSON object); "
-                                f"delete it to start the run over")
+                raise UserError(
+                    f"{self.manifest_path}: not a run manifest (a JSON object); delete it to start the run over"
+                )
         self.manifest.setdefault("stages", {})
         self.manifest.setdefault("timings", {})
 
@@ -150,21 +153,28 @@ class RunDir:
         recorded = self.manifest["stages"].get(stage.name)
         if not recorded or any(n not in self.manifest["stages"] for n in stage.needs):
             return False
-        return (recorded["config_hash"] == self.stage_hash(stage) and "artifacts" in recorded
-                and all((self.path / a).exists() for a in stage.artifacts)
-                and not self._changed_artifacts(stage))
+        return (
+            recorded["config_hash"] == self.stage_hash(stage)
+            and "artifacts" in recorded
+            and all((self.path / a).exists() for a in stage.artifacts)
+            and not self._changed_artifacts(stage)
+        )
 
     def _changed_artifacts(self, stage: Stage) -> dict[str, str]:
         """Recorded files of ``stage`` that no longer match their digest: {file: why}."""
-        return integrity.mismatches(self.path, self.manifest["stages"][stage.name].get("artifacts", {}),
-                                    digest_max_bytes=None if self.verify else integrity.LARGE_FILE_BYTES)
+        return integrity.mismatches(
+            self.path,
+            self.manifest["stages"][stage.name].get("artifacts", {}),
+            digest_max_bytes=None if self.verify else integrity.LARGE_FILE_BYTES,
+        )
 
     def run_stage(self, stage: Stage, force: bool = False) -> tuple[dict, bool]:
         """Run ``stage`` unless current; returns (its figures, whether it was skipped)."""
         missing = [n for n in stage.needs if n not in self.manifest["stages"]]
         if missing:
-            raise UserError(f"stage {stage.name} needs {', '.join(missing)} first "
-                            f"(run `monosemantic run --out {self.path}`)")
+            raise UserError(
+                f"stage {stage.name} needs {', '.join(missing)} first (run `monosemantic run --out {self.path}`)"
+            )
         with self.locked():
             if not force and self.is_current(stage):
                 return self.manifest[stage.name], True
@@ -174,9 +184,11 @@ class RunDir:
             figures = stage.run(self)
             seconds = round(time.perf_counter() - start, 2)
             figures["seconds"] = seconds
-            self.manifest["stages"][stage.name] = {"config_hash": self.stage_hash(stage),
-                                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                   "artifacts": integrity.record(self.path, stage.artifacts)}
+            self.manifest["stages"][stage.name] = {
+                "config_hash": self.stage_hash(stage),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "artifacts": integrity.record(self.path, stage.artifacts),
+            }
             self.manifest[stage.name] = figures
             self.manifest["timings"][stage.name] = seconds
             self.manifest["monosemantic_version"] = __version__
@@ -212,8 +224,10 @@ class RunDir:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise UserError(f"--out {self.path}: another monosemantic process is writing this run "
-                                f"directory; wait for it to finish") from None
+                raise UserError(
+                    f"--out {self.path}: another monosemantic process is writing this run "
+                    f"directory; wait for it to finish"
+                ) from None
             removed = remove_temporaries(self.path)
             if removed:
                 notice(f"removed {len(removed)} temporary file(s) left by an interrupted run in {self.path}")

@@ -57,8 +57,9 @@ def corpus_stage(cfg: RunConfig) -> Stage:
         else:
             tokenizer, eos = _external_tokenizer(cfg)
         save_tokenizer(tokenizer, rd / "tokenizer.json")
-        figures = write_token_shards(counted() if eos is not None else documents(), tokenizer,
-                                     rd / "tokens", c.val_fraction, eos)
+        figures = write_token_shards(
+            counted() if eos is not None else documents(), tokenizer, rd / "tokens", c.val_fraction, eos
+        )
         figures["chars"] = chars["n"]
         figures["source"] = c.dataset or c.corpus or "bundled"
         return figures
@@ -67,11 +68,18 @@ def corpus_stage(cfg: RunConfig) -> Stage:
     inputs = corpus_fingerprint(c.corpus, c.dataset)
 
     def summary(f: dict) -> str:
-        return (f"{f['n_docs']:,} docs, {f['chars'] / 1e6:.1f}M chars, {f['train_tokens']:,} train + "
-                f"{f['val_tokens']:,} val tokens, vocab {f['vocab_size']:,}")
+        return (
+            f"{f['n_docs']:,} docs, {f['chars'] / 1e6:.1f}M chars, {f['train_tokens']:,} train + "
+            f"{f['val_tokens']:,} val tokens, vocab {f['vocab_size']:,}"
+        )
 
-    return Stage("corpus", {**c.model_dump(), "tokenizer": tokenizer_from, "inputs": inputs}, run,
-                 ["tokenizer.json", "tokens/index.json"], summary)
+    return Stage(
+        "corpus",
+        {**c.model_dump(), "tokenizer": tokenizer_from, "inputs": inputs},
+        run,
+        ["tokenizer.json", "tokens/index.json"],
+        summary,
+    )
 
 
 def _external_tokenizer(cfg: RunConfig):
@@ -89,9 +97,11 @@ def lm_stage(cfg: RunConfig) -> Stage:
         checkpoint = rd / "lm_checkpoint.pt"
         val_tokens = TokenShards(rd / "tokens", "val")
         if val_tokens.n_windows(cfg.lm.n_ctx) == 0:
-            raise UserError(f"corpus: the val split has {val_tokens.n_tokens:,} tokens, less than one "
-                            f"lm.n_ctx={cfg.lm.n_ctx} window; use a larger corpus, a larger "
-                            f"corpus.val_fraction or a smaller lm.n_ctx")
+            raise UserError(
+                f"corpus: the val split has {val_tokens.n_tokens:,} tokens, less than one "
+                f"lm.n_ctx={cfg.lm.n_ctx} window; use a larger corpus, a larger "
+                f"corpus.val_fraction or a smaller lm.n_ctx"
+            )
         if cfg.lm.trains_own_model:
             model, figures = train_lm(cfg.lm, rd / "tokens", checkpoint, device)
         else:
@@ -111,10 +121,12 @@ def lm_stage(cfg: RunConfig) -> Stage:
         return figures
 
     def summary(f: dict) -> str:
-        trained = (f"external {f['external']}" if "external" in f
-                   else f"{f['steps']:,} steps, {f['train_tokens']:,} tokens")
-        return (f"{trained}, val loss {f['val_loss']:.3f} "
-                f"(unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})")
+        trained = (
+            f"external {f['external']}" if "external" in f else f"{f['steps']:,} steps, {f['train_tokens']:,} tokens"
+        )
+        return (
+            f"{trained}, val loss {f['val_loss']:.3f} (unigram {f['unigram_loss']:.3f}, bigram {f['bigram_loss']:.3f})"
+        )
 
     artifact = "lm/model.safetensors" if cfg.lm.trains_own_model else f"lm/{EXTERNAL_FILE}"
     return Stage("lm", cfg.lm.model_dump(), run, [artifact], summary, needs=["corpus"])
@@ -134,9 +146,17 @@ def harvest_stage(cfg: RunConfig) -> Stage:
             del splits["train"]
         for split, n_tokens in splits.items():
             shards = TokenShards(rd / "tokens", split)
-            figures[split] = harvest_activations(model, shards, cfg.lm.hook_name, n_tokens,
-                                                 cfg.lm.n_ctx, h.batch_size,
-                                                 rd / f"activations/{split}", h.dtype, device)
+            figures[split] = harvest_activations(
+                model,
+                shards,
+                cfg.lm.hook_name,
+                n_tokens,
+                cfg.lm.n_ctx,
+                h.batch_size,
+                rd / f"activations/{split}",
+                h.dtype,
+                device,
+            )
         return figures
 
     def summary(f: dict) -> str:
@@ -159,22 +179,33 @@ def sae_stage(cfg: RunConfig) -> Stage:
         init_ND = train.sample_rows(sweep.init_rows, sweep.seed)
         mean_D = (val if cfg.harvest.stream_train else train).mean()
         val_tokens = TokenShards(rd / "tokens", "val")
-        tokens_BT = torch.from_numpy(np.stack(
-            [w for _, _, w in val_tokens.sequential_windows(cfg.lm.n_ctx, sweep.loss_windows)])).to(device)
+        tokens_BT = torch.from_numpy(
+            np.stack([w for _, _, w in val_tokens.sequential_windows(cfg.lm.n_ctx, sweep.loss_windows)])
+        ).to(device)
         entries = []
         for size in sweep.sizes:
             sae_cfg = sweep.sae_config(val.d_in, size, str(device))
-            entries.append(_train_one_sae(rd, sae_cfg, sweep, train, val, init_ND, mean_D, model,
-                                          tokens_BT, cfg.lm.hook_name))
-        return {"variant": sweep.variant, "saes": entries,
-                "train_source": "streamed from the LM" if cfg.harvest.stream_train else "activations/train"}
+            entries.append(
+                _train_one_sae(rd, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, cfg.lm.hook_name)
+            )
+        return {
+            "variant": sweep.variant,
+            "saes": entries,
+            "train_source": "streamed from the LM" if cfg.harvest.stream_train else "activations/train",
+        }
 
     def summary(f: dict) -> str:
         return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
 
     config = {**sweep.model_dump(), "hook_name": cfg.lm.hook_name, "stream_train": cfg.harvest.stream_train}
-    return Stage("sae", config, run, [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes], summary,
-                 needs=["harvest"])
+    return Stage(
+        "sae",
+        config,
+        run,
+        [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes],
+        summary,
+        needs=["harvest"],
+    )
 
 
 def train_activations(rd: RunDir, cfg: RunConfig, model) -> ActivationStore | ActivationStream:
@@ -192,17 +223,27 @@ def _density_chunks(source: ActivationStore | ActivationStream, n_tokens: int):
     for start, chunk_ND in source.iter_chunks(65_536):
         if start >= n_tokens:
             return
-        yield chunk_ND[:n_tokens - start]
+        yield chunk_ND[: n_tokens - start]
 
 
-def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore | ActivationStream,
-                   val: ActivationStore, init_ND: torch.Tensor, mean_D: torch.Tensor, model,
-                   tokens_BT: torch.Tensor, hook_name: str) -> dict:
+def _train_one_sae(
+    rd: RunDir,
+    sae_cfg: SAEConfig,
+    sweep,
+    train: ActivationStore | ActivationStream,
+    val: ActivationStore,
+    init_ND: torch.Tensor,
+    mean_D: torch.Tensor,
+    model,
+    tokens_BT: torch.Tensor,
+    hook_name: str,
+) -> dict:
     name = f"{sae_cfg.variant}-{sae_cfg.d_sae}"
     folder = rd / "saes" / name
     # the activations it was trained on count too: a re-harvest must not reuse an SAE of the old ones
-    digest = config_hash({**sae_cfg.model_dump(mode="json"), "density_tokens": sweep.density_tokens},
-                         [rd.fingerprint("harvest")])
+    digest = config_hash(
+        {**sae_cfg.model_dump(mode="json"), "density_tokens": sweep.density_tokens}, [rd.fingerprint("harvest")]
+    )
     cfg_file = folder / "cfg.json"
     if cfg_file.exists():
         meta = json.loads(cfg_file.read_text()).get("metadata", {})
@@ -211,8 +252,14 @@ def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore
     n_batches = -(-sae_cfg.n_samples // sae_cfg.batch_size)
 
     def batches(start_batch: int):
-        return train.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows, n_batches,
-                                      device=sae_cfg.device, start_batch=start_batch)
+        return train.shuffled_batches(
+            sae_cfg.batch_size,
+            sae_cfg.seed,
+            sweep.buffer_rows,
+            n_batches,
+            device=sae_cfg.device,
+            start_batch=start_batch,
+        )
 
     checkpoint_dir = rd / "saes" / f".checkpoint-{name}"
     result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir)
@@ -222,16 +269,31 @@ def _train_one_sae(rd: RunDir, sae_cfg: SAEConfig, sweep, train: ActivationStore
         measured = evaluate_sae(result.sae, _density_chunks(train, sweep.density_tokens))
         density_F, density_tokens = measured["density"], measured["n_tokens"]
     density = density_summary(density_F, density_tokens)
-    plot = plot_density_histogram(density_F, rd / "plots" / f"density-{name}.png",
-                                  title=f"Feature density, {name} ({density['n_tokens']:,} tokens)")
+    plot = plot_density_histogram(
+        density_F,
+        rd / "plots" / f"density-{name}.png",
+        title=f"Feature density, {name} ({density['n_tokens']:,} tokens)",
+    )
     losses = loss_recovered(model, result.sae, tokens_BT, hook_name, mean_D)
-    figures = {"name": name, "variant": sae_cfg.variant, "d_sae": sae_cfg.d_sae, **metrics, **losses,
-               "train_seconds": round(result.train_seconds, 2), "samples": result.samples_seen,
-               "path": f"saes/{name}", "density_plot": str(plot.relative_to(rd.path)),
-               "density_log10_hist": density.pop("log10_hist"), "density": density}
-    save_sae(result.sae, sae_cfg, folder,
-             extra={"hook_name": hook_name, "model_name": str(rd / "lm"),
-                    "config_hash": digest, "figures": figures})
+    figures = {
+        "name": name,
+        "variant": sae_cfg.variant,
+        "d_sae": sae_cfg.d_sae,
+        **metrics,
+        **losses,
+        "train_seconds": round(result.train_seconds, 2),
+        "samples": result.samples_seen,
+        "path": f"saes/{name}",
+        "density_plot": str(plot.relative_to(rd.path)),
+        "density_log10_hist": density.pop("log10_hist"),
+        "density": density,
+    }
+    save_sae(
+        result.sae,
+        sae_cfg,
+        folder,
+        extra={"hook_name": hook_name, "model_name": str(rd / "lm"), "config_hash": digest, "figures": figures},
+    )
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return figures
 
@@ -251,8 +313,14 @@ def analysis_stage(cfg: RunConfig) -> Stage:
     def run(rd: RunDir) -> dict:
         return analyze_run(rd.path, names, cfg.analysis, str(resolve_device(cfg.device)), _document_sources(cfg, rd))
 
-    return Stage("analysis", {**cfg.analysis.model_dump(), "saes": names}, run,
-                 [FEATURE_STORE_FILE], analysis_headline, needs=["sae"])
+    return Stage(
+        "analysis",
+        {**cfg.analysis.model_dump(), "saes": names},
+        run,
+        [FEATURE_STORE_FILE],
+        analysis_headline,
+        needs=["sae"],
+    )
 
 
 def splitting_stage(cfg: RunConfig) -> Stage:
@@ -265,18 +333,26 @@ def splitting_stage(cfg: RunConfig) -> Stage:
         figures["feature_map"] = feature_map(rd.path, names, cfg.feature_map)
         return figures
 
-    config = {"splitting": cfg.splitting.model_dump(), "map": cfg.feature_map.model_dump(), "saes": names,
-              "source_field": cfg.analysis.source_field}
+    config = {
+        "splitting": cfg.splitting.model_dump(),
+        "map": cfg.feature_map.model_dump(),
+        "saes": names,
+        "source_field": cfg.analysis.source_field,
+    }
 
     def summary(f: dict) -> str:
         family = f.get("context_family")
-        context = (f"; context family {family['sae']}/{family['feature']} (JS {family['js_divergence_bits']:.2f} bits)"
-                   if family else "")
-        return (f"{f['split_families']:,} features split into ≥ 2 children at the next size; "
-                f"map by {f['feature_map']['method']}{context}")
+        context = (
+            f"; context family {family['sae']}/{family['feature']} (JS {family['js_divergence_bits']:.2f} bits)"
+            if family
+            else ""
+        )
+        return (
+            f"{f['split_families']:,} features split into ≥ 2 children at the next size; "
+            f"map by {f['feature_map']['method']}{context}"
+        )
 
-    return Stage("splitting", config, run, ["splitting/families.json", "feature_map/map.json"], summary,
-                 needs=["sae"])
+    return Stage("splitting", config, run, ["splitting/families.json", "feature_map/map.json"], summary, needs=["sae"])
 
 
 def universality_stage(cfg: RunConfig) -> Stage:
@@ -287,13 +363,17 @@ def universality_stage(cfg: RunConfig) -> Stage:
         return universality(rd.path, uni_cfg, cfg.sae, cfg.harvest.stream_train)
 
     def summary(f: dict) -> str:
-        return (f"median max-correlation A→B: features {f['median_feature_corr']:.2f} vs neurons "
-                f"{f['median_neuron_corr']:.2f} (paper {f['paper_median_feature_corr']} vs "
-                f"{f['paper_median_neuron_corr']})")
+        return (
+            f"median max-correlation A→B: features {f['median_feature_corr']:.2f} vs neurons "
+            f"{f['median_neuron_corr']:.2f} (paper {f['paper_median_feature_corr']} vs "
+            f"{f['paper_median_neuron_corr']})"
+        )
 
-    config = {**cfg.universality.model_dump(), "sweep": {"buffer_rows": cfg.sae.buffer_rows,
-                                                         "init_rows": cfg.sae.init_rows},
-              "stream_train": cfg.harvest.stream_train}
+    config = {
+        **cfg.universality.model_dump(),
+        "sweep": {"buffer_rows": cfg.sae.buffer_rows, "init_rows": cfg.sae.init_rows},
+        "stream_train": cfg.harvest.stream_train,
+    }
     return Stage("universality", config, run, ["universality/universality.json"], summary, needs=["sae"])
 
 
@@ -313,5 +393,13 @@ def toy_stage(cfg: RunConfig) -> Stage:
 
 def all_stages(cfg: RunConfig) -> list[Stage]:
     """Every stage of ``monosemantic run``, in order."""
-    return [corpus_stage(cfg), lm_stage(cfg), harvest_stage(cfg), sae_stage(cfg), universality_stage(cfg),
-            analysis_stage(cfg), splitting_stage(cfg), toy_stage(cfg)]
+    return [
+        corpus_stage(cfg),
+        lm_stage(cfg),
+        harvest_stage(cfg),
+        sae_stage(cfg),
+        universality_stage(cfg),
+        analysis_stage(cfg),
+        splitting_stage(cfg),
+        toy_stage(cfg),
+    ]

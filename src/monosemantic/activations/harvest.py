@@ -43,14 +43,21 @@ def activations_at(model: HookedTransformer, tokens_BT: torch.Tensor, hook_name:
     def keep(act: torch.Tensor, hook) -> None:
         captured["acts"] = act.detach()
 
-    model.run_with_hooks(tokens_BT, fwd_hooks=[(hook_name, keep)],
-                         stop_at_layer=_stop_layer(hook_name))
+    model.run_with_hooks(tokens_BT, fwd_hooks=[(hook_name, keep)], stop_at_layer=_stop_layer(hook_name))
     return captured["acts"]
 
 
-def harvest_activations(model: HookedTransformer, shards: TokenShards, hook_name: str,
-                        n_tokens: int, ctx: int, batch_size: int, out_dir: Path,
-                        dtype: str = "float32", device: torch.device | str = "cpu") -> dict:
+def harvest_activations(
+    model: HookedTransformer,
+    shards: TokenShards,
+    hook_name: str,
+    n_tokens: int,
+    ctx: int,
+    batch_size: int,
+    out_dir: Path,
+    dtype: str = "float32",
+    device: torch.device | str = "cpu",
+) -> dict:
     """Record ``n_tokens`` (rounded up to whole windows, capped by the split) activation rows."""
     d_in = hook_width(model, hook_name)
     n_windows = min(-(-n_tokens // ctx), shards.n_windows(ctx))
@@ -58,8 +65,10 @@ def harvest_activations(model: HookedTransformer, shards: TokenShards, hook_name
         raise UserError(f"{shards.split} split has fewer than {ctx} tokens: nothing to harvest")
     windows = shards.sequential_windows(ctx, n_windows)
     meta = {"split": shards.split, "ctx": ctx, "origin_pos": "offset in token shard"}
-    with ActivationWriter(out_dir, d_in, hook_name, dtype, meta=meta) as writer, \
-            progress(f"harvest {shards.split}", n_windows * ctx, unit="tok") as advance:
+    with (
+        ActivationWriter(out_dir, d_in, hook_name, dtype, meta=meta) as writer,
+        progress(f"harvest {shards.split}", n_windows * ctx, unit="tok") as advance,
+    ):
         for first in range(0, n_windows, batch_size):
             batch = [next(windows) for _ in range(min(batch_size, n_windows - first))]
             tokens_BT = torch.from_numpy(np.stack([w for _, _, w in batch])).to(device)
@@ -67,7 +76,8 @@ def harvest_activations(model: HookedTransformer, shards: TokenShards, hook_name
             offset_BT = np.array([[start + t for t in range(ctx)] for _, start, _ in batch])
             shard_BT = np.repeat([[s] for s, _, _ in batch], ctx, axis=1)
             doc_BT = np.stack([shards.document_of(s, offset_BT[b]) for b, (s, _, _) in enumerate(batch)])
-            writer.append(acts_ND, tokens_BT.flatten().cpu().numpy(), doc_BT.ravel(),
-                          offset_BT.ravel(), shard_BT.ravel())
+            writer.append(
+                acts_ND, tokens_BT.flatten().cpu().numpy(), doc_BT.ravel(), offset_BT.ravel(), shard_BT.ravel()
+            )
             advance(len(batch) * ctx)
     return {"rows": n_windows * ctx, "d_in": d_in, "hook_name": hook_name}

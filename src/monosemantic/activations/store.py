@@ -347,4 +347,3 @@ class ActivationStore:
             f"ActivationStore({str(self.path)!r}, n_rows={self.n_rows:,}, d_in={self.d_in}, "
             f"dtype={self.dtype}, hook_name={self.hook_name!r}, shards={self.n_shards})"
         )
-

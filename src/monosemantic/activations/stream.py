@@ -59,8 +59,10 @@ class ActivationStream:
         """``n_batches`` float32 [batch_size, d_in] batches (module docstring), made on the model's
         device and moved to ``device`` if another is given (``ActivationStore``'s signature)."""
         if batch_size < 1 or n_batches < 1 or start_batch < 0:
-            raise UserError(f"streamed batches: batch_size={batch_size} and n_batches={n_batches} must be "
-                            f"at least 1, start_batch={start_batch} at least 0")
+            raise UserError(
+                f"streamed batches: batch_size={batch_size} and n_batches={n_batches} must be "
+                f"at least 1, start_batch={start_batch} at least 0"
+            )
         carry_BD = None
         batches = 0
         for rows_RD in self._groups(seed, buffer_rows, start_batch * batch_size):
@@ -109,5 +111,9 @@ class ActivationStream:
     def _activations(self, windows_BT: np.ndarray) -> torch.Tensor:
         """[B·T, D] activations of ``windows_BT`` [B, T], WINDOWS_PER_FORWARD windows per forward pass."""
         pieces = np.array_split(windows_BT, -(-len(windows_BT) // WINDOWS_PER_FORWARD))
-        return torch.cat([activations_at(self.model, torch.from_numpy(w).to(self.device), self.hook_name)
-                          .flatten(0, 1) for w in pieces])
+        return torch.cat(
+            [
+                activations_at(self.model, torch.from_numpy(w).to(self.device), self.hook_name).flatten(0, 1)
+                for w in pieces
+            ]
+        )

@@ -84,8 +84,17 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
         for rank in range(cfg.top_k):
             row = stats.top.row[u, rank]
             if row >= 0:
-                records.append(("top", 0, rank, row, stats.top.value[u, rank], stats.top.payload[u, rank],
-                                "explain" if rank % 2 == 0 else "score"))
+                records.append(
+                    (
+                        "top",
+                        0,
+                        rank,
+                        row,
+                        stats.top.value[u, rank],
+                        stats.top.payload[u, rank],
+                        "explain" if rank % 2 == 0 else "score",
+                    )
+                )
         I = cfg.n_quantile_intervals
         for interval in range(I):
             g = u * I + interval
@@ -118,7 +127,8 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
                 if rows is None:
                     rows = rows_of[row] = _context_rows(text, row, cfg)
             (explain if split == "explain" else score).append(
-                Example(text.tokens_N[rows], acts[~np.isnan(acts)].astype(np.float64), rows))
+                Example(text.tokens_N[rows], acts[~np.isnan(acts)].astype(np.float64), rows)
+            )
         out[u] = {"records": records, "explain": explain, "score": score}
     return out
 
@@ -138,14 +148,27 @@ def held_out_context(stats: UnitStats, unit: int, score: list[Example], sources:
     return stats.context(unit).without_rows(rows, acts[first], sources)
 
 
-def _score_units(explainer: Explainer, stats: UnitStats, examples: dict, units: list[int],
-                 sources: TokenSources, seed: int, workers: int = 1) -> dict[int, UnitScore]:
+def _score_units(
+    explainer: Explainer,
+    stats: UnitStats,
+    examples: dict,
+    units: list[int],
+    sources: TokenSources,
+    seed: int,
+    workers: int = 1,
+) -> dict[int, UnitScore]:
     """Explain and score ``units``; ``workers`` > 1 scores that many units at once (an LLM's requests overlap)."""
 
     def one(u: int) -> UnitScore:
         score = examples[u]["score"]
-        return score_unit(explainer, examples[u]["explain"], score, float(stats.max_act_U[u]),
-                          held_out_context(stats, u, score, sources), seed=seed + u)
+        return score_unit(
+            explainer,
+            examples[u]["explain"],
+            score,
+            float(stats.max_act_U[u]),
+            held_out_context(stats, u, score, sources),
+            seed=seed + u,
+        )
 
     scores = {}
     with progress(f"analysis: explain+score {stats.name} ({explainer.backend})", len(units), unit="units") as advance:
@@ -175,11 +198,18 @@ def _plot_scores(per_backend: dict[str, tuple[list[float], list[float]]], featur
     axes = fig.subplots(1, len(per_backend), squeeze=False)
     bins = np.linspace(-0.2, 1, 25)
     for ax, (backend, (neuron_scores, feature_scores)) in zip(axes[0], per_backend.items()):
-        for scores, label, color in ((neuron_scores, "neurons", "tab:gray"),
-                                     (feature_scores, f"features ({feature_dict})", "tab:blue")):
+        for scores, label, color in (
+            (neuron_scores, "neurons", "tab:gray"),
+            (feature_scores, f"features ({feature_dict})", "tab:blue"),
+        ):
             values = np.nan_to_num(np.asarray(scores, dtype=float), nan=0.0)
-            ax.hist(np.clip(values, -0.2, 1), bins=bins, alpha=0.6, color=color,
-                    label=f"{label}: n={len(values)}, mean {values.mean():.2f}, median {np.median(values):.2f}")
+            ax.hist(
+                np.clip(values, -0.2, 1),
+                bins=bins,
+                alpha=0.6,
+                color=color,
+                label=f"{label}: n={len(values)}, mean {values.mean():.2f}, median {np.median(values):.2f}",
+            )
         ax.set_xlabel("simulation score (correlation of predicted and true activations)")
         ax.set_ylabel("units")
         ax.set_title(f"Automated interpretability, explainer: {backend}", fontsize=9)
@@ -195,14 +225,17 @@ def _backend_figures(scores: dict[int, UnitScore], sample: np.ndarray) -> dict[s
     """Means over one dictionary's comparison sample, for one backend: simulation (NaN counted as 0,
     the same rule for neurons and features), detection and fuzzing (NaN left out)."""
     simulation = [scores[u].simulation for u in sample]
-    return {"score_mean": _finite_mean(simulation),
-            "score_median": float(np.median(np.nan_to_num(simulation, nan=0.0))),
-            "detection_mean": _nanmean([scores[u].detection for u in sample]),
-            "fuzzing_mean": _nanmean([scores[u].fuzzing for u in sample])}
+    return {
+        "score_mean": _finite_mean(simulation),
+        "score_median": float(np.median(np.nan_to_num(simulation, nan=0.0))),
+        "detection_mean": _nanmean([scores[u].detection for u in sample]),
+        "fuzzing_mean": _nanmean([scores[u].fuzzing for u in sample]),
+    }
 
 
-def _explainers(cfg: AnalysisConfig, token_strings: list[str], sources: TokenSources,
-                cache_path: Path) -> list[Explainer]:
+def _explainers(
+    cfg: AnalysisConfig, token_strings: list[str], sources: TokenSources, cache_path: Path
+) -> list[Explainer]:
     """The configured LLM (if any) first, then the offline context explainer and its token-list baseline."""
     offline: list[Explainer] = [ContextExplainer(token_strings, sources), OfflineExplainer(token_strings)]
     if cfg.explainer == "offline":
@@ -210,8 +243,13 @@ def _explainers(cfg: AnalysisConfig, token_strings: list[str], sources: TokenSou
     return [llm_explainer_from_config(cfg, token_strings, cache_path), *offline]
 
 
-def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device: str = "cpu",
-                doc_sources: DocumentSources | None = None) -> dict[str, Any]:
+def analyze_run(
+    run_dir: Path,
+    sae_names: list[str],
+    cfg: AnalysisConfig,
+    device: str = "cpu",
+    doc_sources: DocumentSources | None = None,
+) -> dict[str, Any]:
     """Analyse the neurons and the SAEs ``RUN/saes/<name>`` over the held-out store; write
     ``RUN/features.sqlite`` and ``RUN/analysis/autointerp_scores.png``; return run.json's figures.
     ``doc_sources`` names each corpus document's source (default: one source for all)."""
@@ -229,9 +267,18 @@ def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device
     else:
         sources = TokenSources.build(text.tokens_N, text.docs_N, ctx, doc_sources, vocab_size)
     bases, saes = _bases(run_dir, sae_names, store.d_in)
-    stats_cfg = StatsConfig(n_rows=n_rows, top_k=cfg.top_k, doc_cap=cfg.doc_cap, n_intervals=cfg.n_quantile_intervals,
-                            per_interval=cfg.per_interval, n_random=cfg.n_random, hist_bins=cfg.hist_bins,
-                            left=cfg.context_left, right=cfg.context_right, seed=cfg.seed)
+    stats_cfg = StatsConfig(
+        n_rows=n_rows,
+        top_k=cfg.top_k,
+        doc_cap=cfg.doc_cap,
+        n_intervals=cfg.n_quantile_intervals,
+        per_interval=cfg.per_interval,
+        n_random=cfg.n_random,
+        hist_bins=cfg.hist_bins,
+        left=cfg.context_left,
+        right=cfg.context_right,
+        seed=cfg.seed,
+    )
     all_stats = compute_unit_stats(store, bases, text, vocab_size, stats_cfg, sources)
 
     explainers = _explainers(cfg, token_strings, sources, run_dir / "analysis" / "llm_cache.sqlite")
@@ -240,21 +287,30 @@ def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device
     largest = max(sae_names, key=lambda n: saes[n].cfg.d_sae) if sae_names else None
     alive = {s.name: np.flatnonzero(s.fire_count_U > 0) for s in all_stats}
     n_sample = min([cfg.n_scored_units, len(alive[NEURONS])] + ([len(alive[largest])] if largest else []))
-    samples = {name: np.sort(rng.choice(alive[name], size=n_sample, replace=False))
-               for name in ([NEURONS, largest] if largest else [NEURONS])}
+    samples = {
+        name: np.sort(rng.choice(alive[name], size=n_sample, replace=False))
+        for name in ([NEURONS, largest] if largest else [NEURONS])
+    }
 
     token_count_V = np.bincount(text.tokens_N, minlength=vocab_size)
     scores: dict[str, dict[str, dict[int, UnitScore]]] = {e.backend: {} for e in explainers}
     with fs.create_store(run_dir / fs.FILENAME) as db:
-        db.executemany("INSERT INTO vocab VALUES (?, ?, ?)",
-                       [(t, token_strings[t], int(token_count_V[t])) for t in range(vocab_size)])
-        db.executemany("INSERT INTO meta VALUES (?, ?)", [
-            ("analysis_config", json.dumps(cfg.model_dump())), ("n_tokens", json.dumps(n_rows)),
-            ("hook_name", json.dumps(store.hook_name)),
-            ("score_sample", json.dumps({k: v.tolist() for k, v in samples.items()})),
-            ("backends", json.dumps([e.backend for e in explainers])),
-            ("sources", json.dumps(sources.sources)), ("languages", json.dumps(sources.languages)),
-        ])
+        db.executemany(
+            "INSERT INTO vocab VALUES (?, ?, ?)",
+            [(t, token_strings[t], int(token_count_V[t])) for t in range(vocab_size)],
+        )
+        db.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [
+                ("analysis_config", json.dumps(cfg.model_dump())),
+                ("n_tokens", json.dumps(n_rows)),
+                ("hook_name", json.dumps(store.hook_name)),
+                ("score_sample", json.dumps({k: v.tolist() for k, v in samples.items()})),
+                ("backends", json.dumps([e.backend for e in explainers])),
+                ("sources", json.dumps(sources.sources)),
+                ("languages", json.dumps(sources.languages)),
+            ],
+        )
         written_rows: set[int] = set()
         for stats in all_stats:
             examples = _examples(stats, text, cfg)
@@ -263,28 +319,63 @@ def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device
                 offline = explainer.backend.startswith("offline")
                 units = alive[stats.name] if offline else samples.get(stats.name, np.array([], int))
                 scores[explainer.backend][stats.name] = _score_units(
-                    explainer, stats, examples, units.tolist(), sources, cfg.seed,
-                    workers=1 if offline else cfg.llm_concurrency)
-            _write_dictionary(db, stats, examples, {b: by_dict[stats.name] for b, by_dict in scores.items()},
-                              samples.get(stats.name), text, cfg, model, saes.get(stats.name), vocab_size,
-                              token_count_V, written_rows, primary.backend)
+                    explainer,
+                    stats,
+                    examples,
+                    units.tolist(),
+                    sources,
+                    cfg.seed,
+                    workers=1 if offline else cfg.llm_concurrency,
+                )
+            _write_dictionary(
+                db,
+                stats,
+                examples,
+                {b: by_dict[stats.name] for b, by_dict in scores.items()},
+                samples.get(stats.name),
+                text,
+                cfg,
+                model,
+                saes.get(stats.name),
+                vocab_size,
+                token_count_V,
+                written_rows,
+                primary.backend,
+            )
             _write_contexts(db, stats, sources, token_strings)
 
-    figures: dict[str, Any] = {"n_tokens": n_rows, "backend": primary.backend, "n_scored_units": n_sample,
-                               "store": fs.FILENAME, "sources": sources.sources, "dictionaries": {}}
+    figures: dict[str, Any] = {
+        "n_tokens": n_rows,
+        "backend": primary.backend,
+        "n_scored_units": n_sample,
+        "store": fs.FILENAME,
+        "sources": sources.sources,
+        "dictionaries": {},
+    }
     for stats in all_stats:
         figures["dictionaries"][stats.name] = {
-            "n_units": stats.n_units, "alive": int(len(alive[stats.name])),
+            "n_units": stats.n_units,
+            "alive": int(len(alive[stats.name])),
             "dead_fraction": float(1 - len(alive[stats.name]) / stats.n_units),
-            "mean_density": float(stats.density_U.mean()), "cofiring_tokens": stats.cofire_rows}
+            "mean_density": float(stats.density_U.mean()),
+            "cofiring_tokens": stats.cofire_rows,
+        }
     figures["explainer_backends"] = []
     for explainer in explainers:
-        entry = {"backend": explainer.backend,
-                 **{f"neuron_{k}": v for k, v in _backend_figures(scores[explainer.backend][NEURONS],
-                                                                  samples[NEURONS]).items()}}
+        entry = {
+            "backend": explainer.backend,
+            **{
+                f"neuron_{k}": v
+                for k, v in _backend_figures(scores[explainer.backend][NEURONS], samples[NEURONS]).items()
+            },
+        }
         if largest:
-            entry.update({f"feature_{k}": v for k, v in _backend_figures(scores[explainer.backend][largest],
-                                                                         samples[largest]).items()})
+            entry.update(
+                {
+                    f"feature_{k}": v
+                    for k, v in _backend_figures(scores[explainer.backend][largest], samples[largest]).items()
+                }
+            )
         figures["explainer_backends"].append(entry)
     main = figures["explainer_backends"][0]
     figures["neuron_score_mean"] = main["neuron_score_mean"]
@@ -293,11 +384,16 @@ def analyze_run(run_dir: Path, sae_names: list[str], cfg: AnalysisConfig, device
         figures["feature_dictionary"] = largest
         for key in ("feature_score_mean", "feature_score_median", "feature_detection_mean", "neuron_detection_mean"):
             figures[key] = main[key]
-        per_backend = {e.backend: ([scores[e.backend][NEURONS][u].simulation for u in samples[NEURONS]],
-                                   [scores[e.backend][largest][u].simulation for u in samples[largest]])
-                       for e in explainers}
-        figures["score_plot"] = str(_plot_scores(per_backend, largest,
-                                                 run_dir / "analysis" / "autointerp_scores.png").relative_to(run_dir))
+        per_backend = {
+            e.backend: (
+                [scores[e.backend][NEURONS][u].simulation for u in samples[NEURONS]],
+                [scores[e.backend][largest][u].simulation for u in samples[largest]],
+            )
+            for e in explainers
+        }
+        figures["score_plot"] = str(
+            _plot_scores(per_backend, largest, run_dir / "analysis" / "autointerp_scores.png").relative_to(run_dir)
+        )
         figures["god"] = god_check(run_dir / fs.FILENAME, largest)
     figures["seconds"] = round(time.perf_counter() - started, 1)
     return figures
@@ -331,19 +427,37 @@ def god_check(store_path: Path, dict_name: str) -> dict[str, Any] | None:
                 }
             )
         page = store.unit(dict_name, unit)
-        return {"dictionary": dict_name, "feature": unit, "token": best["token"],
-                "precision": round(best["precision"], 4), "recall": round(best["recall"], 4),
-                "top_tokens": [t for t, _, _ in best["top_tokens"]],
-                "simulation_score": page["simulation_score"], "explanation": page["explanation"],
-                "promotes": [t for t, _ in store.logits(dict_name, unit)["top"][:8]],
-                "constituent_neurons": neurons}
+        return {
+            "dictionary": dict_name,
+            "feature": unit,
+            "token": best["token"],
+            "precision": round(best["precision"], 4),
+            "recall": round(best["recall"], 4),
+            "top_tokens": [t for t, _, _ in best["top_tokens"]],
+            "simulation_score": page["simulation_score"],
+            "explanation": page["explanation"],
+            "promotes": [t for t, _ in store.logits(dict_name, unit)["top"][:8]],
+            "constituent_neurons": neurons,
+        }
     finally:
         store.close()
 
 
-def _write_dictionary(db, stats: UnitStats, examples: dict, by_backend: dict[str, dict[int, UnitScore]], sample,
-                      text: TokenContext, cfg: AnalysisConfig, model, sae, vocab_size: int, token_count_V: np.ndarray,
-                      written_rows: set[int], backend: str) -> None:
+def _write_dictionary(
+    db,
+    stats: UnitStats,
+    examples: dict,
+    by_backend: dict[str, dict[int, UnitScore]],
+    sample,
+    text: TokenContext,
+    cfg: AnalysisConfig,
+    model,
+    sae,
+    vocab_size: int,
+    token_count_V: np.ndarray,
+    written_rows: set[int],
+    backend: str,
+) -> None:
     """One dictionary's rows: ``units`` carries the primary ``backend``'s explanation, ``explanations``
     every backend's."""
     name, U = stats.name, stats.n_units
@@ -354,17 +468,45 @@ def _write_dictionary(db, stats: UnitStats, examples: dict, by_backend: dict[str
         (name, stats.kind, U, model.cfg.d_mlp, sae.cfg.variant if sae is not None else None, stats.n_rows, backend),
     )
     density, mean_act = stats.density_U, stats.mean_act_U
-    db.executemany("INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-        (name, u, stats.kind, int(stats.fire_count_U[u]), float(density[u]), float(mean_act[u]),
-         float(stats.max_act_U[u]),
-         fs.blob(stats.hist_UH[u], "i8"), float(stats.max_act_U[u]),
-         scores[u].explanation if u in scores else None, _nullable(scores[u].simulation) if u in scores else None,
-         _nullable(scores[u].detection) if u in scores else None, _nullable(scores[u].fuzzing) if u in scores else None,
-         scores[u].backend if u in scores else None, int(u in in_sample)) for u in range(U)])
-    db.executemany("INSERT INTO explanations VALUES (?, ?, ?, ?, ?, ?, ?)", [
-        (name, u, b, score.explanation, _nullable(score.simulation), _nullable(score.detection),
-         _nullable(score.fuzzing))
-        for b, unit_scores in by_backend.items() for u, score in unit_scores.items()])
+    db.executemany(
+        "INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                name,
+                u,
+                stats.kind,
+                int(stats.fire_count_U[u]),
+                float(density[u]),
+                float(mean_act[u]),
+                float(stats.max_act_U[u]),
+                fs.blob(stats.hist_UH[u], "i8"),
+                float(stats.max_act_U[u]),
+                scores[u].explanation if u in scores else None,
+                _nullable(scores[u].simulation) if u in scores else None,
+                _nullable(scores[u].detection) if u in scores else None,
+                _nullable(scores[u].fuzzing) if u in scores else None,
+                scores[u].backend if u in scores else None,
+                int(u in in_sample),
+            )
+            for u in range(U)
+        ],
+    )
+    db.executemany(
+        "INSERT INTO explanations VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                name,
+                u,
+                b,
+                score.explanation,
+                _nullable(score.simulation),
+                _nullable(score.detection),
+                _nullable(score.fuzzing),
+            )
+            for b, unit_scores in by_backend.items()
+            for u, score in unit_scores.items()
+        ],
+    )
     new_contexts, example_rows = [], []
     for u in range(U):
         for kind, bucket, rank, row, activation, acts, split in examples[u]["records"]:
@@ -373,8 +515,9 @@ def _write_dictionary(db, stats: UnitStats, examples: dict, by_backend: dict[str
                 written_rows.add(row)
                 first, stop = text.span(row, cfg.context_left, cfg.context_right)
                 new_contexts.append((row, int(text.docs_N[row]), row - first, fs.blob(text.tokens_N[first:stop], "i4")))
-            example_rows.append((name, u, kind, bucket, rank, row, float(activation),
-                                 fs.blob(acts[~np.isnan(acts)], "f4"), split))
+            example_rows.append(
+                (name, u, kind, bucket, rank, row, float(activation), fs.blob(acts[~np.isnan(acts)], "f4"), split)
+            )
     db.executemany("INSERT INTO contexts VALUES (?, ?, ?, ?)", new_contexts)
     db.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", example_rows)
 
@@ -389,23 +532,31 @@ def _write_dictionary(db, stats: UnitStats, examples: dict, by_backend: dict[str
     )
     neighbour_rows = []
     cof_v, cof_i = cofiring_neighbours(stats.cofire_UU, cfg.n_neighbours)
-    neighbour_rows += [(name, u, "cofiring", r, int(cof_i[u, r]), float(cof_v[u, r]))
-                       for u in range(U) for r in range(cfg.n_neighbours) if cof_i[u, r] >= 0]
+    neighbour_rows += [
+        (name, u, "cofiring", r, int(cof_i[u, r]), float(cof_v[u, r]))
+        for u in range(U)
+        for r in range(cfg.n_neighbours)
+        if cof_i[u, r] >= 0
+    ]
     if sae is not None:
         dec_v, dec_i = decoder_neighbours(sae.W_dec.detach(), cfg.n_neighbours)
-        neighbour_rows += [(name, u, "decoder", r, int(dec_i[u, r]), float(dec_v[u, r]))
-                           for u in range(U) for r in range(dec_i.shape[1])]
+        neighbour_rows += [
+            (name, u, "decoder", r, int(dec_i[u, r]), float(dec_v[u, r]))
+            for u in range(U)
+            for r in range(dec_i.shape[1])
+        ]
         w, n = constituent_neurons(sae.W_dec.detach(), cfg.n_constituents)
-        db.executemany("INSERT INTO constituents VALUES (?, ?, ?, ?, ?)",
-                       [(name, u, r, int(n[u, r]), float(w[u, r])) for u in range(U) for r in range(n.shape[1])])
+        db.executemany(
+            "INSERT INTO constituents VALUES (?, ?, ?, ?, ?)",
+            [(name, u, r, int(n[u, r]), float(w[u, r])) for u in range(U) for r in range(n.shape[1])],
+        )
         w, f = neuron_users(sae.W_dec.detach(), cfg.n_constituents)
         db.executemany(
             "INSERT INTO neuron_users VALUES (?, ?, ?, ?, ?)",
             [(name, m, r, int(f[m, r]), float(w[m, r])) for m in range(f.shape[0]) for r in range(f.shape[1])],
         )
     db.executemany("INSERT INTO neighbours VALUES (?, ?, ?, ?, ?, ?)", neighbour_rows)
-    db.executemany("INSERT INTO unit_tokens VALUES (?, ?, ?, ?, ?)",
-                   _unit_token_rows(name, stats, cfg.n_unit_tokens))
+    db.executemany("INSERT INTO unit_tokens VALUES (?, ?, ?, ?, ?)", _unit_token_rows(name, stats, cfg.n_unit_tokens))
 
 
 def _write_contexts(db, stats: UnitStats, sources: TokenSources, token_strings: list[str], n_prev: int = 5) -> None:
@@ -415,14 +566,27 @@ def _write_contexts(db, stats: UnitStats, sources: TokenSources, token_strings: 
     for u in np.flatnonzero(stats.fire_count_U > 0):
         context = stats.context(int(u))
         total = max(context.total, 1e-30)
-        for kind, shares, names in (("source", context.source_shares(), sources.sources),
-                                    ("language", context.language_shares(), sources.languages)):
-            rows += [(stats.name, int(u), kind, r, label, share)
-                     for r, (label, share) in enumerate(describe_sources(shares, names, n=5, min_share=0.01))]
+        for kind, shares, names in (
+            ("source", context.source_shares(), sources.sources),
+            ("language", context.language_shares(), sources.languages),
+        ):
+            rows += [
+                (stats.name, int(u), kind, r, label, share)
+                for r, (label, share) in enumerate(describe_sources(shares, names, n=5, min_share=0.01))
+            ]
         start, stop = prev.indptr[u], prev.indptr[u + 1]
         order = np.argsort(-prev.data[start:stop], kind="stable")[:n_prev]
-        rows += [(stats.name, int(u), "preceding", r, token_strings[int(prev.indices[start + i])],
-                  float(prev.data[start + i] / total)) for r, i in enumerate(order)]
+        rows += [
+            (
+                stats.name,
+                int(u),
+                "preceding",
+                r,
+                token_strings[int(prev.indices[start + i])],
+                float(prev.data[start + i] / total),
+            )
+            for r, i in enumerate(order)
+        ]
     db.executemany("INSERT INTO unit_contexts VALUES (?, ?, ?, ?, ?, ?)", rows)
 
 
@@ -451,10 +615,15 @@ def analysis_headline(figures: dict[str, Any]) -> str:
     """One line for the ``run`` summary: the score comparison per backend and the God check."""
     line = f"{figures['n_tokens']:,} tokens; autointerp ({figures['n_scored_units']} each, mean simulation score): "
     if "feature_score_mean" not in figures:
-        return line + "; ".join(f"{b['backend']}: neurons {b['neuron_score_mean']:.2f}"
-                                for b in figures["explainer_backends"]) + " (no SAE analysed)"
-    line += "; ".join(f"{b['backend']}: features {b['feature_score_mean']:.2f} vs neurons {b['neuron_score_mean']:.2f}"
-                      for b in figures["explainer_backends"])
+        return (
+            line
+            + "; ".join(f"{b['backend']}: neurons {b['neuron_score_mean']:.2f}" for b in figures["explainer_backends"])
+            + " (no SAE analysed)"
+        )
+    line += "; ".join(
+        f"{b['backend']}: features {b['feature_score_mean']:.2f} vs neurons {b['neuron_score_mean']:.2f}"
+        for b in figures["explainer_backends"]
+    )
     god = figures.get("god")
     if god:
         line += (

@@ -140,9 +140,17 @@ class ContextExplainer(OfflineExplainer):
 
     backend = CONTEXT_BACKEND
 
-    def __init__(self, token_strings: list[str], sources: TokenSources, max_tokens: int = 8,
-                 n_sources: int = 3, min_source_share: float = 0.1, n_prev: int = 3,
-                 min_prev_share: float = 0.05, min_prev_lift: float = 2.0):
+    def __init__(
+        self,
+        token_strings: list[str],
+        sources: TokenSources,
+        max_tokens: int = 8,
+        n_sources: int = 3,
+        min_source_share: float = 0.1,
+        n_prev: int = 3,
+        min_prev_share: float = 0.05,
+        min_prev_lift: float = 2.0,
+    ):
         super().__init__(token_strings, max_tokens)
         self.sources = sources
         self.n_sources, self.min_source_share = n_sources, min_source_share
@@ -166,12 +174,16 @@ class ContextExplainer(OfflineExplainer):
         expected_S = rate @ self.sources.token_source_VS[ids]
         lift_S = lifts(mass_S, expected_S, total, expected_S.sum(), mu)
         shares_S = mass_S / total
-        named = [int(s) for s in np.argsort(-shares_S, kind="stable")[: self.n_sources]
-                 if shares_S[s] >= self.min_source_share and len(shares_S) > 1]  # one source says nothing
+        named = [
+            int(s)
+            for s in np.argsort(-shares_S, kind="stable")[: self.n_sources]
+            if shares_S[s] >= self.min_source_share and len(shares_S) > 1
+        ]  # one source says nothing
         source_lifts = {s: float(lift_S[s]) for s in named}
         rest = np.setdiff1d(np.arange(len(shares_S)), named)
-        other_source = float(lifts(mass_S[rest].sum(keepdims=True), expected_S[rest].sum(keepdims=True),
-                                   total, expected_S.sum(), mu)[0])
+        other_source = float(
+            lifts(mass_S[rest].sum(keepdims=True), expected_S[rest].sum(keepdims=True), total, expected_S.sum(), mu)[0]
+        )
 
         # previous tokens: the same comparison against n(p → t)
         mass_V = context.token_prev_TV[slots].sum(axis=0)
@@ -179,21 +191,26 @@ class ContextExplainer(OfflineExplainer):
         prev_total, prev_expected = float(mass_V.sum()), float(expected_V.sum())
         prev_lift = lifts(mass_V, expected_V, prev_total, prev_expected, mu)
         prev_share = mass_V / total
-        candidates = [int(p) for p in np.argsort(-prev_share, kind="stable")[: 4 * self.n_prev]
-                      if prev_share[p] >= self.min_prev_share and prev_lift[p] >= self.min_prev_lift][: self.n_prev]
+        candidates = [
+            int(p)
+            for p in np.argsort(-prev_share, kind="stable")[: 4 * self.n_prev]
+            if prev_share[p] >= self.min_prev_share and prev_lift[p] >= self.min_prev_lift
+        ][: self.n_prev]
         prev_lifts = {p: float(prev_lift[p]) for p in candidates}
         other_prev = 1.0
         if prev_lifts:
             rest_mass = prev_total - mass_V[candidates].sum()
             rest_expected = prev_expected - expected_V[candidates].sum()
-            other_prev = float(lifts(np.array([rest_mass]), np.array([rest_expected]), prev_total, prev_expected,
-                                     mu)[0])
+            other_prev = float(
+                lifts(np.array([rest_mass]), np.array([rest_expected]), prev_total, prev_expected, mu)[0]
+            )
 
         where = ", ".join(f"{self.sources.sources[s]} {shares_S[s]:.0%} (×{source_lifts[s]:.1f})" for s in named)
         after = ", ".join(f"{self.quote(p)} ×{lift:.1f}" for p, lift in prev_lifts.items())
         text = base.text + (f" — {where}" if where else "") + (f" · after {after}" if after else "")
-        return Explanation(text, base.token_weights, source_lifts, other_source, prev_lifts, other_prev,
-                           {int(t) for t in ids})
+        return Explanation(
+            text, base.token_weights, source_lifts, other_source, prev_lifts, other_prev, {int(t) for t in ids}
+        )
 
     def simulate(self, explanation: Explanation, contexts: list[Example]) -> list[np.ndarray]:
         token_only = super().simulate(explanation, contexts)
@@ -245,8 +262,14 @@ def fuzzing_marks(score: list[Example], rng: np.random.Generator) -> tuple[list[
     return marks, np.array(correct, dtype=bool)
 
 
-def score_unit(explainer: Explainer, explain: list[Example], score: list[Example], max_act: float,
-               context: UnitContext | None = None, seed: int = 0) -> UnitScore:
+def score_unit(
+    explainer: Explainer,
+    explain: list[Example],
+    score: list[Example],
+    max_act: float,
+    context: UnitContext | None = None,
+    seed: int = 0,
+) -> UnitScore:
     """Explain from ``explain`` (and ``context``), then measure the three scores on ``score``;
     ``seed`` picks fuzzing's wrongly marked tokens."""
     explanation = explainer.explain(explain, max_act, context)

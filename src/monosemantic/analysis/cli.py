@@ -34,8 +34,14 @@ def _score(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def search(run_dir: Path, token: str | None = None, text: str | None = None, sae: str | None = None,
-           top: int = 10, console: Console | None = None) -> list[dict]:
+def search(
+    run_dir: Path,
+    token: str | None = None,
+    text: str | None = None,
+    sae: str | None = None,
+    top: int = 10,
+    console: Console | None = None,
+) -> list[dict]:
     """Print the units that best match a token (by precision/recall) or an explanation text."""
     if (token is None) == (text is None):
         raise UserError("search: give exactly one of --token or --text")
@@ -56,16 +62,31 @@ def search(run_dir: Path, token: str | None = None, text: str | None = None, sae
         table.columns[1].header, table.columns[2].header = "", ""
     for r in results:
         tokens = ", ".join(f"{t!r} ({n})" for t, n, _ in r["top_tokens"])
-        table.add_row(str(r["unit"]), f"{r['precision']:.2f}" if "precision" in r else "",
-                      f"{r['recall']:.2f}" if "recall" in r else "", tokens,
-                      f"{_score(r['simulation_score'])} [dim]{r['score_backend'] or ''}[/dim]", r["explanation"] or "")
+        table.add_row(
+            str(r["unit"]),
+            f"{r['precision']:.2f}" if "precision" in r else "",
+            f"{r['recall']:.2f}" if "recall" in r else "",
+            tokens,
+            f"{_score(r['simulation_score'])} [dim]{r['score_backend'] or ''}[/dim]",
+            r["explanation"] or "",
+        )
     (console or Console()).print(table)
     return results
 
 
-def steer(run_dir: Path, sae: str, feature: int | None, prompt: str, value: float | None = None, mode: str = "clamp",
-          n_tokens: int = 20, top: int = 10, seed: int = 0, console: Console | None = None,
-          feature_token: str | None = None) -> dict:
+def steer(
+    run_dir: Path,
+    sae: str,
+    feature: int | None,
+    prompt: str,
+    value: float | None = None,
+    mode: str = "clamp",
+    n_tokens: int = 20,
+    top: int = 10,
+    seed: int = 0,
+    console: Console | None = None,
+    feature_token: str | None = None,
+) -> dict:
     """Print how steering (clamp/add) or ablating one feature changes the LM's next-token predictions
     and a sampled continuation; with ablation, also the loss change on the feature's top contexts.
 
@@ -102,8 +123,19 @@ def _feature_for_token(store: FeatureStore | None, run_dir: Path, sae: str, toke
     return hits[0]["unit"]
 
 
-def _steer(run_dir: Path, store: FeatureStore | None, sae: str, feature: int, prompt: str, value: float | None,
-           mode: str, n_tokens: int, top: int, seed: int, out: Console) -> dict:
+def _steer(
+    run_dir: Path,
+    store: FeatureStore | None,
+    sae: str,
+    feature: int,
+    prompt: str,
+    value: float | None,
+    mode: str,
+    n_tokens: int,
+    top: int,
+    seed: int,
+    out: Console,
+) -> dict:
     model, tokenizer = load_lm(run_dir / "lm"), load_tokenizer(run_dir / "tokenizer.json")
     dictionary = load_sae(run_dir / "saes" / sae)
     if not 0 <= feature < dictionary.cfg.d_sae:
@@ -113,7 +145,7 @@ def _steer(run_dir: Path, store: FeatureStore | None, sae: str, feature: int, pr
         max_act = store.unit(sae, feature)["max_act"] if store is not None else 0.0
         value = 2 * max_act if max_act > 0 else 10.0
     hook = steering_hook(dictionary, feature, mode, value)
-    tokens_T = torch.tensor([eos_id(tokenizer), *tokenizer.encode(prompt).ids][-model.cfg.n_ctx:])
+    tokens_T = torch.tensor([eos_id(tokenizer), *tokenizer.encode(prompt).ids][-model.cfg.n_ctx :])
 
     def show(t: int) -> str:
         return repr(tokenizer.decode([t]))
@@ -130,8 +162,13 @@ def _steer(run_dir: Path, store: FeatureStore | None, sae: str, feature: int, pr
     steered = sample_continuation(model, hook_name, tokens_T, n_tokens, hook, seed)
     out.print(f"[bold]continuation[/bold] (seed {seed}): {prompt}[dim]{tokenizer.decode(plain)}[/dim]")
     out.print(f"[bold]steered[/bold]      (seed {seed}): {prompt}[green]{tokenizer.decode(steered)}[/green]")
-    result = {"feature": feature, "value": value, "next_token": change, "continuation": plain,
-              "steered_continuation": steered}
+    result = {
+        "feature": feature,
+        "value": value,
+        "next_token": change,
+        "continuation": plain,
+        "steered_continuation": steered,
+    }
     if mode == "ablate" and store is not None:
         result["ablation"] = _ablation_on_top_contexts(
             run_dir, store, model, hook_name, dictionary, sae, feature, out, show
@@ -158,8 +195,9 @@ def _ablation_on_top_contexts(run_dir, store, model, hook_name, dictionary, sae,
         table.add_column(column)
     for b in range(len(rows)):
         p = int(positions_B[b])
-        table.add_row(show(int(windows_BT[b, p])), show(int(windows_BT[b, p + 1])), f"{activation_B[b]:.3f}",
-                      f"{delta_B[b]:+.4f}")
+        table.add_row(
+            show(int(windows_BT[b, p])), show(int(windows_BT[b, p + 1])), f"{activation_B[b]:.3f}", f"{delta_B[b]:+.4f}"
+        )
     out.print(table)
     out.print(f"mean Δloss {delta_B.mean():+.4f} nats over {len(rows)} top contexts")
     return {"mean_delta_loss": float(delta_B.mean()), "n_contexts": len(rows)}

@@ -27,12 +27,18 @@ class AnalysisConfig(BaseModel):
     n_constituents: int = Field(10, ge=1)
     n_unit_tokens: int = Field(20, ge=1, description="tokens kept per unit, and units kept per token, for search")
     n_scored_units: int = Field(400, ge=1, description="neurons, and features, in the score comparison")
-    source_field: str | None = Field(None, description="jsonl field naming each document's source (user corpora); "
-                                     "None: the file's name (the bundled corpus knows its sources)")
+    source_field: str | None = Field(
+        None,
+        description="jsonl field naming each document's source (user corpora); "
+        "None: the file's name (the bundled corpus knows its sources)",
+    )
     explainer: Literal["offline", "openai", "anthropic"] = "offline"
     llm_model: str | None = None
-    llm_base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1 (vLLM), "
-                                     "http://localhost:11434/v1 (Ollama); None: $MONOSEMANTIC_LLM_BASE_URL or hosted")
+    llm_base_url: str | None = Field(
+        None,
+        description="e.g. http://localhost:8000/v1 (vLLM), "
+        "http://localhost:11434/v1 (Ollama); None: $MONOSEMANTIC_LLM_BASE_URL or hosted",
+    )
     llm_max_requests: int | None = Field(5000, ge=1, description="requests sent per analysis, retries included")
     llm_max_tokens: int | None = Field(None, ge=1, description="tokens used per analysis, as the server reports them")
     llm_concurrency: int = Field(4, ge=1, description="units explained and scored at once")
@@ -82,8 +88,9 @@ class UniversalityConfig(BaseModel):
     sae_n_samples: int | None = Field(None, ge=1, description="training samples of both new SAEs; None: A's recipe")
     same_model_check: bool = Field(True, description="also train a reseeded SAE on A's activations")
     sae_seed_offset: int = Field(1, ge=1, description="the reseeded SAE's seed = A's SAE seed + this")
-    n_tokens: int | None = Field(None, ge=2, description="tokens compared, streamed through both LMs; "
-                                 "None: the held-out store (activations/val)")
+    n_tokens: int | None = Field(
+        None, ge=2, description="tokens compared, streamed through both LMs; None: the held-out store (activations/val)"
+    )
     tokens_split: Literal["val", "train"] = Field("val", description="split those n_tokens come from")
     chunk_rows: int = Field(16_384, ge=1, description="tokens per streamed chunk")
     harvest_batch_size: int = Field(64, ge=1)

@@ -47,8 +47,9 @@ class TokenSources:
     bigram_PV: sp.csc_matrix  # [V, V] counts of (previous token, token), by column = token
 
     @classmethod
-    def build(cls, tokens_N: np.ndarray, docs_N: np.ndarray, ctx: int, doc_sources: DocumentSources,
-              vocab_size: int) -> TokenSources:
+    def build(
+        cls, tokens_N: np.ndarray, docs_N: np.ndarray, ctx: int, doc_sources: DocumentSources, vocab_size: int
+    ) -> TokenSources:
         if len(docs_N) and docs_N.max() >= len(doc_sources.source_D):
             raise ValueError(f"document {docs_N.max()} has no source ({len(doc_sources.source_D)} documents known)")
         source_N = doc_sources.source_D[docs_N].astype(np.int64)
@@ -58,15 +59,25 @@ class TokenSources:
         S = len(doc_sources.sources)
         token_source_VS = np.bincount(tokens_N * S + source_N, minlength=vocab_size * S).reshape(vocab_size, S)
         has = prev_N >= 0
-        bigram_PV = sp.csc_matrix((np.ones(int(has.sum())), (prev_N[has], tokens_N[has])),
-                                  shape=(vocab_size, vocab_size))
+        bigram_PV = sp.csc_matrix(
+            (np.ones(int(has.sum())), (prev_N[has], tokens_N[has])), shape=(vocab_size, vocab_size)
+        )
         bigram_PV.sum_duplicates()
-        return cls(doc_sources.sources, doc_sources.languages, tokens_N.astype(np.int64), source_N, language_N, prev_N,
-                   token_source_VS.astype(np.float64), bigram_PV)
+        return cls(
+            doc_sources.sources,
+            doc_sources.languages,
+            tokens_N.astype(np.int64),
+            source_N,
+            language_N,
+            prev_N,
+            token_source_VS.astype(np.float64),
+            bigram_PV,
+        )
 
     @classmethod
-    def single_source(cls, tokens_N: np.ndarray, docs_N: np.ndarray, ctx: int, vocab_size: int,
-                      name: str = "corpus") -> TokenSources:
+    def single_source(
+        cls, tokens_N: np.ndarray, docs_N: np.ndarray, ctx: int, vocab_size: int, name: str = "corpus"
+    ) -> TokenSources:
         n_docs = int(docs_N.max()) + 1 if len(docs_N) else 0
         return cls.build(tokens_N, docs_N, ctx, DocumentSources.single(name, n_docs), vocab_size)
 
@@ -100,10 +111,12 @@ class UnitContext:
     def without_rows(self, rows_R: np.ndarray, acts_R: np.ndarray, text: TokenSources) -> UnitContext:
         """This mass less the unit's activations ``acts_R`` on rows ``rows_R`` (distinct rows): what
         an explainer may use when those rows are held out for scoring."""
-        source = self.source_mass_S - np.bincount(text.source_N[rows_R], weights=acts_R,
-                                                  minlength=len(self.source_mass_S))
-        language = self.language_mass_L - np.bincount(text.language_N[rows_R], weights=acts_R,
-                                                      minlength=len(self.language_mass_L))
+        source = self.source_mass_S - np.bincount(
+            text.source_N[rows_R], weights=acts_R, minlength=len(self.source_mass_S)
+        )
+        language = self.language_mass_L - np.bincount(
+            text.language_N[rows_R], weights=acts_R, minlength=len(self.language_mass_L)
+        )
         prev_R = text.prev_N[rows_R]
         prev_mass = self.prev_mass.copy()
         if len(self.prev_tokens):
@@ -115,9 +128,16 @@ class UnitContext:
         np.subtract.at(token_source, (slot, text.source_N[rows_R][entry]), acts_R[entry])
         has = text.prev_N[rows_R][entry] >= 0
         np.subtract.at(token_prev, (slot[has], text.prev_N[rows_R][entry][has]), acts_R[entry][has])
-        return UnitContext(np.maximum(source, 0), np.maximum(language, 0), self.prev_tokens,
-                           np.maximum(prev_mass, 0), self.mean_act, self.tokens_T,
-                           np.maximum(token_source, 0), np.maximum(token_prev, 0))
+        return UnitContext(
+            np.maximum(source, 0),
+            np.maximum(language, 0),
+            self.prev_tokens,
+            np.maximum(prev_mass, 0),
+            self.mean_act,
+            self.tokens_T,
+            np.maximum(token_source, 0),
+            np.maximum(token_prev, 0),
+        )
 
     def source_shares(self) -> np.ndarray:
         return self.source_mass_S / max(self.total, 1e-30)
@@ -126,8 +146,9 @@ class UnitContext:
         return self.language_mass_L / max(self.total, 1e-30)
 
 
-def lifts(mass_C: np.ndarray, expected_C: np.ndarray, total_mass: float, total_expected: float,
-          mean_act: float) -> np.ndarray:
+def lifts(
+    mass_C: np.ndarray, expected_C: np.ndarray, total_mass: float, total_expected: float, mean_act: float
+) -> np.ndarray:
     """lift(c) = (mass(c) + κμ) / (expected(c) · total_mass / total_expected + κμ): expected mass is
     rescaled to the unit's total over all contexts (see the module docstring); 1 when nothing is expected."""
     if total_expected <= 0:
@@ -149,9 +170,9 @@ def js_divergence(distributions_KS: np.ndarray, weights_K: np.ndarray) -> float:
     return float(entropy(w @ P) - (w * entropy(P)).sum())
 
 
-def describe_sources(shares_S: np.ndarray, names: list[str], n: int = 3,
-                     min_share: float = 0.05) -> list[tuple[str, float]]:
+def describe_sources(
+    shares_S: np.ndarray, names: list[str], n: int = 3, min_share: float = 0.05
+) -> list[tuple[str, float]]:
     """The ``n`` largest shares of at least ``min_share``, as (name, share), largest first."""
     order = np.argsort(-shares_S, kind="stable")[:n]
     return [(names[i], float(shares_S[i])) for i in order if shares_S[i] >= min_share]
-

@@ -225,8 +225,7 @@ def best_matches(stats: CrossStats, measure: str = "pearson", min_fires: int = 1
     """Reduce the [A, B] similarity (``"pearson"`` or ``"masked_cosine"`` with ``min_fires``) to
     each unit's best partner, in blocks of ``ROW_BLOCK`` rows so that at most one block of it is
     ever formed."""
-    similarity = {"pearson": stats.pearson,
-                  "masked_cosine": lambda rows: stats.masked_cosine(rows, min_fires)}[measure]
+    similarity = {"pearson": stats.pearson, "masked_cosine": lambda rows: stats.masked_cosine(rows, min_fires)}[measure]
     A, B = stats.shape
     a_index, a_value = np.full(A, -1, dtype=np.int64), np.full(A, np.nan)
     b_value_B = torch.full((B,), -torch.inf, dtype=torch.float64, device=stats.device)
@@ -235,8 +234,8 @@ def best_matches(stats: CrossStats, measure: str = "pearson", min_fires: int = 1
         sim_RB = similarity(slice(start, start + ROW_BLOCK)).nan_to_num(nan=-torch.inf)
         value_R, index_R = sim_RB.max(dim=1)
         defined_R = torch.isfinite(value_R)
-        a_value[start:start + len(value_R)] = torch.where(defined_R, value_R, torch.nan).cpu().numpy()
-        a_index[start:start + len(value_R)] = torch.where(defined_R, index_R, -1).cpu().numpy()
+        a_value[start : start + len(value_R)] = torch.where(defined_R, value_R, torch.nan).cpu().numpy()
+        a_index[start : start + len(value_R)] = torch.where(defined_R, index_R, -1).cpu().numpy()
         block_value_B, block_index_B = sim_RB.max(dim=0)
         better_B = block_value_B > b_value_B
         b_value_B = torch.where(better_B, block_value_B, b_value_B)
@@ -252,8 +251,9 @@ def best_matches(stats: CrossStats, measure: str = "pearson", min_fires: int = 1
     )
 
 
-def max_correlations(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], n_a: int, n_b: int,
-                     device: torch.device | str = "cpu") -> Matches:
+def max_correlations(
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], n_a: int, n_b: int, device: torch.device | str = "cpu"
+) -> Matches:
     """Each unit's maximum Pearson correlation with any unit of the other set, over the tokens of
     ``chunks`` (pairs [N, n_a], [N, n_b] of the same tokens), streamed."""
     stats = CrossStats(n_a, n_b, device=device)

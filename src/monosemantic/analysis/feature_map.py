@@ -37,8 +37,13 @@ def project_2d(directions_ND: np.ndarray, cfg: FeatureMapConfig) -> tuple[np.nda
             raise UserError("feature map method umap: umap-learn is not installed (pip install umap-learn, or use pca)")
         import umap
 
-        reducer = umap.UMAP(n_neighbors=min(cfg.n_neighbors, len(unit_ND) - 1), min_dist=cfg.min_dist,
-                            metric="cosine", random_state=cfg.seed, n_jobs=1)
+        reducer = umap.UMAP(
+            n_neighbors=min(cfg.n_neighbors, len(unit_ND) - 1),
+            min_dist=cfg.min_dist,
+            metric="cosine",
+            random_state=cfg.seed,
+            n_jobs=1,
+        )
         return np.asarray(reducer.fit_transform(unit_ND), dtype=np.float64), "umap"
     torch.manual_seed(cfg.seed)  # pca_lowrank's random sketch
     x_ND = torch.from_numpy(unit_ND).double()
@@ -63,16 +68,25 @@ def feature_map(run_dir: str | Path, sae_names: list[str], cfg: FeatureMapConfig
     points, at = [], 0
     for name, W_dec_FD in decoders.items():
         for f in range(len(W_dec_FD)):
-            point = {"sae": name, "size": len(W_dec_FD), "feature": f,
-                     "x": round(float(coords_N2[at, 0]), 4), "y": round(float(coords_N2[at, 1]), 4)}
+            point = {
+                "sae": name,
+                "size": len(W_dec_FD),
+                "feature": f,
+                "x": round(float(coords_N2[at, 0]), 4),
+                "y": round(float(coords_N2[at, 1]), 4),
+            }
             point.update({key: values[f] for key, values in extra.get(name, {}).items()})
             points.append(point)
             at += 1
     out = run / "feature_map"
     write_json(out / "map.json", {"method": method, "config": cfg.model_dump(), "saes": sae_names, "points": points})
     _plot(points, method, out / "map.png")
-    return {"method": method, "n_points": len(points), "seconds": round(seconds, 2),
-            "artifacts": {"data": "feature_map/map.json", "picture": "feature_map/map.png"}}
+    return {
+        "method": method,
+        "n_points": len(points),
+        "seconds": round(seconds, 2),
+        "artifacts": {"data": "feature_map/map.json", "picture": "feature_map/map.png"},
+    }
 
 
 def _splitting_annotations(run: Path, sae_names: list[str]) -> dict[str, dict[str, list]]:
@@ -81,8 +95,11 @@ def _splitting_annotations(run: Path, sae_names: list[str]) -> dict[str, dict[st
     if not path.exists():
         return {}
     families = json.loads(path.read_text())
-    extra = {name: {"label": feats["label"], "density": feats["density"]}
-             for name, feats in families["features"].items() if name in sae_names}
+    extra = {
+        name: {"label": feats["label"], "density": feats["density"]}
+        for name, feats in families["features"].items()
+        if name in sae_names
+    }
     for link in families["links"]:
         if link["to"] in extra:
             extra[link["to"]]["parent"] = link["parent"]
@@ -97,8 +114,15 @@ def _plot(points: list[dict], method: str, path: Path) -> None:
     fig, ax = new_figure((7, 6.5))
     for size, colour in zip(reversed(sizes), reversed(colours)):  # small dictionaries drawn on top
         xy = np.array([(p["x"], p["y"]) for p in points if p["size"] == size])
-        ax.scatter(xy[:, 0], xy[:, 1], s=3 + 12 * (sizes[0] / size), color=colour, alpha=0.7,
-                   linewidths=0, label=f"{size} features")
+        ax.scatter(
+            xy[:, 0],
+            xy[:, 1],
+            s=3 + 12 * (sizes[0] / size),
+            color=colour,
+            alpha=0.7,
+            linewidths=0,
+            label=f"{size} features",
+        )
     ax.set_title(f"Decoder directions of all dictionaries ({method.upper()})")
     ax.set_xticks([])
     ax.set_yticks([])

@@ -74,10 +74,20 @@ class _Retryable(Exception):
 class ChatClient:
     """One prompt in, the model's text out, with retries, caps and a cache (see the module docstring)."""
 
-    def __init__(self, provider: str, model: str, base_url: str, api_key: str | None = None,
-                 cache: AnswerCache | None = None, timeout_s: float = 60.0, retries: int = 4,
-                 backoff_s: float = 1.0, max_requests: int | None = None, max_tokens: int | None = None,
-                 max_answer_tokens: int = 1024):
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        base_url: str,
+        api_key: str | None = None,
+        cache: AnswerCache | None = None,
+        timeout_s: float = 60.0,
+        retries: int = 4,
+        backoff_s: float = 1.0,
+        max_requests: int | None = None,
+        max_tokens: int | None = None,
+        max_answer_tokens: int = 1024,
+    ):
         if provider not in PROVIDERS:
             raise UserError(f"LLM provider {provider!r}: must be one of {', '.join(PROVIDERS)}")
         self.provider, self.model, self.base_url = provider, model, base_url.rstrip("/")
@@ -106,7 +116,7 @@ class ChatClient:
             except _Retryable as err:
                 last = str(err)
                 if attempt < self.retries:
-                    time.sleep(min(err.wait_s if err.wait_s is not None else self.backoff_s * 2 ** attempt, MAX_WAIT_S))
+                    time.sleep(min(err.wait_s if err.wait_s is not None else self.backoff_s * 2**attempt, MAX_WAIT_S))
                 continue
             self.cache.put(key, answer)
             return answer
@@ -115,13 +125,17 @@ class ChatClient:
     def _count_request(self) -> None:
         with self.lock:
             if self.max_requests is not None and self.requests >= self.max_requests:
-                raise UserError(f"LLM request cap reached: {self.requests} requests sent "
-                                f"(analysis.llm_max_requests={self.max_requests}); raise it, or score fewer units "
-                                f"(analysis.n_scored_units); answers so far are cached")
+                raise UserError(
+                    f"LLM request cap reached: {self.requests} requests sent "
+                    f"(analysis.llm_max_requests={self.max_requests}); raise it, or score fewer units "
+                    f"(analysis.n_scored_units); answers so far are cached"
+                )
             if self.max_tokens is not None and self.tokens >= self.max_tokens:
-                raise UserError(f"LLM token cap reached: the server reports {self.tokens} tokens used "
-                                f"(analysis.llm_max_tokens={self.max_tokens}); raise it, or score fewer units "
-                                f"(analysis.n_scored_units); answers so far are cached")
+                raise UserError(
+                    f"LLM token cap reached: the server reports {self.tokens} tokens used "
+                    f"(analysis.llm_max_tokens={self.max_tokens}); raise it, or score fewer units "
+                    f"(analysis.n_scored_units); answers so far are cached"
+                )
             self.requests += 1
 
     def _post(self, prompt: str) -> str:
@@ -141,8 +155,10 @@ class ChatClient:
         if response.status_code == 429 or response.status_code >= 500:
             raise _Retryable(f"HTTP {response.status_code}", _retry_after(response))
         if response.status_code >= 400:
-            raise UserError(f"LLM endpoint {self.url}: HTTP {response.status_code} ({response.text[:200]!r}); "
-                            f"check the model name, the key and the base URL")
+            raise UserError(
+                f"LLM endpoint {self.url}: HTTP {response.status_code} ({response.text[:200]!r}); "
+                f"check the model name, the key and the base URL"
+            )
         try:
             reply = response.json()
             usage = reply.get("usage") or {}
@@ -176,8 +192,14 @@ class LLMExplainer:
     Activations are shown on OpenAI's 0–10 scale (a / max · 10, rounded); the simulator answers
     one integer per token, detection and fuzzing one 0/1 per excerpt (delphi's prompts' shape)."""
 
-    def __init__(self, client: ChatClient, token_strings: list[str], max_examples: int = 20,
-                 max_prompt_chars: int = 12_000, batch_size: int = 10):
+    def __init__(
+        self,
+        client: ChatClient,
+        token_strings: list[str],
+        max_examples: int = 20,
+        max_prompt_chars: int = 12_000,
+        batch_size: int = 10,
+    ):
         self.client, self.token_strings = client, token_strings
         self.max_examples, self.max_prompt_chars, self.batch_size = max_examples, max_prompt_chars, batch_size
         self.backend = f"{client.provider}:{client.model}"
@@ -188,14 +210,17 @@ class LLMExplainer:
     def explain(self, examples: list[Example], max_act: float, context: UnitContext | None = None) -> Explanation:
         if not examples or max_act <= 0:
             return Explanation("(no activations)")
-        head = ("We study a unit of a small language model. Below are text excerpts, one token per line, "
-                "each with the unit's activation on a 0-10 scale. In one short phrase, say what the unit "
-                "responds to. Answer with the phrase only.\n\n")
+        head = (
+            "We study a unit of a small language model. Below are text excerpts, one token per line, "
+            "each with the unit's activation on a 0-10 scale. In one short phrase, say what the unit "
+            "responds to. Answer with the phrase only.\n\n"
+        )
         blocks = []
         for example in examples[: self.max_examples]:
             scaled = np.rint(np.clip(example.acts / max_act, 0, 1) * 10).astype(int)
-            block = "\n".join(f"{json.dumps(s, ensure_ascii=False)}\t{a}"
-                              for s, a in zip(self._show(example.tokens), scaled))
+            block = "\n".join(
+                f"{json.dumps(s, ensure_ascii=False)}\t{a}" for s, a in zip(self._show(example.tokens), scaled)
+            )
             if blocks and len(head) + sum(len(b) + 2 for b in blocks) + len(block) > self.max_prompt_chars:
                 break
             blocks.append(block)
@@ -216,10 +241,12 @@ class LLMExplainer:
 
     def simulate(self, explanation: Explanation, contexts: list[Example]) -> list[np.ndarray]:
         shown = [self._show(c.tokens) for c in contexts]
-        head = (f"A unit of a small language model responds to: {explanation.text}\n"
-                "For each excerpt below (a JSON list of tokens), predict the unit's activation on every "
-                "token as an integer 0-10. Answer with a JSON list of lists of integers only, one inner "
-                "list per excerpt, of the same lengths.\n\n")
+        head = (
+            f"A unit of a small language model responds to: {explanation.text}\n"
+            "For each excerpt below (a JSON list of tokens), predict the unit's activation on every "
+            "token as an integer 0-10. Answer with a JSON list of lists of integers only, one inner "
+            "list per excerpt, of the same lengths.\n\n"
+        )
         lines = [json.dumps(tokens, ensure_ascii=False) for tokens in shown]
         predicted: list[np.ndarray] = [np.zeros(len(t)) for t in shown]  # an unusable answer predicts nothing
         for batch in self._batches(head, lines):
@@ -244,16 +271,20 @@ class LLMExplainer:
         return answers
 
     def detect(self, explanation: Explanation, contexts: list[Example]) -> np.ndarray:
-        head = (f"A unit of a small language model responds to: {explanation.text}\n"
-                "For each numbered excerpt below, answer 1 if the unit fires anywhere in it, else 0. "
-                "Answer with a JSON list of 0s and 1s only, one per excerpt.\n\n")
+        head = (
+            f"A unit of a small language model responds to: {explanation.text}\n"
+            "For each numbered excerpt below, answer 1 if the unit fires anywhere in it, else 0. "
+            "Answer with a JSON list of 0s and 1s only, one per excerpt.\n\n"
+        )
         return self._classify(head, [json.dumps("".join(self._show(c.tokens)), ensure_ascii=False) for c in contexts])
 
     def fuzz(self, explanation: Explanation, contexts: list[Example], marked: list[np.ndarray]) -> np.ndarray:
-        head = (f"A unit of a small language model responds to: {explanation.text}\n"
-                "In each numbered excerpt below some tokens are marked <<like this>>. Answer 1 if the marked "
-                "tokens are exactly where this unit would fire, else 0. Answer with a JSON list of 0s and 1s "
-                "only, one per excerpt.\n\n")
+        head = (
+            f"A unit of a small language model responds to: {explanation.text}\n"
+            "In each numbered excerpt below some tokens are marked <<like this>>. Answer 1 if the marked "
+            "tokens are exactly where this unit would fire, else 0. Answer with a JSON list of 0s and 1s "
+            "only, one per excerpt.\n\n"
+        )
         lines = [json.dumps(_mark(self._show(c.tokens), m), ensure_ascii=False) for c, m in zip(contexts, marked)]
         return self._classify(head, lines)
 
@@ -296,9 +327,21 @@ def llm_explainer_from_config(cfg: AnalysisConfig, token_strings: list[str], cac
     base_url = cfg.llm_base_url or os.environ.get("MONOSEMANTIC_LLM_BASE_URL") or hosted_url
     api_key = os.environ.get("MONOSEMANTIC_LLM_API_KEY") or os.environ.get(key_var)
     if not api_key and base_url.rstrip("/") == hosted_url:
-        raise UserError(f"explainer {cfg.explainer}: set {key_var} (or MONOSEMANTIC_LLM_API_KEY) for {hosted_url}, "
-                        "point analysis.llm_base_url at a local server, or use the offline explainer")
+        raise UserError(
+            f"explainer {cfg.explainer}: set {key_var} (or MONOSEMANTIC_LLM_API_KEY) for {hosted_url}, "
+            "point analysis.llm_base_url at a local server, or use the offline explainer"
+        )
     model = cfg.llm_model or os.environ.get("MONOSEMANTIC_LLM_MODEL") or default_model
-    client = ChatClient(cfg.explainer, model, base_url, api_key, AnswerCache(cache_path), cfg.llm_timeout_s,
-                        cfg.llm_retries, cfg.llm_backoff_s, cfg.llm_max_requests, cfg.llm_max_tokens)
+    client = ChatClient(
+        cfg.explainer,
+        model,
+        base_url,
+        api_key,
+        AnswerCache(cache_path),
+        cfg.llm_timeout_s,
+        cfg.llm_retries,
+        cfg.llm_backoff_s,
+        cfg.llm_max_requests,
+        cfg.llm_max_tokens,
+    )
     return LLMExplainer(client, token_strings, max_prompt_chars=cfg.llm_max_prompt_chars)

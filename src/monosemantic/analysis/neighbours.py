@@ -23,11 +23,11 @@ def decoder_neighbours(W_dec_FD: torch.Tensor, n: int, block: int = 2048) -> tup
     n = min(n, F - 1)
     values, indices = np.zeros((F, n), dtype=np.float32), np.zeros((F, n), dtype=np.int64)
     for start in range(0, F, block):
-        cos_BF = unit_FD[start:start + block] @ unit_FD.T
+        cos_BF = unit_FD[start : start + block] @ unit_FD.T
         rows = torch.arange(cos_BF.shape[0])
         cos_BF[rows, rows + start] = -torch.inf
         top = cos_BF.topk(n, dim=1)
-        values[start:start + block], indices[start:start + block] = top.values.numpy(), top.indices.numpy()
+        values[start : start + block], indices[start : start + block] = top.values.numpy(), top.indices.numpy()
     return values, indices
 
 

@@ -43,8 +43,7 @@ class GroupedBottomK:
     (empty slots: key +inf, row −1) and ``payload`` [G, k, W] (float32, NaN in empty slots).
     """
 
-    def __init__(self, n_groups: int, k: int, payload_width: int, doc_cap: int | None = None,
-                 flush_at: int = 262_144):
+    def __init__(self, n_groups: int, k: int, payload_width: int, doc_cap: int | None = None, flush_at: int = 262_144):
         self.k, self.doc_cap, self.flush_at = k, doc_cap, flush_at
         self.key = np.full((n_groups, k), np.inf)
         self.row = np.full((n_groups, k), -1, dtype=np.int64)
@@ -55,14 +54,20 @@ class GroupedBottomK:
         self._pending: list[tuple[np.ndarray, ...]] = []
         self._n_pending = 0
 
-    def offer(self, group_E: np.ndarray, key_E: np.ndarray, row_E: np.ndarray, doc_E: np.ndarray,
-              value_E: np.ndarray, payload_of: Callable[[np.ndarray], np.ndarray]) -> None:
+    def offer(
+        self,
+        group_E: np.ndarray,
+        key_E: np.ndarray,
+        row_E: np.ndarray,
+        doc_E: np.ndarray,
+        value_E: np.ndarray,
+        payload_of: Callable[[np.ndarray], np.ndarray],
+    ) -> None:
         """Offer E entries; ``payload_of(idx)`` → [len(idx), W] is called only for those kept aside."""
         idx = np.flatnonzero(key_E < self.threshold[group_E])
         if len(idx) == 0:
             return
-        self._pending.append((group_E[idx], key_E[idx], row_E[idx], doc_E[idx], value_E[idx],
-                              payload_of(idx)))
+        self._pending.append((group_E[idx], key_E[idx], row_E[idx], doc_E[idx], value_E[idx], payload_of(idx)))
         self._n_pending += len(idx)
         if self._n_pending >= self.flush_at:
             self.flush()

@@ -91,10 +91,16 @@ class SplitAnalysis:
     prev_mass: list[np.ndarray] | None = None  # per size: [F, V] activation mass by previous token
 
 
-def analyse_splitting(chunks: Iterable[torch.Tensor], encoders: list[Callable[[torch.Tensor], torch.Tensor]],
-                      decoders: list[torch.Tensor], threshold: float, top_k: int = 12,
-                      device: torch.device | str = "cpu", min_fires: int = 1,
-                      sources: TokenSources | None = None) -> SplitAnalysis:
+def analyse_splitting(
+    chunks: Iterable[torch.Tensor],
+    encoders: list[Callable[[torch.Tensor], torch.Tensor]],
+    decoders: list[torch.Tensor],
+    threshold: float,
+    top_k: int = 12,
+    device: torch.device | str = "cpu",
+    min_fires: int = 1,
+    sources: TokenSources | None = None,
+) -> SplitAnalysis:
     """Stream ``chunks`` ([N, D] inputs, the same tokens for every size) through ``encoders``
     (sizes in increasing order, each [N, D] → [N, F_i]) and link consecutive sizes.
     ``decoders[i]`` is [F_i, D], one dictionary direction per feature. With ``sources`` (the
@@ -111,8 +117,9 @@ def analyse_splitting(chunks: Iterable[torch.Tensor], encoders: list[Callable[[t
             x_ND = x_ND.to(device)
             latents = [encode(x_ND) for encode in encoders]
             if not stats:
-                stats = [CrossStats(a.shape[1], b.shape[1], masked=True, device=device)
-                         for a, b in zip(latents, latents[1:])]
+                stats = [
+                    CrossStats(a.shape[1], b.shape[1], masked=True, device=device) for a, b in zip(latents, latents[1:])
+                ]
                 tops = [_TopActivations(z.shape[1], top_k, device) for z in latents]
                 if sources is not None:
                     masses = [_ContextMass(z.shape[1], sources, device) for z in latents]
@@ -129,9 +136,14 @@ def analyse_splitting(chunks: Iterable[torch.Tensor], encoders: list[Callable[[t
         _link(pair, dec_S, dec_L, threshold, min_fires) for pair, dec_S, dec_L in zip(stats, decoders, decoders[1:])
     ]
     density = [(s.fires_A / s.n).cpu().numpy() for s in stats] + [(stats[-1].fires_B / stats[-1].n).cpu().numpy()]
-    return SplitAnalysis(density, [t.rows() for t in tops], links, n_seen,
-                         [m.source_FS.cpu().numpy() for m in masses] if masses else None,
-                         [m.prev_FV.cpu().numpy() for m in masses] if masses else None)
+    return SplitAnalysis(
+        density,
+        [t.rows() for t in tops],
+        links,
+        n_seen,
+        [m.source_FS.cpu().numpy() for m in masses] if masses else None,
+        [m.prev_FV.cpu().numpy() for m in masses] if masses else None,
+    )
 
 
 def _link(stats: CrossStats, dec_SD: torch.Tensor, dec_LD: torch.Tensor, threshold: float, min_fires: int) -> SizeLink:
@@ -147,17 +159,22 @@ def _link(stats: CrossStats, dec_SD: torch.Tensor, dec_LD: torch.Tensor, thresho
     dec_SD = dec_SD / dec_SD.norm(dim=1, keepdim=True).clamp_min(1e-12)
     dec_LD = dec_LD / dec_LD.norm(dim=1, keepdim=True).clamp_min(1e-12)
     decoder_cos[has] = (dec_SD[parent_idx] * dec_LD[child_idx]).sum(dim=1).cpu().numpy()
-    nearest = torch.cat([(dec_LD[i:i + 1024] @ dec_SD.T).argmax(dim=1) for i in range(0, len(dec_LD), 1024)])
+    nearest = torch.cat([(dec_LD[i : i + 1024] @ dec_SD.T).argmax(dim=1) for i in range(0, len(dec_LD), 1024)])
     # coverage: Σ over each parent's children of Σ_{n: c≠0} p_n², over Σ_n p_n²
     covered = torch.zeros(stats.shape[0], dtype=torch.float64, device=stats.device)
     covered.index_add_(0, parent_idx, stats.masked_a_sq_AB[parent_idx, child_idx])
     live_S = stats.sumsq_A > 0
     coverage = torch.where(live_S, (covered / stats.sumsq_A.clamp_min(1e-300)).clamp(max=1.0), torch.nan)
     parent_coverage = np.full(len(parent), np.nan)
-    parent_coverage[has] = (stats.masked_a_sq_AB[parent_idx, child_idx]
-                            / stats.sumsq_A[parent_idx].clamp_min(1e-300)).clamp(max=1.0).cpu().numpy()
-    return SizeLink(parent, matches.value, pearson, decoder_cos, nearest.cpu().numpy(), coverage.cpu().numpy(),
-                    parent_coverage)
+    parent_coverage[has] = (
+        (stats.masked_a_sq_AB[parent_idx, child_idx] / stats.sumsq_A[parent_idx].clamp_min(1e-300))
+        .clamp(max=1.0)
+        .cpu()
+        .numpy()
+    )
+    return SizeLink(
+        parent, matches.value, pearson, decoder_cos, nearest.cpu().numpy(), coverage.cpu().numpy(), parent_coverage
+    )
 
 
 class _ContextMass:
@@ -200,8 +217,12 @@ class _TopActivations:
         return self.rows_KF.cpu().numpy()
 
 
-def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
-                     cfg: SplittingConfig | None = None, doc_sources: DocumentSources | None = None) -> dict:
+def feature_families(
+    run_dir: str | Path,
+    sae_names_by_size: list[str],
+    cfg: SplittingConfig | None = None,
+    doc_sources: DocumentSources | None = None,
+) -> dict:
     """Link the run's SAEs ``sae_names_by_size`` (under ``RUN/saes/``, smallest first) on the
     held-out activations; write ``RUN/splitting/families.json`` and ``RUN/splitting/family_*.png``.
     ``doc_sources`` names each corpus document's source (default: one source for all).
@@ -217,12 +238,16 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
     saes = [load_sae(run / "saes" / name, device) for name in sae_names_by_size]
     sizes = [sae.cfg.d_sae for sae in saes]
     if sizes != sorted(sizes) or len(set(sizes)) != len(sizes):
-        raise UserError(f"splitting: SAEs must be given smallest first with distinct sizes, "
-                        f"got {dict(zip(sae_names_by_size, sizes))}")
+        raise UserError(
+            f"splitting: SAEs must be given smallest first with distinct sizes, "
+            f"got {dict(zip(sae_names_by_size, sizes))}"
+        )
     store = ActivationStore(run / "activations/val")
     n_rows = min(cfg.max_tokens or store.n_rows, store.n_rows)
-    chunks = (torch.from_numpy(store.read_range(start, min(start + cfg.chunk_rows, n_rows))).float()
-              for start in range(0, n_rows, cfg.chunk_rows))
+    chunks = (
+        torch.from_numpy(store.read_range(start, min(start + cfg.chunk_rows, n_rows))).float()
+        for start in range(0, n_rows, cfg.chunk_rows)
+    )
     tokenizer = load_tokenizer(run / "tokenizer.json")
     origin = store.origin(np.arange(n_rows))
     ctx, vocab_size = int(store.meta.get("ctx") or n_rows), tokenizer.get_vocab_size()
@@ -230,8 +255,16 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
         sources = TokenSources.single_source(origin["token"], origin["doc"], ctx, vocab_size)
     else:
         sources = TokenSources.build(origin["token"], origin["doc"], ctx, doc_sources, vocab_size)
-    analysis = analyse_splitting(chunks, [sae.encode for sae in saes], [sae.W_dec.detach() for sae in saes],
-                                 cfg.threshold, cfg.top_k, device, cfg.min_fires, sources)
+    analysis = analyse_splitting(
+        chunks,
+        [sae.encode for sae in saes],
+        [sae.W_dec.detach() for sae in saes],
+        cfg.threshold,
+        cfg.top_k,
+        device,
+        cfg.min_fires,
+        sources,
+    )
 
     labels, top_tokens = [], []
     for rows_KF in analysis.top_rows:
@@ -244,12 +277,21 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
         labels.append([_label(tokens) for tokens in feature_tokens])
 
     token_text = [tokenizer.decode([t]) for t in range(vocab_size)]
-    contexts = [_feature_contexts(analysis.source_mass[i], analysis.prev_mass[i], sources.sources, token_text)
-                for i in range(len(sizes))]
+    contexts = [
+        _feature_contexts(analysis.source_mass[i], analysis.prev_mass[i], sources.sources, token_text)
+        for i in range(len(sizes))
+    ]
     out = run / "splitting"
     families = _families(analysis, sae_names_by_size, sizes, labels, contexts)
-    context_family = choose_context_family(analysis, sae_names_by_size, sizes, labels, contexts, sources.sources,
-                                           [[_main_token(tokens) for tokens in level] for level in top_tokens])
+    context_family = choose_context_family(
+        analysis,
+        sae_names_by_size,
+        sizes,
+        labels,
+        contexts,
+        sources.sources,
+        [[_main_token(tokens) for tokens in level] for level in top_tokens],
+    )
     summary = [
         _pair_summary(link, analysis.density[i], sizes[i], sizes[i + 1]) for i, link in enumerate(analysis.links)
     ]
@@ -264,27 +306,48 @@ def feature_families(run_dir: str | Path, sae_names_by_size: list[str],
         pictures.append(str(path.relative_to(run)))
 
     if context_family is not None:
-        context_family["picture"] = str(draw_context_family(context_family, sources.sources,
-                                                            out / "context_family.png").relative_to(run))
+        context_family["picture"] = str(
+            draw_context_family(context_family, sources.sources, out / "context_family.png").relative_to(run)
+        )
     else:
         (out / "context_family.png").unlink(missing_ok=True)
-    write_json(out / "families.json", {
-        "saes": sae_names_by_size, "sizes": sizes, "threshold": cfg.threshold, "n_tokens": analysis.n_tokens,
-        "measure": "masked cosine of activations (max of both directions)",
-        "summary": summary,
-        "sources": sources.sources,
-        "features": {name: {"density": [round(float(d), 8) for d in analysis.density[i]], "label": labels[i],
-                            "sources": [c["sources"] for c in contexts[i]], "after": [c["after"] for c in contexts[i]]}
-                     for i, name in enumerate(sae_names_by_size)},
-        "links": [{"from": sae_names_by_size[i], "to": sae_names_by_size[i + 1],
-                   "parent": link.parent_L.tolist(), "similarity": _rounded(link.similarity_L),
-                   "pearson": _rounded(link.pearson_L), "decoder_cos": _rounded(link.decoder_cos_L),
-                   "coverage": _rounded(link.coverage_S), "parent_coverage": _rounded(link.parent_coverage_L)}
-                  for i, link in enumerate(analysis.links)],
-        "families": families,
-        "context_family": context_family,
-        "highlights": {w: (f["feature"] if f else None) for w, f in highlights.items()},
-    })
+    write_json(
+        out / "families.json",
+        {
+            "saes": sae_names_by_size,
+            "sizes": sizes,
+            "threshold": cfg.threshold,
+            "n_tokens": analysis.n_tokens,
+            "measure": "masked cosine of activations (max of both directions)",
+            "summary": summary,
+            "sources": sources.sources,
+            "features": {
+                name: {
+                    "density": [round(float(d), 8) for d in analysis.density[i]],
+                    "label": labels[i],
+                    "sources": [c["sources"] for c in contexts[i]],
+                    "after": [c["after"] for c in contexts[i]],
+                }
+                for i, name in enumerate(sae_names_by_size)
+            },
+            "links": [
+                {
+                    "from": sae_names_by_size[i],
+                    "to": sae_names_by_size[i + 1],
+                    "parent": link.parent_L.tolist(),
+                    "similarity": _rounded(link.similarity_L),
+                    "pearson": _rounded(link.pearson_L),
+                    "decoder_cos": _rounded(link.decoder_cos_L),
+                    "coverage": _rounded(link.coverage_S),
+                    "parent_coverage": _rounded(link.parent_coverage_L),
+                }
+                for i, link in enumerate(analysis.links)
+            ],
+            "families": families,
+            "context_family": context_family,
+            "highlights": {w: (f["feature"] if f else None) for w, f in highlights.items()},
+        },
+    )
     by_size = {str(s["size"]): s["split_2plus"] for s in summary}
     return {
         "split_families": int(sum(by_size.values())),
@@ -306,26 +369,30 @@ def _rounded(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else round(float(v), 4) for v in values]
 
 
-def _feature_contexts(source_FS: np.ndarray, prev_FV: np.ndarray, source_names: list[str],
-                      token_text: list[str]) -> list[dict]:
+def _feature_contexts(
+    source_FS: np.ndarray, prev_FV: np.ndarray, source_names: list[str], token_text: list[str]
+) -> list[dict]:
     """Per feature: its ``N_CONTEXTS`` largest source shares and previous-token shares, rounded."""
     total_F = np.maximum(source_FS.sum(axis=1), 1e-30)
     shares_FS = source_FS / total_F[:, None]
     k = min(N_CONTEXTS, prev_FV.shape[1])
     top_prev_FK = np.argpartition(-prev_FV, k - 1, axis=1)[:, :k]
-    top_prev_FK = np.take_along_axis(top_prev_FK, np.argsort(-np.take_along_axis(prev_FV, top_prev_FK, axis=1),
-                                                              axis=1, kind="stable"), axis=1)
+    top_prev_FK = np.take_along_axis(
+        top_prev_FK, np.argsort(-np.take_along_axis(prev_FV, top_prev_FK, axis=1), axis=1, kind="stable"), axis=1
+    )
     out = []
     for f in range(len(source_FS)):
-        after = [[token_text[p], round(float(prev_FV[f, p] / total_F[f]), 4)]
-                 for p in top_prev_FK[f] if prev_FV[f, p] > 0]
+        after = [
+            [token_text[p], round(float(prev_FV[f, p] / total_F[f]), 4)] for p in top_prev_FK[f] if prev_FV[f, p] > 0
+        ]
         shares = describe_sources(shares_FS[f], source_names, N_CONTEXTS, 0.01)
         out.append({"sources": [[n, round(v, 4)] for n, v in shares], "after": after})
     return out
 
 
-def _families(analysis: SplitAnalysis, names: list[str], sizes: list[int], labels: list[list[str]],
-              contexts: list[list[dict]]) -> list[dict]:
+def _families(
+    analysis: SplitAnalysis, names: list[str], sizes: list[int], labels: list[list[str]], contexts: list[list[dict]]
+) -> list[dict]:
     """Nested trees rooted at the smallest size, for every root with at least one descendant."""
 
     def node(level: int, feature: int, similarity: float | None, parent_coverage: float | None = None) -> dict:
@@ -334,14 +401,26 @@ def _families(analysis: SplitAnalysis, names: list[str], sizes: list[int], label
             link = analysis.links[level]
             kids = link.children(feature)
             kids = kids[np.argsort(-analysis.density[level + 1][kids], kind="stable")]
-            children = [node(level + 1, int(c), round(float(link.similarity_L[c]), 4),
-                             round(float(link.parent_coverage_L[c]), 4)) for c in kids]
+            children = [
+                node(
+                    level + 1, int(c), round(float(link.similarity_L[c]), 4), round(float(link.parent_coverage_L[c]), 4)
+                )
+                for c in kids
+            ]
         coverage = analysis.links[level].coverage_S[feature] if level < len(analysis.links) else np.nan
-        return {"sae": names[level], "size": sizes[level], "feature": feature,
-                "density": float(analysis.density[level][feature]), "label": labels[level][feature],
-                "similarity": similarity, "coverage": None if np.isnan(coverage) else round(float(coverage), 4),
-                "parent_coverage": parent_coverage, **contexts[level][feature],
-                "leaves": sum(c["leaves"] for c in children) or 1, "children": children}
+        return {
+            "sae": names[level],
+            "size": sizes[level],
+            "feature": feature,
+            "density": float(analysis.density[level][feature]),
+            "label": labels[level][feature],
+            "similarity": similarity,
+            "coverage": None if np.isnan(coverage) else round(float(coverage), 4),
+            "parent_coverage": parent_coverage,
+            **contexts[level][feature],
+            "leaves": sum(c["leaves"] for c in children) or 1,
+            "children": children,
+        }
 
     roots = [node(0, f, None) for f in range(len(analysis.density[0]))]
     return sorted((r for r in roots if r["children"]), key=lambda r: -r["leaves"])
@@ -352,9 +431,15 @@ def _main_token(tokens: list[str]) -> str | None:
     return Counter(tokens).most_common(1)[0][0] if tokens else None
 
 
-def choose_context_family(analysis: SplitAnalysis, names: list[str], sizes: list[int], labels: list[list[str]],
-                          contexts: list[list[dict]], source_names: list[str],
-                          main_tokens: list[list[str | None]]) -> dict | None:
+def choose_context_family(
+    analysis: SplitAnalysis,
+    names: list[str],
+    sizes: list[int],
+    labels: list[list[str]],
+    contexts: list[list[dict]],
+    source_names: list[str],
+    main_tokens: list[list[str | None]],
+) -> dict | None:
     """The parent with ≥ ``CONTEXT_FAMILY_MIN_CHILDREN`` children keeping its main token whose source
     mixes differ most (mass-weighted Jensen–Shannon divergence, see the module docstring); None when
     no parent has that many or there is only one source."""
@@ -365,8 +450,9 @@ def choose_context_family(analysis: SplitAnalysis, names: list[str], sizes: list
         mass_FS = analysis.source_mass[level + 1]
         for parent in np.flatnonzero(link.n_children_S() >= CONTEXT_FAMILY_MIN_CHILDREN):
             token = main_tokens[level][parent]
-            kids = np.array([c for c in link.children(int(parent)) if main_tokens[level + 1][c] == token],
-                            dtype=np.int64)
+            kids = np.array(
+                [c for c in link.children(int(parent)) if main_tokens[level + 1][c] == token], dtype=np.int64
+            )
             if token is None or len(kids) < CONTEXT_FAMILY_MIN_CHILDREN:
                 continue
             weights = mass_FS[kids].sum(axis=1)
@@ -382,24 +468,38 @@ def choose_context_family(analysis: SplitAnalysis, names: list[str], sizes: list
 
     def member(lvl: int, feature: int, mass_S: np.ndarray) -> dict:
         shares_S = mass_S / max(mass_S.sum(), 1e-30)
-        return {"sae": names[lvl], "size": sizes[lvl], "feature": feature, "label": labels[lvl][feature],
-                "density": float(analysis.density[lvl][feature]), "after": contexts[lvl][feature]["after"],
-                "source_shares": [round(float(v), 4) for v in shares_S],
-                "dominant_source": source_names[int(shares_S.argmax())],
-                "dominant_share": round(float(shares_S.max()), 4)}
+        return {
+            "sae": names[lvl],
+            "size": sizes[lvl],
+            "feature": feature,
+            "label": labels[lvl][feature],
+            "density": float(analysis.density[lvl][feature]),
+            "after": contexts[lvl][feature]["after"],
+            "source_shares": [round(float(v), 4) for v in shares_S],
+            "dominant_source": source_names[int(shares_S.argmax())],
+            "dominant_share": round(float(shares_S.max()), 4),
+        }
 
     children = []
     for c, weight in sorted(zip(kids.tolist(), weights.tolist()), key=lambda cw: -cw[1]):
         child = member(level + 1, c, analysis.source_mass[level + 1][c])
-        child.update(parent_coverage=round(float(link.parent_coverage_L[c]), 4),
-                     similarity=round(float(link.similarity_L[c]), 4), mass_share=round(weight / weights.sum(), 4))
+        child.update(
+            parent_coverage=round(float(link.parent_coverage_L[c]), 4),
+            similarity=round(float(link.similarity_L[c]), 4),
+            mass_share=round(weight / weights.sum(), 4),
+        )
         children.append(child)
-    return {"criterion": f"largest mass-weighted Jensen-Shannon divergence (bits) between the source distributions "
-                         f"of the children that keep their parent's main token, among parents with >= "
-                         f"{CONTEXT_FAMILY_MIN_CHILDREN} such children",
-            "token": main_tokens[level][parent], "n_children_total": int(len(link.children(parent))),
-            "js_divergence_bits": round(divergence, 4), "max_bits": round(float(np.log2(len(kids))), 4),
-            "parent": member(level, parent, analysis.source_mass[level][parent]), "children": children}
+    return {
+        "criterion": f"largest mass-weighted Jensen-Shannon divergence (bits) between the source distributions "
+        f"of the children that keep their parent's main token, among parents with >= "
+        f"{CONTEXT_FAMILY_MIN_CHILDREN} such children",
+        "token": main_tokens[level][parent],
+        "n_children_total": int(len(link.children(parent))),
+        "js_divergence_bits": round(divergence, 4),
+        "max_bits": round(float(np.log2(len(kids))), 4),
+        "parent": member(level, parent, analysis.source_mass[level][parent]),
+        "children": children,
+    }
 
 
 def _summarise_context_family(family: dict | None) -> dict | None:
@@ -410,13 +510,20 @@ def _summarise_context_family(family: dict | None) -> dict | None:
     def line(m: dict) -> str:
         return f"{m['feature']}: {m['label']} — {m['dominant_source']} {m['dominant_share']:.0%}"
 
-    return {"sae": family["parent"]["sae"], "feature": family["parent"]["feature"],
-            "children_sae": family["children"][0]["sae"], "n_children": len(family["children"]),
-            "token": family["token"], "n_children_total": family["n_children_total"],
-            "js_divergence_bits": family["js_divergence_bits"], "criterion": family["criterion"],
-            "parent": line(family["parent"]), "children": [line(c) for c in family["children"]],
-            "distinct_dominant_sources": len({c["dominant_source"] for c in family["children"]}),
-            "picture": family.get("picture")}
+    return {
+        "sae": family["parent"]["sae"],
+        "feature": family["parent"]["feature"],
+        "children_sae": family["children"][0]["sae"],
+        "n_children": len(family["children"]),
+        "token": family["token"],
+        "n_children_total": family["n_children_total"],
+        "js_divergence_bits": family["js_divergence_bits"],
+        "criterion": family["criterion"],
+        "parent": line(family["parent"]),
+        "children": [line(c) for c in family["children"]],
+        "distinct_dominant_sources": len({c["dominant_source"] for c in family["children"]}),
+        "picture": family.get("picture"),
+    }
 
 
 def _pair_summary(link: SizeLink, density_S: np.ndarray, size_S: int, size_L: int) -> dict:
@@ -424,7 +531,8 @@ def _pair_summary(link: SizeLink, density_S: np.ndarray, size_S: int, size_L: in
     live = density_S > 0
     has = link.parent_L >= 0
     return {
-        "size": size_S, "next_size": size_L,
+        "size": size_S,
+        "next_size": size_L,
         "live": int(live.sum()),
         "split_2plus": int((n_children >= 2).sum()),
         "one_child": int((n_children == 1).sum()),
@@ -447,6 +555,7 @@ def _median(values: np.ndarray) -> float | None:
 
 def _find_family(families: list[dict], top_tokens_0: list[list[str]], word: str) -> dict | None:
     """The family whose root's top tokens are most often ``word`` (any case, spacing ignored)."""
+
     def share(feature: int) -> float:
         tokens = top_tokens_0[feature]
         return sum(t.strip().lower() == word.lower() for t in tokens) / max(len(tokens), 1)
@@ -516,8 +625,16 @@ def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -
             label = re.sub(r"\s+", " ", node["label"])[:38]
             where = " · ".join(f"{name} {share:.0%}" for name, share in node.get("sources", [])[:2])
             text = f"#{node['feature']}  {label}\n{where}\ndensity {node['density']:.1e}"
-        ax.text(level, y, text, fontsize=7, va="center", ha="left", family="monospace",
-                bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "0.5", "lw": 0.6})
+        ax.text(
+            level,
+            y,
+            text,
+            fontsize=7,
+            va="center",
+            ha="left",
+            family="monospace",
+            bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "0.5", "lw": 0.6},
+        )
     ax.set_xticks(range(len(sizes)), [f"{s} features" for s in sizes])
     ax.set_xlim(-0.1, len(sizes) - 0.1)
     ax.set_ylim(n_rows - 0.4, -0.6)
@@ -529,7 +646,7 @@ def draw_family(family: dict, path: Path, max_children: int, sizes: list[int]) -
 
 
 def context_label(member: dict) -> str:
-    """"' the' — python-docs 91 % · after ' in'": a family member's token label with its context."""
+    """ "' the' — python-docs 91 % · after ' in'": a family member's token label with its context."""
     after = f" · after {member['after'][0][0]!r}" if member["after"] else ""
     return f"{member['label']} — {member['dominant_source']} {member['dominant_share']:.0%}{after}"
 
@@ -551,16 +668,31 @@ def draw_context_family(family: dict, source_names: list[str], path: Path) -> Pa
             left += share
         covers = f"covers {m['parent_coverage']:.0%} of parent · " if "parent_coverage" in m else "parent · "
         name = f"{m['sae']} #{m['feature']}"
-        ax.text(-0.01, y, f"{name}\n{covers}{' '.join(context_label(m).split())[:70]}", ha="right",
-                va="center", fontsize=7, family="monospace")
+        ax.text(
+            -0.01,
+            y,
+            f"{name}\n{covers}{' '.join(context_label(m).split())[:70]}",
+            ha="right",
+            va="center",
+            fontsize=7,
+            family="monospace",
+        )
     ax.set_yticks([])
     ax.set_xlim(0, 1)
     ax.set_ylim(len(members) - 0.5, -0.5)
     ax.set_xlabel("share of the feature's activation mass, by document source")
     used = sorted({s for m in members for s, v in enumerate(m["source_shares"]) if v >= 0.02})
-    ax.legend([Rectangle((0, 0), 1, 1, color=colors[s]) for s in used], [source_names[s] for s in used],
-              fontsize=7, ncol=min(len(used), 6), loc="upper center",
-              bbox_to_anchor=(0.5, -0.35 / max(len(members), 1) - 0.12))
-    ax.set_title(f"Why {family['parent']['sae']} #{family['parent']['feature']} split: its children's sources "
-                 f"(Jensen-Shannon {family['js_divergence_bits']:.2f} bits of {family['max_bits']:.2f})", fontsize=9)
+    ax.legend(
+        [Rectangle((0, 0), 1, 1, color=colors[s]) for s in used],
+        [source_names[s] for s in used],
+        fontsize=7,
+        ncol=min(len(used), 6),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.35 / max(len(members), 1) - 0.12),
+    )
+    ax.set_title(
+        f"Why {family['parent']['sae']} #{family['parent']['feature']} split: its children's sources "
+        f"(Jensen-Shannon {family['js_divergence_bits']:.2f} bits of {family['max_bits']:.2f})",
+        fontsize=9,
+    )
     return save_figure(fig, path, dpi=110, bbox_inches="tight")

@@ -102,11 +102,16 @@ class UnitStats:
         """Where unit ``unit``'s activation mass comes from (see ``context.py``)."""
         start, stop = self.prev_mass_UV.indptr[unit], self.prev_mass_UV.indptr[unit + 1]
         T = self.context_tokens_UT.shape[1]
-        return UnitContext(self.source_mass_US[unit], self.language_mass_UL[unit],
-                           self.prev_mass_UV.indices[start:stop].astype(np.int64),
-                           self.prev_mass_UV.data[start:stop].astype(np.float64), float(self.mean_act_U[unit]),
-                           self.context_tokens_UT[unit], self.token_source_UTS[unit],
-                           self.token_prev_UTV[unit * T:(unit + 1) * T].toarray())
+        return UnitContext(
+            self.source_mass_US[unit],
+            self.language_mass_UL[unit],
+            self.prev_mass_UV.indices[start:stop].astype(np.int64),
+            self.prev_mass_UV.data[start:stop].astype(np.float64),
+            float(self.mean_act_U[unit]),
+            self.context_tokens_UT[unit],
+            self.token_source_UTS[unit],
+            self.token_prev_UTV[unit * T : (unit + 1) * T].toarray(),
+        )
 
     @property
     def n_units(self) -> int:
@@ -188,8 +193,11 @@ class _MatrixSum:
 
     def add(self, row_E: np.ndarray, col_E: np.ndarray, value_E: np.ndarray) -> None:
         if self.dense is not None:
-            self.dense.index_add_(0, torch.from_numpy(row_E * self.shape[1] + col_E),
-                                  torch.from_numpy(np.asarray(value_E, dtype=np.float32)))
+            self.dense.index_add_(
+                0,
+                torch.from_numpy(row_E * self.shape[1] + col_E),
+                torch.from_numpy(np.asarray(value_E, dtype=np.float32)),
+            )
             return
         self.parts.append((row_E, col_E, value_E))
         self.n_pending += len(row_E)
@@ -201,8 +209,9 @@ class _MatrixSum:
         return 0 if self.dense is not None else self.total.nnz + self.n_pending
 
     def add_csr(self, matrix: sp.csr_matrix) -> None:
-        self.add(np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)), matrix.indices.astype(np.int64),
-                 matrix.data)
+        self.add(
+            np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)), matrix.indices.astype(np.int64), matrix.data
+        )
 
     def add_dense(self, matrix: torch.Tensor) -> None:
         if self.dense is not None:
@@ -217,15 +226,23 @@ class _MatrixSum:
         if self.parts:
             total = self.total.tocoo()
             rows, cols, values = zip((total.row, total.col, total.data), *self.parts)
-            self.total = sp.coo_matrix((np.concatenate(values).astype(np.float64),
-                                        (np.concatenate(rows), np.concatenate(cols))), shape=self.shape).tocsr()
+            self.total = sp.coo_matrix(
+                (np.concatenate(values).astype(np.float64), (np.concatenate(rows), np.concatenate(cols))),
+                shape=self.shape,
+            ).tocsr()
             self.parts, self.n_pending = [], 0
         return self.total
 
 
 @torch.no_grad()
-def compute_unit_stats(store: ActivationStore, bases: list[Basis], text: TokenContext,
-                       vocab_size: int, cfg: StatsConfig, sources: TokenSources | None = None) -> list[UnitStats]:
+def compute_unit_stats(
+    store: ActivationStore,
+    bases: list[Basis],
+    text: TokenContext,
+    vocab_size: int,
+    cfg: StatsConfig,
+    sources: TokenSources | None = None,
+) -> list[UnitStats]:
     """Both sweeps over rows [0, cfg.n_rows) for every basis (one read of each chunk serves all);
     ``sources`` (default: one source for every document) gives each row's source and previous token."""
     n_rows, W = cfg.n_rows, cfg.left + cfg.right + 1
@@ -259,8 +276,9 @@ def _nonzeros(latents_BU: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return idx_E // latents_BU.shape[1], idx_E % latents_BU.shape[1], flat[idx_E]
 
 
-def _context_payload(latents_BU: np.ndarray, start: int, text: TokenContext, rows_E: np.ndarray,
-                     units_E: np.ndarray, cfg: StatsConfig) -> np.ndarray:
+def _context_payload(
+    latents_BU: np.ndarray, start: int, text: TokenContext, rows_E: np.ndarray, units_E: np.ndarray, cfg: StatsConfig
+) -> np.ndarray:
     """Each entry's unit activation over its context, [E, W] (NaN outside the window)."""
     ctx_rows_EW, inside_EW = text.window_rows(rows_E, cfg.left, cfg.right)
     values = latents_BU[ctx_rows_EW - start, units_E[:, None]]
@@ -291,22 +309,32 @@ class _Sweep1:
         B = latents_BU.shape[0]
         latents_np = latents_BU.numpy()
         b_E, u_E, v_E = _nonzeros(latents_np)
-        self.max_act_U = np.maximum(self.max_act_U, torch.zeros(U).scatter_reduce_(
-            0, torch.from_numpy(u_E), torch.from_numpy(v_E), "amax").numpy())
+        self.max_act_U = np.maximum(
+            self.max_act_U,
+            torch.zeros(U).scatter_reduce_(0, torch.from_numpy(u_E), torch.from_numpy(v_E), "amax").numpy(),
+        )
         self.act_sum_U += np.bincount(u_E, weights=v_E, minlength=U)
         self.fire_count_U += np.bincount(u_E, minlength=U)
         rows_E = start + b_E
         for top in (self.top, self.top_any_doc):
-            top.offer(u_E, -v_E.astype(np.float64), rows_E, text.docs_N[rows_E], v_E,
-                      lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg))
+            top.offer(
+                u_E,
+                -v_E.astype(np.float64),
+                rows_E,
+                text.docs_N[rows_E],
+                v_E,
+                lambda idx: _context_payload(latents_np, start, text, rows_E[idx], u_E[idx], cfg),
+            )
         token_E = text.tokens_N[rows_E]
         self.token_fires.add(u_E, token_E, np.ones(len(u_E), dtype=np.float32))
         self.token_acts.add(u_E, token_E, v_E)
         S, L = self.sources.n_sources, self.sources.n_languages
-        self.source_mass_US += np.bincount(u_E * S + self.sources.source_N[rows_E], weights=v_E,
-                                           minlength=U * S).reshape(U, S)
-        self.language_mass_UL += np.bincount(u_E * L + self.sources.language_N[rows_E], weights=v_E,
-                                             minlength=U * L).reshape(U, L)
+        self.source_mass_US += np.bincount(
+            u_E * S + self.sources.source_N[rows_E], weights=v_E, minlength=U * S
+        ).reshape(U, S)
+        self.language_mass_UL += np.bincount(
+            u_E * L + self.sources.language_N[rows_E], weights=v_E, minlength=U * L
+        ).reshape(U, L)
         prev_E = self.sources.prev_N[rows_E]
         has_prev = prev_E >= 0
         self.prev_mass.add(u_E[has_prev], prev_E[has_prev], v_E[has_prev])
@@ -369,8 +397,9 @@ class _Sweep2:
         entry, slot = np.nonzero(self.context_tokens_UT[u_E] == text.tokens_N[rows_E][:, None])
         unit_slot, value, rows = u_E[entry] * T + slot, v_E[entry], rows_E[entry]
         S = sources.n_sources
-        self.token_source_UTS += np.bincount(unit_slot * S + sources.source_N[rows], weights=value,
-                                             minlength=self.token_source_UTS.size).reshape(self.token_source_UTS.shape)
+        self.token_source_UTS += np.bincount(
+            unit_slot * S + sources.source_N[rows], weights=value, minlength=self.token_source_UTS.size
+        ).reshape(self.token_source_UTS.shape)
         prev = sources.prev_N[rows]
         self.token_prev.add(unit_slot[prev >= 0], prev[prev >= 0], value[prev >= 0])
 
@@ -378,15 +407,27 @@ class _Sweep2:
         first = self.first
         self.intervals.flush()
         return UnitStats(
-            name=first.basis.name, kind=first.basis.kind, n_rows=self.cfg.n_rows,
-            fire_count_U=first.fire_count_U, act_sum_U=first.act_sum_U, max_act_U=first.max_act_U,
-            hist_UH=self.hist_UH, top=first.top, intervals=self.intervals,
-            random_rows_P=random_rows, random_acts_UPW=np.ascontiguousarray(first.random_acts_PWU.transpose(2, 0, 1)),
-            token_fires_UV=first.token_fires.collapse(), token_act_sums_UV=first.token_acts.collapse(),
-            cofire_UU=first.cofire.collapse(), cofire_rows=first.cofire_rows,
-            source_mass_US=first.source_mass_US, language_mass_UL=first.language_mass_UL,
-            prev_mass_UV=first.prev_mass.collapse(), context_tokens_UT=self.context_tokens_UT,
-            token_source_UTS=self.token_source_UTS, token_prev_UTV=self.token_prev.collapse(),
+            name=first.basis.name,
+            kind=first.basis.kind,
+            n_rows=self.cfg.n_rows,
+            fire_count_U=first.fire_count_U,
+            act_sum_U=first.act_sum_U,
+            max_act_U=first.max_act_U,
+            hist_UH=self.hist_UH,
+            top=first.top,
+            intervals=self.intervals,
+            random_rows_P=random_rows,
+            random_acts_UPW=np.ascontiguousarray(first.random_acts_PWU.transpose(2, 0, 1)),
+            token_fires_UV=first.token_fires.collapse(),
+            token_act_sums_UV=first.token_acts.collapse(),
+            cofire_UU=first.cofire.collapse(),
+            cofire_rows=first.cofire_rows,
+            source_mass_US=first.source_mass_US,
+            language_mass_UL=first.language_mass_UL,
+            prev_mass_UV=first.prev_mass.collapse(),
+            context_tokens_UT=self.context_tokens_UT,
+            token_source_UTS=self.token_source_UTS,
+            token_prev_UTV=self.token_prev.collapse(),
         )
 
 
@@ -396,5 +437,5 @@ def _top_columns(matrix_UV: sp.csr_matrix, k: int) -> np.ndarray:
     for u in range(matrix_UV.shape[0]):
         start, stop = matrix_UV.indptr[u], matrix_UV.indptr[u + 1]
         order = np.lexsort((matrix_UV.indices[start:stop], -matrix_UV.data[start:stop]))[:k]
-        out[u, :len(order)] = matrix_UV.indices[start:stop][order]
+        out[u, : len(order)] = matrix_UV.indices[start:stop][order]
     return out

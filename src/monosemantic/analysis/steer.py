@@ -47,8 +47,9 @@ def steering_hook(sae: SparseAutoencoder, feature: int, mode: Mode, value: float
 
 
 @torch.no_grad()
-def next_token_change(model: HookedTransformer, hook_name: str, tokens_T: torch.Tensor, hook: Callable,
-                      top: int = 10) -> dict[str, list[tuple[int, float, float]]]:
+def next_token_change(
+    model: HookedTransformer, hook_name: str, tokens_T: torch.Tensor, hook: Callable, top: int = 10
+) -> dict[str, list[tuple[int, float, float]]]:
     """Next-token probabilities after ``tokens_T`` without and with ``hook``: the top tokens before,
     the top tokens after, and the largest probability gains p_after − p_before (not log-ratios, which
     tokens of negligible probability dominate) — each (token, p_before, p_after)."""
@@ -58,31 +59,47 @@ def next_token_change(model: HookedTransformer, hook_name: str, tokens_T: torch.
     def rows(ids: torch.Tensor) -> list[tuple[int, float, float]]:
         return [(int(t), before_V[t].exp().item(), after_V[t].exp().item()) for t in ids]
 
-    return {"before": rows(before_V.topk(top).indices), "after": rows(after_V.topk(top).indices),
-            "gains": rows((after_V.exp() - before_V.exp()).topk(top).indices)}
+    return {
+        "before": rows(before_V.topk(top).indices),
+        "after": rows(after_V.topk(top).indices),
+        "gains": rows((after_V.exp() - before_V.exp()).topk(top).indices),
+    }
 
 
 @torch.no_grad()
-def sample_continuation(model: HookedTransformer, hook_name: str, tokens_T: torch.Tensor, n_tokens: int,
-                        hook: Callable | None, seed: int = 0, temperature: float = 1.0) -> list[int]:
+def sample_continuation(
+    model: HookedTransformer,
+    hook_name: str,
+    tokens_T: torch.Tensor,
+    n_tokens: int,
+    hook: Callable | None,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> list[int]:
     """``n_tokens`` sampled after ``tokens_T`` (seeded; greedy at temperature 0), optionally steered."""
     generator = torch.Generator().manual_seed(seed)
     tokens = tokens_T.tolist()
     hooks = [(hook_name, hook)] if hook is not None else []
     for _ in range(n_tokens):
-        window = torch.tensor(tokens[-model.cfg.n_ctx:])[None]
+        window = torch.tensor(tokens[-model.cfg.n_ctx :])[None]
         logits_V = model.run_with_hooks(window, fwd_hooks=hooks)[0, -1].float()
         if temperature == 0:
             tokens.append(int(logits_V.argmax()))
         else:
             probs_V = (logits_V / temperature).softmax(-1)
             tokens.append(int(torch.multinomial(probs_V, 1, generator=generator)))
-    return tokens[len(tokens_T):]
+    return tokens[len(tokens_T) :]
 
 
 @torch.no_grad()
-def ablation_loss_change(model: HookedTransformer, hook_name: str, sae: SparseAutoencoder, feature: int,
-                         windows_BT: torch.Tensor, positions_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def ablation_loss_change(
+    model: HookedTransformer,
+    hook_name: str,
+    sae: SparseAutoencoder,
+    feature: int,
+    windows_BT: torch.Tensor,
+    positions_B: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each window, the feature's activation at ``positions_B`` and the change in the loss of
     predicting the next token there when the feature is ablated: (activation [B], Δloss [B])."""
     if (positions_B >= windows_BT.shape[1] - 1).any():
@@ -95,7 +112,8 @@ def ablation_loss_change(model: HookedTransformer, hook_name: str, sae: SparseAu
     batch = torch.arange(len(positions_B))
     targets_B = windows_BT[batch, positions_B + 1]
     clean_BV = model.run_with_hooks(windows_BT, fwd_hooks=[(hook_name, keep)])[batch, positions_B].log_softmax(-1)
-    ablated_BV = model.run_with_hooks(windows_BT, fwd_hooks=[(hook_name, steering_hook(sae, feature, "ablate"))]
-                                      )[batch, positions_B].log_softmax(-1)
+    ablated_BV = model.run_with_hooks(windows_BT, fwd_hooks=[(hook_name, steering_hook(sae, feature, "ablate"))])[
+        batch, positions_B
+    ].log_softmax(-1)
     activation_B = sae.encode(captured["acts"][batch, positions_B])[:, feature]
     return activation_B, clean_BV[batch, targets_B] - ablated_BV[batch, targets_B]

@@ -51,8 +51,9 @@ NEURONS = "neurons"  # the dictionary name under which the store keeps the neuro
 # recall = the token's occurrences the unit fires on / all its occurrences.
 TOKEN_PRECISION_SQL = "(t.fires * t.mean_act / max(u.fire_count * u.mean_act, 1e-12))"
 TOKEN_RECALL_SQL = "(1.0 * t.fires / max(v.count, 1))"
-TOKEN_F1_SQL = (f"(2.0 * {TOKEN_PRECISION_SQL} * {TOKEN_RECALL_SQL} / "
-                f"max({TOKEN_PRECISION_SQL} + {TOKEN_RECALL_SQL}, 1e-12))")
+TOKEN_F1_SQL = (
+    f"(2.0 * {TOKEN_PRECISION_SQL} * {TOKEN_RECALL_SQL} / max({TOKEN_PRECISION_SQL} + {TOKEN_RECALL_SQL}, 1e-12))"
+)
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -155,8 +156,9 @@ class FeatureStore:
         exact = [r[0] for r in self.db.execute("SELECT token FROM vocab WHERE text=?", (text,))]
         if exact:
             return exact
-        return [r[0] for r in self.db.execute("SELECT token FROM vocab WHERE lower(trim(text))=lower(trim(?))",
-                                              (text,))]
+        return [
+            r[0] for r in self.db.execute("SELECT token FROM vocab WHERE lower(trim(text))=lower(trim(?))", (text,))
+        ]
 
     def unit(self, dict_name: str, unit: int) -> dict[str, Any]:
         row = self.db.execute("SELECT * FROM units WHERE dict=? AND unit=?", (dict_name, unit)).fetchone()
@@ -167,84 +169,136 @@ class FeatureStore:
         out["hist"] = unblob(out["hist"], "i8").tolist()
         return out
 
-    def units(self, dict_name: str, order_by: str = "simulation_score", descending: bool = True,
-              limit: int = 100, offset: int = 0, min_density: float = 0.0) -> list[dict[str, Any]]:
+    def units(
+        self,
+        dict_name: str,
+        order_by: str = "simulation_score",
+        descending: bool = True,
+        limit: int = 100,
+        offset: int = 0,
+        min_density: float = 0.0,
+    ) -> list[dict[str, Any]]:
         """A page of units of one dictionary, sorted by a column (list/sort/filter for the browser)."""
         columns = {"unit", "density", "mean_act", "max_act", "simulation_score", "detection_score", "fire_count"}
         if order_by not in columns:
             raise UserError(f"sort by {order_by!r}: choose from {', '.join(sorted(columns))}")
-        sql = (f"SELECT dict, unit, unit_kind, fire_count, density, mean_act, max_act, explanation, "
-               f"simulation_score, detection_score, score_backend FROM units WHERE dict=? AND density>=? "
-               f"ORDER BY {order_by} IS NULL, {order_by} {'DESC' if descending else 'ASC'}, unit LIMIT ? OFFSET ?")
+        sql = (
+            f"SELECT dict, unit, unit_kind, fire_count, density, mean_act, max_act, explanation, "
+            f"simulation_score, detection_score, score_backend FROM units WHERE dict=? AND density>=? "
+            f"ORDER BY {order_by} IS NULL, {order_by} {'DESC' if descending else 'ASC'}, unit LIMIT ? OFFSET ?"
+        )
         return [dict(r) for r in self.db.execute(sql, (dict_name, min_density, limit, offset))]
 
     def examples(self, dict_name: str, unit: int, kind: str | None = None) -> list[dict[str, Any]]:
         """Examples with their context tokens, token texts and per-token activations."""
-        sql = ("SELECT e.kind, e.bucket, e.rank, e.row, e.activation, e.acts, e.split, c.doc, c.center, c.tokens "
-               "FROM examples e JOIN contexts c ON c.row = e.row WHERE e.dict=? AND e.unit=?"
-               + (" AND e.kind=?" if kind else "") + " ORDER BY e.kind, e.bucket, e.rank")
+        sql = (
+            "SELECT e.kind, e.bucket, e.rank, e.row, e.activation, e.acts, e.split, c.doc, c.center, c.tokens "
+            "FROM examples e JOIN contexts c ON c.row = e.row WHERE e.dict=? AND e.unit=?"
+            + (" AND e.kind=?" if kind else "")
+            + " ORDER BY e.kind, e.bucket, e.rank"
+        )
         out = []
         for r in self.db.execute(sql, (dict_name, unit, kind) if kind else (dict_name, unit)):
             tokens = unblob(r["tokens"], "i4")
-            out.append({"kind": r["kind"], "bucket": r["bucket"], "rank": r["rank"], "row": r["row"],
-                        "doc": r["doc"], "activation": r["activation"], "split": r["split"],
-                        "center": r["center"], "tokens": tokens.tolist(),
-                        "texts": [self.token_text(int(t)) for t in tokens],
-                        "acts": unblob(r["acts"], "f4").tolist()})
+            out.append(
+                {
+                    "kind": r["kind"],
+                    "bucket": r["bucket"],
+                    "rank": r["rank"],
+                    "row": r["row"],
+                    "doc": r["doc"],
+                    "activation": r["activation"],
+                    "split": r["split"],
+                    "center": r["center"],
+                    "tokens": tokens.tolist(),
+                    "texts": [self.token_text(int(t)) for t in tokens],
+                    "acts": unblob(r["acts"], "f4").tolist(),
+                }
+            )
         return out
 
     def logits(self, dict_name: str, unit: int) -> dict[str, list[tuple[str, float]]]:
-        rows = self.db.execute("SELECT rank, token, value FROM logits WHERE dict=? AND unit=? ORDER BY rank",
-                               (dict_name, unit)).fetchall()
+        rows = self.db.execute(
+            "SELECT rank, token, value FROM logits WHERE dict=? AND unit=? ORDER BY rank", (dict_name, unit)
+        ).fetchall()
         top = sorted((r for r in rows if r[0] >= 0), key=lambda r: r[0])
         bottom = sorted((r for r in rows if r[0] < 0), key=lambda r: -r[0])
-        return {"top": [(self.token_text(t), v) for _, t, v in top],
-                "bottom": [(self.token_text(t), v) for _, t, v in bottom]}
+        return {
+            "top": [(self.token_text(t), v) for _, t, v in top],
+            "bottom": [(self.token_text(t), v) for _, t, v in bottom],
+        }
 
     def neighbours(self, dict_name: str, unit: int, kind: str) -> list[tuple[int, float]]:
-        return [(r[0], r[1]) for r in self.db.execute(
-            "SELECT other, value FROM neighbours WHERE dict=? AND unit=? AND kind=? ORDER BY rank",
-            (dict_name, unit, kind))]
+        return [
+            (r[0], r[1])
+            for r in self.db.execute(
+                "SELECT other, value FROM neighbours WHERE dict=? AND unit=? AND kind=? ORDER BY rank",
+                (dict_name, unit, kind),
+            )
+        ]
 
     def constituents(self, dict_name: str, unit: int) -> list[tuple[int, float]]:
-        return [(r[0], r[1]) for r in self.db.execute(
-            "SELECT neuron, weight FROM constituents WHERE dict=? AND unit=? ORDER BY rank", (dict_name, unit))]
+        return [
+            (r[0], r[1])
+            for r in self.db.execute(
+                "SELECT neuron, weight FROM constituents WHERE dict=? AND unit=? ORDER BY rank", (dict_name, unit)
+            )
+        ]
 
     def neuron_users(self, dict_name: str, neuron: int) -> list[tuple[int, float]]:
-        return [(r[0], r[1]) for r in self.db.execute(
-            "SELECT unit, weight FROM neuron_users WHERE dict=? AND neuron=? ORDER BY rank", (dict_name, neuron))]
+        return [
+            (r[0], r[1])
+            for r in self.db.execute(
+                "SELECT unit, weight FROM neuron_users WHERE dict=? AND neuron=? ORDER BY rank", (dict_name, neuron)
+            )
+        ]
 
     def top_tokens(self, dict_name: str, unit: int, n: int = 5) -> list[tuple[str, int, float]]:
         """(token text, fires, mean activation) of the tokens the unit fires on most often."""
-        return [(self.token_text(r[0]), r[1], r[2]) for r in self.db.execute(
-            "SELECT token, fires, mean_act FROM unit_tokens WHERE dict=? AND unit=? ORDER BY fires DESC, token LIMIT ?",
-            (dict_name, unit, n))]
+        return [
+            (self.token_text(r[0]), r[1], r[2])
+            for r in self.db.execute(
+                "SELECT token, fires, mean_act FROM unit_tokens WHERE dict=? AND unit=?"
+                " ORDER BY fires DESC, token LIMIT ?",
+                (dict_name, unit, n),
+            )
+        ]
 
     def explanations(self, dict_name: str, unit: int) -> list[dict[str, Any]]:
         """Every backend's explanation and scores of one unit (the primary backend's first)."""
         order = {b: i for i, b in enumerate(self.meta().get("backends", []))}
-        rows = [dict(r) for r in self.db.execute(
-            "SELECT backend, explanation, simulation_score, detection_score, fuzzing_score FROM explanations "
-            "WHERE dict=? AND unit=?", (dict_name, unit))]
+        rows = [
+            dict(r)
+            for r in self.db.execute(
+                "SELECT backend, explanation, simulation_score, detection_score, fuzzing_score FROM explanations "
+                "WHERE dict=? AND unit=?",
+                (dict_name, unit),
+            )
+        ]
         return sorted(rows, key=lambda r: order.get(r["backend"], len(order)))
 
     def contexts(self, dict_name: str, unit: int) -> dict[str, list[tuple[str, float]]]:
         """Where the unit's activation mass comes from: (label, share) by source, language and previous token."""
         out: dict[str, list[tuple[str, float]]] = {"source": [], "language": [], "preceding": []}
         for kind, label, share in self.db.execute(
-                "SELECT kind, label, share FROM unit_contexts WHERE dict=? AND unit=? ORDER BY kind, rank",
-                (dict_name, unit)):
+            "SELECT kind, label, share FROM unit_contexts WHERE dict=? AND unit=? ORDER BY kind, rank",
+            (dict_name, unit),
+        ):
             out[kind].append((label, share))
         return out
 
     def feature_page(self, dict_name: str, unit: int) -> dict[str, Any]:
         """Everything the browser shows for one unit."""
         page = self.unit(dict_name, unit)
-        page.update(examples=self.examples(dict_name, unit), logits=self.logits(dict_name, unit),
-                    explanations=self.explanations(dict_name, unit), contexts=self.contexts(dict_name, unit),
-                    decoder_neighbours=self.neighbours(dict_name, unit, "decoder"),
-                    cofiring_neighbours=self.neighbours(dict_name, unit, "cofiring"),
-                    top_tokens=self.top_tokens(dict_name, unit, 10))
+        page.update(
+            examples=self.examples(dict_name, unit),
+            logits=self.logits(dict_name, unit),
+            explanations=self.explanations(dict_name, unit),
+            contexts=self.contexts(dict_name, unit),
+            decoder_neighbours=self.neighbours(dict_name, unit, "decoder"),
+            cofiring_neighbours=self.neighbours(dict_name, unit, "cofiring"),
+            top_tokens=self.top_tokens(dict_name, unit, 10),
+        )
         if page["unit_kind"] == "feature":
             page["constituents"] = self.constituents(dict_name, unit)
         return page
@@ -262,7 +316,8 @@ class FeatureStore:
             f"{TOKEN_F1_SQL} AS f1, u.explanation, u.simulation_score, u.score_backend FROM unit_tokens t "
             f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
             f"WHERE t.dict=? AND t.token IN ({marks}) ORDER BY f1 DESC, t.unit LIMIT ?",
-            (d["name"], *ids, top)).fetchall()
+            (d["name"], *ids, top),
+        ).fetchall()
         results = [{"dict": d["name"], **dict(r), "token": self.token_text(r["token"])} for r in rows]
         for result in results:
             result["top_tokens"] = self.top_tokens(d["name"], result["unit"])
@@ -274,5 +329,7 @@ class FeatureStore:
         rows = self.db.execute(
             "SELECT unit, explanation, simulation_score, score_backend FROM units WHERE dict=? AND "
             "instr(lower(explanation), lower(?)) > 0 ORDER BY simulation_score IS NULL, simulation_score DESC, "
-            "unit LIMIT ?", (d["name"], text, top)).fetchall()
+            "unit LIMIT ?",
+            (d["name"], text, top),
+        ).fetchall()
         return [{"dict": d["name"], **dict(r), "top_tokens": self.top_tokens(d["name"], r["unit"])} for r in rows]

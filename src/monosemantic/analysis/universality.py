@@ -55,8 +55,9 @@ PAPER_MEDIAN_NEURON_CORR = 0.46
 DENSE_MIN_DENSITY = 1e-5  # the "dense" median leaves out features rarer than this (paper's main cluster: 1e-5…1e-3)
 
 
-def universality(run_dir: str | Path, cfg: UniversalityConfig, sweep: SAESweepConfig,
-                 stream_train: bool = False) -> dict:
+def universality(
+    run_dir: str | Path, cfg: UniversalityConfig, sweep: SAESweepConfig, stream_train: bool = False
+) -> dict:
     """Run the whole comparison (see the module docstring); returns the figures for ``run.json``:
     ``median_feature_corr``, ``median_feature_corr_dense`` (features firing on ≥ DENSE_MIN_DENSITY
     of the compared tokens), ``median_neuron_corr``, ``median_feature_corr_same_model`` (None when
@@ -72,12 +73,17 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig, sweep: SAESweepCo
     store_a_val = ActivationStore(run / "activations/val")
 
     lm_a_cfg = LMConfig(**_read_json(run / "lm/config.json")["lm"])
-    lm_b_cfg = lm_a_cfg.model_copy(update={"seed": lm_a_cfg.seed + cfg.lm_seed_offset,
-                                          "n_steps": cfg.lm_steps or lm_a_cfg.n_steps})
+    lm_b_cfg = lm_a_cfg.model_copy(
+        update={"seed": lm_a_cfg.seed + cfg.lm_seed_offset, "n_steps": cfg.lm_steps or lm_a_cfg.n_steps}
+    )
     # run A's corpus/LM/harvest fingerprint: a re-run upstream invalidates every step here
     upstream = _read_json(run / "run.json").get("stages", {}).get("harvest", {}).get("config_hash")
-    lm_b_figures = steps.run("lm_b", {**lm_b_cfg.model_dump(), "upstream": upstream}, run / "lm_b/model.safetensors",
-                             lambda: _train_lm_b(run, lm_b_cfg, device))
+    lm_b_figures = steps.run(
+        "lm_b",
+        {**lm_b_cfg.model_dump(), "upstream": upstream},
+        run / "lm_b/model.safetensors",
+        lambda: _train_lm_b(run, lm_b_cfg, device),
+    )
     lm_a, lm_b = load_lm(run / "lm", device), load_lm(run / "lm_b", device)
     train_shards = TokenShards(run / "tokens", "train")
 
@@ -105,16 +111,25 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig, sweep: SAESweepCo
     store_b_train = train_source(lm_b, "activations_b/train")
 
     sae_b_cfg = _recipe(sae_a.cfg, cfg, seed=sae_a.cfg.seed)
-    steps.run("sae_b", {**sae_b_cfg.model_dump(mode="json"), "sweep": _sweep_recipe(sweep), "stream": stream_train},
-              out / "sae_b/cfg.json", lambda: _train_sae_on(store_b_train, sae_b_cfg, sweep, out / "sae_b", "lm_b"),
-              after=["lm_b"] if stream_train else ["harvest_train"])
+    steps.run(
+        "sae_b",
+        {**sae_b_cfg.model_dump(mode="json"), "sweep": _sweep_recipe(sweep), "stream": stream_train},
+        out / "sae_b/cfg.json",
+        lambda: _train_sae_on(store_b_train, sae_b_cfg, sweep, out / "sae_b", "lm_b"),
+        after=["lm_b"] if stream_train else ["harvest_train"],
+    )
     units = {"features_a_vs_b": (sae_a.encode, load_sae(out / "sae_b", device).encode, "b")}
     if cfg.same_model_check:
         reseed_cfg = _recipe(sae_a.cfg, cfg, seed=sae_a.cfg.seed + cfg.sae_seed_offset)
         steps.run(
             "sae_a_reseed",
-            {**reseed_cfg.model_dump(mode="json"), "sae_a": sae_name, "upstream": upstream,
-             "sweep": _sweep_recipe(sweep), "stream": stream_train},
+            {
+                **reseed_cfg.model_dump(mode="json"),
+                "sae_a": sae_name,
+                "upstream": upstream,
+                "sweep": _sweep_recipe(sweep),
+                "stream": stream_train,
+            },
             out / "sae_a_reseed/cfg.json",
             lambda: _train_sae_on(store_a_train, reseed_cfg, sweep, out / "sae_a_reseed", "lm"),
         )
@@ -124,14 +139,21 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig, sweep: SAESweepCo
     start = time.perf_counter()
     if cfg.n_tokens is None:
         compared = f"all {store_a_val.n_rows:,} held-out tokens (activations/val)"
-        chunks = zip((c for _, c in store_a_val.iter_chunks(cfg.chunk_rows)),
-                     (c for _, c in store_b_val.iter_chunks(cfg.chunk_rows)))
+        chunks = zip(
+            (c for _, c in store_a_val.iter_chunks(cfg.chunk_rows)),
+            (c for _, c in store_b_val.iter_chunks(cfg.chunk_rows)),
+        )
     else:
         shards = TokenShards(run / "tokens", cfg.tokens_split)
         compared = f"the first {cfg.n_tokens:,} tokens of the {cfg.tokens_split} split, streamed through both LMs"
-        chunks = zip(*(ActivationStream(m, shards, store_a_val.hook_name, store_a_val.meta["ctx"])
-                       .token_chunks(cfg.n_tokens, cfg.chunk_rows // store_a_val.meta["ctx"] or 1)
-                       for m in (lm_a, lm_b)))
+        chunks = zip(
+            *(
+                ActivationStream(m, shards, store_a_val.hook_name, store_a_val.meta["ctx"]).token_chunks(
+                    cfg.n_tokens, cfg.chunk_rows // store_a_val.meta["ctx"] or 1
+                )
+                for m in (lm_a, lm_b)
+            )
+        )
     matches = compare_units(chunks, units, device)
     correlate_seconds = time.perf_counter() - start
     n_tokens = matches["features_a_vs_b"].n_tokens
@@ -169,9 +191,11 @@ def universality(run_dir: str | Path, cfg: UniversalityConfig, sweep: SAESweepCo
     }
 
 
-def compare_units(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                  units: dict[str, tuple[Callable, Callable, str]],
-                  device: torch.device | str = "cpu") -> dict[str, Matches]:
+def compare_units(
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    units: dict[str, tuple[Callable, Callable, str]],
+    device: torch.device | str = "cpu",
+) -> dict[str, Matches]:
     """One pass over aligned activation chunks ``(acts_a, acts_b)`` (row n of both = the same
     token, in models A and B): for each named comparison ``(encode_1, encode_2, "a"|"b")``,
     encode_1 is applied to A's rows and encode_2 to A's ("a") or B's ("b") rows; returns each
@@ -203,8 +227,14 @@ def plot_max_correlations(best: dict[str, BestMatches], path: Path) -> Path:
     for (name, matches), colour in zip(best.items(), ("tab:blue", "tab:green", "tab:orange")):
         values = matches.value[matches.live & ~np.isnan(matches.value)]
         median = matches.median()
-        ax.hist(values, bins=bins, alpha=0.55, color=colour, density=True,
-                label=f"{name.replace('_', ' ')}: median {median:.2f} (n={values.size})")
+        ax.hist(
+            values,
+            bins=bins,
+            alpha=0.55,
+            color=colour,
+            density=True,
+            label=f"{name.replace('_', ' ')}: median {median:.2f} (n={values.size})",
+        )
         ax.axvline(median, color=colour, linestyle="--", linewidth=1)
     ax.set_xlabel("max Pearson correlation with any unit of the other run")
     ax.set_ylabel("density")
@@ -221,8 +251,9 @@ class _Steps:
         self.done: dict[str, str] = _read_json(path) if path.exists() else {}
         self.seconds: dict[str, float] = {}
 
-    def run(self, name: str, config: object, artifact: Path, work: Callable[[], dict | None],
-            after: list[str] = ()) -> dict:
+    def run(
+        self, name: str, config: object, artifact: Path, work: Callable[[], dict | None], after: list[str] = ()
+    ) -> dict:
         digest = config_hash(config, [self.done.get(n, "") for n in after])
         record = self.path.parent / f"{name}.json"
         if self.done.get(name) == digest and artifact.exists() and record.exists():
@@ -243,16 +274,29 @@ def _train_lm_b(run: Path, lm_cfg: LMConfig, device: torch.device) -> dict:
     checkpoint.unlink(missing_ok=True)
     # the whole val split, as the lm stage measures model A
     val_loss = evaluate_lm(model, TokenShards(run / "tokens", "val"), lm_cfg.n_ctx, None, device=device)
-    return {"train_loss": figures["train_loss"], "val_loss": val_loss, "train_tokens": figures["train_tokens"],
-            "train_seconds": round(figures["train_seconds"], 2)}
+    return {
+        "train_loss": figures["train_loss"],
+        "val_loss": val_loss,
+        "train_tokens": figures["train_tokens"],
+        "train_seconds": round(figures["train_seconds"], 2),
+    }
 
 
-def _harvest_b(run: Path, split: str, store_a: ActivationStore, n_tokens: int,
-               cfg: UniversalityConfig, device: torch.device) -> dict:
+def _harvest_b(
+    run: Path, split: str, store_a: ActivationStore, n_tokens: int, cfg: UniversalityConfig, device: torch.device
+) -> dict:
     model = load_lm(run / "lm_b", device)
-    return harvest_activations(model, TokenShards(run / "tokens", split), store_a.hook_name, n_tokens,
-                               store_a.meta["ctx"], cfg.harvest_batch_size, run / f"activations_b/{split}",
-                               store_a.dtype, device)
+    return harvest_activations(
+        model,
+        TokenShards(run / "tokens", split),
+        store_a.hook_name,
+        n_tokens,
+        store_a.meta["ctx"],
+        cfg.harvest_batch_size,
+        run / f"activations_b/{split}",
+        store_a.dtype,
+        device,
+    )
 
 
 def _check_aligned(store_a: ActivationStore, store_b: ActivationStore) -> None:
@@ -279,14 +323,21 @@ def _sweep_recipe(sweep: SAESweepConfig) -> dict:
     return {"buffer_rows": sweep.buffer_rows, "init_rows": sweep.init_rows}
 
 
-def _train_sae_on(source: ActivationStore | ActivationStream, sae_cfg: SAEConfig, sweep: SAESweepConfig,
-                  folder: Path, model_dir: str) -> dict:
+def _train_sae_on(
+    source: ActivationStore | ActivationStream, sae_cfg: SAEConfig, sweep: SAESweepConfig, folder: Path, model_dir: str
+) -> dict:
     """Train ``sae_cfg`` as run A's sweep trains its SAEs (same init rows and shuffle buffer)."""
     n_batches = math.ceil(sae_cfg.n_samples / sae_cfg.batch_size)
 
     def batches(start_batch: int):
-        return source.shuffled_batches(sae_cfg.batch_size, sae_cfg.seed, sweep.buffer_rows, n_batches,
-                                       device=sae_cfg.device, start_batch=start_batch)
+        return source.shuffled_batches(
+            sae_cfg.batch_size,
+            sae_cfg.seed,
+            sweep.buffer_rows,
+            n_batches,
+            device=sae_cfg.device,
+            start_batch=start_batch,
+        )
 
     checkpoint_dir = folder.with_name(folder.name + "_checkpoint")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -299,9 +350,14 @@ def _train_sae_on(source: ActivationStore | ActivationStream, sae_cfg: SAEConfig
 
 
 def _summary(matches: BestMatches) -> dict:
-    return {"median": matches.median(), "n_live": int(matches.live.sum()), "n_units": int(matches.live.size),
-            "histogram": matches.histogram(), "best_index": matches.index.tolist(),
-            "best_corr": [None if np.isnan(v) else round(float(v), 4) for v in matches.value]}
+    return {
+        "median": matches.median(),
+        "n_live": int(matches.live.sum()),
+        "n_units": int(matches.live.size),
+        "histogram": matches.histogram(),
+        "best_index": matches.index.tolist(),
+        "best_corr": [None if np.isnan(v) else round(float(v), 4) for v in matches.value],
+    }
 
 
 def _largest_sae(run: Path) -> str:
@@ -324,4 +380,3 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path}: missing (run the earlier stages first)") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err.msg})") from None
-

@@ -106,14 +106,33 @@ def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = LOOPBA
         return JSONResponse(view.overview())
 
     @app.get("/api/dicts/{dict_name}/units")
-    def units(dict_name: str, sort: str | None = Query(None, max_length=40), order: Literal["asc", "desc"] = "desc",
-              offset: int = Query(0, ge=0, le=10**7), limit: int = Query(50, ge=1, le=MAX_PAGE),
-              q: str | None = Query(None, max_length=200), token: str | None = Query(None, max_length=100),
-              min_density: float = Query(0.0, ge=0, le=1), max_density: float = Query(1.0, ge=0, le=1),
-              min_score: float | None = Query(None, ge=-1, le=1)) -> JSONResponse:
+    def units(
+        dict_name: str,
+        sort: str | None = Query(None, max_length=40),
+        order: Literal["asc", "desc"] = "desc",
+        offset: int = Query(0, ge=0, le=10**7),
+        limit: int = Query(50, ge=1, le=MAX_PAGE),
+        q: str | None = Query(None, max_length=200),
+        token: str | None = Query(None, max_length=100),
+        min_density: float = Query(0.0, ge=0, le=1),
+        max_density: float = Query(1.0, ge=0, le=1),
+        min_score: float | None = Query(None, ge=-1, le=1),
+    ) -> JSONResponse:
         sort = sort or ("f1" if token else "simulation_score")  # a token search ranks by F1 unless told otherwise
-        return JSONResponse(view.unit_list(dict_name, sort, order == "desc", offset, limit, q or None, token or None,
-                                           min_density, max_density, min_score))
+        return JSONResponse(
+            view.unit_list(
+                dict_name,
+                sort,
+                order == "desc",
+                offset,
+                limit,
+                q or None,
+                token or None,
+                min_density,
+                max_density,
+                min_score,
+            )
+        )
 
     @app.get("/api/saes/{sae}/features/{feature}")
     def feature(sae: str, feature: int) -> JSONResponse:
@@ -140,8 +159,9 @@ def create_app(run_dir: str | Path, allowed_hosts: Iterable[str] | None = LOOPBA
         if view.dicts.get(body.sae, {}).get("unit_kind") != "feature":
             raise NotFound(f"unknown SAE {body.sae!r}")
         view.check_unit(body.sae, body.feature)
-        return JSONResponse(live.steer(body.sae, body.feature, body.value, body.prompt, body.mode, body.n_tokens,
-                                       body.seed))
+        return JSONResponse(
+            live.steer(body.sae, body.feature, body.value, body.prompt, body.mode, body.n_tokens, body.seed)
+        )
 
     @app.get("/api/{rest:path}")
     def unknown_api(rest: str) -> JSONResponse:

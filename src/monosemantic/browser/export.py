@@ -54,7 +54,8 @@ def _write_site(view: RunView, out: Path, max_units: int | None, counts: dict[st
         shutil.copytree(STATIC_DIR, tmp / "static")
         index = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
         (tmp / "index.html").write_text(
-            index.replace(EXPORT_MARKER, "<script>window.MONOSEMANTIC_EXPORT = true;</script>"), encoding="utf-8")
+            index.replace(EXPORT_MARKER, "<script>window.MONOSEMANTIC_EXPORT = true;</script>"), encoding="utf-8"
+        )
         _write_data(tmp, "overview", view.overview())
         for rel in (f for files in view.pictures().values() for f in files):
             (tmp / "files" / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -73,9 +73,10 @@ class HostAllowList:
             await self.app(scope, receive, send)
             return
         host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-        name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+        name = host[1 : host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
         if name not in self.hosts:
-            await _error(400, f"Host {host!r} is not allowed (this server answers to "
-                              f"{', '.join(sorted(self.hosts))})")(scope, receive, send)
+            await _error(400, f"Host {host!r} is not allowed (this server answers to {', '.join(sorted(self.hosts))})")(
+                scope, receive, send
+            )
             return
         await self.app(scope, receive, send)

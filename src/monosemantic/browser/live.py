@@ -88,17 +88,32 @@ class LiveModel:
         values_TK, units_TK = acts_TF.topk(min(per_token, acts_TF.shape[1]), dim=1)
         tokens = []
         for t, token in enumerate(tokens_T[1:].tolist()):
-            tokens.append({"token": token, "text": self._tokenizer.decode([token]),
-                           "units": [{"unit": int(u), "act": float(v)}
-                                     for u, v in zip(units_TK[t], values_TK[t]) if v > 0]})
+            tokens.append(
+                {
+                    "token": token,
+                    "text": self._tokenizer.decode([token]),
+                    "units": [{"unit": int(u), "act": float(v)} for u, v in zip(units_TK[t], values_TK[t]) if v > 0],
+                }
+            )
         max_F = acts_TF.max(dim=0).values
-        order = max_F.argsort(descending=True)[: 20]
-        fired = [{"unit": int(u), "max_act": float(max_F[u]), "acts": [float(a) for a in acts_TF[:, u]]}
-                 for u in order if max_F[u] > 0]
+        order = max_F.argsort(descending=True)[:20]
+        fired = [
+            {"unit": int(u), "max_act": float(max_F[u]), "acts": [float(a) for a in acts_TF[:, u]]}
+            for u in order
+            if max_F[u] > 0
+        ]
         return {"dict": dict_name, "tokens": tokens, "units": fired}
 
-    def steer(self, sae_name: str, feature: int, value: float, prompt: str, mode: str = "clamp",
-              n_tokens: int = 20, seed: int = 0) -> dict[str, Any]:
+    def steer(
+        self,
+        sae_name: str,
+        feature: int,
+        value: float,
+        prompt: str,
+        mode: str = "clamp",
+        n_tokens: int = 20,
+        seed: int = 0,
+    ) -> dict[str, Any]:
         """The next-token distribution after ``prompt`` with ``feature`` clamped/added/ablated, and a
         continuation sampled with and without it (same seed)."""
         if not math.isfinite(value) or abs(value) > MAX_STEER_VALUE:
@@ -113,7 +128,17 @@ class LiveModel:
             plain = sample_continuation(self._model, self.hook_name, tokens_T, n_tokens, None, seed)
             steered = sample_continuation(self._model, self.hook_name, tokens_T, n_tokens, hook, seed)
         decode = self._tokenizer.decode
-        rows = {k: [{"token": t, "text": decode([t]), "p_before": b, "p_after": a} for t, b, a in v]
-                for k, v in change.items()}
-        return {"sae": sae_name, "feature": feature, "value": value, "mode": mode, "prompt": prompt, **rows,
-                "continuation": decode(plain), "steered_continuation": decode(steered)}
+        rows = {
+            k: [{"token": t, "text": decode([t]), "p_before": b, "p_after": a} for t, b, a in v]
+            for k, v in change.items()
+        }
+        return {
+            "sae": sae_name,
+            "feature": feature,
+            "value": value,
+            "mode": mode,
+            "prompt": prompt,
+            **rows,
+            "continuation": decode(plain),
+            "steered_continuation": decode(steered),
+        }

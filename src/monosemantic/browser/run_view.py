@@ -81,8 +81,10 @@ class RunView:
     def overview(self) -> dict[str, Any]:
         """The LM, every SAE's metrics, the interpretability comparison and the run's pictures."""
         m = self.manifest
-        lm = {k: m.get("lm", {}).get(k) for k in ("val_loss", "unigram_loss", "bigram_loss", "n_params", "steps",
-                                                   "train_tokens", "external")}
+        lm = {
+            k: m.get("lm", {}).get(k)
+            for k in ("val_loss", "unigram_loss", "bigram_loss", "n_params", "steps", "train_tokens", "external")
+        }
         lm_config = m.get("config", {}).get("lm", {})
         lm["shape"] = {k: lm_config.get(k) for k in ("n_layers", "d_model", "d_mlp", "n_heads", "n_ctx", "hook_name")}
         metrics = {e["name"]: e for e in m.get("sae", {}).get("saes", [])}
@@ -114,13 +116,34 @@ class RunView:
             )
         a = m.get("analysis", {})
         return {
-            "run": self.path.name, "corpus": m.get("corpus", {}), "lm": lm, "dictionaries": dictionaries,
-            "interpretability": {k: a.get(k) for k in ("backend", "n_scored_units", "feature_dictionary",
-                                                       "neuron_score_mean", "neuron_score_median", "feature_score_mean",
-                                                       "feature_score_median", "neuron_detection_mean",
-                                                       "feature_detection_mean", "score_plot")},
-            "universality": {k: m.get("universality", {}).get(k) for k in (
-                "median_feature_corr", "median_neuron_corr", "paper_median_feature_corr", "paper_median_neuron_corr")},
+            "run": self.path.name,
+            "corpus": m.get("corpus", {}),
+            "lm": lm,
+            "dictionaries": dictionaries,
+            "interpretability": {
+                k: a.get(k)
+                for k in (
+                    "backend",
+                    "n_scored_units",
+                    "feature_dictionary",
+                    "neuron_score_mean",
+                    "neuron_score_median",
+                    "feature_score_mean",
+                    "feature_score_median",
+                    "neuron_detection_mean",
+                    "feature_detection_mean",
+                    "score_plot",
+                )
+            },
+            "universality": {
+                k: m.get("universality", {}).get(k)
+                for k in (
+                    "median_feature_corr",
+                    "median_neuron_corr",
+                    "paper_median_feature_corr",
+                    "paper_median_neuron_corr",
+                )
+            },
             "splitting": m.get("splitting", {}).get("summary", []),
             "toy": [p for p in m.get("toy", {}).get("points", [])],
             "pictures": self.pictures(),
@@ -129,7 +152,8 @@ class RunView:
     def _score_summary(self, name: str) -> dict[str, Any]:
         row = self.store.db.execute(
             "SELECT count(simulation_score), avg(simulation_score), avg(detection_score) FROM units WHERE dict=?",
-            (name,)).fetchone()
+            (name,),
+        ).fetchone()
         return {"n_scored": row[0], "score_mean": row[1], "detection_mean": row[2]}
 
     def pictures(self) -> dict[str, list[str]]:
@@ -156,9 +180,19 @@ class RunView:
 
     # --- feature list ---------------------------------------------------------------------------
 
-    def unit_list(self, dict_name: str, sort: str = "simulation_score", descending: bool = True, offset: int = 0,
-                  limit: int = 50, text: str | None = None, token: str | None = None, min_density: float = 0.0,
-                  max_density: float = 1.0, min_score: float | None = None) -> dict[str, Any]:
+    def unit_list(
+        self,
+        dict_name: str,
+        sort: str = "simulation_score",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 50,
+        text: str | None = None,
+        token: str | None = None,
+        min_density: float = 0.0,
+        max_density: float = 1.0,
+        min_score: float | None = None,
+    ) -> dict[str, Any]:
         """One page of a dictionary's units, filtered and sorted, with the total that match.
 
         ``text`` keeps units whose explanation contains it; ``token`` keeps units that fire on that
@@ -170,8 +204,10 @@ class RunView:
             raise UserError(f"sort={sort}: choose from {', '.join(c for c in SORT_COLUMNS if token or c != 'f1')}")
         if not 1 <= limit <= MAX_PAGE:
             raise UserError(f"limit={limit}: must be 1…{MAX_PAGE}")
-        columns = ("u.unit, u.fire_count, u.density, u.mean_act, u.max_act, u.explanation, u.simulation_score, "
-                   "u.detection_score, u.score_backend")
+        columns = (
+            "u.unit, u.fire_count, u.density, u.mean_act, u.max_act, u.explanation, u.simulation_score, "
+            "u.detection_score, u.score_backend"
+        )
         where, args = ["u.dict=?", "u.density>=?", "u.density<=?"], [dict_name, min_density, max_density]
         if text:
             where.append("instr(lower(u.explanation), lower(?)) > 0")
@@ -185,17 +221,23 @@ class RunView:
             matched = [self.store.token_text(t) for t in ids]
             if not ids:
                 return {"dict": dict_name, "total": 0, "offset": offset, "rows": [], "matched_tokens": []}
-            inner = (f"SELECT {columns}, max({TOKEN_F1_SQL}) AS f1 FROM unit_tokens t "
-                     f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
-                     f"WHERE t.dict=? AND t.token IN ({','.join('?' * len(ids))}) AND {' AND '.join(where)} "
-                     f"GROUP BY u.unit")
+            inner = (
+                f"SELECT {columns}, max({TOKEN_F1_SQL}) AS f1 FROM unit_tokens t "
+                f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
+                f"WHERE t.dict=? AND t.token IN ({','.join('?' * len(ids))}) AND {' AND '.join(where)} "
+                f"GROUP BY u.unit"
+            )
             args = [dict_name, *ids, *args]
         else:
             inner = f"SELECT {columns} FROM units u WHERE {' AND '.join(where)}"
         order = f"{sort} IS NULL, {sort} {'DESC' if descending else 'ASC'}, unit"
-        rows = [dict(r) for r in self.store.db.execute(
-            f"SELECT *, count(*) OVER () AS total FROM ({inner}) ORDER BY {order} LIMIT ? OFFSET ?",
-            (*args, limit, offset))]
+        rows = [
+            dict(r)
+            for r in self.store.db.execute(
+                f"SELECT *, count(*) OVER () AS total FROM ({inner}) ORDER BY {order} LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            )
+        ]
         total = (
             rows[0]["total"] if rows else self.store.db.execute(f"SELECT count(*) FROM ({inner})", args).fetchone()[0]
         )
@@ -213,7 +255,9 @@ class RunView:
         rows = self.store.db.execute(
             f"SELECT v.text, t.unit, max({TOKEN_F1_SQL}) AS f1 FROM unit_tokens t "
             f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
-            f"WHERE t.dict=? GROUP BY v.text, t.unit ORDER BY v.text, f1 DESC, t.unit", (dict_name,))
+            f"WHERE t.dict=? GROUP BY v.text, t.unit ORDER BY v.text, f1 DESC, t.unit",
+            (dict_name,),
+        )
         for text, unit, f1 in rows:
             index[text].append([unit, f1])
         return index
@@ -225,7 +269,9 @@ class RunView:
         rows = self.store.db.execute(
             f"SELECT unit, token FROM (SELECT unit, token, row_number() OVER (PARTITION BY unit ORDER BY fires DESC, "
             f"token) AS k FROM unit_tokens WHERE dict=? AND unit IN ({','.join('?' * len(units))})) WHERE k<=? "
-            f"ORDER BY unit, k", (dict_name, *units, n))
+            f"ORDER BY unit, k",
+            (dict_name, *units, n),
+        )
         out: dict[int, list[str]] = {}
         for unit, token in rows:
             out.setdefault(unit, []).append(self.store.token_text(token))
@@ -281,10 +327,12 @@ class RunView:
         if not path.is_file():
             return None
         data = json.loads(path.read_text())
-        return {"labels": {name: f["label"] for name, f in data["features"].items()},
-                "sources": {name: f.get("sources") for name, f in data["features"].items()},
-                "after": {name: f.get("after") for name, f in data["features"].items()},
-                "links": data["links"]}
+        return {
+            "labels": {name: f["label"] for name, f in data["features"].items()},
+            "sources": {name: f.get("sources") for name, f in data["features"].items()},
+            "after": {name: f.get("after") for name, f in data["features"].items()},
+            "links": data["links"],
+        }
 
     def family(self, sae: str, feature: int) -> dict[str, Any] | None:
         """The feature's ancestors in the smaller SAEs and its descendants in the larger ones
@@ -297,8 +345,14 @@ class RunView:
 
         def node(name: str, f: int, similarity: float | None = None) -> dict[str, Any]:
             sources, after = families["sources"][name], families["after"][name]
-            return {"sae": name, "feature": f, "label": labels[name][f], "similarity": similarity,
-                    "sources": sources[f] if sources else [], "after": after[f] if after else []}
+            return {
+                "sae": name,
+                "feature": f,
+                "label": labels[name][f],
+                "similarity": similarity,
+                "sources": sources[f] if sources else [],
+                "after": after[f] if after else [],
+            }
 
         ancestors, name, f = [], sae, feature
         while (link := next((k for k in links if k["to"] == name), None)) is not None and link["parent"][f] >= 0:
@@ -308,8 +362,19 @@ class RunView:
         while parents and (link := next((k for k in links if k["from"] == name), None)) is not None:
             children = [j for j, p in enumerate(link["parent"]) if p in parents]
             coverage = link.get("parent_coverage") or [None] * len(link["parent"])
-            descendants.append({"sae": link["to"], "total": len(children),
-                                "features": [dict(node(link["to"], j, link["similarity"][j]), parent=link["parent"][j],
-                                                  parent_coverage=coverage[j]) for j in children[:FAMILY_CHILDREN]]})
+            descendants.append(
+                {
+                    "sae": link["to"],
+                    "total": len(children),
+                    "features": [
+                        dict(
+                            node(link["to"], j, link["similarity"][j]),
+                            parent=link["parent"][j],
+                            parent_coverage=coverage[j],
+                        )
+                        for j in children[:FAMILY_CHILDREN]
+                    ],
+                }
+            )
             name, parents = link["to"], set(children)
         return {"ancestors": ancestors, "self": node(sae, feature), "descendants": descendants}

@@ -34,9 +34,15 @@ def is_val_document(text: str, val_fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2**64 < val_fraction
 
 
-def write_token_shards(docs: Iterable[str], tokenizer: Tokenizer, out_dir: Path,
-                       val_fraction: float, eos: int | None = None, shard_tokens: int = 1 << 24,
-                       encode_batch: int = 512) -> dict:
+def write_token_shards(
+    docs: Iterable[str],
+    tokenizer: Tokenizer,
+    out_dir: Path,
+    val_fraction: float,
+    eos: int | None = None,
+    shard_tokens: int = 1 << 24,
+    encode_batch: int = 512,
+) -> dict:
     """Tokenize ``docs`` into train/val shards under ``out_dir`` (atomically); return counts.
 
     ``eos`` separates documents; by default the tokenizer's ``<|endoftext|>``.
@@ -67,16 +73,26 @@ def write_token_shards(docs: Iterable[str], tokenizer: Tokenizer, out_dir: Path,
             n_last = len(batch)
             flush_batch()
             advance(n_last)
-        index = {"vocab_size": vocab_size, "eos_id": eos, "dtype": np.dtype(dtype).name,
-                 "n_docs": n_docs, "splits": {s: w.close() for s, w in writers.items()}}
+        index = {
+            "vocab_size": vocab_size,
+            "eos_id": eos,
+            "dtype": np.dtype(dtype).name,
+            "n_docs": n_docs,
+            "splits": {s: w.close() for s, w in writers.items()},
+        }
         for split in SPLITS:
             if not index["splits"][split]:
-                raise UserError(f"corpus too small: the {split} split got no documents "
-                                f"({n_docs} documents, val_fraction={val_fraction})")
+                raise UserError(
+                    f"corpus too small: the {split} split got no documents "
+                    f"({n_docs} documents, val_fraction={val_fraction})"
+                )
         (tmp / "index.json").write_text(json.dumps(index, indent=2))
-    return {"n_docs": n_docs, "vocab_size": vocab_size,
-            **{f"{s}_tokens": sum(sh["n_tokens"] for sh in index["splits"][s]) for s in SPLITS},
-            **{f"{s}_docs": sum(sh["n_docs"] for sh in index["splits"][s]) for s in SPLITS}}
+    return {
+        "n_docs": n_docs,
+        "vocab_size": vocab_size,
+        **{f"{s}_tokens": sum(sh["n_tokens"] for sh in index["splits"][s]) for s in SPLITS},
+        **{f"{s}_docs": sum(sh["n_docs"] for sh in index["splits"][s]) for s in SPLITS},
+    }
 
 
 class _ShardWriter:
@@ -137,32 +153,34 @@ class TokenShards:
         except (OSError, ValueError) as err:
             raise UserError(f"token shard {path}: unreadable ({err})") from None
         if len(tokens_T) != shard["n_tokens"]:
-            raise UserError(f"token shard {path}: has {len(tokens_T)} tokens, index says "
-                            f"{shard['n_tokens']} (truncated?)")
+            raise UserError(
+                f"token shard {path}: has {len(tokens_T)} tokens, index says {shard['n_tokens']} (truncated?)"
+            )
         return tokens_T
 
     def random_windows(self, batch_size: int, ctx: int, rng: np.random.Generator) -> np.ndarray:
         """``batch_size`` windows of ``ctx`` tokens at uniformly random offsets → int64 [B, T]."""
         sizes = np.array([max(len(t) - ctx, 0) for t in self.tokens], dtype=np.float64)
         if sizes.sum() == 0:
-            raise UserError(f"{self.split} split has fewer than {ctx + 1} tokens per shard; "
-                            f"use a larger corpus or a shorter context")
+            raise UserError(
+                f"{self.split} split has fewer than {ctx + 1} tokens per shard; "
+                f"use a larger corpus or a shorter context"
+            )
         shard_B = rng.choice(len(self.tokens), size=batch_size, p=sizes / sizes.sum())
         windows = np.empty((batch_size, ctx), dtype=np.int64)
         for b, s in enumerate(shard_B):
             start = rng.integers(0, sizes[s] + 1)
-            windows[b] = self.tokens[s][start:start + ctx]
+            windows[b] = self.tokens[s][start : start + ctx]
         return windows
 
-    def sequential_windows(self, ctx: int, max_windows: int | None = None
-                           ) -> Iterator[tuple[int, int, np.ndarray]]:
+    def sequential_windows(self, ctx: int, max_windows: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
         """Non-overlapping windows in order: yields (shard index, start offset, tokens [T])."""
         n = 0
         for s, tokens_T in enumerate(self.tokens):
             for start in range(0, len(tokens_T) - ctx + 1, ctx):
                 if max_windows is not None and n >= max_windows:
                     return
-                yield s, start, np.asarray(tokens_T[start:start + ctx], dtype=np.int64)
+                yield s, start, np.asarray(tokens_T[start : start + ctx], dtype=np.int64)
                 n += 1
 
     def n_windows(self, ctx: int) -> int:

@@ -41,17 +41,26 @@ class Document:
     language: str = UNKNOWN_LANGUAGE
 
 
-def iter_documents(corpus: str | None = None, dataset: str | None = None,
-                   dataset_split: str = "train", text_field: str = "text",
-                   max_docs: int | None = None) -> Iterator[str]:
+def iter_documents(
+    corpus: str | None = None,
+    dataset: str | None = None,
+    dataset_split: str = "train",
+    text_field: str = "text",
+    max_docs: int | None = None,
+) -> Iterator[str]:
     """Documents from ``dataset`` (HF hub), else ``corpus`` (a local path), else the bundled mix."""
     for doc in iter_labelled_documents(corpus, dataset, dataset_split, text_field, max_docs):
         yield doc.text
 
 
-def iter_labelled_documents(corpus: str | None = None, dataset: str | None = None,
-                            dataset_split: str = "train", text_field: str = "text",
-                            max_docs: int | None = None, source_field: str | None = None) -> Iterator[Document]:
+def iter_labelled_documents(
+    corpus: str | None = None,
+    dataset: str | None = None,
+    dataset_split: str = "train",
+    text_field: str = "text",
+    max_docs: int | None = None,
+    source_field: str | None = None,
+) -> Iterator[Document]:
     """The documents of ``iter_documents``, in the same order, each with its source and language.
 
     The source is the bundled corpus's part; for local files the value of the jsonl field
@@ -86,8 +95,10 @@ def corpus_fingerprint(corpus: str | None = None, dataset: str | None = None) ->
 
         return {"bundled": input_fingerprint(BUNDLED_CORPUS_PATH)}
     path = Path(corpus)
-    return {file.relative_to(path).as_posix() if path.is_dir() else file.name: input_fingerprint(file)
-            for file in _local_files(path)}
+    return {
+        file.relative_to(path).as_posix() if path.is_dir() else file.name: input_fingerprint(file)
+        for file in _local_files(path)
+    }
 
 
 def _bundled_language(title: str) -> str:
@@ -114,8 +125,9 @@ class DocumentSources:
         for doc in docs:
             source_D.append(sources.setdefault(doc.source, len(sources)))
             language_D.append(languages.setdefault(doc.language, len(languages)))
-        return cls(list(sources), list(languages), np.asarray(source_D, dtype=np.int32),
-                   np.asarray(language_D, dtype=np.int32))
+        return cls(
+            list(sources), list(languages), np.asarray(source_D, dtype=np.int32), np.asarray(language_D, dtype=np.int32)
+        )
 
     @classmethod
     def single(cls, name: str, n_docs: int) -> DocumentSources:
@@ -124,13 +136,19 @@ class DocumentSources:
         return cls([name], [UNKNOWN_LANGUAGE], zeros, zeros.copy())
 
 
-def document_sources(corpus: str | None = None, dataset: str | None = None, dataset_split: str = "train",
-                     text_field: str = "text", max_docs: int | None = None,
-                     source_field: str | None = None) -> DocumentSources:
+def document_sources(
+    corpus: str | None = None,
+    dataset: str | None = None,
+    dataset_split: str = "train",
+    text_field: str = "text",
+    max_docs: int | None = None,
+    source_field: str | None = None,
+) -> DocumentSources:
     """The source and language of every document ``iter_documents`` yields, in its order (so a token
     shard's document index looks its source up directly)."""
-    return DocumentSources.from_documents(iter_labelled_documents(corpus, dataset, dataset_split, text_field,
-                                                                  max_docs, source_field))
+    return DocumentSources.from_documents(
+        iter_labelled_documents(corpus, dataset, dataset_split, text_field, max_docs, source_field)
+    )
 
 
 def _local_files(path: Path) -> list[Path]:
@@ -170,13 +188,13 @@ def _iter_file(file: Path, name: str, text_field: str, source_field: str | None)
             except json.JSONDecodeError as err:
                 raise UserError(f"--corpus {file}:{line_no}: not valid JSON ({err.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise UserError(f"--corpus {file}:{line_no}: expected an object with a string "
-                                f"'{text_field}' field")
+                raise UserError(f"--corpus {file}:{line_no}: expected an object with a string '{text_field}' field")
             source = name
             if source_field is not None:
                 if not isinstance(record.get(source_field), str):
-                    raise UserError(f"--corpus {file}:{line_no}: expected a string '{source_field}' field "
-                                    f"(analysis.source_field)")
+                    raise UserError(
+                        f"--corpus {file}:{line_no}: expected a string '{source_field}' field (analysis.source_field)"
+                    )
                 source = record[source_field]
             yield Document(record[text_field], source)
     else:
@@ -211,8 +229,9 @@ def _iter_hf_dataset(name: str, split: str, text_field: str, source_field: str |
     for record in stream:
         text = record.get(text_field)
         if not isinstance(text, str):
-            raise UserError(f"--dataset {name}: records have no string field '{text_field}' "
-                            f"(fields: {', '.join(record)})")
+            raise UserError(
+                f"--dataset {name}: records have no string field '{text_field}' (fields: {', '.join(record)})"
+            )
         source = record.get(source_field) if source_field is not None else name
         if not isinstance(source, str):
             raise UserError(f"--dataset {name}: records have no string field '{source_field}' (analysis.source_field)")

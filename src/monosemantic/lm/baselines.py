@@ -66,6 +66,8 @@ def baseline_losses(train: TokenShards, val: TokenShards, ctx: int) -> dict:
     beta = min(betas, key=lambda b: fit.nll(tune[:-1], tune[1:], b))
 
     full = _Bigram(train_T, vocab)
-    return {"unigram_loss": float(-np.log(full.unigram_V[next_N]).mean()),
-            "bigram_loss": full.nll(prev_N, next_N, beta),
-            "bigram_beta": beta}
+    return {
+        "unigram_loss": float(-np.log(full.unigram_V[next_N]).mean()),
+        "bigram_loss": full.nll(prev_N, next_N, beta),
+        "bigram_beta": beta,
+    }

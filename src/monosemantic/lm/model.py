@@ -86,8 +86,9 @@ def load_lm(model_dir: Path, device: torch.device | str = "cpu") -> HookedTransf
     except FileNotFoundError as err:
         raise UserError(f"LM checkpoint {model_dir}: missing {Path(err.filename).name}") from None
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:  # json, pydantic, state dict
-        raise UserError(f"LM checkpoint {model_dir}: corrupt or foreign ({type(err).__name__}: "
-                        f"{str(err)[:200]})") from None
+        raise UserError(
+            f"LM checkpoint {model_dir}: corrupt or foreign ({type(err).__name__}: {str(err)[:200]})"
+        ) from None
     return model.to(device, print_details=False).eval()
 
 
@@ -95,8 +96,12 @@ def save_external_ref(cfg: LMConfig, out_dir: Path) -> None:
     """Record (not copy) which external model the run uses, for ``load_lm``."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        ref = {"pretrained": cfg.pretrained, "hf_model_dir": cfg.hf_model_dir,
-               "hook_name": cfg.hook_name, "n_ctx": cfg.n_ctx}
+        ref = {
+            "pretrained": cfg.pretrained,
+            "hf_model_dir": cfg.hf_model_dir,
+            "hook_name": cfg.hook_name,
+            "n_ctx": cfg.n_ctx,
+        }
         (tmp / EXTERNAL_FILE).write_text(json.dumps(ref, indent=2))
 
 
@@ -112,8 +117,9 @@ def load_external_lm(cfg: LMConfig, device: torch.device | str = "cpu"):
         try:
             model = HookedTransformer.from_pretrained(cfg.pretrained, device=str(device))
         except (OSError, ValueError) as err:  # hub/network errors are OSError; an unknown name, ValueError
-            raise UserError(f"lm.pretrained={cfg.pretrained}: could not load it "
-                            f"({type(err).__name__}: {str(err)[:200]})") from None
+            raise UserError(
+                f"lm.pretrained={cfg.pretrained}: could not load it ({type(err).__name__}: {str(err)[:200]})"
+            ) from None
         return model.eval(), model.tokenizer
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -127,9 +133,9 @@ def load_external_lm(cfg: LMConfig, device: torch.device | str = "cpu"):
         tl_cfg = HookedTransformerConfig(**loading.convert_hf_model_config(str(path)))
         state = loading.get_pretrained_state_dict(str(path), tl_cfg, hf_model=hf_model)
         model = HookedTransformer(tl_cfg, tokenizer=tokenizer, move_to_device=False)
-        model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
-                                          center_unembed=False, fold_value_biases=False)
+        model.load_and_process_state_dict(
+            state, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as err:  # incl. NotImplementedError: unsupported model
-        raise UserError(f"lm.hf_model_dir={path}: could not load it "
-                        f"({type(err).__name__}: {str(err)[:200]})") from None
+        raise UserError(f"lm.hf_model_dir={path}: could not load it ({type(err).__name__}: {str(err)[:200]})") from None
     return model.to(device, print_details=False).eval(), tokenizer

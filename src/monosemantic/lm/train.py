@@ -48,14 +48,20 @@ def next_token_loss(model: HookedTransformer, tokens_BT: torch.Tensor) -> torch.
 
 
 @torch.no_grad()
-def evaluate_lm(model: HookedTransformer, shards: TokenShards, ctx: int, max_windows: int | None,
-                batch_size: int = 32, device: torch.device | str = "cpu") -> float:
+def evaluate_lm(
+    model: HookedTransformer,
+    shards: TokenShards,
+    ctx: int,
+    max_windows: int | None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> float:
     """Mean next-token loss over the first ``max_windows`` (None: all) non-overlapping windows."""
     model.eval()
     total, count = 0.0, 0
     windows = [w for _, _, w in shards.sequential_windows(ctx, max_windows)]
     for i in range(0, len(windows), batch_size):
-        tokens_BT = torch.from_numpy(np.stack(windows[i:i + batch_size])).to(device)
+        tokens_BT = torch.from_numpy(np.stack(windows[i : i + batch_size])).to(device)
         n = tokens_BT.shape[0] * (ctx - 1)
         total += next_token_loss(model, tokens_BT).item() * n
         count += n
@@ -63,15 +69,15 @@ def evaluate_lm(model: HookedTransformer, shards: TokenShards, ctx: int, max_win
     return total / count
 
 
-def train_lm(cfg: LMConfig, tokens_dir: Path, checkpoint_path: Path,
-             device: torch.device | str = "cpu") -> tuple[HookedTransformer, dict]:
+def train_lm(
+    cfg: LMConfig, tokens_dir: Path, checkpoint_path: Path, device: torch.device | str = "cpu"
+) -> tuple[HookedTransformer, dict]:
     """Train from scratch (or resume from ``checkpoint_path``); return the model and its figures."""
     train = TokenShards(tokens_dir, "train")
     val = TokenShards(tokens_dir, "val")
     torch.manual_seed(cfg.seed)
     model = build_lm(cfg, train.vocab_size).to(device, print_details=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step, history, seconds_before = 0, [], 0.0
     key = _checkpoint_key(cfg, tokens_dir)
@@ -96,21 +102,32 @@ def train_lm(cfg: LMConfig, tokens_dir: Path, checkpoint_path: Path,
             optimizer.step()
             step += 1
             if not math.isfinite(loss.item()):
-                raise UserError(f"LM training diverged at step {step} (loss {loss.item()}); "
-                                f"lower lm.lr (now {cfg.lr})")
+                raise UserError(f"LM training diverged at step {step} (loss {loss.item()}); lower lm.lr (now {cfg.lr})")
             info = f"loss {loss.item():.3f}"
             if step % cfg.eval_every == 0 or step == cfg.n_steps:
                 val_loss = evaluate_lm(model, val, cfg.n_ctx, cfg.eval_windows, device=device)
                 history.append({"step": step, "train_loss": loss.item(), "val_loss": val_loss})
                 info += f" val {val_loss:.3f}"
             if step % cfg.checkpoint_every == 0 and step < cfg.n_steps:
-                _save_checkpoint(checkpoint_path, key, model, optimizer, rng, step, history,
-                                 seconds_before + time.perf_counter() - start)
+                _save_checkpoint(
+                    checkpoint_path,
+                    key,
+                    model,
+                    optimizer,
+                    rng,
+                    step,
+                    history,
+                    seconds_before + time.perf_counter() - start,
+                )
             advance(tokens_per_step, info=info)
     model.eval()
-    figures = {"steps": step, "train_tokens": step * tokens_per_step,
-               "train_loss": history[-1]["train_loss"], "history": history,
-               "train_seconds": seconds_before + time.perf_counter() - start}
+    figures = {
+        "steps": step,
+        "train_tokens": step * tokens_per_step,
+        "train_loss": history[-1]["train_loss"],
+        "history": history,
+        "train_seconds": seconds_before + time.perf_counter() - start,
+    }
     return model, figures
 
 
@@ -121,13 +138,23 @@ def _checkpoint_key(cfg: LMConfig, tokens_dir: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(path: Path, key: str, model, optimizer, rng: np.random.Generator, step: int,
-                     history: list, seconds: float) -> None:
+def _save_checkpoint(
+    path: Path, key: str, model, optimizer, rng: np.random.Generator, step: int, history: list, seconds: float
+) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "rng": json.dumps(rng.bit_generator.state), "step": step,
-                    "history": history, "seconds": seconds,
-                    "torch_rng": torch.get_rng_state()}, tmp)
+        torch.save(
+            {
+                "key": key,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": json.dumps(rng.bit_generator.state),
+                "step": step,
+                "history": history,
+                "seconds": seconds,
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
 
 
 def _resume(path: Path, key: str, model, optimizer, rng: np.random.Generator) -> tuple[int, list, float]:
@@ -152,5 +179,7 @@ def _resume(path: Path, key: str, model, optimizer, rng: np.random.Generator) ->
         torch.set_rng_state(state["torch_rng"])
         return state["step"], state["history"], state["seconds"]
     except (RuntimeError, KeyError, TypeError, ValueError) as err:  # right key, wrong contents: written by hand
-        raise UserError(f"LM checkpoint {path}: has this config's key but does not fit the model "
-                        f"({type(err).__name__}); delete it to start over") from None
+        raise UserError(
+            f"LM checkpoint {path}: has this config's key but does not fit the model "
+            f"({type(err).__name__}); delete it to start over"
+        ) from None

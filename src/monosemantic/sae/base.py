@@ -48,7 +48,9 @@ class _SparseDecode(torch.autograd.Function):
             (grad_vals,) = torch.autograd.grad(recon_BD, vals_leaf, grad_BD)
         B = grad_BD.shape[0]
         code_FB = torch.sparse_coo_tensor(
-            torch.stack([idx.flatten(), token_rows(idx, offsets_B, B)]), vals.flatten(), (W_dec_FD.shape[0], B),
+            torch.stack([idx.flatten(), token_rows(idx, offsets_B, B)]),
+            vals.flatten(),
+            (W_dec_FD.shape[0], B),
             check_invariants=False,
         )
         return None, grad_vals, None, torch.sparse.mm(code_FB, grad_BD)
@@ -234,9 +236,7 @@ class SparseAutoencoder(nn.Module, ABC):
         return self.decode(self.encode(x_BD))
 
     @abstractmethod
-    def training_output(
-        self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float
-    ) -> StepOutput:
+    def training_output(self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float) -> StepOutput:
         """Loss on one batch. ``dead_F`` [F] bool marks features that have not fired for the
         dead window; ``sparsity_scale`` ∈ [0, 1] is the sparsity-penalty warm-up factor."""
 
@@ -266,7 +266,6 @@ class SparseAutoencoder(nn.Module, ABC):
 def mse(recon_BD: torch.Tensor, x_BD: torch.Tensor) -> torch.Tensor:
     """Mean squared error over every element (the 2023 paper's reconstruction term)."""
     return (recon_BD - x_BD).pow(2).mean()
-
 
 
 def check_activations(x_BD: torch.Tensor, d_in: int, what: str) -> None:

@@ -35,9 +35,7 @@ class BatchTopKSAE(TopKSAE):
     def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:
         return torch.where(pre_BF > self.threshold, pre_BF.relu(), 0.0)
 
-    def select_active(
-        self, pre_BF: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def select_active(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch's top k·B latents, flattened [N] and ordered by token, with offsets [B].
 
         A full top-(k·B) over B·F entries is slow; instead take each token's top C candidates

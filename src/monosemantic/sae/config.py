@@ -171,6 +171,13 @@ class SAESweepConfig(BaseModel):
 
     def sae_config(self, d_in: int, size: int, device: str) -> SAEConfig:
         """The full ``SAEConfig`` of the sweep member with ``size`` features."""
-        return SAEConfig(variant=self.variant, d_in=d_in, d_sae=size, n_samples=self.n_samples,
-                         batch_size=self.batch_size, seed=self.seed, device=device,
-                         **self.params.model_dump(exclude_unset=True))
+        return SAEConfig(
+            variant=self.variant,
+            d_in=d_in,
+            d_sae=size,
+            n_samples=self.n_samples,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            device=device,
+            **self.params.model_dump(exclude_unset=True),
+        )

@@ -110,8 +110,10 @@ def _config_from(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
                 f"{cfg_path}: SAE architecture {architecture!r} is not supported (standard, topk, jumprelu are)"
             )
         if raw.get("normalize_activations", "none") not in ("none", None, False):
-            raise UserError(f"{cfg_path}: normalize_activations={raw['normalize_activations']!r} is not supported "
-                            "(fold it into the weights first)")
+            raise UserError(
+                f"{cfg_path}: normalize_activations={raw['normalize_activations']!r} is not supported "
+                "(fold it into the weights first)"
+            )
         if raw.get("reshape_activations", "none") != "none":
             raise UserError(f"{cfg_path}: reshape_activations={raw['reshape_activations']!r} is not supported")
         fields: dict[str, Any] = {"variant": _FOREIGN_VARIANT[architecture], "d_in": raw["d_in"], "d_sae": raw["d_sae"]}

@@ -72,9 +72,7 @@ class JumpReLUSAE(SparseAutoencoder):
     def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:
         return pre_BF * (pre_BF > self.log_threshold.exp())
 
-    def training_output(
-        self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float
-    ) -> StepOutput:
+    def training_output(self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float) -> StepOutput:
         pre_BF = self.pre_acts(x_BD)
         threshold_F = self.log_threshold.exp()
         eps = self.cfg.jumprelu_bandwidth

@@ -74,8 +74,12 @@ def density_summary(density_F: np.ndarray, n_tokens: int) -> dict[str, Any]:
     when one firing is already above that density (too few tokens to see the cluster)."""
     fired_F = density_F > 0
     ultralow = float((fired_F & (density_F < ULTRALOW_DENSITY)).mean()) if n_tokens * ULTRALOW_DENSITY > 1 else None
-    return {"n_tokens": n_tokens, "dead_frac": float((~fired_F).mean()), "ultralow_frac": ultralow,
-            "log10_hist": np.histogram(np.log10(density_F[fired_F]), bins=40, range=(-8, 0))[0].tolist()}
+    return {
+        "n_tokens": n_tokens,
+        "dead_frac": float((~fired_F).mean()),
+        "ultralow_frac": ultralow,
+        "log10_hist": np.histogram(np.log10(density_F[fired_F]), bins=40, range=(-8, 0))[0].tolist(),
+    }
 
 
 def plot_density_histogram(density_F: np.ndarray, path: str | Path, title: str = "Feature density") -> Path:

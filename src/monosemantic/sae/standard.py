@@ -35,9 +35,7 @@ class StandardSAE(SparseAutoencoder):
         """Σ_f latents_f, averaged over the batch."""
         return latents_BF.sum(dim=1).mean()
 
-    def training_output(
-        self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float
-    ) -> StepOutput:
+    def training_output(self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float) -> StepOutput:
         latents_BF = self.encode(x_BD)
         recon_BD = self.decode(latents_BF)
         mse_loss = mse(recon_BD, x_BD)

@@ -44,8 +44,11 @@ class SyntheticFeatures:
         magnitude_M = torch.empty(token_M.numel()).exponential_(generator=generator)
         counts_N = torch.bincount(token_M, minlength=n)
         x_ND = torch.nn.functional.embedding_bag(  # Σ magnitude · direction per token
-            feature_M[order_M], self.dictionary_GD, torch.cumsum(counts_N, 0) - counts_N,
-            mode="sum", per_sample_weights=magnitude_M,
+            feature_M[order_M],
+            self.dictionary_GD,
+            torch.cumsum(counts_N, 0) - counts_N,
+            mode="sum",
+            per_sample_weights=magnitude_M,
         )
         d = self.dictionary_GD.shape[1]
         return x_ND + self.noise / d**0.5 * torch.randn(x_ND.shape, generator=generator)

@@ -34,9 +34,7 @@ class TopKSAE(SparseAutoencoder):
         vals_BK, idx_BK = pre_BF.topk(self.cfg.k, dim=1, sorted=False)
         return torch.zeros_like(pre_BF).scatter_(1, idx_BK, vals_BK.relu())
 
-    def select_active(
-        self, pre_BF: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def select_active(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The active latents as (idx, vals, offsets) for ``decode_sparse``: here [B, K]."""
         vals_BK, idx_BK = pre_BF.topk(self.cfg.k, dim=1, sorted=False)
         return idx_BK, vals_BK.relu(), None
@@ -45,9 +43,7 @@ class TopKSAE(SparseAutoencoder):
         """What a training step's kept latent values (exact, detached) teach a subclass; TopK
         itself learns nothing from them (BatchTopK's inference threshold does)."""
 
-    def training_output(
-        self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float
-    ) -> StepOutput:
+    def training_output(self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float) -> StepOutput:
         B = x_BD.shape[0]
         pre_BF = self.ranking_pre_acts(x_BD)  # only the selected entries need gradient (``pre_acts_at``)
         idx, _, offsets_B = self.select_active(pre_BF)

@@ -7,5 +7,12 @@ from monosemantic.toy.model import ToyModel, train_toy_model
 
 # run_toy_sweep stays in monosemantic.toy.sweep: it draws figures, and importing the package must not
 # pull in matplotlib for the run config
-__all__ = ["Geometry", "ToyConfig", "ToyModel", "classify", "dimensions_per_feature", "feature_dimensionality",
-           "train_toy_model"]
+__all__ = [
+    "Geometry",
+    "ToyConfig",
+    "ToyModel",
+    "classify",
+    "dimensions_per_feature",
+    "feature_dimensionality",
+    "train_toy_model",
+]

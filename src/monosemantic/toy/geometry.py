@@ -107,8 +107,14 @@ def tegum_factors(W_NM: torch.Tensor, learned_N: torch.Tensor, min_cosine: float
     return sorted(factors, key=lambda f: (len(f), f[0]))
 
 
-def classify(W_NM: torch.Tensor, *, represented_norm: float = 0.5, learned_norm: float = 0.1,
-             min_cosine: float = 0.25, tolerance: float = 0.06) -> Geometry:
+def classify(
+    W_NM: torch.Tensor,
+    *,
+    represented_norm: float = 0.5,
+    learned_norm: float = 0.1,
+    min_cosine: float = 0.25,
+    tolerance: float = 0.06,
+) -> Geometry:
     """Measure W_NM and name the structure each feature belongs to.
 
     Features are U[0, 1], so one the model reads back has ‖W_i‖ ≈ 1: it is *represented* when

@@ -35,8 +35,14 @@ class ToyModel(nn.Module):
     per feature against 0.0771 with the notebook's std, measured).
     """
 
-    def __init__(self, n_instances: int, n_features: int, n_hidden: int, generator: torch.Generator,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        n_instances: int,
+        n_features: int,
+        n_hidden: int,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__()
         std = math.sqrt(2.0 / (n_hidden * (n_features + n_instances)))
         W_INM = torch.randn(n_instances, n_features, n_hidden, generator=generator, device=device) * std
@@ -49,8 +55,9 @@ class ToyModel(nn.Module):
         return torch.relu(torch.bmm(h_IBM, self.W_INM.transpose(1, 2)) + self.b_IN[:, None, :])
 
 
-def sample_features(density_I: torch.Tensor, batch_size: int, n_features: int,
-                    generator: torch.Generator) -> torch.Tensor:
+def sample_features(
+    density_I: torch.Tensor, batch_size: int, n_features: int, generator: torch.Generator
+) -> torch.Tensor:
     """x_IBN: each feature U[0, 1] with probability density_I = 1 − S of its instance, else 0.
 
     One uniform draw u per entry does both jobs: u < p with probability p, and then 1 − u/p is
@@ -76,10 +83,20 @@ def learning_rate_factor(schedule: str, step: int, steps: int, warmup: int) -> f
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_toy_model(model: ToyModel, density_I: torch.Tensor, importance_N: torch.Tensor, *, steps: int,
-                    batch_size: int, lr: float, schedule: str, warmup: int, weight_decay: float,
-                    generator: torch.Generator,
-                    on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+def train_toy_model(
+    model: ToyModel,
+    density_I: torch.Tensor,
+    importance_N: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    schedule: str,
+    warmup: int,
+    weight_decay: float,
+    generator: torch.Generator,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """Train every instance with AdamW on fresh batches; return the last step's per-instance loss.
 
     ``on_step(step, loss_I)`` is called after every step (for progress bars); ``loss_I`` is

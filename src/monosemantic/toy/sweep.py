@@ -54,14 +54,24 @@ def train_sweep(
     # a 5-feature model is far too small for threads to pay; on a busy machine they cost 10-100×
     threads = cfg.cpu_threads if n_features * len(sparsities) * cfg.batch_size >= 1_000_000 else 1
     with cpu_threads(threads), progress(description, total=steps, unit="step") as advance:
+
         def on_step(step: int, loss_I: torch.Tensor) -> None:
             report = step % 100 == 0 or step == steps - 1
             advance(1, info=f"loss {float(loss_I.sum()):.4f}" if report else None)
 
         loss_I = train_toy_model(
-            model, density_I, importance_N.to(device), steps=steps,
-            batch_size=cfg.batch_size, lr=lr, schedule=cfg.lr_schedule, warmup=cfg.warmup_steps,
-            weight_decay=cfg.weight_decay, generator=generator, on_step=on_step)
+            model,
+            density_I,
+            importance_N.to(device),
+            steps=steps,
+            batch_size=cfg.batch_size,
+            lr=lr,
+            schedule=cfg.lr_schedule,
+            warmup=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay,
+            generator=generator,
+            on_step=on_step,
+        )
     return model.W_INM.detach().cpu(), loss_I.cpu()
 
 
@@ -105,14 +115,31 @@ def run_toy_sweep(cfg: ToyConfig, out_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     sparsities = cfg.sparsities()
     importance_N = importance(cfg.n_features, cfg.importance_decay)
-    W_INM, loss_I = train_sweep(cfg.n_features, cfg.n_hidden, sparsities, importance_N, steps=cfg.steps, lr=cfg.lr,
-                                cfg=cfg, seed=cfg.seed, description=f"toy sweep {cfg.n_features}→{cfg.n_hidden}")
+    W_INM, loss_I = train_sweep(
+        cfg.n_features,
+        cfg.n_hidden,
+        sparsities,
+        importance_N,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        cfg=cfg,
+        seed=cfg.seed,
+        description=f"toy sweep {cfg.n_features}→{cfg.n_hidden}",
+    )
     geometries = [classify(W_NM) for W_NM in W_INM]
 
     plane_importance_N = importance(5, 0.9)
-    plane_W_INM, plane_loss_I = train_sweep(5, 2, cfg.plane_sparsities, plane_importance_N, steps=cfg.plane_steps,
-                                            lr=cfg.plane_lr, cfg=cfg, seed=cfg.seed + 1,
-                                            description="toy plane demo 5→2")
+    plane_W_INM, plane_loss_I = train_sweep(
+        5,
+        2,
+        cfg.plane_sparsities,
+        plane_importance_N,
+        steps=cfg.plane_steps,
+        lr=cfg.plane_lr,
+        cfg=cfg,
+        seed=cfg.seed + 1,
+        description="toy plane demo 5→2",
+    )
     plane_geometries = [classify(W_NM) for W_NM in plane_W_INM]
 
     summary: dict[str, Any] = {
@@ -126,9 +153,11 @@ def run_toy_sweep(cfg: ToyConfig, out_dir: Path) -> dict[str, Any]:
         tmp.mkdir(parents=True)
         summary["plots"] = {
             "dimensionality": plots.save_png_and_svg(
-                plots.plot_dimensionality(sparsities, geometries, cfg.n_features, cfg.n_hidden), tmp, "dimensionality"),
+                plots.plot_dimensionality(sparsities, geometries, cfg.n_features, cfg.n_hidden), tmp, "dimensionality"
+            ),
             "plane_demo": plots.save_png_and_svg(
-                plots.plot_plane(cfg.plane_sparsities, plane_W_INM, plane_importance_N), tmp, "plane_demo"),
+                plots.plot_plane(cfg.plane_sparsities, plane_W_INM, plane_importance_N), tmp, "plane_demo"
+            ),
             "gram": plots.save_png_and_svg(plots.plot_gram(sparsities, W_INM, geometries), tmp, "gram"),
         }
         summary["seconds"] = round(time.perf_counter() - started, 2)
@@ -136,8 +165,10 @@ def run_toy_sweep(cfg: ToyConfig, out_dir: Path) -> dict[str, Any]:
             **summary,
             "config": cfg.model_dump(),
             "points": [{**p, "features": _features(g)} for p, g in zip(summary["points"], geometries)],
-            "plane_demo": [{**p, "features": _features(g), "W": [[round(v, 5) for v in row] for row in W.tolist()]}
-                           for p, g, W in zip(summary["plane_demo"], plane_geometries, plane_W_INM)],
+            "plane_demo": [
+                {**p, "features": _features(g), "W": [[round(v, 5) for v in row] for row in W.tolist()]}
+                for p, g, W in zip(summary["plane_demo"], plane_geometries, plane_W_INM)
+            ],
         }
         (tmp / "toy.json").write_text(json.dumps(details, indent=1) + "\n")
     return summary
