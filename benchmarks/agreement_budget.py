@@ -22,7 +22,7 @@ from pathlib import Path
 
 from monosemantic.activations.store import ActivationStore
 from monosemantic.activations.stream import ActivationStream
-from monosemantic.analysis.universality import DENSE_MIN_DENSITY, _train_sae_on, compare_units
+from monosemantic.compare.universality import DENSE_MIN_DENSITY, _train_sae_on, compare_units
 from monosemantic.config import SAESweepConfig
 from monosemantic.corpus.shards import TokenShards
 from monosemantic.lm.model import load_lm

@@ -18,7 +18,7 @@ import time
 import torch
 
 from monosemantic.analysis import correlation
-from monosemantic.analysis.correlation import CrossStats, best_matches
+from monosemantic.compare.correlation import CrossStats, best_matches
 
 
 def sparse_latents(n: int, units: int, l0: float, generator: torch.Generator) -> torch.Tensor:

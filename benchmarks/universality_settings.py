@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from monosemantic.activations.store import ActivationStore
-from monosemantic.analysis.universality import _identity, _largest_sae, _train_sae_on, compare_units
+from monosemantic.compare.universality import _identity, _largest_sae, _train_sae_on, compare_units
 from monosemantic.config import SAESweepConfig
 from monosemantic.progress import set_quiet
 from monosemantic.sae.config import SAEConfig

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from monosemantic.activations.store import ActivationWriter
-from monosemantic.analysis.splitting import SplittingConfig, analyse_splitting, feature_families
+from monosemantic.compare.splitting import SplittingConfig, analyse_splitting, feature_families
 from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
@@ -119,7 +119,7 @@ def test_feature_families_writes_trees_labels_and_pictures(tmp_path):
 
 
 def test_feature_map_places_each_dictionary_and_joins_splitting_labels(tmp_path):
-    from monosemantic.analysis.feature_map import FeatureMapConfig, feature_map, project_2d
+    from monosemantic.compare.feature_map import FeatureMapConfig, feature_map, project_2d
 
     # two tight clusters of directions: PCA must put them on opposite sides of the first axis
     g = torch.Generator().manual_seed(0)
@@ -216,7 +216,7 @@ def test_context_family_is_the_parent_whose_children_differ_most_in_source(tmp_p
 
 
 def test_context_family_counts_only_children_that_keep_the_parents_token():
-    from monosemantic.analysis.splitting import SizeLink, SplitAnalysis, choose_context_family
+    from monosemantic.compare.splitting import SizeLink, SplitAnalysis, choose_context_family
 
     ones = np.ones(4)
     link = SizeLink(np.zeros(4, dtype=np.int64), ones, ones, ones, np.zeros(4, dtype=np.int64), np.ones(1), ones / 4)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from monosemantic.activations.store import ActivationStore, ActivationWriter
-from monosemantic.analysis import correlation
-from monosemantic.analysis.correlation import CrossStats, best_matches, max_correlations
-from monosemantic.analysis.universality import compare_units
+from monosemantic.compare import correlation
+from monosemantic.compare.correlation import CrossStats, best_matches, max_correlations
+from monosemantic.compare.universality import compare_units
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, train_sae

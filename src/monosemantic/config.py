@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from monosemantic.activations.config import HarvestConfig
-from monosemantic.analysis.config import AnalysisConfig, FeatureMapConfig, SplittingConfig, UniversalityConfig
+from monosemantic.analysis.config import AnalysisConfig
+from monosemantic.compare.config import FeatureMapConfig, SplittingConfig, UniversalityConfig
 from monosemantic.corpus.config import CorpusConfig
 from monosemantic.errors import UserError, invalid_config
 from monosemantic.lm.config import LMConfig

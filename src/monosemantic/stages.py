@@ -17,10 +17,10 @@ from monosemantic.activations import ActivationStore
 from monosemantic.activations.harvest import harvest_activations
 from monosemantic.activations.stream import ActivationStream
 from monosemantic.analysis.analyze import analysis_headline, analyze_run
-from monosemantic.analysis.feature_map import feature_map
-from monosemantic.analysis.splitting import feature_families
 from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
-from monosemantic.analysis.universality import universality
+from monosemantic.compare.feature_map import feature_map
+from monosemantic.compare.splitting import feature_families
+from monosemantic.compare.universality import universality
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
 from monosemantic.corpus.sources import DocumentSources, corpus_fingerprint, document_sources, iter_documents

@@ -1,1 +1,1 @@
-"""Feature analysis: statistics and dashboards, splitting, universality, feature map, autointerp."""
+"""Feature analysis: per-unit statistics and dashboards, logit effects, neighbours, neurons, autointerp."""

@@ -45,10 +45,10 @@ import numpy as np
 import torch
 
 from monosemantic.activations.store import ActivationStore
-from monosemantic.analysis.config import SplittingConfig
 from monosemantic.analysis.context import TokenSources, describe_sources, js_divergence
-from monosemantic.analysis.correlation import CrossStats, best_matches
 from monosemantic.atomic import write_json
+from monosemantic.compare.config import SplittingConfig
+from monosemantic.compare.correlation import CrossStats, best_matches
 from monosemantic.corpus.sources import DocumentSources
 from monosemantic.corpus.tokenizer import load_tokenizer
 from monosemantic.device import resolve_device

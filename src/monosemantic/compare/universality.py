@@ -35,9 +35,9 @@ import torch
 from monosemantic.activations.harvest import harvest_activations
 from monosemantic.activations.store import ActivationStore
 from monosemantic.activations.stream import ActivationStream
-from monosemantic.analysis.config import UniversalityConfig
-from monosemantic.analysis.correlation import BestMatches, CrossStats, Matches, best_matches
 from monosemantic.atomic import write_json
+from monosemantic.compare.config import UniversalityConfig
+from monosemantic.compare.correlation import BestMatches, CrossStats, Matches, best_matches
 from monosemantic.corpus.shards import TokenShards
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monosemantic.analysis.config import FeatureMapConfig
 from monosemantic.atomic import write_json
+from monosemantic.compare.config import FeatureMapConfig
 from monosemantic.errors import UserError
 from monosemantic.figures import new_figure, save_figure
 from monosemantic.sae.io import load_sae
