@@ -10,26 +10,24 @@ the run's held-out store, next to the same median over features firing on ≥ 1e
     python benchmarks/agreement_budget.py --run runs/demo --budgets 500000 2000000 8000000 \
         [--set d_sae=1024 --set lr=0.002] [--plot docs/agreement-budget.png]
 
-SAEs are kept under RUN/benchmarks/agreement/ and reused, so an interrupted run continues.
+Each SAE is a second run of the sae stage under RUN/benchmarks/agreement/, current ones are
+skipped, so an interrupted run continues.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from monosemantic.activations.store import ActivationStore
-from monosemantic.activations.stream import ActivationStream
-from monosemantic.compare.universality import DENSE_MIN_DENSITY, _train_sae_on, compare_units
-from monosemantic.config import SAESweepConfig
-from monosemantic.corpus.shards import TokenShards
-from monosemantic.lm.model import load_lm
+from monosemantic.compare.universality import DENSE_MIN_DENSITY, compare_units
+from monosemantic.config import RunConfig
+from monosemantic.pipeline import RunDir
 from monosemantic.progress import set_quiet
-from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.io import load_sae
 from monosemantic.sae.metrics import evaluate_sae
+from monosemantic.stages import sae_second_run
 
 
 def main() -> None:
@@ -41,29 +39,22 @@ def main() -> None:
     args = parser.parse_args()
     set_quiet(True)
 
-    manifest = json.loads((args.run / "run.json").read_text())
-    sweep = SAESweepConfig(**manifest["config"]["sae"])
-    lm_cfg = manifest["config"]["lm"]
+    rd = RunDir(args.run)
+    cfg = RunConfig(**rd.manifest["config"])
+    streamed = cfg.model_copy(update={"harvest": cfg.harvest.model_copy(update={"stream_train": True})})
     overrides = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
     val = ActivationStore(args.run / "activations/val")
-    stream = ActivationStream(
-        load_lm(args.run / "lm"), TokenShards(args.run / "tokens", "train"), lm_cfg["hook_name"], lm_cfg["n_ctx"]
-    )
-    base = sweep.sae_config(val.d_in, max(sweep.sizes), "cpu").model_dump(mode="json")
 
     rows = []
     for budget in args.budgets:
         saes, seconds = [], 0.0
-        for seed in (sweep.seed, sweep.seed + 1):
-            cfg = SAEConfig.model_validate(
-                {**base, **overrides, "n_samples": budget, "seed": seed, "checkpoint_every": None}
-            )
-            folder = args.run / "benchmarks/agreement" / f"{cfg.variant}-{cfg.d_sae}-{budget}-seed{seed}"
-            if not (folder / "cfg.json").exists():
-                start = time.perf_counter()
-                _train_sae_on(stream, cfg, sweep, folder, "lm")
-                seconds += time.perf_counter() - start
-            saes.append(load_sae(folder))
+        for seed in (cfg.sae.seed, cfg.sae.seed + 1):
+            sweep = cfg.sae.one_sae(max(cfg.sae.sizes), **{**overrides, "n_samples": budget, "seed": seed})
+            rel = f"benchmarks/agreement/{sweep.variant}-{sweep.sizes[0]}-{budget}-seed{seed}"
+            result = sae_second_run(rd, rel, streamed.model_copy(update={"sae": sweep}))
+            seconds += sum(s.figures["seconds"] for s in result.stages if not s.skipped)
+            (entry,) = result.stages[0].figures["saes"]
+            saes.append(load_sae(args.run / rel / entry["path"]))
         held_out = evaluate_sae(saes[0], (c for _, c in val.iter_chunks(65_536)))
         chunks = ((c, c) for _, c in val.iter_chunks(16_384))
         same = compare_units(chunks, {"same": (saes[0].encode, saes[1].encode, "a")})["same"].a_to_b

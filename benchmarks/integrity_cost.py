@@ -56,8 +56,8 @@ def stand_in_run(root: Path, preset: str, sqlite_mb: int) -> None:
     biggest = 4 * (2 * max(cfg.sae.sizes) * d_mlp)
     sizes.update(
         {
-            "universality/sae_b/sae_weights.safetensors": biggest,
-            "universality/sae_a_reseed/sae_weights.safetensors": biggest,
+            f"model_b/saes/{cfg.sae.variant}-{max(cfg.sae.sizes)}/sae_weights.safetensors": biggest,
+            f"sae_reseed/saes/{cfg.sae.variant}-{max(cfg.sae.sizes)}/sae_weights.safetensors": biggest,
         }
     )
     for rel, n in sizes.items():
@@ -68,7 +68,7 @@ def stand_in_run(root: Path, preset: str, sqlite_mb: int) -> None:
         "harvest": ["activations/train/acts_00000.bin", "activations/val/acts_00000.bin"],
         "sae": [f"saes/{cfg.sae.variant}-{s}/sae_weights.safetensors" for s in cfg.sae.sizes],
         "analysis": ["features.sqlite"],
-        "universality": ["universality/sae_b/sae_weights.safetensors"],
+        "model_b sae": [f"model_b/saes/{cfg.sae.variant}-{max(cfg.sae.sizes)}/sae_weights.safetensors"],
     }
     manifest = {"stages": {name: {"artifacts": record(root, artifacts)} for name, artifacts in stages.items()}}
     (root / "run.json").write_text(json.dumps(manifest))

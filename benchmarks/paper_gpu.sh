@@ -48,13 +48,13 @@ fork() {
     cp -r "$1/tokens" "$1/tokenizer.json" "$1/lm" "$1/run.json" "$2/"
 }
 
-# take_lm_b FROM TO: hand run FROM's model B (and B's held-out harvest) to run TO, once trained.
+# take_lm_b FROM TO: hand run FROM's model B (its LM and harvest, a second run in RUN/model_b/) to
+# run TO, once harvested: TO's universality then finds them current and trains only B's SAE.
 take_lm_b() {
-    until [[ -f $1/universality/harvest_val.json ]] || (( $(left) < 20 )); do sleep 2; done
-    mkdir -p "$2/universality" "$2/activations_b"
-    cp -r "$1/lm_b" "$2/"
-    cp -r "$1/activations_b/val" "$2/activations_b/"
-    cp "$1"/universality/{steps.json,lm_b.json,harvest_val.json} "$2/universality/"
+    until python -c "import json, sys; sys.exit('harvest' not in json.load(open('$1/model_b/run.json'))['stages'])" \
+        2>/dev/null || (( $(left) < 20 )); do sleep 2; done
+    mkdir -p "$2/model_b"
+    cp -r "$1/model_b/lm" "$1/model_b/activations" "$1/model_b/run.json" "$2/model_b/"
 }
 
 if [[ $device == cuda* ]]; then

@@ -1,16 +1,17 @@
 """Universality under other SAE settings, on a finished run's activations and second LM.
 
-For each setting, trains three SAEs with the run's SAE config and the given fields changed — SAE A
-(A's activations, the run's SAE seed), a reseeded A (seed + 1) and SAE B (B's activations, the
-run's seed) — then prints the median best Pearson correlation A → B, A → reseeded A, and neurons
-A → B over the run's val tokens (as ``monosemantic universality`` does). Needs a run directory in
-which ``monosemantic universality`` has finished (``activations_b/`` and ``lm_b/`` exist).
+For each setting, trains three SAEs by the sae stage's recipe with the compared SAE's config and
+the given fields changed — SAE A (A's activations, the run's SAE seed), a reseeded A (seed + 1)
+and SAE B (B's activations, the run's seed), each a second run of the sae stage — then prints the
+median best Pearson correlation A → B, A → reseeded A, and neurons A → B over the run's val tokens
+(as ``monosemantic universality`` does). Needs a run directory in which ``monosemantic
+universality`` has finished (``RUN/model_b/`` exists).
 
     python benchmarks/universality_settings.py --run runs/demo --set d_sae=1024 --set d_sae=1024,n_samples=4000000
     python benchmarks/universality_settings.py --run runs/demo --set variant=batchtopk --set d_sae=1024,k=64
 
 Each ``--set`` is one setting: comma-separated SAEConfig fields (values parsed as JSON, else
-strings). The SAEs go to ``--work`` (default: a temporary directory) and a setting whose folder is
+strings). The SAEs go to ``--work`` (default: a temporary directory) and a setting whose SAEs are
 there already is reused.
 """
 
@@ -19,17 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from monosemantic.activations.store import ActivationStore
-from monosemantic.compare.universality import _identity, _largest_sae, _train_sae_on, compare_units
-from monosemantic.config import SAESweepConfig
+from monosemantic.compare.universality import compare_units
+from monosemantic.config import RunConfig
+from monosemantic.pipeline import RunDir
 from monosemantic.progress import set_quiet
-from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.io import load_sae
+from monosemantic.stages import MODEL_B, sae_second_run, universality_size
 
 
 def parse_setting(text: str) -> dict:
@@ -46,33 +47,29 @@ def parse_setting(text: str) -> dict:
 
 def measure(run: Path, fields: dict, folder: Path) -> tuple[dict[str, float], float]:
     """Train (or reuse) the three SAEs of one setting; return the medians and the training seconds."""
-    base = load_sae(run / "saes" / _largest_sae(run), "cpu").cfg
-    sweep = SAESweepConfig(**json.loads((run / "run.json").read_text())["config"]["sae"])
-    stores = {"a": ActivationStore(run / "activations/train"), "b": ActivationStore(run / "activations_b/train")}
-    seconds = 0.0
-    for name, source, seed in (("a", "a", base.seed), ("a_reseed", "a", base.seed + 1), ("b", "b", base.seed)):
-        if (folder / name / "cfg.json").exists():
-            continue
-        cfg = SAEConfig.model_validate(
-            {**base.model_dump(mode="json"), "seed": seed, "checkpoint_every": None, "device": "cpu", **fields}
-        )
-        start = time.perf_counter()
-        _train_sae_on(stores[source], cfg, sweep, folder / name, "lm" if source == "a" else "lm_b")
-        seconds += time.perf_counter() - start
-    encode = {name: load_sae(folder / name, "cpu").encode for name in ("a", "a_reseed", "b")}
+    runs = {"a": RunDir(run), "b": RunDir(run / MODEL_B)}
+    cfg = RunConfig(**runs["a"].manifest["config"])
+    size = universality_size(cfg)
+    seconds, encode = 0.0, {}
+    for name, source, seed in (("a", "a", cfg.sae.seed), ("a_reseed", "a", cfg.sae.seed + 1), ("b", "b", cfg.sae.seed)):
+        own = RunConfig(**runs[source].manifest["config"])
+        sweep = own.sae.one_sae(size, **{"seed": seed, **fields})
+        result = sae_second_run(runs[source], str(folder / name), own.model_copy(update={"sae": sweep}))
+        seconds += sum(s.figures["seconds"] for s in result.stages if not s.skipped)
+        (entry,) = result.stages[0].figures["saes"]
+        encode[name] = load_sae(folder / name / entry["path"], "cpu").encode
     units = {
         "features A→B": (encode["a"], encode["b"], "b"),
         "same model": (encode["a"], encode["a_reseed"], "a"),
-        "neurons A→B": (_identity, _identity, "b"),
+        "neurons A→B": (_neurons, _neurons, "b"),
     }
-    chunks = zip(
-        *(
-            (c for _, c in ActivationStore(run / f"{store}/val").iter_chunks(16_384))
-            for store in ("activations", "activations_b")
-        )
-    )
+    chunks = zip(*((c for _, c in ActivationStore(rd / "activations/val").iter_chunks(16_384)) for rd in runs.values()))
     matches = compare_units(chunks, units, "cpu")
     return {name: m.a_to_b.median() for name, m in matches.items()}, seconds
+
+
+def _neurons(x_ND: torch.Tensor) -> torch.Tensor:
+    return x_ND
 
 
 def main() -> None:

@@ -77,7 +77,7 @@ def test_a_streamed_run_trains_saes_without_a_train_store_and_measures_long_dens
     )
     pipeline.run(cfg, run, "universality")
     manifest = json.loads((run / "run.json").read_text())
-    assert not (run / "activations/train").exists() and not (run / "activations_b/train").exists()
+    assert not (run / "activations/train").exists() and not (run / "model_b/activations/train").exists()
     assert list(manifest["timings"]) == ["corpus", "lm", "harvest", "sae", "universality"]
     for entry in manifest["sae"]["saes"]:
         assert entry["samples"] == cfg.sae.n_samples
@@ -87,6 +87,11 @@ def test_a_streamed_run_trains_saes_without_a_train_store_and_measures_long_dens
     uni = manifest["universality"]
     assert uni["n_tokens"] == 2016 and "train split" in uni["tokens"]
     assert -1 <= uni["median_feature_corr_dense"] <= 1 and uni["n_features_dense"] > 0
-    reseed = json.loads((run / "universality/sae_a_reseed/cfg.json").read_text())
+    reseed = json.loads((run / "sae_reseed/saes/standard-128/cfg.json").read_text())
     sae_a = json.loads((run / "saes/standard-128/cfg.json").read_text())
     assert reseed["d_sae"] == sae_a["d_sae"]
+    # forced again, the comparison re-runs but model B's and the reseeded SAE's stages are current
+    second_runs = {name: (run / name / "run.json").read_text() for name in ("model_b", "sae_reseed")}
+    result = pipeline.run(cfg, run, "universality", force=True)
+    assert [(s.name, s.skipped) for s in result.stages][-1] == ("universality", False)
+    assert {name: (run / name / "run.json").read_text() for name in second_runs} == second_runs

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from monosemantic import pipeline
+from monosemantic.activations import ActivationStore
 from monosemantic.analysis.store import FeatureStore
 from monosemantic.cli import app
 from monosemantic.config import load_config
@@ -66,6 +67,40 @@ def test_universality_runs_only_the_stages_it_needs(universality_first):
         ["sae", "ran"],
         ["universality", "ran"],
     ]
+
+
+def test_model_b_is_a_second_run_of_the_same_stages(universality_first):
+    run, _, manifest = universality_first
+    model_b = json.loads((run / "model_b" / "run.json").read_text())
+    reseed = json.loads((run / "sae_reseed" / "run.json").read_text())
+    assert list(model_b["stages"]) == ["corpus", "lm", "harvest", "sae"]
+    assert model_b["stages"]["corpus"] == {**manifest["stages"]["corpus"], "borrowed_from": ".."}
+    assert list(reseed["stages"]) == ["corpus", "lm", "harvest", "sae"]
+    assert reseed["stages"]["harvest"]["borrowed_from"] == ".." and reseed["stages"]["lm"] == {
+        **manifest["stages"]["lm"],
+        "borrowed_from": "..",
+    }
+    assert model_b["config"]["lm"] == {**manifest["config"]["lm"], "seed": manifest["config"]["lm"]["seed"] + 1}
+    # the compared SAE (the largest) trained by the same recipe, only the seed differs
+    sae_a = next(e["config"] for e in manifest["sae"]["saes"] if e["d_sae"] == 128)
+    for second in (model_b, reseed):
+        (entry,) = second["sae"]["saes"]
+        assert {**entry["config"], "seed": sae_a["seed"]} == sae_a and entry["config"]["seed"] == sae_a["seed"] + 1
+    # model B measured as A is, under the same names: the loss over the whole val split, L0, FVU…
+    assert set(model_b["lm"]) == set(manifest["lm"]) and set(model_b["sae"]["saes"][0]) == set(
+        manifest["sae"]["saes"][0]
+    )
+    assert manifest["universality"]["lm_b_val_loss"] == model_b["lm"]["val_loss"] != manifest["lm"]["val_loss"]
+    # B's stores hold exactly A's token windows
+    for split in ("train", "val"):
+        store_a, store_b = (
+            ActivationStore(run / "activations" / split),
+            ActivationStore(run / "model_b/activations" / split),
+        )
+        rows = np.arange(store_a.n_rows)
+        assert store_b.n_rows == store_a.n_rows and all(
+            np.array_equal(store_a.origin(rows)[c], store_b.origin(rows)[c]) for c in ("token", "doc", "pos")
+        )
 
 
 def test_prerequisites_follow_the_declared_needs():

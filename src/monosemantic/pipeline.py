@@ -17,6 +17,10 @@ stage is current only if its files still match, and a downstream hash chains tho
 recomputed artifact that came out different invalidates what was built on it. A stage runs while
 holding an exclusive lock on ``RUN/.lock``; holding it proves no other process is writing, so the
 temporaries a killed run left behind are removed then.
+
+An experiment that repeats stages (universality's model B: the lm, harvest and sae stages again,
+with other seeds, on the same tokens) is a second run in a subdirectory, ``RunDir.second_run``:
+its own manifest, hashes and skipping, reading the stages it borrows from the first run.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -102,14 +107,8 @@ def run(
     from monosemantic.stages import all_stages  # stages build on Stage and RunDir, defined here
 
     stages = prerequisites(all_stages(cfg), upto)
-    rd = RunDir(Path(out), verify)
-    rd.manifest["config"] = cfg.model_dump()
-    done = []
-    for stage in stages:
-        figures, skipped = rd.run_stage(stage, force=force and upto in (None, stage.name))
-        done.append(StageRun(stage.name, skipped, figures, stage.summary(figures)))
-    rd.save()
-    return RunResult(rd, done)
+    forced = {s.name for s in stages if force and upto in (None, s.name)}
+    return RunDir(Path(out), verify).run_stages(cfg, stages, forced)
 
 
 class RunDir:
@@ -136,9 +135,38 @@ class RunDir:
                 )
         self.manifest.setdefault("stages", {})
         self.manifest.setdefault("timings", {})
+        self.borrowed: dict[str, Path] = {}  # top-level names read from another run directory
+        for record in self.manifest["stages"].values():
+            if "borrowed_from" in record:
+                home = Path(os.path.normpath(self.path / record["borrowed_from"]))
+                self.borrowed.update({rel.split("/", 1)[0]: home for rel in record.get("artifacts", {})})
 
     def __truediv__(self, rel: str) -> Path:
-        return self.path / rel
+        return self.borrowed.get(rel.split("/", 1)[0], self.path) / rel
+
+    def second_run(self, rel: str, borrow: list[str]) -> RunDir:
+        """The run directory ``RUN/rel`` of a second run of some stages (another seed, another
+        model) that reads the outputs of the stages named in ``borrow``, run here, from where they
+        are: their records are copied into its manifest with ``borrowed_from``, so its own stages
+        chain their fingerprints as they would here (a re-run here makes them stale there)."""
+        sub = RunDir(self.path / rel, self.verify)
+        for name in borrow:
+            record = self.manifest["stages"][name]
+            home = self.borrowed.get(next(iter(record["artifacts"])).split("/", 1)[0], self.path)
+            sub.manifest["stages"][name] = {**record, "borrowed_from": os.path.relpath(home, sub.path)}
+            sub.manifest[name] = self.manifest[name]
+            sub.borrowed.update({a.split("/", 1)[0]: home for a in record["artifacts"]})
+        return sub
+
+    def run_stages(self, cfg: RunConfig, stages: list[Stage], force: set[str] = frozenset()) -> RunResult:
+        """Run ``stages`` in order under ``cfg``, each skipped when current unless named in ``force``."""
+        self.manifest["config"] = cfg.model_dump()
+        done = []
+        for stage in stages:
+            figures, skipped = self.run_stage(stage, force=stage.name in force)
+            done.append(StageRun(stage.name, skipped, figures, stage.summary(figures)))
+        self.save()
+        return RunResult(self, done)
 
     def fingerprint(self, name: str) -> str:
         """What stage ``name``'s output is: its config hash and the digest of its recorded files."""

@@ -30,7 +30,7 @@ from monosemantic.errors import UserError
 from monosemantic.lm.baselines import baseline_losses
 from monosemantic.lm.model import EXTERNAL_FILE, check_hook_name, load_external_lm, load_lm, save_external_ref, save_lm
 from monosemantic.lm.train import evaluate_lm, train_lm
-from monosemantic.pipeline import RunDir, Stage, config_hash
+from monosemantic.pipeline import RunDir, RunResult, Stage, config_hash
 from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.io import save_sae
 from monosemantic.sae.metrics import density_summary, evaluate_sae, loss_recovered, plot_density_histogram
@@ -185,9 +185,10 @@ def sae_stage(cfg: RunConfig) -> Stage:
         entries = []
         for size in sweep.sizes:
             sae_cfg = sweep.sae_config(val.d_in, size, str(device))
-            entries.append(
-                _train_one_sae(rd, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, cfg.lm.hook_name)
+            figures = _train_one_sae(
+                rd, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, cfg.lm.hook_name
             )
+            entries.append({**figures, "config": sae_cfg.model_dump(mode="json")})
         return {
             "variant": sweep.variant,
             "saes": entries,
@@ -356,11 +357,42 @@ def splitting_stage(cfg: RunConfig) -> Stage:
 
 
 def universality_stage(cfg: RunConfig) -> Stage:
-    """A second LM (another seed) and its SAE: how many features recur (the paper's A/1 vs B/1)."""
-    uni_cfg = cfg.universality.model_copy(update={"device": cfg.device})
+    """Universality, the paper's A/1 against B/1. Model B is a second run of the lm, harvest and
+    sae stages in ``RUN/model_b/``, on A's tokens with A's recipe and other seeds (one SAE: the
+    compared size); with ``same_model_check`` the sae stage runs once more on A's activations with
+    another seed (``RUN/sae_reseed/``). Each second run has its own manifest and is skipped or
+    resumed as a run is; then ``compare/universality.py`` matches A's units to theirs."""
+    u = cfg.universality
 
     def run(rd: RunDir) -> dict:
-        return universality(rd.path, uni_cfg, cfg.sae, cfg.harvest.stream_train)
+        if not cfg.lm.trains_own_model:
+            raise UserError(
+                "universality trains a second LM like the first: it needs an LM trained here, not lm.pretrained"
+            )
+        size = universality_size(cfg)
+        cfg_b = second_run_config(cfg, size, model_b=True)
+        model_b = rd.second_run(MODEL_B, ["corpus"]).run_stages(
+            cfg_b, [lm_stage(cfg_b), harvest_stage(cfg_b), sae_stage(cfg_b)]
+        )
+        runs = [(MODEL_B, model_b)]
+        if u.same_model_check:
+            cfg_r = second_run_config(cfg, size, model_b=False)
+            runs.append((SAE_RESEED, sae_second_run(rd, SAE_RESEED, cfg_r)))
+        figures = universality(
+            rd.path,
+            f"{cfg.sae.variant}-{size}",
+            u,
+            resolve_device(cfg.device),
+            model_b=model_b.run_dir.path,
+            reseed=rd.path / SAE_RESEED if u.same_model_check else None,
+        )
+        figures["lm_b_val_loss"] = model_b.run_dir.manifest["lm"]["val_loss"]
+        figures["lm_b_train_loss"] = model_b.run_dir.manifest["lm"]["train_loss"]
+        figures["seconds_by_step"] = {
+            **{f"{name}/{s.name}": s.figures["seconds"] for name, result in runs for s in result.stages},
+            "correlate": figures.pop("correlate_seconds"),
+        }
+        return figures
 
     def summary(f: dict) -> str:
         return (
@@ -369,12 +401,45 @@ def universality_stage(cfg: RunConfig) -> Stage:
             f"{f['paper_median_neuron_corr']})"
         )
 
-    config = {
-        **cfg.universality.model_dump(),
-        "sweep": {"buffer_rows": cfg.sae.buffer_rows, "init_rows": cfg.sae.init_rows},
-        "stream_train": cfg.harvest.stream_train,
-    }
+    config = {**u.model_dump(), "stream_train": cfg.harvest.stream_train}
     return Stage("universality", config, run, ["universality/universality.json"], summary, needs=["sae"])
+
+
+MODEL_B, SAE_RESEED = "model_b", "sae_reseed"  # the universality stage's second runs, under RUN/
+
+
+def sae_second_run(rd: RunDir, rel: str, cfg: RunConfig) -> RunResult:
+    """The sae stage once more, under ``cfg`` (``rd``'s config with another sweep), in ``RUN/rel``
+    on ``rd``'s activations: the SAE lands in ``RUN/rel/saes/``."""
+    return rd.second_run(rel, ["corpus", "lm", "harvest"]).run_stages(cfg, [sae_stage(cfg)])
+
+
+def universality_size(cfg: RunConfig) -> int:
+    """The size of the sweep's SAE that universality reproduces (``universality.sae``; the largest)."""
+    names = {f"{cfg.sae.variant}-{size}": size for size in cfg.sae.sizes}
+    if cfg.universality.sae is None:
+        return max(cfg.sae.sizes)
+    if cfg.universality.sae not in names:
+        raise UserError(f"universality.sae={cfg.universality.sae}: not one of the sweep's SAEs ({', '.join(names)})")
+    return names[cfg.universality.sae]
+
+
+def second_run_config(cfg: RunConfig, size: int, model_b: bool) -> RunConfig:
+    """Run A's config for a second run of its stages: the sweep cut to its ``size`` SAE, with the
+    seed moved by ``universality.sae_seed_offset``; for ``model_b`` also the LM's seed moved by
+    ``universality.lm_seed_offset``. Budgets ``universality`` may cut (LM steps, train tokens, SAE
+    samples) are cut; nothing else differs from A."""
+    u = cfg.universality
+    sae_budget = u.sae_n_samples or cfg.sae.n_samples
+    update = {"sae": cfg.sae.one_sae(size, seed=cfg.sae.seed + u.sae_seed_offset, n_samples=sae_budget)}
+    if model_b:
+        update["lm"] = cfg.lm.model_copy(
+            update={"seed": cfg.lm.seed + u.lm_seed_offset, "n_steps": u.lm_steps or cfg.lm.n_steps}
+        )
+        update["harvest"] = cfg.harvest.model_copy(
+            update={"n_train_tokens": u.n_train_tokens or cfg.harvest.n_train_tokens}
+        )
+    return cfg.model_copy(update=update)
 
 
 def toy_stage(cfg: RunConfig) -> Stage:

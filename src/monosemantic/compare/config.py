@@ -46,11 +46,9 @@ class UniversalityConfig(BaseModel):
     n_train_tokens: int | None = Field(None, ge=1, description="B's harvested training tokens; None: as many as A's")
     sae_n_samples: int | None = Field(None, ge=1, description="training samples of both new SAEs; None: A's recipe")
     same_model_check: bool = Field(True, description="also train a reseeded SAE on A's activations")
-    sae_seed_offset: int = Field(1, ge=1, description="the reseeded SAE's seed = A's SAE seed + this")
+    sae_seed_offset: int = Field(1, ge=1, description="both new SAEs' seed = A's SAE seed + this")
     n_tokens: int | None = Field(
         None, ge=2, description="tokens compared, streamed through both LMs; None: the held-out store (activations/val)"
     )
     tokens_split: Literal["val", "train"] = Field("val", description="split those n_tokens come from")
     chunk_rows: int = Field(16_384, ge=1, description="tokens per streamed chunk")
-    harvest_batch_size: int = Field(64, ge=1)
-    device: str = "cpu"

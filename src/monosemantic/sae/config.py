@@ -169,6 +169,14 @@ class SAESweepConfig(BaseModel):
         # only what the user set: the rest is the variant's default, filled in by SAEConfig
         return params.model_dump(exclude_unset=True)
 
+    def one_sae(self, size: int, **fields: Any) -> SAESweepConfig:
+        """The sweep of just its ``size`` member, with ``SAEConfig`` ``fields`` changed (``d_sae``
+        replaces the size; the rest go to the sweep's own fields or its ``params``)."""
+        own = {k: fields.pop(k) for k in ("variant", "n_samples", "batch_size", "seed") if k in fields}
+        sizes = [fields.pop("d_sae", size)]
+        params = SAEParams(**{**self.params.model_dump(exclude_unset=True), **fields})
+        return self.model_copy(update={**own, "sizes": sizes, "params": params})
+
     def sae_config(self, d_in: int, size: int, device: str) -> SAEConfig:
         """The full ``SAEConfig`` of the sweep member with ``size`` features."""
         return SAEConfig(
