@@ -89,7 +89,8 @@ def pack_weights(runs: Path, out: Path) -> None:
     4,096-feature SAE under RUNS, as DIR/weights.tgz.* pieces."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        paths = sorted(runs.glob("standard/lm*/model.safetensors")) + sorted(runs.glob("*/saes/*-4096/*.safetensors"))
+        models = ("standard/lm/model.safetensors", "standard/model_b/lm/model.safetensors")
+        paths = [runs / m for m in models if (runs / m).exists()] + sorted(runs.glob("*/saes/*-4096/*.safetensors"))
         for path in paths:
             data = save({k: v.half() if v.is_floating_point() else v for k, v in load_file(path).items()})
             info = tarfile.TarInfo(str(path.relative_to(runs)))
