@@ -13,11 +13,12 @@ import torch
 
 from monosemantic.activations import ActivationStore
 from monosemantic.analysis.analyze import AnalysisConfig, analyze_run
-from monosemantic.analysis.cli import search, steer
-from monosemantic.analysis.steer import ablation_loss_change, next_token_change, sample_continuation, steering_hook
+from monosemantic.analysis.cli import search
 from monosemantic.analysis.store import FILENAME, FeatureStore
 from monosemantic.corpus.sources import DocumentSources
 from monosemantic.errors import UserError
+from monosemantic.interventions.cli import steer
+from monosemantic.interventions.steer import ablation_loss_change, next_token_change, sample_continuation, steering_hook
 from monosemantic.lm.model import load_lm
 from monosemantic.progress import set_quiet
 from monosemantic.sae.build import build_sae
@@ -282,7 +283,7 @@ def test_cli_steer_by_token(analysed, capsys):
 
 
 def test_steer_closes_the_feature_store_when_it_fails(analysed, monkeypatch):
-    import monosemantic.analysis.cli as analysis_cli
+    import monosemantic.interventions.cli as interventions_cli
 
     run, _, name = analysed
     opened = []
@@ -292,7 +293,7 @@ def test_steer_closes_the_feature_store_when_it_fails(analysed, monkeypatch):
             super().__init__(path)
             opened.append(self)
 
-    monkeypatch.setattr(analysis_cli, "FeatureStore", Recorded)
+    monkeypatch.setattr(interventions_cli, "FeatureStore", Recorded)
     with pytest.raises(UserError, match="feature 999"):
         steer(run, name, 999, "God blesses", value=1.0)
     assert len(opened) == 1

@@ -28,12 +28,12 @@ from fastapi.testclient import TestClient
 
 from monosemantic.activations import ActivationStore
 from monosemantic.analysis.analyze import AnalysisConfig, analyze_run
-from monosemantic.analysis.steer import next_token_change, steering_hook
 from monosemantic.analysis.store import FILENAME, FeatureStore
 from monosemantic.browser.app import create_app
 from monosemantic.browser.export import export_site
 from monosemantic.corpus.tokenizer import eos_id, load_tokenizer
 from monosemantic.errors import UserError
+from monosemantic.interventions.steer import next_token_change, steering_hook
 from monosemantic.lm.model import load_lm
 from monosemantic.pipeline import RunDir
 from monosemantic.progress import set_quiet

@@ -20,7 +20,7 @@ from test_cli import run_cli
 import monosemantic.lm.train as train_module
 from monosemantic import pipeline
 from monosemantic.analysis import cli as analysis_cli
-from monosemantic.analysis.store import FILENAME, FeatureStore, create_store
+from monosemantic.analysis.store import FILENAME, DictionaryRow, FeatureStore, create_store
 from monosemantic.browser.app import create_app
 from monosemantic.browser.export import export_site
 from monosemantic.config import LMConfig, load_config
@@ -28,6 +28,7 @@ from monosemantic.corpus.shards import is_val_document, write_token_shards
 from monosemantic.corpus.tokenizer import train_tokenizer
 from monosemantic.errors import UserError
 from monosemantic.integrity import artifact_units, file_digest, unit_files, verify_run
+from monosemantic.interventions import cli as interventions_cli
 from monosemantic.lm.train import train_lm
 from monosemantic.progress import set_quiet
 
@@ -145,7 +146,7 @@ def test_feature_store_opens_read_only_under_any_directory_name(tmp_path, name):
     run = tmp_path / name
     run.mkdir()
     with create_store(run / FILENAME) as db:
-        db.execute("INSERT INTO dictionaries VALUES ('neurons', 'neuron', 4, 4, NULL, 10, NULL)")
+        db.add([DictionaryRow("neurons", "neuron", 4, 4, None, 10, None)])
     before = sorted(p.name for p in tmp_path.iterdir()) + sorted(p.name for p in run.iterdir())
     store = FeatureStore(run / FILENAME)
     assert [d["name"] for d in store.dictionaries()] == ["neurons"]
@@ -236,7 +237,7 @@ def test_a_corrupt_artifact_is_refused_by_readers_and_recomputed_by_run(
     for read in (
         lambda: create_app(run),
         lambda: export_site(run, tmp_path / "site"),
-        lambda: analysis_cli.steer(run, sae, 0, "God sees", n_tokens=1),
+        lambda: interventions_cli.steer(run, sae, 0, "God sees", n_tokens=1),
     ):
         with pytest.raises(UserError, match=re.escape(f"{run / rel}: does not match run.json")) as err:
             read()

@@ -214,7 +214,7 @@ def steer(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Clamp, add or ablate one feature in the forward pass: next-token change and a continuation."""
-    from monosemantic.analysis.cli import steer as steer_feature
+    from monosemantic.interventions.cli import steer as steer_feature
 
     steer_feature(run_dir, sae, feature, prompt, value, mode, n_tokens, seed=seed, feature_token=feature_token)
 

@@ -15,7 +15,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -57,6 +57,20 @@ from monosemantic.sae.io import load_sae
 GOD_TOKENS = (" God", "God")
 
 
+class ExampleRecord(NamedTuple):
+    """One example of a unit as the store keeps it: which list it is in (``kind`` top, interval or
+    random; ``bucket`` the interval; ``rank``), the activation-store row at its centre, the unit's
+    activation there and over the context window (``acts``), and whether it explains or scores."""
+
+    kind: str
+    bucket: int
+    rank: int
+    row: int
+    activation: float
+    acts: np.ndarray
+    split: str
+
+
 def _token_strings(tokenizer, vocab_size: int) -> list[str]:
     return [tokenizer.decode([t], skip_special_tokens=False) for t in range(vocab_size)]
 
@@ -80,12 +94,12 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
     random_rows = [_context_rows(text, r, cfg) for r in stats.random_rows_P]
     rows_of: dict[int, np.ndarray] = {}
     for u in range(stats.n_units):
-        records = []  # (kind, bucket, rank, row, activation, acts, split)
+        records: list[ExampleRecord] = []
         for rank in range(cfg.top_k):
             row = stats.top.row[u, rank]
             if row >= 0:
                 records.append(
-                    (
+                    ExampleRecord(
                         "top",
                         0,
                         rank,
@@ -102,7 +116,7 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
                 row = stats.intervals.row[g, rank]
                 if row >= 0:
                     records.append(
-                        (
+                        ExampleRecord(
                             "interval",
                             interval,
                             rank,
@@ -115,19 +129,19 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
         for p, row in enumerate(stats.random_rows_P):
             acts = stats.random_acts_UPW[u, p]
             center = acts[cfg.context_left]
-            records.append(("random", 0, p, row, center, acts, "score"))
-        explain_rows = {r[3] for r in records if r[6] == "explain"}
-        records = [r for r in records if r[6] == "explain" or r[3] not in explain_rows]
+            records.append(ExampleRecord("random", 0, p, row, center, acts, "score"))
+        explain_rows = {r.row for r in records if r.split == "explain"}
+        records = [r for r in records if r.split == "explain" or r.row not in explain_rows]
         explain, score = [], []
-        for kind, _bucket, rank, row, _activation, acts, split in records:
-            if kind == "random":
-                rows = random_rows[rank]
+        for r in records:
+            if r.kind == "random":
+                rows = random_rows[r.rank]
             else:
-                rows = rows_of.get(row)
+                rows = rows_of.get(r.row)
                 if rows is None:
-                    rows = rows_of[row] = _context_rows(text, row, cfg)
-            (explain if split == "explain" else score).append(
-                Example(text.tokens_N[rows], acts[~np.isnan(acts)].astype(np.float64), rows)
+                    rows = rows_of[r.row] = _context_rows(text, r.row, cfg)
+            (explain if r.split == "explain" else score).append(
+                Example(text.tokens_N[rows], r.acts[~np.isnan(r.acts)].astype(np.float64), rows)
             )
         out[u] = {"records": records, "explain": explain, "score": score}
     return out
@@ -295,13 +309,10 @@ def analyze_run(
     token_count_V = np.bincount(text.tokens_N, minlength=vocab_size)
     scores: dict[str, dict[str, dict[int, UnitScore]]] = {e.backend: {} for e in explainers}
     with fs.create_store(run_dir / fs.FILENAME) as db:
-        db.executemany(
-            "INSERT INTO vocab VALUES (?, ?, ?)",
-            [(t, token_strings[t], int(token_count_V[t])) for t in range(vocab_size)],
-        )
-        db.executemany(
-            "INSERT INTO meta VALUES (?, ?)",
-            [
+        db.add(fs.VocabRow(t, token_strings[t], int(token_count_V[t])) for t in range(vocab_size))
+        db.add(
+            fs.MetaRow(key, value)
+            for key, value in [
                 ("analysis_config", json.dumps(cfg.model_dump())),
                 ("n_tokens", json.dumps(n_rows)),
                 ("hook_name", json.dumps(store.hook_name)),
@@ -309,7 +320,7 @@ def analyze_run(
                 ("backends", json.dumps([e.backend for e in explainers])),
                 ("sources", json.dumps(sources.sources)),
                 ("languages", json.dumps(sources.languages)),
-            ],
+            ]
         )
         written_rows: set[int] = set()
         for stats in all_stats:
@@ -423,7 +434,7 @@ def god_check(store_path: Path, dict_name: str) -> dict[str, Any] | None:
                     "weight": round(weight, 4),
                     "simulation_score": info["simulation_score"],
                     "explanation": info["explanation"],
-                    "top_tokens": [t for t, _, _ in store.top_tokens(NEURONS, neuron)],
+                    "top_tokens": [t.token for t in store.top_tokens(NEURONS, neuron)],
                 }
             )
         page = store.unit(dict_name, unit)
@@ -433,7 +444,7 @@ def god_check(store_path: Path, dict_name: str) -> dict[str, Any] | None:
             "token": best["token"],
             "precision": round(best["precision"], 4),
             "recall": round(best["recall"], 4),
-            "top_tokens": [t for t, _, _ in best["top_tokens"]],
+            "top_tokens": [t.token for t in best["top_tokens"]],
             "simulation_score": page["simulation_score"],
             "explanation": page["explanation"],
             "promotes": [t for t, _ in store.logits(dict_name, unit)["top"][:8]],
@@ -444,7 +455,7 @@ def god_check(store_path: Path, dict_name: str) -> dict[str, Any] | None:
 
 
 def _write_dictionary(
-    db,
+    db: fs.StoreWriter,
     stats: UnitStats,
     examples: dict,
     by_backend: dict[str, dict[int, UnitScore]],
@@ -463,15 +474,12 @@ def _write_dictionary(
     name, U = stats.name, stats.n_units
     scores = by_backend[backend]
     in_sample = set(sample.tolist()) if sample is not None else set()
-    db.execute(
-        "INSERT INTO dictionaries VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (name, stats.kind, U, model.cfg.d_mlp, sae.cfg.variant if sae is not None else None, stats.n_rows, backend),
-    )
+    variant = sae.cfg.variant if sae is not None else None
+    db.add([fs.DictionaryRow(name, stats.kind, U, model.cfg.d_mlp, variant, stats.n_rows, backend)])
     density, mean_act = stats.density_U, stats.mean_act_U
-    db.executemany(
-        "INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    db.add(
         [
-            (
+            fs.UnitRow(
                 name,
                 u,
                 stats.kind,
@@ -489,12 +497,11 @@ def _write_dictionary(
                 int(u in in_sample),
             )
             for u in range(U)
-        ],
+        ]
     )
-    db.executemany(
-        "INSERT INTO explanations VALUES (?, ?, ?, ?, ?, ?, ?)",
+    db.add(
         [
-            (
+            fs.ExplanationRow(
                 name,
                 u,
                 b,
@@ -505,35 +512,38 @@ def _write_dictionary(
             )
             for b, unit_scores in by_backend.items()
             for u, score in unit_scores.items()
-        ],
+        ]
     )
     new_contexts, example_rows = [], []
     for u in range(U):
-        for kind, bucket, rank, row, activation, acts, split in examples[u]["records"]:
-            row = int(row)
+        for r in examples[u]["records"]:
+            row = int(r.row)
             if row not in written_rows:
                 written_rows.add(row)
                 first, stop = text.span(row, cfg.context_left, cfg.context_right)
-                new_contexts.append((row, int(text.docs_N[row]), row - first, fs.blob(text.tokens_N[first:stop], "i4")))
+                tokens = fs.blob(text.tokens_N[first:stop], "i4")
+                new_contexts.append(fs.ContextRow(row, int(text.docs_N[row]), row - first, tokens))
+            acts = fs.blob(r.acts[~np.isnan(r.acts)], "f4")
             example_rows.append(
-                (name, u, kind, bucket, rank, row, float(activation), fs.blob(acts[~np.isnan(acts)], "f4"), split)
+                fs.ExampleRow(name, u, r.kind, r.bucket, r.rank, row, float(r.activation), acts, r.split)
             )
-    db.executemany("INSERT INTO contexts VALUES (?, ?, ?, ?)", new_contexts)
-    db.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", example_rows)
+    db.add(new_contexts)
+    db.add(example_rows)
 
     directions_UM = torch.eye(U) if sae is None else sae.W_dec.detach().float()
     top_v, top_i, bottom_v, bottom_i = top_and_bottom(logit_effects(model, directions_UM), cfg.n_logits)
-    db.executemany(
-        "INSERT INTO logits VALUES (?, ?, ?, ?, ?)",
-        [(name, u, r, int(top_i[u, r]), float(top_v[u, r])) for u in range(U) for r in range(cfg.n_logits)]
+    db.add(
+        [fs.LogitRow(name, u, r, int(top_i[u, r]), float(top_v[u, r])) for u in range(U) for r in range(cfg.n_logits)]
         + [
-            (name, u, -1 - r, int(bottom_i[u, r]), float(bottom_v[u, r])) for u in range(U) for r in range(cfg.n_logits)
-        ],
+            fs.LogitRow(name, u, -1 - r, int(bottom_i[u, r]), float(bottom_v[u, r]))
+            for u in range(U)
+            for r in range(cfg.n_logits)
+        ]
     )
     neighbour_rows = []
     cof_v, cof_i = cofiring_neighbours(stats.cofire_UU, cfg.n_neighbours)
     neighbour_rows += [
-        (name, u, "cofiring", r, int(cof_i[u, r]), float(cof_v[u, r]))
+        fs.NeighbourRow(name, u, "cofiring", r, int(cof_i[u, r]), float(cof_v[u, r]))
         for u in range(U)
         for r in range(cfg.n_neighbours)
         if cof_i[u, r] >= 0
@@ -541,25 +551,25 @@ def _write_dictionary(
     if sae is not None:
         dec_v, dec_i = decoder_neighbours(sae.W_dec.detach(), cfg.n_neighbours)
         neighbour_rows += [
-            (name, u, "decoder", r, int(dec_i[u, r]), float(dec_v[u, r]))
+            fs.NeighbourRow(name, u, "decoder", r, int(dec_i[u, r]), float(dec_v[u, r]))
             for u in range(U)
             for r in range(dec_i.shape[1])
         ]
         w, n = constituent_neurons(sae.W_dec.detach(), cfg.n_constituents)
-        db.executemany(
-            "INSERT INTO constituents VALUES (?, ?, ?, ?, ?)",
-            [(name, u, r, int(n[u, r]), float(w[u, r])) for u in range(U) for r in range(n.shape[1])],
-        )
+        db.add(fs.ConstituentRow(name, u, r, int(n[u, r]), float(w[u, r])) for u in range(U) for r in range(n.shape[1]))
         w, f = neuron_users(sae.W_dec.detach(), cfg.n_constituents)
-        db.executemany(
-            "INSERT INTO neuron_users VALUES (?, ?, ?, ?, ?)",
-            [(name, m, r, int(f[m, r]), float(w[m, r])) for m in range(f.shape[0]) for r in range(f.shape[1])],
+        db.add(
+            fs.NeuronUserRow(name, m, r, int(f[m, r]), float(w[m, r]))
+            for m in range(f.shape[0])
+            for r in range(f.shape[1])
         )
-    db.executemany("INSERT INTO neighbours VALUES (?, ?, ?, ?, ?, ?)", neighbour_rows)
-    db.executemany("INSERT INTO unit_tokens VALUES (?, ?, ?, ?, ?)", _unit_token_rows(name, stats, cfg.n_unit_tokens))
+    db.add(neighbour_rows)
+    db.add(_unit_token_rows(name, stats, cfg.n_unit_tokens))
 
 
-def _write_contexts(db, stats: UnitStats, sources: TokenSources, token_strings: list[str], n_prev: int = 5) -> None:
+def _write_contexts(
+    db: fs.StoreWriter, stats: UnitStats, sources: TokenSources, token_strings: list[str], n_prev: int = 5
+) -> None:
     """Per unit: its activation mass's shares by source, by language, and by previous token (top ``n_prev``)."""
     rows = []
     prev = stats.prev_mass_UV
@@ -571,13 +581,13 @@ def _write_contexts(db, stats: UnitStats, sources: TokenSources, token_strings: 
             ("language", context.language_shares(), sources.languages),
         ):
             rows += [
-                (stats.name, int(u), kind, r, label, share)
+                fs.UnitContextRow(stats.name, int(u), kind, r, label, share)
                 for r, (label, share) in enumerate(describe_sources(shares, names, n=5, min_share=0.01))
             ]
         start, stop = prev.indptr[u], prev.indptr[u + 1]
         order = np.argsort(-prev.data[start:stop], kind="stable")[:n_prev]
         rows += [
-            (
+            fs.UnitContextRow(
                 stats.name,
                 int(u),
                 "preceding",
@@ -587,11 +597,11 @@ def _write_contexts(db, stats: UnitStats, sources: TokenSources, token_strings: 
             )
             for r, i in enumerate(order)
         ]
-    db.executemany("INSERT INTO unit_contexts VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.add(rows)
 
 
-def _unit_token_rows(name: str, stats: UnitStats, n: int) -> list[tuple]:
-    """(dict, unit, token, fires, mean act) for each unit's n most-fired tokens and each token's n
+def _unit_token_rows(name: str, stats: UnitStats, n: int) -> list[fs.UnitTokenRow]:
+    """The fires and mean activation of each unit's n most-fired tokens and each token's n
     most-firing units — enough to rank units by precision/recall on any token."""
     fires = stats.token_fires_UV.tocoo()
     sums = stats.token_act_sums_UV.tocsr()
@@ -604,7 +614,9 @@ def _unit_token_rows(name: str, stats: UnitStats, n: int) -> list[tuple]:
         keep[order[np.arange(len(order)) - starts < n]] = True
     unit, token, count = unit[keep], token[keep], count[keep]
     act_sum = np.asarray(sums[unit, token]).ravel()
-    return [(name, int(u), int(t), int(c), float(s / c)) for u, t, c, s in zip(unit, token, count, act_sum)]
+    return [
+        fs.UnitTokenRow(name, int(u), int(t), int(c), float(s / c)) for u, t, c, s in zip(unit, token, count, act_sum)
+    ]
 
 
 def _nullable(value: float) -> float | None:

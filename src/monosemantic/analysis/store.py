@@ -1,6 +1,10 @@
 """The feature store: one SQLite file in the run directory (``RUN/features.sqlite``) holding every
 analysed unit — neurons and the features of each SAE alike — for the browser and the CLI.
 
+This module owns it: the schema, every write (``StoreWriter.add`` of the row types below, one per
+table, fields in column order) and every query the CLI and the browser run (``FeatureStore``), which
+return dicts and named records, never tuples to be read by position.
+
 Schema (``unit_kind`` is "neuron" or "feature"; neurons are the dictionary named ``neurons``)::
 
     meta(key, value)                         JSON values: format, analysis config, n_tokens, …
@@ -33,8 +37,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -44,6 +49,16 @@ from monosemantic.errors import UserError
 FORMAT = "monosemantic.feature-store/2"
 FILENAME = "features.sqlite"
 NEURONS = "neurons"  # the dictionary name under which the store keeps the neuron basis
+UNIT_LIST_COLUMNS = (
+    "unit",
+    "density",
+    "fire_count",
+    "max_act",
+    "mean_act",
+    "simulation_score",
+    "detection_score",
+    "f1",
+)
 
 # How well a unit picks out a token, over the columns of unit_tokens t, units u and vocab v:
 # precision = the unit's activation mass on the token / its whole activation mass (weighting by
@@ -97,18 +112,210 @@ def unblob(data: bytes, dtype: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"))
 
 
+class MetaRow(NamedTuple):
+    key: str
+    value: str  # JSON
+    TABLE = "meta"
+
+
+class DictionaryRow(NamedTuple):
+    name: str
+    unit_kind: str
+    n_units: int
+    d_in: int
+    variant: str | None
+    n_tokens: int
+    scored_backend: str | None
+    TABLE = "dictionaries"
+
+
+class VocabRow(NamedTuple):
+    token: int
+    text: str
+    count: int
+    TABLE = "vocab"
+
+
+class UnitRow(NamedTuple):
+    dict: str
+    unit: int
+    unit_kind: str
+    fire_count: int
+    density: float
+    mean_act: float
+    max_act: float
+    hist: bytes
+    hist_max: float
+    explanation: str | None
+    simulation_score: float | None
+    detection_score: float | None
+    fuzzing_score: float | None
+    score_backend: str | None
+    in_score_sample: int
+    TABLE = "units"
+
+
+class ExplanationRow(NamedTuple):
+    dict: str
+    unit: int
+    backend: str
+    explanation: str | None
+    simulation_score: float | None
+    detection_score: float | None
+    fuzzing_score: float | None
+    TABLE = "explanations"
+
+
+class UnitContextRow(NamedTuple):
+    dict: str
+    unit: int
+    kind: str
+    rank: int
+    label: str
+    share: float
+    TABLE = "unit_contexts"
+
+
+class ContextRow(NamedTuple):
+    row: int
+    doc: int
+    center: int
+    tokens: bytes
+    TABLE = "contexts"
+
+
+class ExampleRow(NamedTuple):
+    dict: str
+    unit: int
+    kind: str
+    bucket: int
+    rank: int
+    row: int
+    activation: float
+    acts: bytes
+    split: str
+    TABLE = "examples"
+
+
+class LogitRow(NamedTuple):
+    dict: str
+    unit: int
+    rank: int
+    token: int
+    value: float
+    TABLE = "logits"
+
+
+class NeighbourRow(NamedTuple):
+    dict: str
+    unit: int
+    kind: str
+    rank: int
+    other: int
+    value: float
+    TABLE = "neighbours"
+
+
+class ConstituentRow(NamedTuple):
+    dict: str
+    unit: int
+    rank: int
+    neuron: int
+    weight: float
+    TABLE = "constituents"
+
+
+class NeuronUserRow(NamedTuple):
+    dict: str
+    neuron: int
+    rank: int
+    unit: int
+    weight: float
+    TABLE = "neuron_users"
+
+
+class UnitTokenRow(NamedTuple):
+    dict: str
+    unit: int
+    token: int
+    fires: int
+    mean_act: float
+    TABLE = "unit_tokens"
+
+
+ROW_TYPES = (
+    MetaRow,
+    DictionaryRow,
+    VocabRow,
+    UnitRow,
+    ExplanationRow,
+    UnitContextRow,
+    ContextRow,
+    ExampleRow,
+    LogitRow,
+    NeighbourRow,
+    ConstituentRow,
+    NeuronUserRow,
+    UnitTokenRow,
+)
+
+
+class StoreWriter:
+    """The one writer of a feature store being built: rows go into their type's table."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def add(self, rows: Iterable[NamedTuple]) -> None:
+        """Insert ``rows``, all of one row type (``UnitRow``, ``ExampleRow``, …)."""
+        rows = list(rows)
+        if rows:
+            kind = type(rows[0])
+            self.db.executemany(f"INSERT INTO {kind.TABLE} VALUES ({', '.join('?' * len(kind._fields))})", rows)
+
+
 @contextmanager
-def create_store(path: Path) -> Iterator[sqlite3.Connection]:
+def create_store(path: Path) -> Iterator[StoreWriter]:
     """A fresh store at a temporary name, renamed to ``path`` when the block exits cleanly."""
     with atomic_path(path) as tmp:
         db = sqlite3.connect(tmp)
         try:
             db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + SCHEMA)
-            db.execute("INSERT INTO meta VALUES ('format', ?)", (json.dumps(FORMAT),))
-            yield db
+            writer = StoreWriter(db)
+            writer.add([MetaRow("format", json.dumps(FORMAT))])
+            yield writer
             db.commit()
         finally:
             db.close()
+
+
+class TokenValue(NamedTuple):
+    """A token and a value: a logit effect."""
+
+    token: str
+    value: float
+
+
+class UnitValue(NamedTuple):
+    """Another unit and a value: a neighbour (cosine, Jaccard), a constituent neuron or a feature using a neuron."""
+
+    unit: int
+    value: float
+
+
+class TokenFires(NamedTuple):
+    """A token a unit fires on: how often, and its mean activation there."""
+
+    token: str
+    fires: int
+    mean_act: float
+
+
+class Share(NamedTuple):
+    """A share of a unit's activation mass: by source, language or previous token."""
+
+    label: str
+    share: float
 
 
 class FeatureStore:
@@ -147,9 +354,13 @@ class FeatureStore:
                 return d
         raise UserError(f"--sae {name}: not in the feature store (have: {', '.join(d['name'] for d in dicts)})")
 
+    @cached_property
+    def vocab(self) -> dict[int, str]:
+        """Token id → decoded text, read once (a page shows thousands of context tokens)."""
+        return dict(self.db.execute("SELECT token, text FROM vocab").fetchall())
+
     def token_text(self, token: int) -> str:
-        row = self.db.execute("SELECT text FROM vocab WHERE token=?", (token,)).fetchone()
-        return row[0] if row else f"<{token}>"
+        return self.vocab.get(token, f"<{token}>")
 
     def tokens_matching(self, text: str) -> list[int]:
         """Token ids whose decoded text equals ``text`` (exactly, else ignoring case and edge spaces)."""
@@ -168,26 +379,6 @@ class FeatureStore:
         out = dict(row)
         out["hist"] = unblob(out["hist"], "i8").tolist()
         return out
-
-    def units(
-        self,
-        dict_name: str,
-        order_by: str = "simulation_score",
-        descending: bool = True,
-        limit: int = 100,
-        offset: int = 0,
-        min_density: float = 0.0,
-    ) -> list[dict[str, Any]]:
-        """A page of units of one dictionary, sorted by a column (list/sort/filter for the browser)."""
-        columns = {"unit", "density", "mean_act", "max_act", "simulation_score", "detection_score", "fire_count"}
-        if order_by not in columns:
-            raise UserError(f"sort by {order_by!r}: choose from {', '.join(sorted(columns))}")
-        sql = (
-            f"SELECT dict, unit, unit_kind, fire_count, density, mean_act, max_act, explanation, "
-            f"simulation_score, detection_score, score_backend FROM units WHERE dict=? AND density>=? "
-            f"ORDER BY {order_by} IS NULL, {order_by} {'DESC' if descending else 'ASC'}, unit LIMIT ? OFFSET ?"
-        )
-        return [dict(r) for r in self.db.execute(sql, (dict_name, min_density, limit, offset))]
 
     def examples(self, dict_name: str, unit: int, kind: str | None = None) -> list[dict[str, Any]]:
         """Examples with their context tokens, token texts and per-token activations."""
@@ -217,46 +408,39 @@ class FeatureStore:
             )
         return out
 
-    def logits(self, dict_name: str, unit: int) -> dict[str, list[tuple[str, float]]]:
-        rows = self.db.execute(
-            "SELECT rank, token, value FROM logits WHERE dict=? AND unit=? ORDER BY rank", (dict_name, unit)
-        ).fetchall()
-        top = sorted((r for r in rows if r[0] >= 0), key=lambda r: r[0])
-        bottom = sorted((r for r in rows if r[0] < 0), key=lambda r: -r[0])
-        return {
-            "top": [(self.token_text(t), v) for _, t, v in top],
-            "bottom": [(self.token_text(t), v) for _, t, v in bottom],
-        }
+    def logits(self, dict_name: str, unit: int) -> dict[str, list[TokenValue]]:
+        """The tokens the unit's direction promotes (``top``) and suppresses (``bottom``) most, strongest first."""
+        out: dict[str, list[TokenValue]] = {"top": [], "bottom": []}
+        for r in self.db.execute(
+            "SELECT rank, token, value FROM logits WHERE dict=? AND unit=? ORDER BY rank >= 0 DESC, abs(rank)",
+            (dict_name, unit),
+        ):
+            out["top" if r["rank"] >= 0 else "bottom"].append(TokenValue(self.token_text(r["token"]), r["value"]))
+        return out
 
-    def neighbours(self, dict_name: str, unit: int, kind: str) -> list[tuple[int, float]]:
-        return [
-            (r[0], r[1])
-            for r in self.db.execute(
-                "SELECT other, value FROM neighbours WHERE dict=? AND unit=? AND kind=? ORDER BY rank",
-                (dict_name, unit, kind),
-            )
-        ]
+    def neighbours(self, dict_name: str, unit: int, kind: str) -> list[UnitValue]:
+        return self._unit_values(
+            "SELECT other, value FROM neighbours WHERE dict=? AND unit=? AND kind=? ORDER BY rank",
+            (dict_name, unit, kind),
+        )
 
-    def constituents(self, dict_name: str, unit: int) -> list[tuple[int, float]]:
-        return [
-            (r[0], r[1])
-            for r in self.db.execute(
-                "SELECT neuron, weight FROM constituents WHERE dict=? AND unit=? ORDER BY rank", (dict_name, unit)
-            )
-        ]
+    def constituents(self, dict_name: str, unit: int) -> list[UnitValue]:
+        return self._unit_values(
+            "SELECT neuron, weight FROM constituents WHERE dict=? AND unit=? ORDER BY rank", (dict_name, unit)
+        )
 
-    def neuron_users(self, dict_name: str, neuron: int) -> list[tuple[int, float]]:
-        return [
-            (r[0], r[1])
-            for r in self.db.execute(
-                "SELECT unit, weight FROM neuron_users WHERE dict=? AND neuron=? ORDER BY rank", (dict_name, neuron)
-            )
-        ]
+    def neuron_users(self, dict_name: str, neuron: int) -> list[UnitValue]:
+        return self._unit_values(
+            "SELECT unit, weight FROM neuron_users WHERE dict=? AND neuron=? ORDER BY rank", (dict_name, neuron)
+        )
 
-    def top_tokens(self, dict_name: str, unit: int, n: int = 5) -> list[tuple[str, int, float]]:
-        """(token text, fires, mean activation) of the tokens the unit fires on most often."""
+    def _unit_values(self, sql: str, args: tuple) -> list[UnitValue]:
+        return [UnitValue(*r) for r in self.db.execute(sql, args)]
+
+    def top_tokens(self, dict_name: str, unit: int, n: int = 5) -> list[TokenFires]:
+        """The tokens the unit fires on most often."""
         return [
-            (self.token_text(r[0]), r[1], r[2])
+            TokenFires(self.token_text(r["token"]), r["fires"], r["mean_act"])
             for r in self.db.execute(
                 "SELECT token, fires, mean_act FROM unit_tokens WHERE dict=? AND unit=?"
                 " ORDER BY fires DESC, token LIMIT ?",
@@ -277,14 +461,14 @@ class FeatureStore:
         ]
         return sorted(rows, key=lambda r: order.get(r["backend"], len(order)))
 
-    def contexts(self, dict_name: str, unit: int) -> dict[str, list[tuple[str, float]]]:
-        """Where the unit's activation mass comes from: (label, share) by source, language and previous token."""
-        out: dict[str, list[tuple[str, float]]] = {"source": [], "language": [], "preceding": []}
-        for kind, label, share in self.db.execute(
+    def contexts(self, dict_name: str, unit: int) -> dict[str, list[Share]]:
+        """Where the unit's activation mass comes from: shares by source, language and previous token."""
+        out: dict[str, list[Share]] = {"source": [], "language": [], "preceding": []}
+        for r in self.db.execute(
             "SELECT kind, label, share FROM unit_contexts WHERE dict=? AND unit=? ORDER BY kind, rank",
             (dict_name, unit),
         ):
-            out[kind].append((label, share))
+            out[r["kind"]].append(Share(r["label"], r["share"]))
         return out
 
     def feature_page(self, dict_name: str, unit: int) -> dict[str, Any]:
@@ -333,3 +517,94 @@ class FeatureStore:
             (d["name"], text, top),
         ).fetchall()
         return [{"dict": d["name"], **dict(r), "top_tokens": self.top_tokens(d["name"], r["unit"])} for r in rows]
+
+    def score_summary(self, dict_name: str) -> dict[str, Any]:
+        """How many of the dictionary's units have a simulation score, and the mean scores."""
+        row = self.db.execute(
+            "SELECT count(simulation_score), avg(simulation_score), avg(detection_score) FROM units WHERE dict=?",
+            (dict_name,),
+        ).fetchone()
+        return {"n_scored": row[0], "score_mean": row[1], "detection_mean": row[2]}
+
+    def unit_list(
+        self,
+        dict_name: str,
+        sort: str,
+        descending: bool,
+        offset: int,
+        limit: int,
+        text: str | None,
+        token_ids: list[int] | None,
+        min_density: float,
+        max_density: float,
+        min_score: float | None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of a dictionary's units (``sort`` is one of ``UNIT_LIST_COLUMNS``), and how many
+        match in all. ``text`` keeps units whose explanation contains it; ``token_ids`` keeps units
+        that fire on one of those tokens and adds ``f1``, their best F1 on them (as ``search_token``)."""
+        if sort not in UNIT_LIST_COLUMNS or (sort == "f1" and token_ids is None):
+            raise UserError(
+                f"sort={sort}: choose from {', '.join(c for c in UNIT_LIST_COLUMNS if token_ids or c != 'f1')}"
+            )
+        columns = (
+            "u.unit, u.fire_count, u.density, u.mean_act, u.max_act, u.explanation, u.simulation_score, "
+            "u.detection_score, u.score_backend"
+        )
+        where, args = ["u.dict=?", "u.density>=?", "u.density<=?"], [dict_name, min_density, max_density]
+        if text:
+            where.append("instr(lower(u.explanation), lower(?)) > 0")
+            args.append(text)
+        if min_score is not None:
+            where.append("u.simulation_score>=?")
+            args.append(min_score)
+        if token_ids is not None:
+            inner = (
+                f"SELECT {columns}, max({TOKEN_F1_SQL}) AS f1 FROM unit_tokens t "
+                f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
+                f"WHERE t.dict=? AND t.token IN ({','.join('?' * len(token_ids))}) AND {' AND '.join(where)} "
+                f"GROUP BY u.unit"
+            )
+            args = [dict_name, *token_ids, *args]
+        else:
+            inner = f"SELECT {columns} FROM units u WHERE {' AND '.join(where)}"
+        order = f"{sort} IS NULL, {sort} {'DESC' if descending else 'ASC'}, unit"
+        rows = [
+            dict(r)
+            for r in self.db.execute(
+                f"SELECT *, count(*) OVER () AS total FROM ({inner}) ORDER BY {order} LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            )
+        ]
+        total = rows[0]["total"] if rows else self.db.execute(f"SELECT count(*) FROM ({inner})", args).fetchone()[0]
+        for r in rows:
+            del r["total"]
+        return rows, total
+
+    def token_index(self, dict_name: str) -> dict[str, list[list]]:
+        """Every vocabulary text → ``[unit, f1]`` of the units that fire on it (the best over token
+        ids sharing the text), best first: what ``unit_list`` matches and ranks by."""
+        index: dict[str, list[list]] = {text: [] for text in self.vocab.values()}
+        rows = self.db.execute(
+            f"SELECT v.text, t.unit, max({TOKEN_F1_SQL}) AS f1 FROM unit_tokens t "
+            f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
+            f"WHERE t.dict=? GROUP BY v.text, t.unit ORDER BY v.text, f1 DESC, t.unit",
+            (dict_name,),
+        )
+        for r in rows:
+            index[r["text"]].append([r["unit"], r["f1"]])
+        return index
+
+    def labels(self, dict_name: str, units: list[int], n: int = 3) -> dict[int, list[str]]:
+        """Each unit's ``n`` most-fired-on token texts: a short label for lists and links."""
+        if not units:
+            return {}
+        rows = self.db.execute(
+            f"SELECT unit, token FROM (SELECT unit, token, row_number() OVER (PARTITION BY unit ORDER BY fires DESC, "
+            f"token) AS k FROM unit_tokens WHERE dict=? AND unit IN ({','.join('?' * len(units))})) WHERE k<=? "
+            f"ORDER BY unit, k",
+            (dict_name, *units, n),
+        )
+        out: dict[int, list[str]] = {}
+        for r in rows:
+            out.setdefault(r["unit"], []).append(self.token_text(r["token"]))
+        return out

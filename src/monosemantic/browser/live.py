@@ -15,16 +15,16 @@ from typing import Any
 import torch
 
 from monosemantic.activations import ActivationStore
-from monosemantic.analysis.steer import (
+from monosemantic.analysis.store import NEURONS
+from monosemantic.corpus.tokenizer import eos_id, load_tokenizer
+from monosemantic.errors import UserError
+from monosemantic.interventions.steer import (
     MAX_NEW_TOKENS,
     MAX_STEER_VALUE,
     next_token_change,
     sample_continuation,
     steering_hook,
 )
-from monosemantic.analysis.store import NEURONS
-from monosemantic.corpus.tokenizer import eos_id, load_tokenizer
-from monosemantic.errors import UserError
 from monosemantic.lm.model import load_lm
 from monosemantic.sae.base import SparseAutoencoder
 from monosemantic.sae.io import load_sae

@@ -14,12 +14,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from monosemantic.analysis.store import FILENAME, NEURONS, TOKEN_F1_SQL, FeatureStore
+from monosemantic.analysis.store import FILENAME, NEURONS, UNIT_LIST_COLUMNS, FeatureStore, UnitValue
 from monosemantic.errors import UserError
 from monosemantic.integrity import verify_run
 from monosemantic.pipeline import RunDir
 
-SORT_COLUMNS = ("unit", "density", "fire_count", "max_act", "mean_act", "simulation_score", "detection_score", "f1")
+SORT_COLUMNS = UNIT_LIST_COLUMNS
 PICTURE_DIRS = ("plots", "toy", "splitting", "feature_map", "analysis", "universality")
 PICTURE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
 MAX_PAGE = 200
@@ -28,18 +28,6 @@ FAMILY_CHILDREN = 24  # descendants listed per larger dictionary on a feature pa
 
 class NotFound(LookupError):
     """A dictionary, unit or file the run does not have (the app answers 404)."""
-
-
-class VocabCachedStore(FeatureStore):
-    """A ``FeatureStore`` that decodes tokens from an in-memory copy of the vocabulary (a page shows
-    thousands of context tokens; one SQL query each was most of a page's time)."""
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        self.vocab = dict(self.db.execute("SELECT token, text FROM vocab").fetchall())
-
-    def token_text(self, token: int) -> str:
-        return self.vocab.get(token, f"<{token}>")
 
 
 class RunView:
@@ -62,7 +50,7 @@ class RunView:
     @property
     def store(self) -> FeatureStore:
         if not hasattr(self._local, "store"):
-            self._local.store = VocabCachedStore(self.path / FILENAME)
+            self._local.store = FeatureStore(self.path / FILENAME)
         return self._local.store
 
     def dictionary(self, name: str) -> dict[str, Any]:
@@ -111,7 +99,7 @@ class RunView:
                             "density_plot",
                         )
                     },
-                    **self._score_summary(name),
+                    **self.store.score_summary(name),
                 }
             )
         a = m.get("analysis", {})
@@ -148,13 +136,6 @@ class RunView:
             "toy": [p for p in m.get("toy", {}).get("points", [])],
             "pictures": self.pictures(),
         }
-
-    def _score_summary(self, name: str) -> dict[str, Any]:
-        row = self.store.db.execute(
-            "SELECT count(simulation_score), avg(simulation_score), avg(detection_score) FROM units WHERE dict=?",
-            (name,),
-        ).fetchone()
-        return {"n_scored": row[0], "score_mean": row[1], "detection_mean": row[2]}
 
     def pictures(self) -> dict[str, list[str]]:
         """The run's plots by folder, as paths relative to the run directory."""
@@ -200,82 +181,29 @@ class RunView:
         and recall (fires on it / its count), as ``FeatureStore.search_token`` ranks them.
         """
         self.dictionary(dict_name)
-        if sort not in SORT_COLUMNS or (sort == "f1" and not token):
-            raise UserError(f"sort={sort}: choose from {', '.join(c for c in SORT_COLUMNS if token or c != 'f1')}")
         if not 1 <= limit <= MAX_PAGE:
             raise UserError(f"limit={limit}: must be 1…{MAX_PAGE}")
-        columns = (
-            "u.unit, u.fire_count, u.density, u.mean_act, u.max_act, u.explanation, u.simulation_score, "
-            "u.detection_score, u.score_backend"
+        ids = self.store.tokens_matching(token) if token else None
+        if ids == []:
+            if sort not in SORT_COLUMNS:
+                raise UserError(f"sort={sort}: choose from {', '.join(SORT_COLUMNS)}")
+            return {"dict": dict_name, "total": 0, "offset": offset, "rows": [], "matched_tokens": []}
+        rows, total = self.store.unit_list(
+            dict_name, sort, descending, offset, limit, text, ids, min_density, max_density, min_score
         )
-        where, args = ["u.dict=?", "u.density>=?", "u.density<=?"], [dict_name, min_density, max_density]
-        if text:
-            where.append("instr(lower(u.explanation), lower(?)) > 0")
-            args.append(text)
-        if min_score is not None:
-            where.append("u.simulation_score>=?")
-            args.append(min_score)
-        matched: list[str] = []
-        if token:
-            ids = self.store.tokens_matching(token)
-            matched = [self.store.token_text(t) for t in ids]
-            if not ids:
-                return {"dict": dict_name, "total": 0, "offset": offset, "rows": [], "matched_tokens": []}
-            inner = (
-                f"SELECT {columns}, max({TOKEN_F1_SQL}) AS f1 FROM unit_tokens t "
-                f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
-                f"WHERE t.dict=? AND t.token IN ({','.join('?' * len(ids))}) AND {' AND '.join(where)} "
-                f"GROUP BY u.unit"
-            )
-            args = [dict_name, *ids, *args]
-        else:
-            inner = f"SELECT {columns} FROM units u WHERE {' AND '.join(where)}"
-        order = f"{sort} IS NULL, {sort} {'DESC' if descending else 'ASC'}, unit"
-        rows = [
-            dict(r)
-            for r in self.store.db.execute(
-                f"SELECT *, count(*) OVER () AS total FROM ({inner}) ORDER BY {order} LIMIT ? OFFSET ?",
-                (*args, limit, offset),
-            )
-        ]
-        total = (
-            rows[0]["total"] if rows else self.store.db.execute(f"SELECT count(*) FROM ({inner})", args).fetchone()[0]
-        )
-        labels = self.labels(dict_name, [r["unit"] for r in rows])
+        labels = self.store.labels(dict_name, [r["unit"] for r in rows])
         for r in rows:
-            del r["total"]
             r["top_tokens"] = labels.get(r["unit"], [])
+        matched = [self.store.token_text(t) for t in ids or []]
         return {"dict": dict_name, "total": total, "offset": offset, "rows": rows, "matched_tokens": matched}
 
     def token_index(self, dict_name: str) -> dict[str, list[list]]:
-        """Every vocabulary text → ``[unit, f1]`` of the units that fire on it (the best over token
-        ids sharing the text), best first: what ``unit_list(token=…)`` matches and ranks by, for a
-        page that has no server (the static export)."""
-        index: dict[str, list[list]] = {text: [] for text in self.store.vocab.values()}
-        rows = self.store.db.execute(
-            f"SELECT v.text, t.unit, max({TOKEN_F1_SQL}) AS f1 FROM unit_tokens t "
-            f"JOIN units u ON u.dict=t.dict AND u.unit=t.unit JOIN vocab v ON v.token=t.token "
-            f"WHERE t.dict=? GROUP BY v.text, t.unit ORDER BY v.text, f1 DESC, t.unit",
-            (dict_name,),
-        )
-        for text, unit, f1 in rows:
-            index[text].append([unit, f1])
-        return index
+        """Every vocabulary text → ``[unit, f1]``: ``unit_list(token=…)``'s matches and ranking, for
+        a page that has no server (the static export)."""
+        return self.store.token_index(dict_name)
 
     def labels(self, dict_name: str, units: list[int], n: int = 3) -> dict[int, list[str]]:
-        """Each unit's ``n`` most-fired-on token texts: a short label for lists and links."""
-        if not units:
-            return {}
-        rows = self.store.db.execute(
-            f"SELECT unit, token FROM (SELECT unit, token, row_number() OVER (PARTITION BY unit ORDER BY fires DESC, "
-            f"token) AS k FROM unit_tokens WHERE dict=? AND unit IN ({','.join('?' * len(units))})) WHERE k<=? "
-            f"ORDER BY unit, k",
-            (dict_name, *units, n),
-        )
-        out: dict[int, list[str]] = {}
-        for unit, token in rows:
-            out.setdefault(unit, []).append(self.store.token_text(token))
-        return out
+        return self.store.labels(dict_name, units, n)
 
     # --- one unit -------------------------------------------------------------------------------
 
@@ -303,23 +231,28 @@ class RunView:
             for b, ex in sorted(intervals.items(), reverse=True)
         ]
         for kind in ("decoder", "cofiring"):
-            pairs = page.pop(f"{kind}_neighbours")
-            labels = self.labels(dict_name, [u for u, _ in pairs])
-            page[f"{kind}_neighbours"] = [{"unit": u, "value": v, "label": labels.get(u, [])} for u, v in pairs]
+            page[f"{kind}_neighbours"] = self._labelled(dict_name, page.pop(f"{kind}_neighbours"))
         if d["unit_kind"] == "feature":
-            pairs = page.pop("constituents")
-            labels = self.labels(NEURONS, [n for n, _ in pairs]) if NEURONS in self.dicts else {}
-            page["constituents"] = [{"unit": n, "value": w, "label": labels.get(n, [])} for n, w in pairs]
+            constituents = page.pop("constituents")
+            page["constituents"] = (
+                self._labelled(NEURONS, constituents)
+                if NEURONS in self.dicts
+                else [{**c._asdict(), "label": []} for c in constituents]
+            )
             page["family"] = self.family(dict_name, unit)
         else:
-            page["used_by"] = {}
-            for name, other in self.dicts.items():
-                if other["unit_kind"] == "feature":
-                    pairs = self.store.neuron_users(name, unit)
-                    labels = self.labels(name, [u for u, _ in pairs])
-                    page["used_by"][name] = [{"unit": u, "value": w, "label": labels.get(u, [])} for u, w in pairs]
-        page["top_tokens"] = [{"token": t, "fires": n, "mean_act": a} for t, n, a in page["top_tokens"]]
+            page["used_by"] = {
+                name: self._labelled(name, self.store.neuron_users(name, unit))
+                for name, other in self.dicts.items()
+                if other["unit_kind"] == "feature"
+            }
+        page["top_tokens"] = [t._asdict() for t in page["top_tokens"]]
         return page
+
+    def _labelled(self, dict_name: str, linked: list[UnitValue]) -> list[dict[str, Any]]:
+        """Links to units of ``dict_name``, each with its label."""
+        labels = self.labels(dict_name, [link.unit for link in linked])
+        return [{**link._asdict(), "label": labels.get(link.unit, [])} for link in linked]
 
     @cached_property
     def _families(self) -> dict[str, Any] | None:

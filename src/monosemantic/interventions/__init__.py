@@ -1,0 +1,1 @@
+"""Interventions on the LM through a dictionary: steering (clamp or add a feature) and ablation."""
