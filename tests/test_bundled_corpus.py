@@ -93,9 +93,9 @@ def test_god_occurs_for_the_essays_feature(docs):
 
 
 def test_document_sources_know_each_part_and_language(docs):
-    from monosemantic.corpus.sources import document_sources
+    from monosemantic.corpus.sources import DocumentSources, iter_labelled_documents
 
-    sources = document_sources()
+    sources = DocumentSources.from_documents(iter_labelled_documents())
     assert len(sources.source_D) == len(docs)
     assert [sources.sources[s] for s in sources.source_D[:50]] == [d["source"] for d in docs[:50]]
     language = {d["title"]: sources.languages[sources.language_D[i]] for i, d in enumerate(docs)}

@@ -5,7 +5,7 @@ import pytest
 from conftest import make_corpus_text
 
 from monosemantic.corpus.shards import TokenShards, is_val_document, write_token_shards
-from monosemantic.corpus.sources import document_sources, iter_documents, iter_labelled_documents, split_paragraphs
+from monosemantic.corpus.sources import DocumentSources, iter_documents, iter_labelled_documents, split_paragraphs
 from monosemantic.corpus.tokenizer import EOS, load_tokenizer, save_tokenizer, train_tokenizer
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
@@ -116,12 +116,12 @@ def test_document_sources_name_each_document_in_corpus_order(tmp_path):
     assert [d.text for d in docs] == list(iter_documents(str(tmp_path)))  # same documents, same order
     assert [d.source for d in docs] == ["bible.txt", "code/notes.jsonl", "code/notes.jsonl"]
     with pytest.raises(UserError, match=r"notes.jsonl:2: expected a string 'genre' field \(analysis.source_field\)"):
-        document_sources(str(sub), source_field="genre")
+        DocumentSources.from_documents(iter_labelled_documents(str(sub), source_field="genre"))
     (sub / "notes.jsonl").write_text(
         '{"text": "x = 1", "genre": "python"}\n{"text": "y", "genre": "doc"}\n{"text": "z", "genre": "python"}\n'
     )
-    by_field = document_sources(str(sub), source_field="genre")
+    by_field = DocumentSources.from_documents(iter_labelled_documents(str(sub), source_field="genre"))
     assert by_field.sources == ["python", "doc"] and by_field.source_D.tolist() == [0, 1, 0]
     assert by_field.languages == ["?"] and by_field.language_D.tolist() == [0, 0, 0]
-    capped = document_sources(str(tmp_path), max_docs=1)
+    capped = DocumentSources.from_documents(iter_labelled_documents(str(tmp_path), max_docs=1))
     assert capped.sources == ["bible.txt"] and len(capped.source_D) == 1

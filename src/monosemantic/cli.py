@@ -7,6 +7,7 @@ stage that was interrupted.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -151,21 +152,14 @@ def run(
 
 
 def _stage_command(stage: str, doc: str, target: typer.Typer = app, name: str | None = None):
-    def command(
-        out: Path = OutOption,
-        preset: str = PresetOption,
-        config: Path | None = ConfigOption,
-        set_: list[str] | None = SetOption,
-        corpus: str | None = CorpusOption,
-        dataset: str | None = DatasetOption,
-        seed: int | None = SeedOption,
-        device: str | None = DeviceOption,
-        force: bool = ForceOption,
-        verify: bool = VerifyOption,
-    ) -> None:
-        cfg = _config(preset, config, set_, corpus, dataset, seed, device)
-        _print_summary(pipeline.run(cfg, out, stage, force, verify))
+    def command(**options) -> None:
+        cfg = _config(*(options[k] for k in ("preset", "config", "set_", "corpus", "dataset", "seed", "device")))
+        _print_summary(pipeline.run(cfg, options["out"], stage, options["force"], options["verify"]))
 
+    # the options of `run` but --upto: Typer reads a command's options from its signature
+    options = [p for p in inspect.signature(run, eval_str=True).parameters.values() if p.name != "upto"]
+    command.__signature__ = inspect.Signature(options, return_annotation=None)
+    command.__annotations__ = {p.name: p.annotation for p in options}
     command.__doc__ = doc + " (Runs the stages it needs first if they are not current.)"
     target.command(name=name or stage)(command)
 

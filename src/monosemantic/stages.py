@@ -23,7 +23,7 @@ from monosemantic.compare.splitting import feature_families
 from monosemantic.compare.universality import universality
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards, write_token_shards
-from monosemantic.corpus.sources import DocumentSources, corpus_fingerprint, document_sources, iter_documents
+from monosemantic.corpus.sources import DocumentSources, corpus_fingerprint, iter_documents, iter_labelled_documents
 from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
@@ -304,7 +304,10 @@ def _document_sources(cfg: RunConfig, rd: RunDir) -> DocumentSources:
     c = cfg.corpus
     if c.dataset is not None and cfg.analysis.source_field is None:  # one source: no need to stream it again
         return DocumentSources.single(c.dataset, json.loads((rd / "tokens/index.json").read_text())["n_docs"])
-    return document_sources(c.corpus, c.dataset, c.dataset_split, c.text_field, c.max_docs, cfg.analysis.source_field)
+    docs = iter_labelled_documents(
+        c.corpus, c.dataset, c.dataset_split, c.text_field, c.max_docs, cfg.analysis.source_field
+    )
+    return DocumentSources.from_documents(docs)
 
 
 def analysis_stage(cfg: RunConfig) -> Stage:

@@ -330,17 +330,8 @@ class ActivationStore:
             total_D += acts_ND.double().sum(dim=0).numpy()
         return torch.from_numpy(total_D / self.n_rows).float()
 
-    def shuffled_batches(
-        self,
-        batch_size: int,
-        seed: int,
-        buffer_rows: int = 2**20,
-        n_batches: int | None = None,
-        device: str | torch.device | None = None,
-        start_batch: int = 0,
-    ) -> Iterator[torch.Tensor]:
-        """Shuffled float32 [batch_size, d_in] batches streamed from disk; see ``reader.shuffled_batches``."""
-        return shuffled_batches(self, batch_size, seed, buffer_rows, n_batches, device, start_batch)
+    # shuffled float32 [batch_size, d_in] batches streamed from disk: ``reader.shuffled_batches``
+    shuffled_batches = shuffled_batches
 
     def __repr__(self) -> str:
         return (

@@ -87,6 +87,24 @@ def _bases(run_dir: Path, sae_names: list[str], d_in: int) -> tuple[list[Basis],
     return bases, saes
 
 
+def _kept(kept, group: int, kind: str, bucket: int, n: int, split_of) -> list[ExampleRecord]:
+    """The examples ``kept`` (top or interval examples: ``row``, ``value``, ``payload`` [G, n]) holds
+    for ``group``, as records; ``split_of(rank)`` says whether each explains or scores."""
+    return [
+        ExampleRecord(
+            kind,
+            bucket,
+            rank,
+            kept.row[group, rank],
+            kept.value[group, rank],
+            kept.payload[group, rank],
+            split_of(rank),
+        )
+        for rank in range(n)
+        if kept.row[group, rank] >= 0
+    ]
+
+
 def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict[int, dict[str, list]]:
     """Per unit: explain and score examples (token ids + activations), and rows for the store."""
     explain_intervals = cfg.per_interval // 2 + 1
@@ -94,38 +112,17 @@ def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict
     random_rows = [_context_rows(text, r, cfg) for r in stats.random_rows_P]
     rows_of: dict[int, np.ndarray] = {}
     for u in range(stats.n_units):
-        records: list[ExampleRecord] = []
-        for rank in range(cfg.top_k):
-            row = stats.top.row[u, rank]
-            if row >= 0:
-                records.append(
-                    ExampleRecord(
-                        "top",
-                        0,
-                        rank,
-                        row,
-                        stats.top.value[u, rank],
-                        stats.top.payload[u, rank],
-                        "explain" if rank % 2 == 0 else "score",
-                    )
-                )
+        records = _kept(stats.top, u, "top", 0, cfg.top_k, lambda rank: "explain" if rank % 2 == 0 else "score")
         I = cfg.n_quantile_intervals
         for interval in range(I):
-            g = u * I + interval
-            for rank in range(cfg.per_interval):
-                row = stats.intervals.row[g, rank]
-                if row >= 0:
-                    records.append(
-                        ExampleRecord(
-                            "interval",
-                            interval,
-                            rank,
-                            row,
-                            stats.intervals.value[g, rank],
-                            stats.intervals.payload[g, rank],
-                            "explain" if rank < explain_intervals else "score",
-                        )
-                    )
+            records += _kept(
+                stats.intervals,
+                u * I + interval,
+                "interval",
+                interval,
+                cfg.per_interval,
+                lambda rank: "explain" if rank < explain_intervals else "score",
+            )
         for p, row in enumerate(stats.random_rows_P):
             acts = stats.random_acts_UPW[u, p]
             center = acts[cfg.context_left]

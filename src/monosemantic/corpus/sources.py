@@ -2,7 +2,7 @@
 
 Every source yields plain ``str`` documents in a fixed order, so the same inputs always give the
 same token shards; ``iter_labelled_documents`` yields the same documents with where each came from
-(``document_sources`` turns that into a per-document table the analysis reads). Local inputs are
+(``DocumentSources.from_documents`` turns that into a per-document table the analysis reads). Local inputs are
 checked up front: a missing path, an empty corpus or bytes that are not UTF-8 are a ``UserError``
 naming the file, never a traceback half-way through.
 """
@@ -134,21 +134,6 @@ class DocumentSources:
         """Every document from one source, of unknown language."""
         zeros = np.zeros(n_docs, dtype=np.int32)
         return cls([name], [UNKNOWN_LANGUAGE], zeros, zeros.copy())
-
-
-def document_sources(
-    corpus: str | None = None,
-    dataset: str | None = None,
-    dataset_split: str = "train",
-    text_field: str = "text",
-    max_docs: int | None = None,
-    source_field: str | None = None,
-) -> DocumentSources:
-    """The source and language of every document ``iter_documents`` yields, in its order (so a token
-    shard's document index looks its source up directly)."""
-    return DocumentSources.from_documents(
-        iter_labelled_documents(corpus, dataset, dataset_split, text_field, max_docs, source_field)
-    )
 
 
 def _local_files(path: Path) -> list[Path]:
