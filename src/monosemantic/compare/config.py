@@ -40,7 +40,7 @@ class UniversalityConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sae: str | None = Field(None, description="run A's SAE under RUN/saes/ to reproduce on B; None: the largest")
+    sae: str | None = Field(None, description="the sweep's SAE (e.g. standard-4096) reproduced on B; None: the largest")
     lm_seed_offset: int = Field(1, ge=1, description="model B's seed = model A's seed + this")
     lm_steps: int | None = Field(None, ge=1, description="model B's training steps; None: as many as A's")
     n_train_tokens: int | None = Field(None, ge=1, description="B's harvested training tokens; None: as many as A's")
