@@ -18,7 +18,7 @@ from monosemantic.config import load_config
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 from monosemantic.sae.io import load_sae
-from monosemantic.stages import all_stages
+from monosemantic.stages import all_stages, second_run_config, universality_size
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,18 @@ def test_model_b_is_a_second_run_of_the_same_stages(universality_first):
         assert store_b.n_rows == store_a.n_rows and all(
             np.array_equal(store_a.origin(rows)[c], store_b.origin(rows)[c]) for c in ("token", "doc", "pos")
         )
+
+
+def test_second_run_configs_change_only_seeds_and_the_budgets_asked_for():
+    cfg = load_config("tiny", overrides=["universality.lm_steps=7"])
+    assert universality_size(cfg) == 128
+    b = second_run_config(cfg, 128, model_b=True)
+    assert b.lm == cfg.lm.model_copy(update={"seed": cfg.lm.seed + 1, "n_steps": 7}) and b.harvest == cfg.harvest
+    assert b.sae == cfg.sae.model_copy(update={"sizes": [128], "seed": cfg.sae.seed + 1})
+    reseed = second_run_config(cfg, 64, model_b=False)
+    assert reseed.lm == cfg.lm and reseed.sae.sizes == [64]
+    with pytest.raises(UserError, match="universality.sae=standard-999: not one of the sweep's SAEs"):
+        universality_size(load_config("tiny", overrides=["universality.sae=standard-999"]))
 
 
 def test_prerequisites_follow_the_declared_needs():
