@@ -119,7 +119,7 @@ def _print_summary(result: RunResult) -> None:
                 f"{e['loss_recovered_mean_ablation']:.1%}",
                 f"{e['dead_frac']:.1%}",
                 f"{e['dense_frac']:.1%}",
-                f"{e['train_seconds']:.0f}",
+                f"{e['train_seconds']:.0f}" if "train_seconds" in e else "elsewhere",
             )
         out.print(t)
     out.print(f"Manifest: {rd.manifest_path}")
@@ -217,6 +217,32 @@ def steer(
     from monosemantic.analysis.cli import steer as steer_feature
 
     steer_feature(run_dir, sae, feature, prompt, value, mode, n_tokens, seed=seed, feature_token=feature_token)
+
+
+@app.command("analyze-sae")
+def analyze_sae(
+    saes: list[Path] = typer.Argument(..., help="SAE folders: SAELens's layout, or sparsify's (one per hook point)."),
+    model: Path = typer.Option(..., "--model", "-m", help="The model's local Hugging Face folder."),
+    hook: str | None = typer.Option(
+        None, "--hook", help="Hook point for every SAE (a TransformerLens name), overriding their configs."
+    ),
+    out: Path = OutOption,
+    preset: str = PresetOption,
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    corpus: str | None = CorpusOption,
+    dataset: str | None = DatasetOption,
+    device: str | None = DeviceOption,
+) -> None:
+    """Analyse SAEs trained elsewhere on their model, into a run directory that serve and export-html read."""
+    from monosemantic.foreign import analyze_saes
+
+    cfg = _config(preset, config, [f"lm.hf_model_dir={model}", *(set_ or [])], corpus, dataset, None, device)
+    result = analyze_saes(cfg, saes, out, hook)
+    _print_summary(result)
+    Console().print(
+        f"Browse the features: [bold]monosemantic serve {result.run_dir.path}[/bold], then open http://127.0.0.1:8000/"
+    )
 
 
 @app.command()

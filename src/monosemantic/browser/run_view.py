@@ -58,6 +58,9 @@ class RunView:
         FeatureStore(self.path / FILENAME).close()  # fail now, with one clear line, if it is missing or foreign
         self._local = threading.local()
         self.dicts = {d["name"]: d for d in self.store.dictionaries()}
+        for entry in self.manifest.get("sae", {}).get("saes", []):  # a dictionary trained elsewhere says so
+            if "foreign" in entry and entry["name"] in self.dicts:
+                self.dicts[entry["name"]].update(foreign=entry["foreign"], hook_name=entry.get("hook_name"))
 
     @property
     def store(self) -> FeatureStore:

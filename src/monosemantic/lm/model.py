@@ -66,6 +66,12 @@ def save_lm(model: HookedTransformer, cfg: LMConfig, out_dir: Path) -> None:
 
 
 EXTERNAL_FILE = "external.json"
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def load_lm(model_dir: Path, device: torch.device | str = "cpu") -> HookedTransformer:
@@ -127,9 +133,16 @@ def load_external_lm(cfg: LMConfig, device: torch.device | str = "cpu"):
     path = Path(cfg.hf_model_dir)
     if not (path / "config.json").is_file():
         raise UserError(f"lm.hf_model_dir={path}: not a Hugging Face model directory (no config.json)")
+    if not any((path / name).is_file() for name in HF_WEIGHT_FILES):
+        raise UserError(f"lm.hf_model_dir={path}: no weights (none of {', '.join(HF_WEIGHT_FILES)})")
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if len(tokenizer) > hf_model.config.vocab_size:  # fewer is fine: models pad their vocabulary
+            raise UserError(
+                f"lm.hf_model_dir={path}: the tokenizer has {len(tokenizer):,} tokens, the model's "
+                f"vocabulary {hf_model.config.vocab_size:,}; they do not belong together"
+            )
         tl_cfg = HookedTransformerConfig(**loading.convert_hf_model_config(str(path)))
         state = loading.get_pretrained_state_dict(str(path), tl_cfg, hf_model=hf_model)
         model = HookedTransformer(tl_cfg, tokenizer=tokenizer, move_to_device=False)

@@ -101,6 +101,18 @@ def load_sae(folder: str | Path, device: str = "cpu") -> SparseAutoencoder:
     return sae.to(device).eval()
 
 
+def saved_hook_name(folder: str | Path) -> str | None:
+    """The hook point a saved SAE's config names (SAELens ≥ 6: ``metadata.hook_name``; older
+    releases: ``hook_name``), or None."""
+    try:
+        raw = json.loads((Path(folder) / CFG_FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    return (raw.get("metadata") or {}).get("hook_name") or raw.get("hook_name")
+
+
 def _config_from(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
     ours = (raw.get("metadata") or {}).get("monosemantic")
     try:

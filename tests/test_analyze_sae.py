@@ -1,0 +1,177 @@
+"""``analyze-sae``: SAEs trained elsewhere (SAELens and sparsify folders with random weights) on a
+tiny local Hugging Face model, at three hook points, analysed into a run the browser reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_corpus_text
+from fastapi.testclient import TestClient
+
+from monosemantic.activations import ActivationStore
+from monosemantic.analysis.store import FILENAME, FeatureStore
+from monosemantic.config import load_config
+from monosemantic.errors import UserError
+from monosemantic.lm.config import LMConfig
+from monosemantic.lm.model import load_external_lm
+from monosemantic.progress import set_quiet
+from monosemantic.sae import SAEConfig, build_sae
+from monosemantic.sae.formats import open_dictionary
+from monosemantic.sae.sparsify import save_sparsify
+
+sae_lens = pytest.importorskip("sae_lens")
+RESID0, MLP1, RESID1 = "blocks.0.hook_resid_post", "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post"
+SRC = str(Path(__file__).parent.parent / "src")
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from monosemantic.corpus.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    tok = train_tokenizer(iter(make_corpus_text().split("\n\n\n")), 300)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    cfg = GPT2Config(
+        vocab_size=len(hf_tok), n_positions=64, n_ctx=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+    )
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    hf_tok.save_pretrained(out)
+    return out
+
+
+def _sae_lens_sae(folder: Path, architecture: str, d_in: int, d_sae: int, hook: str, seed: int) -> Path:
+    from sae_lens import saes
+
+    cls, cfg_cls, kw = {
+        "standard": (saes.StandardSAE, saes.StandardSAEConfig, {}),
+        "gated": (saes.GatedSAE, saes.GatedSAEConfig, {}),
+    }[architecture]
+    cfg = cfg_cls(d_in=d_in, d_sae=d_sae, **kw)
+    cfg.metadata.hook_name = hook
+    sae = cls(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    sae.save_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sae_folders(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("saes")
+    topk = build_sae(SAEConfig(variant="topk", d_in=32, d_sae=48, k=4, seed=5))
+    return [
+        _sae_lens_sae(root / "resid0-standard", "standard", 32, 40, RESID0, 1),
+        _sae_lens_sae(root / "mlp1-gated", "gated", 128, 64, MLP1, 2),
+        save_sparsify(topk, root / "sparsify" / "layers.1"),  # sparsify: the hook point is the folder's name
+    ]
+
+
+def _config(model: Path, corpus: Path, *more: str):
+    overrides = [f"lm.hf_model_dir={model}", f"corpus.corpus={corpus}", "corpus.val_fraction=0.2", *more]
+    return load_config("tiny", overrides=[*overrides, "analysis.n_scored_units=8"])
+
+
+@pytest.fixture(scope="module")
+def foreign_run(tiny_gpt2, sae_folders, tmp_path_factory) -> Path:
+    from monosemantic.foreign import analyze_saes
+
+    set_quiet(True)
+    corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    corpus.write_text(make_corpus_text())
+    out = tmp_path_factory.mktemp("runs") / "foreign"
+    analyze_saes(_config(tiny_gpt2, corpus), sae_folders, out)
+    return out
+
+
+def test_every_dictionary_is_analysed_at_its_own_hook(foreign_run, sae_folders, tiny_gpt2):
+    store = FeatureStore(foreign_run / FILENAME)
+    dicts = {d["name"]: d for d in store.dictionaries()}
+    assert {n: (d["n_units"], d["d_in"]) for n, d in dicts.items()} == {
+        "neurons": (32, 32),  # the first SAE's hook point: the residual stream after block 0
+        "resid0-standard": (40, 32),
+        "mlp1-gated": (64, 128),
+        "layers.1": (48, 32),
+    }
+    manifest = json.loads((foreign_run / "run.json").read_text())
+    entries = {e["name"]: e for e in manifest["sae"]["saes"]}
+    assert entries["mlp1-gated"]["foreign"]["source"] == "SAELens gated"
+    assert entries["layers.1"]["hook_name"] == RESID1 and entries["layers.1"]["foreign"]["source"] == "sparsify topk"
+
+    model, _ = load_external_lm(LMConfig(hf_model_dir=str(tiny_gpt2)))
+    for folder, name, hook in zip(sae_folders, ["resid0-standard", "mlp1-gated", "layers.1"], [RESID0, MLP1, RESID1]):
+        acts = ActivationStore(foreign_run / "activations" / ("val" if hook == RESID0 else f"val@{hook}"))
+        assert acts.hook_name == hook
+        first = acts.read_range(0, 32)
+        tokens = torch.from_numpy(acts.origin(np.arange(32))["token"].astype(np.int64))[None]
+        _, cache = model.run_with_cache(tokens, names_filter=[hook])
+        np.testing.assert_allclose(first, cache[hook][0].numpy(), atol=1e-5)  # the same tokens at every hook
+        n = store.meta()["n_tokens"]
+        latents_NF = open_dictionary(folder).sae.encode(torch.from_numpy(acts.read_range(0, len(acts))))
+        max_F = latents_NF[:n].max(dim=0).values.clamp_min(0)
+        stored = [store.unit(name, f)["max_act"] for f in range(latents_NF.shape[1])]
+        np.testing.assert_allclose(stored, max_F.detach().numpy(), rtol=1e-4, atol=1e-5)
+        assert entries[name]["l0"] == pytest.approx(float((latents_NF > 0).sum(1).float().mean()), rel=1e-4)
+
+
+def test_browser_lists_and_labels_foreign_dictionaries(foreign_run):
+    from monosemantic.browser.app import create_app
+
+    client = TestClient(create_app(foreign_run), base_url="http://127.0.0.1")
+    overview = client.get("/api/overview").json()
+    by_name = {d["name"]: d for d in overview["dictionaries"]}
+    assert by_name["mlp1-gated"]["foreign"]["source"] == "SAELens gated" and by_name["mlp1-gated"]["hook_name"] == MLP1
+    assert "foreign" not in by_name["neurons"]
+    page = client.get("/api/saes/mlp1-gated/features/3").json()
+    assert page["dictionary"]["foreign"]["layout"] == "saelens" and page["logits"]["top"]
+    live = client.post("/api/live", json={"text": "the king", "dictionary": "mlp1-gated"})
+    assert live.status_code == 200  # run at blocks.1.mlp.hook_post, where the SAE reads
+
+
+def test_bad_inputs_are_one_line_each(tiny_gpt2, sae_folders, tmp_path, corpus_file):
+    from monosemantic.foreign import analyze_saes
+
+    cfg = _config(tiny_gpt2, corpus_file)
+    with pytest.raises(UserError, match=r"d_in 32 does not match blocks.1.mlp.hook_post's width 128"):
+        analyze_saes(cfg, [sae_folders[0]], tmp_path / "a", hook=MLP1)
+    with pytest.raises(UserError, match=r"'blocks.0.hook_resid_postt' is not in the model \(did you mean: "):
+        analyze_saes(cfg, [sae_folders[0]], tmp_path / "b", hook="blocks.0.hook_resid_postt")
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((tiny_gpt2 / "config.json").read_text())
+    with pytest.raises(UserError, match="no weights"):
+        analyze_saes(_config(no_weights, corpus_file), [sae_folders[0]], tmp_path / "c")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    small = tmp_path / "small-vocab"  # a 100-token model beside the 300-token tokenizer of another
+    GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(small)
+    for f in tiny_gpt2.glob("tokenizer*"):
+        (small / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(UserError, match="the tokenizer has 300 tokens, the model's vocabulary 100"):
+        analyze_saes(_config(small, corpus_file), [sae_folders[0]], tmp_path / "d")
+    assert not any((tmp_path / x).exists() for x in "abcd")  # checked before anything is written
+
+    cfg_json = json.loads((sae_folders[0] / "cfg.json").read_text())
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "sae_weights.safetensors").write_bytes((sae_folders[0] / "sae_weights.safetensors").read_bytes())
+    (odd / "cfg.json").write_text(json.dumps({**cfg_json, "architecture": "temporal"}))
+    cli = subprocess.run(
+        [sys.executable, "-m", "monosemantic", "analyze-sae", str(odd), "--model", str(tiny_gpt2), "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr
+    assert cli.stderr.count("\n") == 1 and "'temporal' is not supported (SAELens's standard, topk" in cli.stderr
