@@ -245,6 +245,25 @@ def analyze_sae(
     )
 
 
+@app.command("eval")
+def eval_saes(
+    run_dir: Path = typer.Argument(..., help="Run directory (its SAEs trained or imported)."),
+    batch_size_prompts: int = typer.Option(16, "--batch-prompts", min=1, help="Windows per evaluation batch."),
+    batches: int = typer.Option(10, "--batches", min=1, help="Batches of windows for the CE/KL scores."),
+) -> None:
+    """SAEBench's core metrics for every SAE of the run, written as SAEBench writes them (RUN/eval/core/)."""
+    from monosemantic.evaluation import evaluate_run
+
+    done = evaluate_run(run_dir, batch_size_prompts, batches)
+    table = Table(title=f"SAEBench core metrics — {run_dir}" + (" (current, skipped)" if done.skipped else ""))
+    columns = ("l0", "explained_variance", "mse", "cossim", "ce_loss_score", "kl_div_score", "frac_alive")
+    for col in ("SAE", *columns):
+        table.add_column(col, justify="right")
+    for name, m in done.figures["saes"].items():
+        table.add_row(name, *(f"{m[c]:.4g}" for c in columns))
+    Console(width=max(Console().width, 110)).print(table)
+
+
 @app.command()
 def serve(
     run_dir: Path = typer.Argument(..., help="Run directory."),
