@@ -264,6 +264,46 @@ def eval_saes(
     Console(width=max(Console().width, 110)).print(table)
 
 
+@app.command("export-sae")
+def export_sae(
+    folder: Path = typer.Argument(..., help="An SAE folder in any layout we read (ours, SAELens's, sparsify's)."),
+    out: Path = typer.Argument(..., help="Folder to write (created or replaced)."),
+    to: str = typer.Option("saelens", "--to", help="saelens (cfg.json + sae_weights.safetensors) or sparsify."),
+    hook: str | None = typer.Option(None, "--hook", help="Hook point to record (default: the folder's own)."),
+) -> None:
+    """Write an SAE in SAELens's or sparsify's layout (the same latents; sparsify holds TopK SAEs)."""
+    from monosemantic.sae.formats import open_dictionary
+    from monosemantic.sae.io import save_sae
+    from monosemantic.sae.sparsify import save_sparsify
+
+    if to not in ("saelens", "sparsify"):
+        raise UserError(f"--to {to}: expected saelens or sparsify")
+    d = open_dictionary(folder)
+    if to == "sparsify":
+        save_sparsify(d.sae, out)
+    else:
+        save_sae(d.sae, d.sae.cfg, out, extra={"hook_name": hook or d.hook_name})
+    console.print(f"wrote {d.layout} {d.architecture} SAE {folder} as {to}: {out}")
+
+
+@app.command("export-dashboard")
+def export_dashboard(
+    run_dir: Path = typer.Argument(..., help="Run directory (analysed)."),
+    sae: str = typer.Argument(..., help="The SAE's name in the run (as the browser lists it)."),
+    out: Path = typer.Argument(..., help="Folder to write batch-0.json and explanations.json into."),
+    features: str | None = typer.Option(None, "--features", help="Comma-separated feature ids (default: all)."),
+) -> None:
+    """Feature dashboards in sae-dashboard's Neuronpedia batch shape, with their explanations."""
+    from monosemantic.browser.neuronpedia import export_dashboards
+
+    try:
+        units = None if features is None else [int(f) for f in features.split(",")]
+    except ValueError:
+        raise UserError(f"--features {features}: expected comma-separated integers") from None
+    export_dashboards(run_dir, sae, units, out)
+    console.print(f"wrote {out / 'batch-0.json'} and {out / 'explanations.json'}")
+
+
 @app.command()
 def serve(
     run_dir: Path = typer.Argument(..., help="Run directory."),
