@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import make_corpus_text
 from fastapi.testclient import TestClient
+from test_browser import browser  # noqa: F401 — the Chromium fixture (skips where none is installed)
 
 from monosemantic.activations import ActivationStore
 from monosemantic.analysis.store import FILENAME, FeatureStore
@@ -175,3 +176,49 @@ def test_bad_inputs_are_one_line_each(tiny_gpt2, sae_folders, tmp_path, corpus_f
     )
     assert cli.returncode == 2 and "Traceback" not in cli.stderr
     assert cli.stderr.count("\n") == 1 and "'temporal' is not supported (SAELens's standard, topk" in cli.stderr
+
+
+@pytest.fixture(scope="module")
+def foreign_server(foreign_run):
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from monosemantic.browser.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(create_app(foreign_run), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not uv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_ui_foreign_feature_page_renders(browser, foreign_server, foreign_run):  # noqa: F811 — the fixture
+    from test_browser import wait_for
+
+    browser.get(foreign_server + "/")
+    wait_for(browser, "main table", "mlp1-gated")
+    badges = [b.text for b in browser.find_elements("css selector", "main table .badge.foreign")]
+    assert sorted(badges) == [
+        "foreign: SAELens gated at blocks.1.mlp.hook_post",
+        "foreign: SAELens standard at blocks.0.hook_resid_post",
+        "foreign: sparsify topk at blocks.1.hook_resid_post",
+    ]
+    store = FeatureStore(foreign_run / FILENAME)
+    unit = max(range(64), key=lambda u: store.unit("mlp1-gated", u)["fire_count"])
+    browser.get(f"{foreign_server}/#/feature/mlp1-gated/{unit}")
+    wait_for(browser, "#top-examples .ctx")
+    assert browser.find_element("css selector", "h1 .badge.foreign").text == (
+        "foreign: SAELens gated at blocks.1.mlp.hook_post"
+    )
+    centre = browser.find_element("css selector", "#top-examples .ctx .tok.center")
+    assert float(centre.get_attribute("data-act")) == pytest.approx(store.unit("mlp1-gated", unit)["max_act"], abs=1e-3)

@@ -172,7 +172,7 @@ async function showOverview() {
   out.push(h("h2", {}, "Dictionaries"));
   out.push(table([["dictionary"], ["units", "num"], ["L0", "num"], ["FVU", "num"], ["loss recovered", "num"], ["dead", "num"],
     ["dense", "num"], ["mean density", "num"], ["mean score", "num"], [""]],
-    [...(neurons ? [neurons] : []), ...saes].map(d => [[h("a", {href: `#/features/${encodeURIComponent(d.name)}`}, d.name), ...originBadge(d)],
+    [...(neurons ? [neurons] : []), ...saes].map(d => [[[h("a", {href: `#/features/${encodeURIComponent(d.name)}`}, d.name), ...originBadge(d)]],
       [d.n_units.toLocaleString(), "num"], [fmt(d.l0, 1), "num"], [fmt(d.fvu), "num"], [pct(d.loss_recovered), "num"],
       [pct(d.dead_frac), "num"], [pct(d.dense_frac), "num"], [sci(d.mean_density), "num"], [fmt(d.score_mean), "num"],
       [h("a", {href: `#/features/${encodeURIComponent(d.name)}`}, "browse →")]])));
