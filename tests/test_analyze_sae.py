@@ -222,3 +222,21 @@ def test_ui_foreign_feature_page_renders(browser, foreign_server, foreign_run): 
     )
     centre = browser.find_element("css selector", "#top-examples .ctx .tok.center")
     assert float(centre.get_attribute("data-act")) == pytest.approx(store.unit("mlp1-gated", unit)["max_act"], abs=1e-3)
+
+
+def test_a_runs_own_lm_is_reused_not_retrained(tiny_run, tmp_path):
+    from monosemantic.foreign import analyze_saes, run_lm_config
+
+    before = (tiny_run / "run.json").read_bytes()
+    folders = [
+        _sae_lens_sae(tmp_path / "mlp", "standard", 64, 80, "blocks.0.mlp.hook_post", 3),
+        _sae_lens_sae(tmp_path / "resid", "gated", 32, 40, "blocks.0.hook_resid_post", 4),
+    ]
+    cfg = run_lm_config(tiny_run, ["analysis.n_scored_units=8"])
+    result = analyze_saes(cfg, folders, tmp_path / "out", lm_run=tiny_run)
+    ran = {s.name: s.skipped for s in result.stages}
+    assert ran["corpus"] and ran["lm"] and not ran["harvest"]  # the run's corpus and LM, current: nothing retrained
+    assert (tiny_run / "run.json").read_bytes() == before  # the source run is left alone
+    store = FeatureStore(tmp_path / "out" / FILENAME)
+    assert {d["name"]: d["n_units"] for d in store.dictionaries()} == {"neurons": 64, "mlp": 80, "resid": 40}
+    assert store.constituents("mlp", 0) and not store.constituents("resid", 0)  # neurons live at the MLP

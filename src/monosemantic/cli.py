@@ -234,11 +234,20 @@ def analyze_sae(
     dataset: str | None = DatasetOption,
     device: str | None = DeviceOption,
 ) -> None:
-    """Analyse SAEs trained elsewhere on their model, into a run directory that serve and export-html read."""
-    from monosemantic.foreign import analyze_saes
+    """Analyse SAEs trained elsewhere on their model, into a run directory that serve and export-html read.
 
-    cfg = _config(preset, config, [f"lm.hf_model_dir={model}", *(set_ or [])], corpus, dataset, None, device)
-    result = analyze_saes(cfg, saes, out, hook)
+    --model is a local Hugging Face folder, or a run directory whose own LM the SAEs read (the
+    run's corpus and LM are reused; the run itself is not changed)."""
+    from monosemantic.foreign import analyze_saes, run_lm_config
+
+    if (model / "run.json").is_file():
+        if corpus is not None or dataset is not None or config is not None:
+            raise UserError(f"--model {model}: a run's LM reads its own corpus and config; use --set for the rest")
+        cfg = run_lm_config(model, [*(set_ or []), *([f"device={device}"] if device else [])])
+        result = analyze_saes(cfg, saes, out, hook, lm_run=model)
+    else:
+        cfg = _config(preset, config, [f"lm.hf_model_dir={model}", *(set_ or [])], corpus, dataset, None, device)
+        result = analyze_saes(cfg, saes, out, hook)
     _print_summary(result)
     Console().print(
         f"Browse the features: [bold]monosemantic serve {result.run_dir.path}[/bold], then open http://127.0.0.1:8000/"

@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
+from monosemantic import integrity
 from monosemantic.activations import ActivationStore
 from monosemantic.activations.harvest import harvest_activations
 from monosemantic.activations.store import hook_store_dir
 from monosemantic.analysis.analyze import analysis_headline, analyze_run
 from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
-from monosemantic.config import RunConfig
+from monosemantic.config import RunConfig, load_config
 from monosemantic.corpus.shards import TokenShards
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
@@ -182,28 +187,77 @@ def analysis_stage(cfg: RunConfig, names: list[str]) -> Stage:
     return Stage("analysis", config, run, [FEATURE_STORE_FILE], analysis_headline, needs=["sae"])
 
 
-def analyze_saes(cfg: RunConfig, folders: list[Path], out: Path, hook: str | None = None) -> RunResult:
-    """Analyse the SAEs in ``folders`` on ``cfg.lm``'s model (a local Hugging Face folder) over
-    ``cfg.corpus``, into run directory ``out``; ``hook`` overrides every SAE's own hook point."""
-    if cfg.lm.hf_model_dir is None and cfg.lm.pretrained is None:
-        raise UserError("--model: give the Hugging Face model folder the SAEs were trained on")
+def run_lm_config(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """Run ``run_dir``'s own config (from its ``run.json``), with ``--set`` ``overrides`` on top."""
+    recorded = RunDir(run_dir).manifest.get("config")
+    if not isinstance(recorded, dict):
+        raise UserError(f"--model {run_dir}: run.json holds no config")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "run.yaml"
+        base.write_text(yaml.safe_dump({k: v for k, v in recorded.items() if k != "preset"}))
+        return load_config(recorded.get("preset", "demo"), base, overrides)
+
+
+def adopt_run_lm(source: Path, out: Path) -> None:
+    """Make run ``source``'s corpus and LM stages those of run directory ``out``: their files (hard
+    links where the file system allows) and their records in ``run.json``, so that the pipeline
+    finds them current and trains nothing."""
+    src = RunDir(source)
+    rd = RunDir(out)
+    with rd.locked():
+        for name in ("corpus", "lm"):
+            record = src.manifest["stages"][name]
+            if rd.manifest["stages"].get(name) == record:
+                continue
+            for unit in integrity.artifact_units(list(record["artifacts"])):
+                target = rd / unit
+                if target.is_dir():
+                    shutil.rmtree(target)
+                target.unlink(missing_ok=True)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if (src / unit).is_dir():
+                    shutil.copytree(src / unit, target, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(src / unit, target)
+            rd.manifest["stages"][name], rd.manifest[name] = record, src.manifest[name]
+        rd.save()
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
+
+
+def analyze_saes(
+    cfg: RunConfig, folders: list[Path], out: Path, hook: str | None = None, lm_run: Path | None = None
+) -> RunResult:
+    """Analyse the SAEs in ``folders`` on ``cfg.lm``'s model (a local Hugging Face folder), or on
+    run ``lm_run``'s own LM (``cfg`` then that run's config), over ``cfg.corpus``, into run
+    directory ``out``; ``hook`` overrides every SAE's own hook point."""
+    if lm_run is None and cfg.lm.hf_model_dir is None and cfg.lm.pretrained is None:
+        raise UserError("--model: give the Hugging Face model folder the SAEs were trained on, or a run directory")
     if not folders:
         raise UserError("give at least one SAE folder")
+    if lm_run is not None and "lm" not in RunDir(lm_run).manifest["stages"]:
+        raise UserError(f"--model {lm_run}: the run has no LM yet (run `monosemantic run --out {lm_run}` first)")
     dicts = [open_dictionary(folder) for folder in folders]
     hooks = hook_points(dicts, hook)
-    model, _ = load_external_lm(cfg.lm)
+    model = load_lm(lm_run / "lm") if lm_run is not None else load_external_lm(cfg.lm)[0]
     check_hooks(model, dicts, hooks)
     del model
     names = dictionary_names(dicts)
-    update = {
-        "lm": cfg.lm.model_copy(update={"hook_name": hooks[0]}),
-        "harvest": cfg.harvest.model_copy(update={"stream_train": True}),  # no SAE trains here
-    }
+    update = {"harvest": cfg.harvest.model_copy(update={"stream_train": True})}  # no SAE trains here
+    if lm_run is None:  # the first SAE's hook point is the main one (an own LM keeps the run's: its stage is done)
+        update["lm"] = cfg.lm.model_copy(update={"hook_name": hooks[0]})
+    else:
+        adopt_run_lm(lm_run, out)
     cfg = cfg.model_copy(update=update)
     from monosemantic.stages import all_stages  # the run's own stages, up to the harvest
 
     stages = prerequisites(all_stages(cfg), "harvest")
-    if set(hooks) - {hooks[0]}:
+    if set(hooks) - {cfg.lm.hook_name}:
         stages.append(harvest_hooks_stage(cfg, hooks))
     stages += [import_stage(cfg, dicts, names, hooks), analysis_stage(cfg, names)]
     rd = RunDir(Path(out))
