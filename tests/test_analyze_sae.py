@@ -133,6 +133,11 @@ def test_browser_lists_and_labels_foreign_dictionaries(foreign_run):
     by_name = {d["name"]: d for d in overview["dictionaries"]}
     assert by_name["mlp1-gated"]["foreign"]["source"] == "SAELens gated" and by_name["mlp1-gated"]["hook_name"] == MLP1
     assert "foreign" not in by_name["neurons"]
+    assert {k: overview["lm"]["shape"][k] for k in ("n_layers", "d_model", "d_mlp")} == {
+        "n_layers": 2,
+        "d_model": 32,
+        "d_mlp": 128,
+    }  # the model's own shape, not the preset's
     page = client.get("/api/saes/mlp1-gated/features/3").json()
     assert page["dictionary"]["foreign"]["layout"] == "saelens" and page["logits"]["top"]
     live = client.post("/api/live", json={"text": "the king", "dictionary": "mlp1-gated"})

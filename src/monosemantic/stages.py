@@ -108,7 +108,8 @@ def lm_stage(cfg: RunConfig) -> Stage:
             model, _ = load_external_lm(cfg.lm, device)
             if cfg.lm.n_ctx > model.cfg.n_ctx:
                 raise UserError(f"lm.n_ctx={cfg.lm.n_ctx} exceeds the model's context {model.cfg.n_ctx}")
-            figures = {"external": cfg.lm.pretrained or cfg.lm.hf_model_dir}
+            shape = {k: getattr(model.cfg, k) for k in ("n_layers", "d_model", "d_mlp", "n_heads")}
+            figures = {"external": cfg.lm.pretrained or cfg.lm.hf_model_dir, "shape": shape}
         train, val = TokenShards(rd / "tokens", "train"), TokenShards(rd / "tokens", "val")
         figures["val_loss"] = evaluate_lm(model, val, cfg.lm.n_ctx, None, device=device)
         figures.update(baseline_losses(train, val, cfg.lm.n_ctx))

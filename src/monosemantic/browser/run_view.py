@@ -90,6 +90,7 @@ class RunView:
         }
         lm_config = m.get("config", {}).get("lm", {})
         lm["shape"] = {k: lm_config.get(k) for k in ("n_layers", "d_model", "d_mlp", "n_heads", "n_ctx", "hook_name")}
+        lm["shape"].update(m.get("lm", {}).get("shape", {}))  # an external model's own shape
         metrics = {e["name"]: e for e in m.get("sae", {}).get("saes", [])}
         analysis = m.get("analysis", {}).get("dictionaries", {})
         dictionaries = []
