@@ -245,3 +245,30 @@ def test_a_runs_own_lm_is_reused_not_retrained(tiny_run, tmp_path):
     store = FeatureStore(tmp_path / "out" / FILENAME)
     assert {d["name"]: d["n_units"] for d in store.dictionaries()} == {"neurons": 64, "mlp": 80, "resid": 40}
     assert store.constituents("mlp", 0) and not store.constituents("resid", 0)  # neurons live at the MLP
+
+
+def test_extra_hook_points_come_from_the_same_forward_passes(foreign_run, tiny_gpt2, tmp_path, monkeypatch):
+    from transformer_lens import HookedTransformer
+
+    from monosemantic.activations.harvest import harvest_activations
+    from monosemantic.corpus.shards import TokenShards
+
+    model, _ = load_external_lm(LMConfig(hf_model_dir=str(tiny_gpt2)))
+    stops = []
+    real = HookedTransformer.run_with_hooks
+
+    def counted(self, *args, **kwargs):
+        stops.append(kwargs.get("stop_at_layer"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(HookedTransformer, "run_with_hooks", counted)
+    extra = {MLP1: tmp_path / "mlp1", RESID1: tmp_path / "resid1"}
+    figures = harvest_activations(
+        model, TokenShards(foreign_run / "tokens", "val"), RESID0, 1024, 32, 16, tmp_path / "resid0", extra_hooks=extra
+    )
+    assert stops == [2, 2]  # 1,024 tokens = 2 batches of 16 windows: one pass each, stopped after block 1
+    assert figures["extra_hooks"] == {MLP1: 128, RESID1: 32}
+    for hook, folder in [(RESID0, tmp_path / "resid0"), *extra.items()]:
+        ours = ActivationStore(folder)
+        run_store = ActivationStore(foreign_run / "activations" / ("val" if hook == RESID0 else f"val@{hook}"))
+        np.testing.assert_array_equal(ours.read_range(0, len(ours)), run_store.read_range(0, len(run_store)))

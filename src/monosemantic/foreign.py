@@ -2,8 +2,8 @@
 
 The stages of ``monosemantic run`` with other inputs, not a second pipeline: ``corpus`` tokenises
 the corpus with the model's own tokenizer and ``lm`` loads the model (``lm.hf_model_dir``);
-``harvest`` records the held-out activations at the first SAE's hook point and ``harvest_hooks``
-at each other one, over the same tokens; ``sae``, instead of training, reads each SAE folder (any
+``harvest`` records the held-out activations at the first SAE's hook point and, in the same
+forward passes, at each other one (``harvest.extra_hooks``); ``sae``, instead of training, reads each SAE folder (any
 layout ``sae/formats.py`` reads), measures it like a trained one (L0, FVU, loss recovered) and
 saves it into ``RUN/saes/<name>`` with where it came from; ``analysis`` is the usual stage over
 those names. ``serve`` and ``export-html`` then read the run like any other, and the browser
@@ -29,7 +29,6 @@ import yaml
 
 from monosemantic import integrity
 from monosemantic.activations import ActivationStore
-from monosemantic.activations.harvest import harvest_activations
 from monosemantic.activations.store import hook_store_dir
 from monosemantic.analysis.analyze import analysis_headline, analyze_run
 from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
@@ -100,35 +99,6 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def harvest_hooks_stage(cfg: RunConfig, hooks: list[str]) -> Stage:
-    """The held-out activations at every hook point but the main one (``lm.hook_name``), same tokens."""
-    extra = sorted(set(hooks) - {cfg.lm.hook_name})
-    device = resolve_device(cfg.device)
-    h = cfg.harvest
-
-    def run(rd: RunDir) -> dict:
-        model = load_lm(rd / "lm", device)
-        shards = TokenShards(rd / "tokens", "val")
-        return {
-            hook: harvest_activations(
-                model,
-                shards,
-                hook,
-                h.n_val_tokens,
-                cfg.lm.n_ctx,
-                h.batch_size,
-                hook_store_dir(rd.path, "val", hook, cfg.lm.hook_name),
-                h.dtype,
-                device,
-            )
-            for hook in extra
-        }
-
-    artifacts = [str(hook_store_dir(".", "val", hook, cfg.lm.hook_name) / "store.json") for hook in extra]
-    config = {**h.model_dump(), "hooks": extra, "n_ctx": cfg.lm.n_ctx}
-    return Stage("harvest_hooks", config, run, artifacts, lambda f: f"{len(f) - 1} more hook point(s)", ["harvest"])
-
-
 def import_stage(cfg: RunConfig, dicts: list[Dictionary], names: list[str], hooks: list[str]) -> Stage:
     """The sae stage for dictionaries trained elsewhere: measure each and save it into ``RUN/saes``."""
     device = resolve_device(cfg.device)
@@ -173,8 +143,7 @@ def import_stage(cfg: RunConfig, dicts: list[Dictionary], names: list[str], hook
         ],
         "loss_windows": cfg.sae.loss_windows,
     }
-    needs = ["harvest", "harvest_hooks"] if set(hooks) - {cfg.lm.hook_name} else ["harvest"]
-    return Stage("sae", config, run, [f"saes/{n}/cfg.json" for n in names], summary, needs)
+    return Stage("sae", config, run, [f"saes/{n}/cfg.json" for n in names], summary, needs=["harvest"])
 
 
 def analysis_stage(cfg: RunConfig, names: list[str]) -> Stage:
@@ -248,18 +217,19 @@ def analyze_saes(
     check_hooks(model, dicts, hooks)
     del model
     names = dictionary_names(dicts)
-    update = {"harvest": cfg.harvest.model_copy(update={"stream_train": True})}  # no SAE trains here
-    if lm_run is None:  # the first SAE's hook point is the main one (an own LM keeps the run's: its stage is done)
-        update["lm"] = cfg.lm.model_copy(update={"hook_name": hooks[0]})
-    else:
+    # the first SAE's hook point is the main one (a run's own LM keeps the run's: its stage is done)
+    lm = cfg.lm if lm_run is not None else cfg.lm.model_copy(update={"hook_name": hooks[0]})
+    extra = sorted(set(hooks) - {lm.hook_name})
+    harvest = cfg.harvest.model_copy(update={"stream_train": True, "extra_hooks": extra})  # no SAE trains here
+    cfg = cfg.model_copy(update={"lm": lm, "harvest": harvest})
+    if lm_run is not None:
         adopt_run_lm(lm_run, out)
-    cfg = cfg.model_copy(update=update)
     from monosemantic.stages import all_stages  # the run's own stages, up to the harvest
 
-    stages = prerequisites(all_stages(cfg), "harvest")
-    if set(hooks) - {cfg.lm.hook_name}:
-        stages.append(harvest_hooks_stage(cfg, hooks))
-    stages += [import_stage(cfg, dicts, names, hooks), analysis_stage(cfg, names)]
+    stages = prerequisites(all_stages(cfg), "harvest") + [
+        import_stage(cfg, dicts, names, hooks),
+        analysis_stage(cfg, names),
+    ]
     rd = RunDir(Path(out))
     rd.manifest["config"] = cfg.model_dump()
     done = []
