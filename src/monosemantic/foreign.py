@@ -113,7 +113,7 @@ def import_stage(cfg: RunConfig, dicts: list[Dictionary], names: list[str], hook
             val = ActivationStore(hook_store_dir(rd.path, "val", hook, cfg.lm.hook_name))
             sae = d.sae.to(device)
             metrics = evaluate_sae(sae, (chunk for _, chunk in val.iter_chunks(65_536)))
-            density_F = metrics.pop("density")
+            del metrics["density"]  # per feature: the analysis stage keeps it
             source = f"{LAYOUT_LABEL[d.layout]} {d.architecture}"
             figures = {
                 "name": name,
@@ -121,7 +121,6 @@ def import_stage(cfg: RunConfig, dicts: list[Dictionary], names: list[str], hook
                 "d_sae": sae.cfg.d_sae,
                 **metrics,
                 **loss_recovered(model, sae, tokens_BT, hook, val.mean().to(device)),
-                "alive_frac": float((density_F > 0).mean()),
                 "path": f"saes/{name}",
                 "hook_name": hook,
                 "foreign": {"source": source, "layout": d.layout, "architecture": d.architecture, "from": str(d.path)},
@@ -211,6 +210,8 @@ def analyze_saes(
         raise UserError("give at least one SAE folder")
     if lm_run is not None and "lm" not in RunDir(lm_run).manifest["stages"]:
         raise UserError(f"--model {lm_run}: the run has no LM yet (run `monosemantic run --out {lm_run}` first)")
+    if lm_run is not None and Path(out).resolve() == Path(lm_run).resolve():
+        raise UserError(f"--out {out}: give a new run directory; the run whose LM is read stays as it is")
     dicts = [open_dictionary(folder) for folder in folders]
     hooks = hook_points(dicts, hook)
     model = load_lm(lm_run / "lm") if lm_run is not None else load_external_lm(cfg.lm)[0]

@@ -22,7 +22,7 @@ and from the LM with the hook's activations left alone, replaced by x̂, or zero
     ce_loss_score = (CE_zero − CE_sae) / (CE_zero − CE_clean)
     kl_div_score  = (KL_zero − KL_sae) / KL_zero,   KL(p_clean ‖ p_·) per token
 
-``our run.json``'s ``fvu`` (1 − R² against the mean) and ``loss_recovered`` are our own measures;
+The ``fvu`` (1 − R² against the mean) and ``loss_recovered`` in ``run.json`` are our own measures;
 the numbers here are SAEBench's, for comparison with its published results.
 """
 
@@ -92,11 +92,8 @@ def weight_metrics(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def sparsity_and_variance(sae: SparseAutoencoder, batches_BTD) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """The sparsity, shrinkage and reconstruction metrics over ``batches_BTD`` (each [prompts, T, D])."""
-    sums: dict[str, float] = dict.fromkeys(
-        ("l0", "l1", "l2_norm_in", "l2_norm_out", "l2_ratio", "mse", "ev_legacy", "cossim", "sq_in", "resid", "xhat_sq")
-        + ("x_dot_xhat",),
-        0.0,
-    )
+    names = ("l0", "l1", "l2_norm_in", "l2_norm_out", "l2_ratio", "mse", "ev_legacy", "cossim")
+    sums: dict[str, float] = dict.fromkeys((*names, "sq_in", "resid", "xhat_sq", "x_dot_xhat"), 0.0)
     mean_sq_D, n_tokens, n_batches = None, 0, 0
     fires_F = prompts_F = None
     for x_BTD in batches_BTD:
