@@ -47,7 +47,7 @@ OutOption = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory."
 PresetOption = typer.Option("demo", "--preset", "-p", help=f"Preset: {', '.join(preset_names())}.")
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML file merged over the preset.")
 SetOption = typer.Option(None, "--set", help="Override a value, e.g. --set lm.n_steps=500 (repeatable).")
-CorpusOption = typer.Option(None, "--corpus", help="Your own text: a .txt/.jsonl file or a directory.")
+CorpusOption = typer.Option(None, "--corpus", help="Your own text: a .txt/.jsonl/.parquet file or a directory.")
 DatasetOption = typer.Option(None, "--dataset", help="A Hugging Face dataset name (streamed; needs network).")
 SeedOption = typer.Option(None, "--seed", help="Seed for every random choice of every stage.")
 DeviceOption = typer.Option(None, "--device", help="cpu, cuda or auto.")
