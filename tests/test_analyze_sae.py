@@ -70,7 +70,7 @@ def _sae_lens_sae(folder: Path, architecture: str, d_in: int, d_sae: int, hook: 
 @pytest.fixture(scope="module")
 def sae_folders(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("saes")
-    topk = build_sae(SAEConfig(variant="topk", d_in=32, d_sae=48, k=4, seed=5))
+    topk = build_sae(SAEConfig(variant="topk", d_in=32, d_sae=24, k=4, seed=5))  # smallest: sorts first by size
     return [
         _sae_lens_sae(root / "resid0-standard", "standard", 32, 40, RESID0, 1),
         _sae_lens_sae(root / "mlp1-gated", "gated", 128, 64, MLP1, 2),
@@ -102,7 +102,7 @@ def test_every_dictionary_is_analysed_at_its_own_hook(foreign_run, sae_folders, 
         "neurons": (32, 32),  # the first SAE's hook point: the residual stream after block 0
         "resid0-standard": (40, 32),
         "mlp1-gated": (64, 128),
-        "layers.1": (48, 32),
+        "layers.1": (24, 32),
     }
     manifest = json.loads((foreign_run / "run.json").read_text())
     entries = {e["name"]: e for e in manifest["sae"]["saes"]}
@@ -213,10 +213,10 @@ def test_ui_foreign_feature_page_renders(browser, foreign_server, foreign_run): 
     browser.get(foreign_server + "/")
     wait_for(browser, "main table", "mlp1-gated")
     badges = [b.text for b in browser.find_elements("css selector", "main table .badge.foreign")]
-    assert sorted(badges) == [
-        "foreign: SAELens gated at blocks.1.mlp.hook_post",
+    assert badges == [  # grouped by hook point
         "foreign: SAELens standard at blocks.0.hook_resid_post",
         "foreign: sparsify topk at blocks.1.hook_resid_post",
+        "foreign: SAELens gated at blocks.1.mlp.hook_post",
     ]
     store = FeatureStore(foreign_run / FILENAME)
     unit = max(range(64), key=lambda u: store.unit("mlp1-gated", u)["fire_count"])

@@ -154,7 +154,9 @@ function render(...nodes) { view.replaceChildren(...nodes); window.scrollTo(0, 0
 async function showOverview() {
   const o = await overview();
   const lm = o.lm, interp = o.interpretability, s = lm.shape;
-  const saes = o.dictionaries.filter(d => d.unit_kind === "feature");
+  // grouped by the hook point they read (stable: by size within a group); a run's own SAEs share one
+  const saes = o.dictionaries.filter(d => d.unit_kind === "feature")
+    .sort((a, b) => (a.hook_name || "").localeCompare(b.hook_name || ""));
   const neurons = o.dictionaries.find(d => d.unit_kind === "neuron");
   const out = [h("h1", {}, `Run ${o.run}`)];
   out.push(h("div", {class: "grid"},
