@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from monosemantic.activations import ActivationStore
 from monosemantic.activations.store import hook_store_dir
 from monosemantic.atomic import write_json
 from monosemantic.config import RunConfig
 from monosemantic.corpus.shards import TokenShards
-from monosemantic.errors import UserError
+from monosemantic.errors import UserError, invalid_config
 from monosemantic.lm.model import load_lm
 from monosemantic.pipeline import RunDir, Stage, StageRun
 from monosemantic.progress import progress
@@ -103,7 +104,10 @@ def evaluate_run(run_dir: str | Path, batch_size_prompts: int = 16, reconstructi
     rd = RunDir(Path(run_dir))
     if "sae" not in rd.manifest.get("stages", {}):
         raise UserError(f"run directory {run_dir}: no SAEs yet (run `monosemantic run --out {run_dir}` first)")
-    cfg = RunConfig.model_validate(rd.manifest["config"])
+    try:
+        cfg = RunConfig.model_validate(rd.manifest["config"])
+    except ValidationError as err:
+        raise invalid_config(err, f"{rd.manifest_path} config") from None
     stage = eval_stage(cfg, rd.manifest["sae"]["saes"], rd.path.name, batch_size_prompts, reconstruction_batches)
     figures, skipped = rd.run_stage(stage)
     return StageRun(stage.name, skipped, figures, stage.summary(figures))
