@@ -115,3 +115,10 @@ def test_adapter_meets_saebench_custom_sae_interface():
     assert base.BaseSAE.check_decoder_norms(adapter)  # SAEBench's own check of unit decoder rows
     adapter.to(dtype=torch.float64)
     assert adapter.dtype == torch.float64 and adapter.cfg.dtype == "float64"
+
+
+def test_eval_of_a_run_without_saes_is_one_line(tiny_run):
+    from monosemantic.errors import UserError
+
+    with pytest.raises(UserError, match="no SAEs yet"):
+        evaluate_run(tiny_run)
