@@ -272,3 +272,23 @@ def test_extra_hook_points_come_from_the_same_forward_passes(foreign_run, tiny_g
         ours = ActivationStore(folder)
         run_store = ActivationStore(foreign_run / "activations" / ("val" if hook == RESID0 else f"val@{hook}"))
         np.testing.assert_array_equal(ours.read_range(0, len(ours)), run_store.read_range(0, len(run_store)))
+
+
+def test_steering_acts_where_the_foreign_sae_reads(foreign_run, tiny_gpt2):
+    """layers.1 reads blocks.1.hook_resid_post, as wide as the run's main hook point: only its
+    saved hook point tells them apart."""
+    from rich.console import Console
+
+    from monosemantic.analysis.cli import steer
+    from monosemantic.analysis.steer import next_token_change, steering_hook
+    from monosemantic.corpus.tokenizer import eos_id, load_tokenizer
+    from monosemantic.sae.io import load_sae
+
+    result = steer(foreign_run, "layers.1", 2, "the king", value=25.0, n_tokens=0, console=Console(quiet=True))
+    model, _ = load_external_lm(LMConfig(hf_model_dir=str(tiny_gpt2)))
+    tokenizer = load_tokenizer(foreign_run / "tokenizer.json")
+    tokens_T = torch.tensor([eos_id(tokenizer), *tokenizer.encode("the king").ids])
+    hook = steering_hook(load_sae(foreign_run / "saes" / "layers.1"), 2, "clamp", 25.0)
+    at_its_hook = next_token_change(model, RESID1, tokens_T, hook, 10)
+    at_main_hook = next_token_change(model, RESID0, tokens_T, hook, 10)
+    assert result["next_token"]["after"] == at_its_hook["after"] != at_main_hook["after"]
