@@ -125,3 +125,20 @@ def test_document_sources_name_each_document_in_corpus_order(tmp_path):
     assert by_field.languages == ["?"] and by_field.language_D.tolist() == [0, 0, 0]
     capped = DocumentSources.from_documents(iter_labelled_documents(str(tmp_path), max_docs=1))
     assert capped.sources == ["bible.txt"] and len(capped.source_D) == 1
+
+
+def test_parquet_corpus_reads_its_text_column(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    texts = [f"document {i} about the light." for i in range(25)]
+    table = pa.table({"text": texts, "origin": ["bible" if i % 2 else "python" for i in range(25)]})
+    pq.write_table(table, tmp_path / "docs.parquet", row_group_size=10)  # three row groups
+    assert list(iter_documents(str(tmp_path / "docs.parquet"))) == texts
+    labelled = list(iter_labelled_documents(str(tmp_path), source_field="origin"))
+    assert [d.source for d in labelled[:2]] == ["python", "bible"]
+    with pytest.raises(UserError, match="no column 'body' \\(columns: text, origin\\)"):
+        list(iter_documents(str(tmp_path / "docs.parquet"), text_field="body"))
+    (tmp_path / "docs.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(UserError, match="not a readable Parquet file"):
+        list(iter_documents(str(tmp_path / "docs.parquet")))

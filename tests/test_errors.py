@@ -94,6 +94,7 @@ def test_hf_model_dir(tmp_path, monkeypatch, error, expected):
     import transformers
 
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")  # present: loading it is what fails
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", _raises(error))
     with pytest.raises(expected):
         lm_model.load_external_lm(LMConfig(hf_model_dir=str(tmp_path)))

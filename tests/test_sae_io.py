@@ -96,9 +96,9 @@ def test_corrupt_or_foreign_folders_give_user_errors(tmp_path):
     (folder / "cfg.json").write_text("{not json")
     with pytest.raises(UserError, match="not a valid SAE config"):
         load_sae(folder)
-    foreign = {k: v for k, v in cfg_json.items() if k != "metadata"} | {"architecture": "gated"}
+    foreign = {k: v for k, v in cfg_json.items() if k != "metadata"} | {"architecture": "matching_pursuit"}
     (folder / "cfg.json").write_text(json.dumps(foreign))
-    with pytest.raises(UserError, match="'gated' is not supported"):
+    with pytest.raises(UserError, match="'matching_pursuit' is not supported"):
         load_sae(folder)
     wrong_width = {k: v for k, v in cfg_json.items() if k != "metadata"} | {"d_in": D + 1}
     (folder / "cfg.json").write_text(json.dumps(wrong_width))

@@ -48,7 +48,7 @@ OutOption = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory."
 PresetOption = typer.Option("demo", "--preset", "-p", help=f"Preset: {', '.join(preset_names())}.")
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML file merged over the preset.")
 SetOption = typer.Option(None, "--set", help="Override a value, e.g. --set lm.n_steps=500 (repeatable).")
-CorpusOption = typer.Option(None, "--corpus", help="Your own text: a .txt/.jsonl file or a directory.")
+CorpusOption = typer.Option(None, "--corpus", help="Your own text: a .txt/.jsonl/.parquet file or a directory.")
 DatasetOption = typer.Option(None, "--dataset", help="A Hugging Face dataset name (streamed; needs network).")
 SeedOption = typer.Option(None, "--seed", help="Seed for every random choice of every stage.")
 DeviceOption = typer.Option(None, "--device", help="cpu, cuda or auto.")
@@ -120,7 +120,7 @@ def _print_summary(result: RunResult) -> None:
                 f"{e['loss_recovered_mean_ablation']:.1%}",
                 f"{e['dead_frac']:.1%}",
                 f"{e['dense_frac']:.1%}",
-                f"{e['train_seconds']:.0f}",
+                f"{e['train_seconds']:.0f}" if "train_seconds" in e else "elsewhere",
             )
         out.print(t)
     out.print(f"Manifest: {rd.manifest_path}")
@@ -211,6 +211,100 @@ def steer(
     from monosemantic.interventions.cli import steer as steer_feature
 
     steer_feature(run_dir, sae, feature, prompt, value, mode, n_tokens, seed=seed, feature_token=feature_token)
+
+
+@app.command("analyze-sae")
+def analyze_sae(
+    saes: list[Path] = typer.Argument(..., help="SAE folders: SAELens's layout, or sparsify's (one per hook point)."),
+    model: Path = typer.Option(..., "--model", "-m", help="The model's local Hugging Face folder."),
+    hook: str | None = typer.Option(
+        None, "--hook", help="Hook point for every SAE (a TransformerLens name), overriding their configs."
+    ),
+    out: Path = OutOption,
+    preset: str = PresetOption,
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    corpus: str | None = CorpusOption,
+    dataset: str | None = DatasetOption,
+    device: str | None = DeviceOption,
+) -> None:
+    """Analyse SAEs trained elsewhere on their model, into a run directory that serve and export-html read.
+
+    --model is a local Hugging Face folder, or a run directory whose own LM the SAEs read (the
+    run's corpus and LM are reused; the run itself is not changed)."""
+    from monosemantic.foreign import analyze_saes, run_lm_config
+
+    if (model / "run.json").is_file():
+        if corpus is not None or dataset is not None or config is not None:
+            raise UserError(f"--model {model}: a run's LM reads its own corpus and config; use --set for the rest")
+        cfg = run_lm_config(model, [*(set_ or []), *([f"device={device}"] if device else [])])
+        result = analyze_saes(cfg, saes, out, hook, lm_run=model)
+    else:
+        cfg = _config(preset, config, [f"lm.hf_model_dir={model}", *(set_ or [])], corpus, dataset, None, device)
+        result = analyze_saes(cfg, saes, out, hook)
+    _print_summary(result)
+    Console().print(
+        f"Browse the features: [bold]monosemantic serve {result.run_dir.path}[/bold], then open http://127.0.0.1:8000/"
+    )
+
+
+@app.command("eval")
+def eval_saes(
+    run_dir: Path = typer.Argument(..., help="Run directory (its SAEs trained or imported)."),
+    batch_size_prompts: int = typer.Option(16, "--batch-prompts", min=1, help="Windows per evaluation batch."),
+    batches: int = typer.Option(10, "--batches", min=1, help="Batches of windows for the CE/KL scores."),
+) -> None:
+    """SAEBench's core metrics for every SAE of the run, written as SAEBench writes them (RUN/eval/core/)."""
+    from monosemantic.evaluation import evaluate_run
+
+    done = evaluate_run(run_dir, batch_size_prompts, batches)
+    table = Table(title=f"SAEBench core metrics — {run_dir}" + (" (current, skipped)" if done.skipped else ""))
+    columns = ("l0", "explained_variance", "mse", "cossim", "ce_loss_score", "kl_div_score", "frac_alive")
+    for col in ("SAE", *columns):
+        table.add_column(col, justify="right")
+    for name, m in done.figures["saes"].items():
+        table.add_row(name, *(f"{m[c]:.4g}" for c in columns))
+    Console(width=max(Console().width, 110)).print(table)
+
+
+@app.command("export-sae")
+def export_sae(
+    folder: Path = typer.Argument(..., help="An SAE folder in any layout we read (ours, SAELens's, sparsify's)."),
+    out: Path = typer.Argument(..., help="Folder to write (created or replaced)."),
+    to: str = typer.Option("saelens", "--to", help="saelens (cfg.json + sae_weights.safetensors) or sparsify."),
+    hook: str | None = typer.Option(None, "--hook", help="Hook point to record (default: the folder's own)."),
+) -> None:
+    """Write an SAE in SAELens's or sparsify's layout (the same latents; sparsify holds TopK SAEs)."""
+    from monosemantic.sae.formats import open_dictionary
+    from monosemantic.sae.io import save_sae
+    from monosemantic.sae.sparsify import save_sparsify
+
+    if to not in ("saelens", "sparsify"):
+        raise UserError(f"--to {to}: expected saelens or sparsify")
+    d = open_dictionary(folder)
+    if to == "sparsify":
+        save_sparsify(d.sae, out)
+    else:
+        save_sae(d.sae, d.sae.cfg, out, extra={"hook_name": hook or d.hook_name})
+    console.print(f"wrote {d.layout} {d.architecture} SAE {folder} as {to}: {out}")
+
+
+@app.command("export-dashboard")
+def export_dashboard(
+    run_dir: Path = typer.Argument(..., help="Run directory (analysed)."),
+    sae: str = typer.Argument(..., help="The SAE's name in the run (as the browser lists it)."),
+    out: Path = typer.Argument(..., help="Folder to write batch-0.json and explanations.json into."),
+    features: str | None = typer.Option(None, "--features", help="Comma-separated feature ids (default: all)."),
+) -> None:
+    """Feature dashboards in sae-dashboard's Neuronpedia batch shape, with their explanations."""
+    from monosemantic.browser.neuronpedia import export_dashboards
+
+    try:
+        units = None if features is None else [int(f) for f in features.split(",")]
+    except ValueError:
+        raise UserError(f"--features {features}: expected comma-separated integers") from None
+    export_dashboards(run_dir, sae, units, out)
+    console.print(f"wrote {out / 'batch-0.json'} and {out / 'explanations.json'}")
 
 
 @app.command()

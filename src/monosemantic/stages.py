@@ -15,6 +15,7 @@ import torch
 
 from monosemantic.activations import ActivationStore
 from monosemantic.activations.harvest import harvest_activations
+from monosemantic.activations.store import hook_store_dir
 from monosemantic.activations.stream import ActivationStream
 from monosemantic.analysis.analyze import analysis_headline, analyze_run
 from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
@@ -108,7 +109,8 @@ def lm_stage(cfg: RunConfig) -> Stage:
             model, _ = load_external_lm(cfg.lm, device)
             if cfg.lm.n_ctx > model.cfg.n_ctx:
                 raise UserError(f"lm.n_ctx={cfg.lm.n_ctx} exceeds the model's context {model.cfg.n_ctx}")
-            figures = {"external": cfg.lm.pretrained or cfg.lm.hf_model_dir}
+            shape = {k: getattr(model.cfg, k) for k in ("n_layers", "d_model", "d_mlp", "n_heads")}
+            figures = {"external": cfg.lm.pretrained or cfg.lm.hf_model_dir, "shape": shape}
         train, val = TokenShards(rd / "tokens", "train"), TokenShards(rd / "tokens", "val")
         figures["val_loss"] = evaluate_lm(model, val, cfg.lm.n_ctx, None, device=device)
         figures.update(baseline_losses(train, val, cfg.lm.n_ctx))
@@ -156,15 +158,24 @@ def harvest_stage(cfg: RunConfig) -> Stage:
                 rd / f"activations/{split}",
                 h.dtype,
                 device,
+                {hook: hook_store_dir(rd.path, split, hook, cfg.lm.hook_name) for hook in h.extra_hooks},
             )
         return figures
 
     def summary(f: dict) -> str:
         train = f"{f['train']['rows']:,} train" if "train" in f else "train streamed"
-        return f"{train} + {f['val']['rows']:,} val rows at {f['val']['hook_name']}"
+        extra = f" and {len(h.extra_hooks)} more hook point(s)" if h.extra_hooks else ""
+        return f"{train} + {f['val']['rows']:,} val rows at {f['val']['hook_name']}{extra}"
 
-    stores = ["activations/val/store.json"] + ([] if h.stream_train else ["activations/train/store.json"])
-    return Stage("harvest", {**h.model_dump(), "hook_name": cfg.lm.hook_name}, run, stores, summary, needs=["lm"])
+    splits = ["val"] + ([] if h.stream_train else ["train"])
+    stores = [
+        f"{hook_store_dir('.', split, hook, cfg.lm.hook_name)}/store.json"
+        for split in splits
+        for hook in [cfg.lm.hook_name, *h.extra_hooks]
+    ]
+    # a run without extra hook points keeps the config hash it had before they existed
+    config = {**h.model_dump(exclude=set() if h.extra_hooks else {"extra_hooks"}), "hook_name": cfg.lm.hook_name}
+    return Stage("harvest", config, run, stores, summary, needs=["lm"])
 
 
 def sae_stage(cfg: RunConfig) -> Stage:

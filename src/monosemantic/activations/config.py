@@ -16,3 +16,7 @@ class HarvestConfig(BaseModel):
     dtype: str = Field("float32", pattern="^(float32|float16)$")
     # The paper's 8B activations would be 8 TB on disk: streaming runs the LM during SAE training instead.
     stream_train: bool = Field(False, description="SAEs train on activations made on the fly (no train store)")
+    extra_hooks: list[str] = Field(
+        default_factory=list,
+        description="more hook points recorded in the same forward passes, into activations/<split>@<hook>",
+    )

@@ -5,11 +5,14 @@ store keeps its activation vector and its origin (token id, corpus document, abs
 the token shard — stored in the ``pos`` column — and the token shard index), so analysis can show
 each activation in its context. The forward pass stops right after the hooked layer: the
 unembedding, the most expensive part of a small-vocabulary 1-layer model, is never computed.
+Further hook points (``extra_hooks``) are recorded from the same forward passes, into stores of
+their own, and the pass stops after the last block any of them needs.
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +41,22 @@ def _stop_layer(hook_name: str) -> int | None:
 @torch.no_grad()
 def activations_at(model: HookedTransformer, tokens_BT: torch.Tensor, hook_name: str) -> torch.Tensor:
     """Activations [B, T, D] at ``hook_name``, running the model only as far as needed."""
+    return activations_at_hooks(model, tokens_BT, [hook_name])[hook_name]
+
+
+@torch.no_grad()
+def activations_at_hooks(model: HookedTransformer, tokens_BT: torch.Tensor, hook_names: list[str]) -> dict:
+    """Activations [B, T, D] at each of ``hook_names`` from one forward pass, which stops after
+    the last block any of them needs."""
     captured: dict[str, torch.Tensor] = {}
 
     def keep(act: torch.Tensor, hook) -> None:
-        captured["acts"] = act.detach()
+        captured[hook.name] = act.detach()
 
-    model.run_with_hooks(tokens_BT, fwd_hooks=[(hook_name, keep)], stop_at_layer=_stop_layer(hook_name))
-    return captured["acts"]
+    stops = [_stop_layer(name) for name in hook_names]
+    stop = None if None in stops else max(stops)
+    model.run_with_hooks(tokens_BT, fwd_hooks=[(name, keep) for name in hook_names], stop_at_layer=stop)
+    return captured
 
 
 def harvest_activations(
@@ -57,27 +69,41 @@ def harvest_activations(
     out_dir: Path,
     dtype: str = "float32",
     device: torch.device | str = "cpu",
+    extra_hooks: dict[str, Path] | None = None,
 ) -> dict:
-    """Record ``n_tokens`` (rounded up to whole windows, capped by the split) activation rows."""
-    d_in = hook_width(model, hook_name)
+    """Record ``n_tokens`` (rounded up to whole windows, capped by the split) activation rows;
+    ``extra_hooks`` maps further hook points to their own store folders, filled from the same
+    forward passes (one pass for every hook point, stopped after the last one's block)."""
+    stores = {hook_name: Path(out_dir), **(extra_hooks or {})}
+    widths = {name: hook_width(model, name) for name in stores}
     n_windows = min(-(-n_tokens // ctx), shards.n_windows(ctx))
     if n_windows == 0:
         raise UserError(f"{shards.split} split has fewer than {ctx} tokens: nothing to harvest")
     windows = shards.sequential_windows(ctx, n_windows)
     meta = {"split": shards.split, "ctx": ctx, "origin_pos": "offset in token shard"}
-    with (
-        ActivationWriter(out_dir, d_in, hook_name, dtype, meta=meta) as writer,
-        progress(f"harvest {shards.split}", n_windows * ctx, unit="tok") as advance,
-    ):
+    with ExitStack() as stack:
+        writers = {
+            name: stack.enter_context(ActivationWriter(folder, widths[name], name, dtype, meta=meta))
+            for name, folder in stores.items()
+        }
+        advance = stack.enter_context(progress(f"harvest {shards.split}", n_windows * ctx, unit="tok"))
         for first in range(0, n_windows, batch_size):
             batch = [next(windows) for _ in range(min(batch_size, n_windows - first))]
             tokens_BT = torch.from_numpy(np.stack([w for _, _, w in batch])).to(device)
-            acts_ND = activations_at(model, tokens_BT, hook_name).flatten(0, 1)
+            acts = activations_at_hooks(model, tokens_BT, list(stores))
             offset_BT = np.array([[start + t for t in range(ctx)] for _, start, _ in batch])
             shard_BT = np.repeat([[s] for s, _, _ in batch], ctx, axis=1)
             doc_BT = np.stack([shards.document_of(s, offset_BT[b]) for b, (s, _, _) in enumerate(batch)])
-            writer.append(
-                acts_ND, tokens_BT.flatten().cpu().numpy(), doc_BT.ravel(), offset_BT.ravel(), shard_BT.ravel()
-            )
+            for name, writer in writers.items():
+                writer.append(
+                    acts[name].flatten(0, 1),
+                    tokens_BT.flatten().cpu().numpy(),
+                    doc_BT.ravel(),
+                    offset_BT.ravel(),
+                    shard_BT.ravel(),
+                )
             advance(len(batch) * ctx)
-    return {"rows": n_windows * ctx, "d_in": d_in, "hook_name": hook_name}
+    figures = {"rows": n_windows * ctx, "d_in": widths[hook_name], "hook_name": hook_name}
+    if extra_hooks:
+        figures["extra_hooks"] = {name: widths[name] for name in extra_hooks}
+    return figures

@@ -38,6 +38,12 @@ DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _ORIGIN_DTYPE = np.dtype("<i8")
 
 
+def hook_store_dir(run_dir: str | Path, split: str, hook_name: str, main_hook: str) -> Path:
+    """Where a run keeps ``split``'s activations at ``hook_name``: ``activations/<split>`` for its main
+    hook point (``lm.hook_name``), ``activations/<split>@<hook_name>`` for any other."""
+    return Path(run_dir) / "activations" / (split if hook_name == main_hook else f"{split}@{hook_name}")
+
+
 def _acts_name(shard: int) -> str:
     return f"acts_{shard:05d}.bin"
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from monosemantic.activations import ActivationStore
+from monosemantic.activations.store import hook_store_dir
 from monosemantic.analysis import store as fs
 from monosemantic.analysis.autointerp import (
     ContextExplainer,
@@ -52,7 +53,7 @@ from monosemantic.errors import UserError
 from monosemantic.figures import save_figure
 from monosemantic.lm.model import load_lm
 from monosemantic.progress import progress
-from monosemantic.sae.io import load_sae
+from monosemantic.sae.io import load_sae, saved_hook_name
 
 GOD_TOKENS = (" God", "God")
 
@@ -75,8 +76,8 @@ def _token_strings(tokenizer, vocab_size: int) -> list[str]:
     return [tokenizer.decode([t], skip_special_tokens=False) for t in range(vocab_size)]
 
 
-def _bases(run_dir: Path, sae_names: list[str], d_in: int) -> tuple[list[Basis], dict[str, Any]]:
-    bases = [Basis(NEURONS, "neuron", d_in, lambda acts_BD: acts_BD)]
+def _bases(run_dir: Path, sae_names: list[str], d_in: int, neurons: bool = True) -> tuple[list[Basis], dict[str, Any]]:
+    bases = [Basis(NEURONS, "neuron", d_in, lambda acts_BD: acts_BD)] if neurons else []
     saes = {}
     for name in sae_names:
         sae = load_sae(run_dir / "saes" / name)
@@ -277,7 +278,10 @@ def analyze_run(
         sources = TokenSources.single_source(text.tokens_N, text.docs_N, ctx, vocab_size)
     else:
         sources = TokenSources.build(text.tokens_N, text.docs_N, ctx, doc_sources, vocab_size)
-    bases, saes = _bases(run_dir, sae_names, store.d_in)
+    # an SAE read at another hook point than the store's (a dictionary trained elsewhere) is analysed
+    # over that hook's activations of the same tokens; the neurons are the main hook point's
+    hook_of = {name: saved_hook_name(run_dir / "saes" / name) or store.hook_name for name in sae_names}
+    bases, saes = _bases(run_dir, [n for n in sae_names if hook_of[n] == store.hook_name], store.d_in)
     stats_cfg = StatsConfig(
         n_rows=n_rows,
         top_k=cfg.top_k,
@@ -291,6 +295,12 @@ def analyze_run(
         seed=cfg.seed,
     )
     all_stats = compute_unit_stats(store, bases, text, vocab_size, stats_cfg, sources)
+    for hook in sorted(set(hook_of.values()) - {store.hook_name}):
+        other = ActivationStore(hook_store_dir(run_dir, "val", hook, store.hook_name))
+        other_bases, other_saes = _bases(run_dir, [n for n in sae_names if hook_of[n] == hook], other.d_in, False)
+        saes.update(other_saes)
+        all_stats += compute_unit_stats(other, other_bases, text, vocab_size, stats_cfg, sources)
+    hook_of[NEURONS] = store.hook_name
 
     explainers = _explainers(cfg, token_strings, sources, run_dir / "analysis" / "llm_cache.sqlite")
     primary = explainers[0]
@@ -349,6 +359,8 @@ def analyze_run(
                 token_count_V,
                 written_rows,
                 primary.backend,
+                hook_of[stats.name],
+                hook_of[stats.name] == store.hook_name,
             )
             _write_contexts(db, stats, sources, token_strings)
 
@@ -465,14 +477,18 @@ def _write_dictionary(
     token_count_V: np.ndarray,
     written_rows: set[int],
     backend: str,
+    hook_name: str,
+    over_neurons: bool,
 ) -> None:
     """One dictionary's rows: ``units`` carries the primary ``backend``'s explanation, ``explanations``
-    every backend's."""
+    every backend's. ``over_neurons``: the units live in the neurons' space (the main hook point),
+    so a feature's constituent neurons mean something."""
     name, U = stats.name, stats.n_units
     scores = by_backend[backend]
     in_sample = set(sample.tolist()) if sample is not None else set()
     variant = sae.cfg.variant if sae is not None else None
-    db.add([fs.DictionaryRow(name, stats.kind, U, model.cfg.d_mlp, variant, stats.n_rows, backend)])
+    d_in = sae.cfg.d_in if sae is not None else U
+    db.add([fs.DictionaryRow(name, stats.kind, U, d_in, variant, stats.n_rows, backend)])
     density, mean_act = stats.density_U, stats.mean_act_U
     db.add(
         [
@@ -528,15 +544,21 @@ def _write_dictionary(
     db.add(example_rows)
 
     directions_UM = torch.eye(U) if sae is None else sae.W_dec.detach().float()
-    top_v, top_i, bottom_v, bottom_i = top_and_bottom(logit_effects(model, directions_UM), cfg.n_logits)
-    db.add(
-        [fs.LogitRow(name, u, r, int(top_i[u, r]), float(top_v[u, r])) for u in range(U) for r in range(cfg.n_logits)]
-        + [
-            fs.LogitRow(name, u, -1 - r, int(bottom_i[u, r]), float(bottom_v[u, r]))
-            for u in range(U)
-            for r in range(cfg.n_logits)
-        ]
-    )
+    effects_UV = logit_effects(model, directions_UM, hook_name)
+    if effects_UV is not None:
+        top_v, top_i, bottom_v, bottom_i = top_and_bottom(effects_UV, cfg.n_logits)
+        db.add(
+            [
+                fs.LogitRow(name, u, r, int(top_i[u, r]), float(top_v[u, r]))
+                for u in range(U)
+                for r in range(cfg.n_logits)
+            ]
+            + [
+                fs.LogitRow(name, u, -1 - r, int(bottom_i[u, r]), float(bottom_v[u, r]))
+                for u in range(U)
+                for r in range(cfg.n_logits)
+            ]
+        )
     neighbour_rows = []
     cof_v, cof_i = cofiring_neighbours(stats.cofire_UU, cfg.n_neighbours)
     neighbour_rows += [
@@ -552,6 +574,7 @@ def _write_dictionary(
             for u in range(U)
             for r in range(dec_i.shape[1])
         ]
+    if sae is not None and over_neurons:
         w, n = constituent_neurons(sae.W_dec.detach(), cfg.n_constituents)
         db.add(fs.ConstituentRow(name, u, r, int(n[u, r]), float(w[u, r])) for u in range(U) for r in range(n.shape[1]))
         w, f = neuron_users(sae.W_dec.detach(), cfg.n_constituents)

@@ -27,7 +27,7 @@ from monosemantic.interventions.steer import (
 )
 from monosemantic.lm.model import load_lm
 from monosemantic.sae.base import SparseAutoencoder
-from monosemantic.sae.io import load_sae
+from monosemantic.sae.io import load_sae, saved_hook_name
 
 MAX_CHARS = 4000
 
@@ -52,6 +52,12 @@ class LiveModel:
         if name not in self._saes:
             self._saes[name] = load_sae(self.path / "saes" / name)
         return self._saes[name]
+
+    def hook_of(self, dict_name: str) -> str:
+        """The hook point ``dict_name`` reads: its saved config's, else the run's (the neurons')."""
+        if dict_name == NEURONS:
+            return self.hook_name
+        return saved_hook_name(self.path / "saes" / dict_name) or self.hook_name
 
     @property
     def max_tokens(self) -> int:
@@ -82,7 +88,7 @@ class LiveModel:
                 captured["acts"] = acts_BTD
 
             with torch.no_grad():
-                self._model.run_with_hooks(tokens_T[None], fwd_hooks=[(self.hook_name, keep)])
+                self._model.run_with_hooks(tokens_T[None], fwd_hooks=[(self.hook_of(dict_name), keep)])
                 acts_TD = captured["acts"][0, 1:]
                 acts_TF = acts_TD if dict_name == NEURONS else self.sae(dict_name).encode(acts_TD)
         values_TK, units_TK = acts_TF.topk(min(per_token, acts_TF.shape[1]), dim=1)
@@ -123,10 +129,10 @@ class LiveModel:
         with self._lock:
             self._load()
             tokens_T = self.tokenize(prompt)
-            hook = steering_hook(self.sae(sae_name), feature, mode, value)
-            change = next_token_change(self._model, self.hook_name, tokens_T, hook, top=10)
-            plain = sample_continuation(self._model, self.hook_name, tokens_T, n_tokens, None, seed)
-            steered = sample_continuation(self._model, self.hook_name, tokens_T, n_tokens, hook, seed)
+            hook, hook_name = steering_hook(self.sae(sae_name), feature, mode, value), self.hook_of(sae_name)
+            change = next_token_change(self._model, hook_name, tokens_T, hook, top=10)
+            plain = sample_continuation(self._model, hook_name, tokens_T, n_tokens, None, seed)
+            steered = sample_continuation(self._model, hook_name, tokens_T, n_tokens, hook, seed)
         decode = self._tokenizer.decode
         rows = {
             k: [{"token": t, "text": decode([t]), "p_before": b, "p_after": a} for t, b, a in v]

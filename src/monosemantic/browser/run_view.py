@@ -46,6 +46,9 @@ class RunView:
         FeatureStore(self.path / FILENAME).close()  # fail now, with one clear line, if it is missing or foreign
         self._local = threading.local()
         self.dicts = {d["name"]: d for d in self.store.dictionaries()}
+        for entry in self.manifest.get("sae", {}).get("saes", []):  # a dictionary trained elsewhere says so
+            if "foreign" in entry and entry["name"] in self.dicts:
+                self.dicts[entry["name"]].update(foreign=entry["foreign"], hook_name=entry.get("hook_name"))
 
     @property
     def store(self) -> FeatureStore:
@@ -75,6 +78,7 @@ class RunView:
         }
         lm_config = m.get("config", {}).get("lm", {})
         lm["shape"] = {k: lm_config.get(k) for k in ("n_layers", "d_model", "d_mlp", "n_heads", "n_ctx", "hook_name")}
+        lm["shape"].update(m.get("lm", {}).get("shape", {}))  # an external model's own shape
         metrics = {e["name"]: e for e in m.get("sae", {}).get("saes", [])}
         analysis = m.get("analysis", {}).get("dictionaries", {})
         dictionaries = []

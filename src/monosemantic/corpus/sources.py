@@ -20,7 +20,7 @@ import numpy as np
 from monosemantic.errors import UserError
 from monosemantic.integrity import input_fingerprint
 
-LOCAL_SUFFIXES = (".txt", ".md", ".jsonl")
+LOCAL_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
 # Long plain-text files are cut at paragraph breaks into documents of about this many characters,
 # so one huge file does not become one document (documents are the unit of the train/val split).
 DOC_CHARS = 8_000
@@ -162,7 +162,35 @@ def _read_utf8(file: Path) -> str:
         raise UserError(f"--corpus {file}: not UTF-8 text (bad byte at offset {err.start})") from None
 
 
+def _iter_parquet(file: Path, name: str, text_field: str, source_field: str | None) -> Iterator[Document]:
+    """A Parquet file's rows, read a row group at a time (its ``text_field`` column is the text)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"--corpus {file}: reading Parquet needs pyarrow: pip install pyarrow") from None
+    try:
+        table = pq.ParquetFile(file)
+        columns = [text_field] + ([source_field] if source_field else [])
+        missing = [c for c in columns if c not in table.schema_arrow.names]
+        if missing:
+            raise UserError(
+                f"--corpus {file}: no column '{missing[0]}' (columns: {', '.join(table.schema_arrow.names)})"
+            )
+        for batch in table.iter_batches(columns=columns):
+            rows = batch.to_pydict()
+            for i, text in enumerate(rows[text_field]):
+                source = rows[source_field][i] if source_field else name
+                if not isinstance(text, str) or not isinstance(source, str):
+                    raise UserError(f"--corpus {file}: column '{text_field}' (or the source column) holds a non-string")
+                yield Document(text, source)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid (a corrupt file) is a ValueError
+        raise UserError(f"--corpus {file}: not a readable Parquet file ({err})") from None
+
+
 def _iter_file(file: Path, name: str, text_field: str, source_field: str | None) -> Iterator[Document]:
+    if file.suffix == ".parquet":
+        yield from _iter_parquet(file, name, text_field, source_field)
+        return
     text = _read_utf8(file)
     if file.suffix == ".jsonl":
         for line_no, line in enumerate(text.splitlines(), 1):

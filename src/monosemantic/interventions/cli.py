@@ -25,7 +25,7 @@ from monosemantic.interventions.steer import (
     steering_hook,
 )
 from monosemantic.lm.model import load_lm
-from monosemantic.sae.io import load_sae
+from monosemantic.sae.io import load_sae, saved_hook_name
 
 
 def steer(
@@ -94,7 +94,8 @@ def _steer(
     dictionary = load_sae(run_dir / "saes" / sae)
     if not 0 <= feature < dictionary.cfg.d_sae:
         raise UserError(f"--feature {feature}: {sae} has features 0…{dictionary.cfg.d_sae - 1}")
-    hook_name = ActivationStore(run_dir / "activations" / "val").hook_name
+    # the hook point the SAE reads (a dictionary trained elsewhere may read another than the run's)
+    hook_name = saved_hook_name(run_dir / "saes" / sae) or ActivationStore(run_dir / "activations" / "val").hook_name
     if value is None:
         max_act = store.unit(sae, feature)["max_act"] if store is not None else 0.0
         value = 2 * max_act if max_act > 0 else 10.0

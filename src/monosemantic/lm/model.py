@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,12 @@ def save_lm(model: HookedTransformer, cfg: LMConfig, out_dir: Path) -> None:
 
 
 EXTERNAL_FILE = "external.json"
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def load_lm(model_dir: Path, device: torch.device | str = "cpu") -> HookedTransformer:
@@ -127,10 +134,17 @@ def load_external_lm(cfg: LMConfig, device: torch.device | str = "cpu"):
     path = Path(cfg.hf_model_dir)
     if not (path / "config.json").is_file():
         raise UserError(f"lm.hf_model_dir={path}: not a Hugging Face model directory (no config.json)")
+    if not any((path / name).is_file() for name in HF_WEIGHT_FILES):
+        raise UserError(f"lm.hf_model_dir={path}: no weights (none of {', '.join(HF_WEIGHT_FILES)})")
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        tl_cfg = HookedTransformerConfig(**loading.convert_hf_model_config(str(path)))
+        if len(tokenizer) > hf_model.config.vocab_size:  # fewer is fine: models pad their vocabulary
+            raise UserError(
+                f"lm.hf_model_dir={path}: the tokenizer has {len(tokenizer):,} tokens, the model's "
+                f"vocabulary {hf_model.config.vocab_size:,}; they do not belong together"
+            )
+        tl_cfg = HookedTransformerConfig(**_converted_config(path))
         state = loading.get_pretrained_state_dict(str(path), tl_cfg, hf_model=hf_model)
         model = HookedTransformer(tl_cfg, tokenizer=tokenizer, move_to_device=False)
         model.load_and_process_state_dict(
@@ -139,3 +153,16 @@ def load_external_lm(cfg: LMConfig, device: torch.device | str = "cpu"):
     except (OSError, ValueError, KeyError, RuntimeError) as err:  # incl. NotImplementedError: unsupported model
         raise UserError(f"lm.hf_model_dir={path}: could not load it ({type(err).__name__}: {str(err)[:200]})") from None
     return model.to(device, print_details=False).eval(), tokenizer
+
+
+def _converted_config(path: Path) -> dict:
+    """TransformerLens's config for the local HF folder ``path``, decided by its config.json.
+
+    TransformerLens picks Llama and Gemma configs by name ("llama" anywhere in the path) without
+    reading the folder, and fails on a local one; a neutrally named link makes it read config.json."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    with tempfile.TemporaryDirectory() as tmp:
+        link = Path(tmp) / "model"
+        link.symlink_to(path.resolve(), target_is_directory=True)
+        return loading.convert_hf_model_config(str(link))

@@ -5,7 +5,8 @@ architecture ``standard`` / ``topk`` / ``jumprelu`` with tensors ``W_enc`` [D, F
 ``W_dec`` [F, D], ``b_dec`` [D] (+ ``threshold`` [F] for JumpReLU; BatchTopK is stored as JumpReLU
 with its global threshold in every entry, as SAELens does). Our own config rides along in
 ``metadata.monosemantic`` so that ``load_sae`` gets the exact variant back; folders written by
-SAELens load too (``standard``, ``topk``, ``jumprelu``).
+SAELens load too: ``standard``, ``topk``, ``jumprelu`` (also what SAELens saves a trained BatchTopK
+or Matryoshka BatchTopK as) and ``gated``, which is exactly a JumpReLU SAE (``_fold_gated``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from monosemantic.sae.config import SAEConfig
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SAELENS_LAYOUT_VERSION = "6.0.0"  # the SAELens release whose cfg.json layout we write
-_FOREIGN_VARIANT = {"standard": "standard", "topk": "topk", "jumprelu": "jumprelu"}
+_FOREIGN_VARIANT = {"standard": "standard", "topk": "topk", "jumprelu": "jumprelu", "gated": "jumprelu"}
+READABLE_ARCHITECTURES = tuple(_FOREIGN_VARIANT)
 
 
 def save_sae(sae: SparseAutoencoder, cfg: SAEConfig, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -64,7 +66,7 @@ def save_sae(sae: SparseAutoencoder, cfg: SAEConfig, folder: str | Path, extra: 
 
 
 def load_sae(folder: str | Path, device: str = "cpu") -> SparseAutoencoder:
-    """Load an SAE saved by ``save_sae`` or by SAELens (standard, topk, jumprelu), in eval mode.
+    """Load an SAE saved by ``save_sae`` or by SAELens (standard, topk, jumprelu, gated), in eval mode.
 
     A missing, corrupt or unsupported folder raises ``UserError``.
     """
@@ -99,6 +101,18 @@ def load_sae(folder: str | Path, device: str = "cpu") -> SparseAutoencoder:
     return sae.to(device).eval()
 
 
+def saved_hook_name(folder: str | Path) -> str | None:
+    """The hook point a saved SAE's config names (SAELens ≥ 6: ``metadata.hook_name``; older
+    releases: ``hook_name``), or None."""
+    try:
+        raw = json.loads((Path(folder) / CFG_FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    return (raw.get("metadata") or {}).get("hook_name") or raw.get("hook_name")
+
+
 def _config_from(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
     ours = (raw.get("metadata") or {}).get("monosemantic")
     try:
@@ -107,7 +121,8 @@ def _config_from(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
         architecture = raw.get("architecture", "standard")
         if architecture not in _FOREIGN_VARIANT:
             raise UserError(
-                f"{cfg_path}: SAE architecture {architecture!r} is not supported (standard, topk, jumprelu are)"
+                f"{cfg_path}: SAE architecture {architecture!r} is not supported "
+                f"(SAELens's {', '.join(READABLE_ARCHITECTURES)} are, and sparsify's topk)"
             )
         if raw.get("normalize_activations", "none") not in ("none", None, False):
             raise UserError(
@@ -132,6 +147,8 @@ def _to_our_convention(
     """Fold SAELens options we do not model into the weights, exactly (same latents/outputs)."""
     try:
         tensors = {name: t.double() for name, t in tensors.items()}
+        if raw.get("architecture") == "gated" and (raw.get("metadata") or {}).get("monosemantic") is None:
+            tensors = _fold_gated(tensors)
         if not raw.get("apply_b_dec_to_input", True):
             # pre = x W_enc + b_enc  ==  (x − b_dec) W_enc + (b_enc + b_dec W_enc)
             tensors["b_enc"] = tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]
@@ -146,3 +163,23 @@ def _to_our_convention(
     if not all(torch.isfinite(t).all() or name == "threshold" for name, t in tensors.items()):
         raise UserError(f"{weights_path}: weights contain NaN or inf")
     return tensors
+
+
+def _fold_gated(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A gated SAE (Rajamanoharan et al. 2024, SAELens's ``gated``) as the JumpReLU SAE with the
+    same latents. SAELens computes, with p = x̄ W_enc (x̄ = x − b_dec):
+
+        latents = 1[p + b_gate > 0] · ReLU(p ⊙ e^r_mag + b_mag)
+
+    With W_enc' = W_enc ⊙ e^r_mag, b_enc' = b_mag and pre = x̄ W_enc' + b_enc' the gate reads
+    pre > θ for θ = b_mag − e^r_mag ⊙ b_gate (e^r_mag > 0 keeps the inequality's direction), so
+    latents = ReLU(pre) · 1[pre > θ]: SAELens's JumpReLU, which ``JumpReLUSAE`` loads exactly
+    (θ ≤ 0 becomes 0 there, where both are a plain ReLU)."""
+    scale_F = tensors["r_mag"].exp()
+    return {
+        "W_enc": tensors["W_enc"] * scale_F,
+        "b_enc": tensors["b_mag"],
+        "W_dec": tensors["W_dec"],
+        "b_dec": tensors["b_dec"],
+        "threshold": tensors["b_mag"] - scale_F * tensors["b_gate"],
+    }

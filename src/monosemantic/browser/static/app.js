@@ -154,7 +154,9 @@ function render(...nodes) { view.replaceChildren(...nodes); window.scrollTo(0, 0
 async function showOverview() {
   const o = await overview();
   const lm = o.lm, interp = o.interpretability, s = lm.shape;
-  const saes = o.dictionaries.filter(d => d.unit_kind === "feature");
+  // grouped by the hook point they read (stable: by size within a group); a run's own SAEs share one
+  const saes = o.dictionaries.filter(d => d.unit_kind === "feature")
+    .sort((a, b) => (a.hook_name || "").localeCompare(b.hook_name || ""));
   const neurons = o.dictionaries.find(d => d.unit_kind === "neuron");
   const out = [h("h1", {}, `Run ${o.run}`)];
   out.push(h("div", {class: "grid"},
@@ -172,7 +174,7 @@ async function showOverview() {
   out.push(h("h2", {}, "Dictionaries"));
   out.push(table([["dictionary"], ["units", "num"], ["L0", "num"], ["FVU", "num"], ["loss recovered", "num"], ["dead", "num"],
     ["dense", "num"], ["mean density", "num"], ["mean score", "num"], [""]],
-    [...(neurons ? [neurons] : []), ...saes].map(d => [[h("a", {href: `#/features/${encodeURIComponent(d.name)}`}, d.name)],
+    [...(neurons ? [neurons] : []), ...saes].map(d => [[[h("a", {href: `#/features/${encodeURIComponent(d.name)}`}, d.name), ...originBadge(d)]],
       [d.n_units.toLocaleString(), "num"], [fmt(d.l0, 1), "num"], [fmt(d.fvu), "num"], [pct(d.loss_recovered), "num"],
       [pct(d.dead_frac), "num"], [pct(d.dense_frac), "num"], [sci(d.mean_density), "num"], [fmt(d.score_mean), "num"],
       [h("a", {href: `#/features/${encodeURIComponent(d.name)}`}, "browse →")]])));
@@ -254,11 +256,17 @@ async function showFeatures(dict, params) {
 
 // ---- one unit ---------------------------------------------------------------------------------
 
+// A dictionary trained elsewhere says so wherever it is named: its source and the hook point it reads.
+function originBadge(d) {
+  if (!d || !d.foreign) return [];
+  return [" ", h("span", {class: "badge foreign", title: `from ${d.foreign.from}`}, `foreign: ${d.foreign.source} at ${d.hook_name}`)];
+}
+
 async function showUnit(dict, unit) {
   const page = await api(dict === "neurons" ? `neurons/${unit}` : `saes/${encodeURIComponent(dict)}/features/${unit}`);
   const kind = page.unit_kind, max = page.max_act;
   const out = [h("p", {class: "muted"}, h("a", {href: `#/features/${encodeURIComponent(dict)}`}, dict), ` · ${kind} ${unit} of ${page.dictionary.n_units}`),
-    h("h1", {}, `${dict === "neurons" ? "Neuron" : "Feature"} ${unit}`, h("span", {class: "muted"}, ` — ${dict}`))];
+    h("h1", {}, `${dict === "neurons" ? "Neuron" : "Feature"} ${unit}`, h("span", {class: "muted"}, ` — ${dict}`), ...originBadge(page.dictionary))];
   out.push(h("div", {class: "card", id: "explanation"},
     h("p", {}, h("b", {}, "Explanation: "), page.explanation || h("span", {class: "muted"}, "none")),
     h("p", {}, "simulation score ", h("b", {id: "score"}, fmt(page.simulation_score, 3)), " · detection score ", fmt(page.detection_score, 3),
