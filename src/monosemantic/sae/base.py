@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
+from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.sae.config import SAEConfig, SelectPrecision
 
@@ -159,6 +160,7 @@ class SparseAutoencoder(nn.Module, ABC):
     saelens_architecture: ClassVar[str]
     unit_norm_decoder: ClassVar[bool] = True  # the trainer keeps every W_dec row at unit norm
     bf16_is_fast: Callable[[torch.device], bool] = staticmethod(bfloat16_matmul_is_fast)  # tests swap it
+    batch_world: World = SINGLE  # the ranks that each hold part of every training batch (trainer sets it)
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()

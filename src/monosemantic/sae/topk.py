@@ -24,7 +24,8 @@ class TopKSAE(SparseAutoencoder):
 
     loss = MSE(x̂, x) + α · AuxK, where, with e = x − x̂ (detached) the residual and
     ê = Σ_{f ∈ TopK_{k_aux} over dead f} ReLU(pre_f) W_dec[f] its reconstruction from dead
-    latents only, AuxK = ‖e − ê‖² / ‖e − mean(e)‖² (normalised as in Gao et al.'s code).
+    latents only, AuxK = ‖e − ê‖² / ‖e − mean(e)‖² (normalised as in Gao et al.'s code; the mean and
+    the normaliser are the whole batch's when ranks share it).
     """
 
     variant = "topk"
@@ -72,8 +73,16 @@ class TopKSAE(SparseAutoencoder):
         else:
             idx_BK = dead_idx[pre_BF[:, dead_idx].topk(self.cfg.aux_k, dim=1, sorted=False).indices]
         aux_recon_BD = self.decode_sparse(idx_BK, self.pre_acts_at(x_BD, pre_BF, idx_BK).relu())
-        baseline = (residual_BD - residual_BD.mean(dim=0)).pow(2).mean()
+        baseline = self._batch_variance(residual_BD)
         return mse(aux_recon_BD, residual_BD) / baseline.clamp_min(1e-12)
+
+    def _batch_variance(self, e_BD: torch.Tensor) -> torch.Tensor:
+        """mean over the whole batch and D of (e − mean_batch(e))², the batch split over
+        ``batch_world``'s ranks in equal parts."""
+        world = self.batch_world
+        n = e_BD.shape[0] * world.size
+        mean_D = world.all_reduce_(e_BD.sum(dim=0)) / n
+        return world.all_reduce_((e_BD - mean_D).pow(2).sum()) / (n * e_BD.shape[1])
 
     def saelens_fields(self) -> dict[str, object]:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}

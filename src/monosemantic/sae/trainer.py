@@ -8,6 +8,21 @@ it, optional gradient-norm clipping, dead-feature tracking,
 scheduled resampling, logging, checkpoint/resume and the progress bar. A variant contributes only
 its loss (``SparseAutoencoder.training_output``).
 
+Data parallelism (``world``, a torchrun world of N ranks): every rank reads the same shuffled
+stream of global batches and trains on its own rows of each (``World.local_part``); the averaged
+gradient of N equal parts is the whole batch's gradient, and everything else that depends on the
+whole batch is reduced over the ranks too — which features fired (dead-feature counters, hence
+AuxK's dead latents), AuxK's normaliser and BatchTopK's batch-wide selection and threshold (in the
+variants, through ``SparseAutoencoder.batch_world``), the logged figures, and resampling's scores
+and picked inputs. Parameters start from rank 0's, and every rank applies the same Adam step to the
+same gradient, so the ranks stay identical and a world of N trains the SAE a world of 1 trains on
+the same global batches (up to float rounding of the split sums). Gradients are reduced by one
+explicit all-reduce rather than DistributedDataParallel: the step is ``training_output``, not
+``forward`` (through which DDP arms its hooks), and the decoder-parallel projection and the clipping
+need the whole gradient first; DDP's overlap of the reduction with backward buys little when the
+backward is one sparse product. Rank 0 alone writes checkpoints; every rank can resume from one,
+at any world size that divides the batch (the state holds nothing per rank).
+
 Inputs are multiplied by one constant so that E‖x‖² = d_in (Anthropic's April 2024 update;
 Gemma Scope normalises likewise), so the defaults of λ, k and learning rates do not depend on the
 scale of the activations. The returned SAE has that constant folded back in: it takes raw
@@ -28,12 +43,13 @@ import torch
 
 from monosemantic.atomic import atomic_path
 from monosemantic.device import resolve_device
+from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.progress import progress
 from monosemantic.sae.base import SparseAutoencoder, check_activations
 from monosemantic.sae.build import build_sae
 from monosemantic.sae.config import SAEConfig
-from monosemantic.sae.resampling import resample_dead_features
+from monosemantic.sae.resampling import pick_inputs, reinitialise_features, resampling_weights
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "monosemantic-sae-checkpoint/1"
@@ -111,6 +127,7 @@ def train_sae(
     batches: Iterable[torch.Tensor] | Callable[[int], Iterable[torch.Tensor]],
     init_acts_ND: torch.Tensor,
     checkpoint_dir: Path | None = None,
+    world: World = SINGLE,
 ) -> TrainResult:
     """Train ``cfg.variant`` on ``batches`` (float [B, D] activation batches, already shuffled)
     until ``cfg.n_samples`` activations have been seen.
@@ -123,10 +140,15 @@ def train_sae(
     first batch it has not trained on, so it is where the killed run was and nothing is read twice.
     Resampling scores fresh inputs taken from the stream; they are trained on afterwards, so no
     data is skipped (and the stream position is always the number of steps taken).
+
+    With a ``world`` of N ranks each rank passes the same global batches and trains on its part of
+    each (module docstring); batch sizes must be divisible by N.
     """
     device = resolve_device(cfg.device)
     check_activations(init_acts_ND, cfg.d_in, "init activations")
+    world.check_divides(cfg.batch_size, "sae.batch_size")
     sae = build_sae(cfg).to(device)
+    sae.batch_world = world
     # fused: one kernel per tensor; on CPU several times faster than the per-op loop (benchmarks/sae_step_levers.py)
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
     generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -139,6 +161,7 @@ def train_sae(
         with torch.no_grad():
             sae.b_dec.copy_(geometric_median(init_acts_ND.to(device).float() * scale))
         state = _State(0, 0, torch.zeros(cfg.d_sae, dtype=torch.long, device=device), 0, 0.0, scale, [])
+    _start_from_rank_0(sae, state, world)
 
     dead_window = max(1, int(cfg.dead_window * cfg.n_samples))
     resample_points = [int(f * cfg.n_samples) for f in cfg.resample_at]
@@ -156,7 +179,7 @@ def train_sae(
                 state.resamples_done < len(resample_points)
                 and state.samples_seen >= resample_points[state.resamples_done]
             ):
-                stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device)
+                stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device, world)
             x_BD = next(stream, None)
             if x_BD is None:
                 raise UserError(
@@ -164,8 +187,8 @@ def train_sae(
                     f"{cfg.n_samples:,} samples: lower n_samples or provide more activations"
                 )
             check_activations(x_BD, cfg.d_in, f"activation batch {state.steps}")
-            x_BD = x_BD.to(device, torch.float32, non_blocking=True) * state.input_scale
-            B = x_BD.shape[0]
+            B = x_BD.shape[0]  # the global batch; this rank trains on its part
+            x_BD = world.local_part(x_BD).to(device, torch.float32, non_blocking=True) * state.input_scale
 
             frac = (state.samples_seen + B) / cfg.n_samples
             for group in optimizer.param_groups:
@@ -176,6 +199,7 @@ def train_sae(
             out = sae.training_output(x_BD, dead_F, sparsity_scale)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            _average_gradients(sae, world)
             if sae.unit_norm_decoder:
                 _project_out_parallel_grad(sae.W_dec)
             if cfg.grad_clip is not None:
@@ -185,28 +209,32 @@ def train_sae(
                 _normalise_rows(sae.W_dec)
 
             state.samples_since_fired_F += B
-            state.samples_since_fired_F.masked_fill_(out.fired_F, 0)  # no host sync, unlike boolean indexing
+            fired_F = world.all_reduce_(out.fired_F.to(torch.uint8), "max").bool()
+            state.samples_since_fired_F.masked_fill_(fired_F, 0)  # no host sync, unlike boolean indexing
             previous = state.samples_seen
             state.samples_seen += B
             state.steps += 1
 
             info = None
             if state.steps % log_every == 0 or state.samples_seen >= cfg.n_samples:
+                names = ["loss", "l0", *out.terms]
+                local_T = torch.stack([out.loss.detach(), out.l0, *out.terms.values()]).float()
+                mean_T = world.all_reduce_(local_T).div_(world.size).tolist()  # equal parts: mean of means
                 entry = {
                     "samples": state.samples_seen,
                     "lr": optimizer.param_groups[0]["lr"],
-                    "loss": out.loss.item(),
-                    "l0": out.l0.item(),
+                    **dict(zip(names, mean_T)),
                     "dead_frac": dead_F.float().mean().item(),
-                    **{name: value.item() for name, value in out.terms.items()},
                 }
                 state.history.append(entry)
                 info = f"loss {entry['loss']:.4g}  L0 {entry['l0']:.1f}  dead {entry['dead_frac']:.1%}"
             advance(B, info=info)
 
             done = state.samples_seen >= cfg.n_samples
-            if ckpt_path is not None and (
-                done or state.samples_seen // cfg.checkpoint_every > previous // cfg.checkpoint_every
+            if (
+                ckpt_path is not None
+                and world.is_main
+                and (done or state.samples_seen // cfg.checkpoint_every > previous // cfg.checkpoint_every)
             ):
                 state.train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
@@ -214,6 +242,7 @@ def train_sae(
         state.train_seconds += time.perf_counter() - started
 
     sae.eval()
+    sae.batch_world = SINGLE  # the trained SAE is an ordinary one-process model
     sae.rescale_units(state.input_scale)
     return TrainResult(sae, state.train_seconds, state.samples_seen, state.input_scale, state.history)
 
@@ -227,9 +256,14 @@ def _resample(
     generator: torch.Generator,
     cfg: SAEConfig,
     device: torch.device,
+    world: World,
 ) -> Iterator[torch.Tensor]:
     """Resample dead features on inputs drawn from ``stream``; returns the stream with those
-    batches put back in front."""
+    batches put back in front.
+
+    Each rank scores its part of each global batch; the scores are gathered in global-batch order
+    (so the weights, and the generator's picks, are a world of 1's), and each picked input is
+    contributed by the rank that holds it (a sum over ranks of rows that are zero elsewhere)."""
     taken: list[torch.Tensor] = []
     n = 0
     while n < cfg.resample_inputs and (x_BD := next(stream, None)) is not None:
@@ -237,13 +271,49 @@ def _resample(
         taken.append(x_BD)
         n += x_BD.shape[0]
     dead_F = state.samples_since_fired_F >= dead_window
+    n_dead = int(dead_F.sum())
+    if taken and n_dead:
+        parts = [world.local_part(x_BD).to(device, torch.float32) * state.input_scale for x_BD in taken]
+        weights_N = torch.cat([world.all_gather(resampling_weights(sae, part_ND)) for part_ND in parts])
+        pick_K = pick_inputs(weights_N, n_dead, generator)
+        batch_starts = torch.tensor([0] + [len(x_BD) for x_BD in taken]).cumsum(0)
+        batch_K = torch.searchsorted(batch_starts, pick_K, right=True) - 1
+        within_K = pick_K - batch_starts[batch_K]
+        part_len_K = torch.tensor([len(part) for part in parts])[batch_K]
+        part_starts = torch.tensor([0] + [len(part) for part in parts]).cumsum(0)
+        mine_K = within_K // part_len_K == world.rank
+        local_K = part_starts[batch_K] + within_K % part_len_K
+        inputs_KD = torch.zeros(n_dead, cfg.d_in, device=device)
+        inputs_KD[mine_K.to(device)] = torch.cat(parts)[local_K[mine_K].to(device)]
+        reinitialise_features(sae, optimizer, dead_F, world.all_reduce_(inputs_KD))
     if taken:
-        inputs_ND = torch.cat(taken).to(device, torch.float32) * state.input_scale
-        n_resampled = resample_dead_features(sae, optimizer, dead_F, inputs_ND, generator)
         state.samples_since_fired_F[dead_F] = 0
-        state.history.append({"samples": state.samples_seen, "resampled": n_resampled})
+        state.history.append({"samples": state.samples_seen, "resampled": n_dead})
     state.resamples_done += 1
     return itertools.chain(taken, stream)
+
+
+def _start_from_rank_0(sae: SparseAutoencoder, state: _State, world: World) -> None:
+    """Every rank takes rank 0's parameters, buffers and input scale (the same numbers, bar any
+    nondeterminism in computing them, so that the ranks cannot drift apart)."""
+    with torch.no_grad():
+        for tensor in itertools.chain(sae.parameters(), sae.buffers()):
+            contiguous = world.broadcast_(tensor.detach().contiguous())  # W_enc is a transposed view
+            if contiguous.data_ptr() != tensor.data_ptr():
+                tensor.copy_(contiguous)
+    state.input_scale = world.broadcast_object(state.input_scale)
+
+
+@torch.no_grad()
+def _average_gradients(sae: SparseAutoencoder, world: World) -> None:
+    """Each gradient ← its mean over the ranks (equal batch parts: the whole batch's gradient),
+    in one all-reduce of the concatenated gradients."""
+    if world.size == 1:
+        return
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    flat = world.all_reduce_(torch.cat([g.flatten() for g in grads])).div_(world.size)
+    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(chunk.view_as(grad))
 
 
 def _save_checkpoint(

@@ -1,0 +1,151 @@
+"""A world of 2 processes on Gloo (127.0.0.1, a free port per test, a timeout on every join) must
+compute what a world of 1 computes on the same global batches."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from monosemantic.distributed import SINGLE, World, backend_for, session, world
+from monosemantic.errors import UserError
+from monosemantic.progress import set_quiet
+from monosemantic.sae import SAEConfig, train_sae
+
+JOIN_TIMEOUT_S = 120
+D, F = 16, 64
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, size: int, port: int, out: Path, fn, args) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank)
+    )
+    os.environ.setdefault("MONOSEMANTIC_DIST_TIMEOUT", "60")
+    torch.set_num_threads(1)
+    with session(torch.device("cpu")) as here:
+        result = fn(here, *args)
+    torch.save(result, out / f"rank{rank}.pt")
+
+
+def spawn_world(tmp_path: Path, fn, *args, size: int = 2) -> list:
+    """Run ``fn(world, *args)`` on ``size`` spawned ranks; returns each rank's result."""
+    ctx = mp.start_processes(
+        _worker, args=(size, _free_port(), tmp_path, fn, args), nprocs=size, join=False, start_method="spawn"
+    )
+    try:
+        for _ in range(JOIN_TIMEOUT_S):
+            if ctx.join(timeout=1):
+                break
+        else:
+            pytest.fail(f"world of {size} did not finish within {JOIN_TIMEOUT_S} s")
+    finally:
+        for process in ctx.processes:
+            if process.is_alive():
+                process.kill()
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(size)]
+
+
+# ---------------------------------------------------------------- SAE, data-parallel
+
+
+def _sparse_batches(n: int, seed: int, batch: int = 128) -> list[torch.Tensor]:
+    dirs = torch.randn(32, D, generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    return [
+        ((torch.rand(batch, 32, generator=g) < 0.1) * torch.rand(batch, 32, generator=g)) @ dirs + 0.5 for _ in range(n)
+    ]
+
+
+def _near_constant_batches(n: int, seed: int, batch: int = 128) -> list[torch.Tensor]:
+    """Nearly constant inputs: many features never fire, so resampling has work to do."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(D, generator=g)
+    return [c + 0.05 * torch.randn(batch, D, generator=g) for _ in range(n)]
+
+
+SAE_CASES = {
+    "topk": (dict(variant="topk", k=4, aux_k=8, dead_window=0.1), _sparse_batches),
+    "batchtopk": (dict(variant="batchtopk", k=4, aux_k=8, dead_window=0.1), _sparse_batches),
+    "standard": (
+        dict(variant="standard", resample_at=(0.5,), dead_window=0.2, resample_inputs=256),
+        _near_constant_batches,
+    ),
+}
+
+
+def _train_saes(here: World) -> dict:
+    set_quiet(True)
+    results = {}
+    for name, (kw, make) in SAE_CASES.items():
+        cfg = SAEConfig(d_in=D, d_sae=F, n_samples=128 * 20, batch_size=128, lr=1e-3, **kw)
+        batches = make(20, seed=0)
+        result = train_sae(cfg, iter(batches), make(4, seed=1)[0], world=here)
+        results[name] = {"state": result.sae.state_dict(), "history": result.history, "scale": result.input_scale}
+    return results
+
+
+def _assert_same_sae(a: dict, b: dict) -> None:
+    assert a["scale"] == pytest.approx(b["scale"], rel=1e-6)
+    for key, tensor in a["state"].items():
+        torch.testing.assert_close(tensor, b["state"][key], rtol=1e-4, atol=1e-5, msg=key)
+    for key in ("loss", "l0", "auxk", "resampled"):
+        assert [i for i, h in enumerate(a["history"]) if key in h] == [
+            i for i, h in enumerate(b["history"]) if key in h
+        ]
+        logged = [h[key] for h in a["history"] if key in h]
+        assert logged == pytest.approx([h[key] for h in b["history"] if key in h], rel=1e-4)
+
+
+def test_sae_data_parallel_training_equals_one_process(tmp_path):
+    one = _train_saes(SINGLE)
+    ranks = spawn_world(tmp_path, _train_saes)
+    # the cases exercise what needs synchronising: AuxK on dead latents, BatchTopK's threshold, resampling
+    assert any("auxk" in h for h in one["topk"]["history"])
+    assert any("auxk" in h for h in one["batchtopk"]["history"])
+    assert one["batchtopk"]["state"]["threshold"] > 0
+    assert [h["resampled"] for h in one["standard"]["history"] if "resampled" in h][0] > 5
+    for name in SAE_CASES:
+        _assert_same_sae(ranks[0][name], one[name])
+        _assert_same_sae(ranks[1][name], one[name])
+
+
+# ---------------------------------------------------------------- the world itself
+
+
+def test_world_of_one_needs_no_process_group(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert world() == SINGLE
+    with session(torch.device("cpu")) as here:
+        assert here.size == 1 and not torch.distributed.is_initialized()
+        x = torch.arange(4.0)
+        assert here.all_reduce_(x) is x and here.all_gather(x) is x and here.local_part(x) is x
+
+
+def test_bad_launch_settings_are_one_line_errors(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(UserError, match="start the run with torchrun"):
+        world()
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(UserError, match="WORLD_SIZE='two': not an integer"):
+        world()
+    monkeypatch.setenv("MONOSEMANTIC_DIST_BACKEND", "nccl")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="NCCL needs CUDA"):
+            backend_for(torch.device("cpu"))
+    monkeypatch.setenv("MONOSEMANTIC_DIST_BACKEND", "mpi")
+    with pytest.raises(UserError, match="must be gloo or nccl"):
+        backend_for(torch.device("cpu"))
+    with pytest.raises(UserError, match="sae.batch_size=129: not divisible by the world size 2"):
+        World(0, 2).check_divides(129, "sae.batch_size")
