@@ -149,3 +149,40 @@ def test_bad_launch_settings_are_one_line_errors(monkeypatch):
         backend_for(torch.device("cpu"))
     with pytest.raises(UserError, match="sae.batch_size=129: not divisible by the world size 2"):
         World(0, 2).check_divides(129, "sae.batch_size")
+
+
+# ---------------------------------------------------------------- LM, DistributedDataParallel
+
+
+def _train_lm(here: World, tokens_dir: Path, checkpoint: Path) -> dict:
+    from monosemantic.config import load_config
+    from monosemantic.lm.train import train_lm
+
+    set_quiet(True)
+    cfg = load_config("tiny").lm.model_copy(update={"n_steps": 3, "warmup_steps": 1, "eval_every": 3})
+    model, figures = train_lm(cfg, tokens_dir, checkpoint, "cpu", here)
+    return {"state": model.state_dict(), "train_loss": figures["train_loss"]}
+
+
+def test_lm_data_parallel_steps_equal_one_process(tiny_run, tmp_path):
+    one = _train_lm(SINGLE, tiny_run / "tokens", tmp_path / "one.pt")
+    ranks = spawn_world(tmp_path, _train_lm, tiny_run / "tokens", tmp_path / "two.pt")
+    for rank in ranks:
+        assert rank["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
+        for key, tensor in one["state"].items():
+            if key.endswith("attn.b_K"):  # its true gradient is 0 (softmax ignores a shift): Adam steps by the noise
+                continue
+            torch.testing.assert_close(rank["state"][key], tensor, rtol=1e-4, atol=1e-6, msg=key)
+    initial = _initial_lm_state(tiny_run)
+    moved = max((one["state"][k] - v).abs().max().item() for k, v in initial.items() if v.is_floating_point())
+    assert moved > 1e-3  # the steps changed the weights: the comparison is not of two untrained models
+
+
+def _initial_lm_state(tiny_run: Path) -> dict:
+    from monosemantic.config import load_config
+    from monosemantic.corpus.shards import TokenShards
+    from monosemantic.lm.model import build_lm
+
+    cfg = load_config("tiny").lm
+    torch.manual_seed(cfg.seed)
+    return build_lm(cfg, TokenShards(tiny_run / "tokens", "train").vocab_size).state_dict()

@@ -17,6 +17,12 @@ stage is current only if its files still match, and a downstream hash chains tho
 recomputed artifact that came out different invalidates what was built on it. A stage runs while
 holding an exclusive lock on ``RUN/.lock``; holding it proves no other process is writing, so the
 temporaries a killed run left behind are removed then.
+
+Under torchrun (``distributed.py``) every rank calls ``run`` with the same config. Rank 0 owns the
+run directory: it takes the lock, decides whether a stage is current, writes ``run.json`` and hands
+its manifest to the others after each stage. A stage marked ``distributed`` runs on every rank, each
+doing its share; any other stage runs on rank 0 while the others wait. ``run.json`` records, per
+stage, the ``world_size`` that ran it.
 """
 
 from __future__ import annotations
@@ -26,13 +32,14 @@ import hashlib
 import json
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from monosemantic import __version__, integrity
+from monosemantic import __version__, distributed, integrity
 from monosemantic.atomic import remove_temporaries, write_json
+from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.progress import notice
 
@@ -48,7 +55,9 @@ def config_hash(config: Any, upstream: list[str] = ()) -> str:
 @dataclass
 class Stage:
     """One step of the pipeline: ``run(run_dir)`` writes ``artifacts`` and returns its figures;
-    ``summary(figures)`` says in one line what they were; ``needs`` names the stages it reads from."""
+    ``summary(figures)`` says in one line what they were; ``needs`` names the stages it reads from.
+    ``distributed``: every rank of a torchrun world runs it (each its share; rank 0's figures are
+    recorded), else rank 0 alone does."""
 
     name: str
     config: Any
@@ -56,6 +65,7 @@ class Stage:
     artifacts: list[str]
     summary: Callable[[dict], str]
     needs: list[str] = field(default_factory=list)
+    distributed: bool = False
 
 
 @dataclass
@@ -102,23 +112,27 @@ def run(
     from monosemantic.stages import all_stages  # stages build on Stage and RunDir, defined here
 
     stages = prerequisites(all_stages(cfg), upto)
-    rd = RunDir(Path(out), verify)
-    rd.manifest["config"] = cfg.model_dump()
-    done = []
-    for stage in stages:
-        figures, skipped = rd.run_stage(stage, force=force and upto in (None, stage.name))
-        done.append(StageRun(stage.name, skipped, figures, stage.summary(figures)))
-    rd.save()
+    with distributed.session(resolve_device(cfg.device)) as world:
+        rd = RunDir(Path(out), verify, world)
+        rd.manifest["config"] = cfg.model_dump()
+        done = []
+        for stage in stages:
+            figures, skipped = rd.run_stage(stage, force=force and upto in (None, stage.name))
+            done.append(StageRun(stage.name, skipped, figures, stage.summary(figures)))
+        if world.is_main:
+            rd.save()
     return RunResult(rd, done)
 
 
 class RunDir:
     """A run directory and its manifest. ``verify``: judge a stage current only after comparing the
-    digest of every artifact file, large ones included (else those are compared by size)."""
+    digest of every artifact file, large ones included (else those are compared by size).
+    ``world``: the torchrun world running the stages (rank 0 writes the manifest)."""
 
-    def __init__(self, path: Path, verify: bool = False):
+    def __init__(self, path: Path, verify: bool = False, world: distributed.World = distributed.SINGLE):
         self.path = Path(path)
         self.verify = verify
+        self.world = world
         self.manifest_path = self.path / "run.json"
         self.manifest: dict = {}
         if self.manifest_path.exists():
@@ -175,25 +189,30 @@ class RunDir:
             raise UserError(
                 f"stage {stage.name} needs {', '.join(missing)} first (run `monosemantic run --out {self.path}`)"
             )
-        with self.locked():
-            if not force and self.is_current(stage):
+        main = self.world.is_main
+        with self.locked() if main else nullcontext():
+            current = self.world.broadcast_object(main and not force and self.is_current(stage))
+            if current:
                 return self.manifest[stage.name], True
-            if stage.name in self.manifest["stages"]:
+            if main and stage.name in self.manifest["stages"]:
                 self._discard_changed(stage)
             start = time.perf_counter()
-            figures = stage.run(self)
-            seconds = round(time.perf_counter() - start, 2)
-            figures["seconds"] = seconds
-            self.manifest["stages"][stage.name] = {
-                "config_hash": self.stage_hash(stage),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "artifacts": integrity.record(self.path, stage.artifacts),
-            }
-            self.manifest[stage.name] = figures
-            self.manifest["timings"][stage.name] = seconds
-            self.manifest["monosemantic_version"] = __version__
-            self.save()
-        return figures, False
+            figures = stage.run(self) if stage.distributed or main else {}
+            if main:
+                seconds = round(time.perf_counter() - start, 2)
+                figures["seconds"] = seconds
+                figures["world_size"] = self.world.size if stage.distributed else 1
+                self.manifest["stages"][stage.name] = {
+                    "config_hash": self.stage_hash(stage),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "artifacts": integrity.record(self.path, stage.artifacts),
+                }
+                self.manifest[stage.name] = figures
+                self.manifest["timings"][stage.name] = seconds
+                self.manifest["monosemantic_version"] = __version__
+                self.save()
+            self.manifest = self.world.broadcast_object(self.manifest)  # the other ranks wait for rank 0 here
+        return self.manifest[stage.name], False
 
     def _discard_changed(self, stage: Stage) -> None:
         """Delete the units holding files that no longer match their digest, so none is reused."""

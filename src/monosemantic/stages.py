@@ -103,7 +103,11 @@ def lm_stage(cfg: RunConfig) -> Stage:
                 f"corpus.val_fraction or a smaller lm.n_ctx"
             )
         if cfg.lm.trains_own_model:
-            model, figures = train_lm(cfg.lm, rd / "tokens", checkpoint, device)
+            model, figures = train_lm(cfg.lm, rd / "tokens", checkpoint, device, rd.world)
+            if not rd.world.is_main:  # rank 0 measures and saves the model it shares with the others
+                return {}
+        elif not rd.world.is_main:
+            return {}
         else:
             model, _ = load_external_lm(cfg.lm, device)
             if cfg.lm.n_ctx > model.cfg.n_ctx:
@@ -129,7 +133,7 @@ def lm_stage(cfg: RunConfig) -> Stage:
         )
 
     artifact = "lm/model.safetensors" if cfg.lm.trains_own_model else f"lm/{EXTERNAL_FILE}"
-    return Stage("lm", cfg.lm.model_dump(), run, [artifact], summary, needs=["corpus"])
+    return Stage("lm", cfg.lm.model_dump(), run, [artifact], summary, needs=["corpus"], distributed=True)
 
 
 def harvest_stage(cfg: RunConfig) -> Stage:
@@ -188,6 +192,7 @@ def sae_stage(cfg: RunConfig) -> Stage:
             entries.append(
                 _train_one_sae(rd, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, cfg.lm.hook_name)
             )
+            rd.world.wait_for_main()  # while rank 0 measures and saves it
         return {
             "variant": sweep.variant,
             "saes": entries,
@@ -205,6 +210,7 @@ def sae_stage(cfg: RunConfig) -> Stage:
         [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes],
         summary,
         needs=["harvest"],
+        distributed=True,
     )
 
 
@@ -237,7 +243,9 @@ def _train_one_sae(
     model,
     tokens_BT: torch.Tensor,
     hook_name: str,
-) -> dict:
+) -> dict | None:
+    """Train one SAE (data-parallel over ``rd.world``), then, on rank 0, measure and save it and
+    return its figures (None on the other ranks)."""
     name = f"{sae_cfg.variant}-{sae_cfg.d_sae}"
     folder = rd / "saes" / name
     # the activations it was trained on count too: a re-harvest must not reuse an SAE of the old ones
@@ -262,7 +270,9 @@ def _train_one_sae(
         )
 
     checkpoint_dir = rd / "saes" / f".checkpoint-{name}"
-    result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir)
+    result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir, world=rd.world)
+    if not rd.world.is_main:
+        return None
     metrics = evaluate_sae(result.sae, (chunk for _, chunk in val.iter_chunks(65_536)))
     density_F, density_tokens = metrics.pop("density"), metrics["n_tokens"]
     if sweep.density_tokens is not None:
