@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+import torch.multiprocessing as mp  # torch's: tensors pass between processes
 
 from monosemantic.distributed import SINGLE, World, backend_for, session, world
 from monosemantic.errors import UserError
@@ -32,27 +33,33 @@ def _worker(rank: int, size: int, port: int, out: Path, fn, args) -> None:
     )
     os.environ.setdefault("MONOSEMANTIC_DIST_TIMEOUT", "60")
     torch.set_num_threads(1)
-    with session(torch.device("cpu")) as here:
-        result = fn(here, *args)
+    try:
+        with session(torch.device("cpu")) as here:
+            result = fn(here, *args)
+    except UserError as err:  # what the CLI would print as its one line
+        result = {"error": str(err)}
     torch.save(result, out / f"rank{rank}.pt")
 
 
 def spawn_world(tmp_path: Path, fn, *args, size: int = 2) -> list:
-    """Run ``fn(world, *args)`` on ``size`` spawned ranks; returns each rank's result."""
-    ctx = mp.start_processes(
-        _worker, args=(size, _free_port(), tmp_path, fn, args), nprocs=size, join=False, start_method="spawn"
-    )
+    """Run ``fn(world, *args)`` on ``size`` spawned ranks; returns each rank's result (None for a
+    rank that died), its UserError as {"error": message} if it raised one."""
+    port, spawn = _free_port(), mp.get_context("spawn")
+    processes = [spawn.Process(target=_worker, args=(r, size, port, tmp_path, fn, args)) for r in range(size)]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
     try:
-        for _ in range(JOIN_TIMEOUT_S):
-            if ctx.join(timeout=1):
-                break
-        else:
+        for process in processes:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(process.is_alive() for process in processes):
             pytest.fail(f"world of {size} did not finish within {JOIN_TIMEOUT_S} s")
     finally:
-        for process in ctx.processes:
+        for process in processes:
             if process.is_alive():
                 process.kill()
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(size)]
+    files = [tmp_path / f"rank{r}.pt" for r in range(size)]
+    return [torch.load(f, weights_only=False) if f.exists() else None for f in files]
 
 
 # ---------------------------------------------------------------- SAE, data-parallel
@@ -186,3 +193,30 @@ def _initial_lm_state(tiny_run: Path) -> dict:
     cfg = load_config("tiny").lm
     torch.manual_seed(cfg.seed)
     return build_lm(cfg, TokenShards(tiny_run / "tokens", "train").vocab_size).state_dict()
+
+
+# ---------------------------------------------------------------- faults
+
+
+def _die_mid_training(here: World) -> dict:
+    set_quiet(True)
+
+    def batches():
+        for i, x_BD in enumerate(_sparse_batches(20, seed=0)):
+            if i == 5 and here.rank == 1:
+                os._exit(1)  # a rank dies without a word
+            yield x_BD
+
+    cfg = SAEConfig(variant="topk", d_in=D, d_sae=F, k=4, n_samples=128 * 20, batch_size=128)
+    train_sae(cfg, batches(), _sparse_batches(4, seed=1)[0], world=here)
+    return {"finished": True}
+
+
+def test_a_dying_rank_stops_the_others_with_one_error_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONOSEMANTIC_DIST_TIMEOUT", "20")  # inherited by the spawned ranks
+    started = time.monotonic()
+    survivor, dead = spawn_world(tmp_path, _die_mid_training)
+    assert dead is None
+    assert survivor["error"].startswith("rank 0 of 2: ") and "another rank died" in survivor["error"]
+    assert "\n" not in survivor["error"]
+    assert time.monotonic() - started < 60
