@@ -3,8 +3,12 @@ compute what a world of 1 computes on the same global batches."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, train_sae
 
 JOIN_TIMEOUT_S = 120
+SRC = str(Path(__file__).parent.parent / "src")
 D, F = 16, 64
 
 
@@ -220,3 +225,75 @@ def test_a_dying_rank_stops_the_others_with_one_error_line(tmp_path, monkeypatch
     assert survivor["error"].startswith("rank 0 of 2: ") and "another rank died" in survivor["error"]
     assert "\n" not in survivor["error"]
     assert time.monotonic() - started < 60
+
+
+# ---------------------------------------------------------------- torchrun, end to end
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, tmp_path):
+    """``torchrun --nproc_per_node 2 … run --preset tiny``, SIGKILLed (torchrun and its ranks) once an
+    SAE checkpoint is on disk, then run again: it resumes, finishes every stage, and measures what
+    the 1-process run measured."""
+    reference, cfg = analysed_run
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "monosemantic",
+        "-q",
+        "run",
+        "--preset",
+        "tiny",
+        "--corpus",
+        cfg.corpus.corpus,
+        "--out",
+        str(run),
+        "--set",
+        "corpus.val_fraction=0.2",
+    ]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "MONOSEMANTIC_DIST_TIMEOUT": "60"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while first.poll() is None and time.monotonic() < deadline:
+        if any(run.glob("saes/.checkpoint-*/checkpoint.pt")):
+            for pid in [*_children(first.pid), first.pid]:  # torchrun starts each rank in a session of its own
+                os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL, first.stderr.read().decode()[-2000:]
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, [line for line in resumed.stderr.splitlines() if "error" in line]
+    assert "monosemantic run" in resumed.stdout  # rank 0's summary, once
+    assert resumed.stdout.count("Manifest:") == 1
+    ours, theirs = json.loads((run / "run.json").read_text()), json.loads((reference / "run.json").read_text())
+    assert {stage: ours[stage]["world_size"] for stage in ("corpus", "lm", "harvest", "sae", "analysis")} == {
+        "corpus": 1,
+        "lm": 2,
+        "harvest": 1,
+        "sae": 2,
+        "analysis": 1,
+    }
+    assert ours["lm"]["val_loss"] == pytest.approx(theirs["lm"]["val_loss"], rel=1e-3)
+    for mine, one in zip(ours["sae"]["saes"], theirs["sae"]["saes"], strict=True):
+        for key in ("fvu", "l0", "loss_recovered", "dead_frac"):
+            assert mine[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), (mine["name"], key)
+    assert (run / "features.sqlite").is_file() and not any(run.glob("saes/.checkpoint-*"))
