@@ -297,3 +297,28 @@ def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, 
         for key in ("fvu", "l0", "loss_recovered", "dead_frac"):
             assert mine[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), (mine["name"], key)
     assert (run / "features.sqlite").is_file() and not any(run.glob("saes/.checkpoint-*"))
+
+
+def _topk_with_checkpoints(here: World, checkpoint_dir: Path, die_at: int | None) -> dict:
+    set_quiet(True)
+    data = _sparse_batches(20, seed=0)
+
+    def batches(start: int):
+        for i in range(start, len(data)):
+            if i == die_at and here.rank == 1:
+                os._exit(1)
+            yield data[i]
+
+    cfg = SAEConfig(variant="topk", d_in=D, d_sae=F, k=4, aux_k=8, dead_window=0.1, n_samples=128 * 20, batch_size=128)
+    result = train_sae(cfg, batches, _sparse_batches(4, seed=1)[0], checkpoint_dir, world=here)
+    return {"state": result.sae.state_dict(), "history": result.history, "scale": result.input_scale}
+
+
+def test_a_world_of_2_killed_mid_training_resumes_at_world_size_1(tmp_path):
+    (tmp_path / "spawn").mkdir()
+    survivor, _ = spawn_world(tmp_path / "spawn", _topk_with_checkpoints, tmp_path / "ckpt", 13)
+    assert "error" in survivor and (tmp_path / "ckpt/checkpoint.pt").exists()
+    state = torch.load(tmp_path / "ckpt/checkpoint.pt", weights_only=True)["state"]
+    assert 0 < state["steps"] < 20  # saved by rank 0 before the other rank died
+    resumed = _topk_with_checkpoints(SINGLE, tmp_path / "ckpt", None)
+    _assert_same_sae(resumed, _topk_with_checkpoints(SINGLE, tmp_path / "fresh", None))
