@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp  # torch's: tensors pass between processes
@@ -288,7 +289,7 @@ def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, 
     assert {stage: ours[stage]["world_size"] for stage in ("corpus", "lm", "harvest", "sae", "analysis")} == {
         "corpus": 1,
         "lm": 2,
-        "harvest": 1,
+        "harvest": 2,
         "sae": 2,
         "analysis": 1,
     }
@@ -322,3 +323,33 @@ def test_a_world_of_2_killed_mid_training_resumes_at_world_size_1(tmp_path):
     assert 0 < state["steps"] < 20  # saved by rank 0 before the other rank died
     resumed = _topk_with_checkpoints(SINGLE, tmp_path / "ckpt", None)
     _assert_same_sae(resumed, _topk_with_checkpoints(SINGLE, tmp_path / "fresh", None))
+
+
+# ---------------------------------------------------------------- harvest
+
+
+def _harvest(here: World, run: Path, out: Path) -> dict:
+    from monosemantic.activations.harvest import harvest_activations
+    from monosemantic.corpus.shards import TokenShards
+    from monosemantic.lm.model import load_lm
+
+    set_quiet(True)
+    model = load_lm(run / "lm", "cpu")
+    shards = TokenShards(run / "tokens", "val")
+    return harvest_activations(model, shards, "blocks.0.mlp.hook_post", 7 * 32, 32, 2, out, world=here)
+
+
+def test_harvest_by_2_ranks_holds_the_1_rank_rows_in_order(tiny_run, tmp_path):
+    from monosemantic.activations import ActivationStore
+
+    _harvest(SINGLE, tiny_run, tmp_path / "one")
+    (tmp_path / "spawn").mkdir()
+    spawn_world(tmp_path / "spawn", _harvest, tiny_run, tmp_path / "two")
+    one, two = ActivationStore(tmp_path / "one"), ActivationStore(tmp_path / "two")
+    assert two.n_shards == 2 and two.n_rows == one.n_rows == 7 * 32  # 7 windows: ranks record 3 and 4
+    rows = np.arange(one.n_rows)
+    torch.testing.assert_close(two.rows(rows), one.rows(rows), rtol=1e-5, atol=1e-6)
+    for column, values in one.origin(rows).items():
+        np.testing.assert_array_equal(two.origin(rows)[column], values, err_msg=column)
+    files = {p.name for p in (tmp_path / "two").iterdir()}
+    assert files == {p.name for p in (tmp_path / "one").iterdir()} | {"acts_00001.bin", "origin_00001.bin"}

@@ -105,10 +105,10 @@ class World:
         self._call("broadcast_object_list", dist.broadcast_object_list, box, 0, group=_groups.get("wait"))
         return box[0]
 
-    def wait_for_main(self) -> None:
-        """Block until every rank gets here: the ranks idle while rank 0 runs a stage alone."""
+    def barrier(self) -> None:
+        """Block until every rank gets here (on the waiting group: rank 0 may be working alone)."""
         if self.size > 1:
-            self._call("barrier (waiting for rank 0)", dist.barrier, group=_groups.get("wait"))
+            self._call("barrier", dist.barrier, group=_groups.get("wait"))
 
     def local_part(self, batch_BD: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a global batch: rows [r·B/N, (r+1)·B/N) (B divisible by N)."""

@@ -160,6 +160,7 @@ def harvest_stage(cfg: RunConfig) -> Stage:
                 rd / f"activations/{split}",
                 h.dtype,
                 device,
+                rd.world,
             )
         return figures
 
@@ -168,7 +169,8 @@ def harvest_stage(cfg: RunConfig) -> Stage:
         return f"{train} + {f['val']['rows']:,} val rows at {f['val']['hook_name']}"
 
     stores = ["activations/val/store.json"] + ([] if h.stream_train else ["activations/train/store.json"])
-    return Stage("harvest", {**h.model_dump(), "hook_name": cfg.lm.hook_name}, run, stores, summary, needs=["lm"])
+    config = {**h.model_dump(), "hook_name": cfg.lm.hook_name}
+    return Stage("harvest", config, run, stores, summary, needs=["lm"], distributed=True)
 
 
 def sae_stage(cfg: RunConfig) -> Stage:
@@ -192,7 +194,7 @@ def sae_stage(cfg: RunConfig) -> Stage:
             entries.append(
                 _train_one_sae(rd, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, cfg.lm.hook_name)
             )
-            rd.world.wait_for_main()  # while rank 0 measures and saves it
+            rd.world.barrier()  # while rank 0 measures and saves it
         return {
             "variant": sweep.variant,
             "saes": entries,
