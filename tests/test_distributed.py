@@ -353,3 +353,69 @@ def test_harvest_by_2_ranks_holds_the_1_rank_rows_in_order(tiny_run, tmp_path):
         np.testing.assert_array_equal(two.origin(rows)[column], values, err_msg=column)
     files = {p.name for p in (tmp_path / "two").iterdir()}
     assert files == {p.name for p in (tmp_path / "one").iterdir()} | {"acts_00001.bin", "origin_00001.bin"}
+
+
+# ---------------------------------------------------------------- SAE, dictionary-parallel
+
+SHARD_CFG = dict(
+    variant="topk", d_in=D, d_sae=F, k=4, aux_k=6, n_samples=1024, batch_size=64, select_precision="float32"
+)  # bf16 ranking of F/2 columns may round a near-tie otherwise than of F
+
+
+def _dead_F() -> torch.Tensor:
+    return torch.arange(F) % 5 == 0  # 13 dead latents, more than aux_k: AuxK picks among them
+
+
+def _step(sae, x_BD: torch.Tensor, dead_F: torch.Tensor) -> dict:
+    out = sae.training_output(x_BD, dead_F, 1.0)
+    out.loss.backward()
+    return {"loss": out.loss.item(), "l0": out.l0.item(), "auxk": out.terms["auxk"].item(), "fired": out.fired_F}
+
+
+def _sharded_step(here: World, folder: Path) -> dict:
+    from monosemantic.sae.io import save_sae
+    from monosemantic.sae.sharded import ShardedTopKSAE
+
+    cfg = SAEConfig(**SHARD_CFG)
+    sae = ShardedTopKSAE(cfg, here)
+    part = slice(sae.first, sae.first + sae.cfg.d_sae)
+    result = _step(sae, _sparse_batches(1, seed=3, batch=64)[0], _dead_F()[part])
+    result["fired"] = here.all_gather(result["fired"])
+    result["grads"] = {
+        "W_enc": here.all_gather(sae.W_enc.grad.T.contiguous()).T,
+        "b_enc": here.all_gather(sae.b_enc.grad),
+        "W_dec": here.all_gather(sae.W_dec.grad),
+        "b_dec": sae.b_dec.grad,
+    }
+    whole = sae.gathered()
+    if here.is_main:
+        save_sae(whole, cfg, folder)
+    return result
+
+
+def test_dictionary_parallel_topk_equals_the_unsharded_sae(tmp_path):
+    from monosemantic.sae import build_sae
+    from monosemantic.sae.io import load_sae, save_sae
+
+    cfg = SAEConfig(**SHARD_CFG)
+    sae = build_sae(cfg)
+    one = _step(sae, _sparse_batches(1, seed=3, batch=64)[0], _dead_F())
+    save_sae(sae, cfg, tmp_path / "one")
+    (tmp_path / "spawn").mkdir()
+    ranks = spawn_world(tmp_path / "spawn", _sharded_step, tmp_path / "two")
+    assert one["auxk"] > 0 and one["fired"].sum() > 0
+    for rank in ranks:
+        assert [rank[k] for k in ("loss", "l0", "auxk")] == pytest.approx([one[k] for k in ("loss", "l0", "auxk")])
+        assert torch.equal(rank["fired"], one["fired"])
+        for name, grad in rank["grads"].items():
+            torch.testing.assert_close(grad, getattr(sae, name).grad, rtol=1e-5, atol=1e-7, msg=name)
+    saved, whole = load_sae(tmp_path / "two"), load_sae(tmp_path / "one")
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(saved, name), getattr(whole, name)), name
+
+
+def test_dictionary_parallel_needs_a_world_that_divides_the_dictionary():
+    from monosemantic.sae.sharded import ShardedTopKSAE
+
+    with pytest.raises(UserError, match="sae.d_sae=64: not divisible by the world size 3"):
+        ShardedTopKSAE(SAEConfig(**SHARD_CFG), World(0, 3))

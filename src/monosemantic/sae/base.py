@@ -208,8 +208,13 @@ class SparseAutoencoder(nn.Module, ABC):
         keeps a few latents per token picks them from a gradient-free pre_BF and reads their values
         here, so its backward pass skips the dense B×F×D product."""
         rows_N = token_rows(idx, offsets_B, x_BD.shape[0])
-        vals_N = _SparseEncode.apply(pre_BF, rows_N, idx.flatten(), x_BD, self.W_enc, self.b_enc, self.b_dec)
+        vals_N = _SparseEncode.apply(pre_BF, rows_N, idx.flatten(), x_BD, self.W_enc, self.b_enc, self.encoder_b_dec())
         return vals_N.view(idx.shape)
+
+    def encoder_b_dec(self) -> torch.Tensor:
+        """b_dec as the sparse encoder reads it (``pre_acts_at``): b_dec itself, unless the
+        dictionary is split across ranks, whose encoder gradients to b_dec must then be summed."""
+        return self.b_dec
 
     @abstractmethod
     def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:
