@@ -25,6 +25,9 @@ from monosemantic.sae import SAEConfig, train_sae
 JOIN_TIMEOUT_S = 120
 SRC = str(Path(__file__).parent.parent / "src")
 D, F = 16, 64
+SHARD_CFG = dict(
+    variant="topk", d_in=D, d_sae=F, k=4, aux_k=6, n_samples=1024, batch_size=64, select_precision="float32"
+)  # bf16 ranking of F/2 columns may round a near-tie otherwise than of F
 
 
 def _free_port() -> int:
@@ -300,7 +303,7 @@ def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, 
     assert (run / "features.sqlite").is_file() and not any(run.glob("saes/.checkpoint-*"))
 
 
-def _topk_with_checkpoints(here: World, checkpoint_dir: Path, die_at: int | None) -> dict:
+def _topk_with_checkpoints(here: World, checkpoint_dir: Path, die_at: int | None, shard: str = "batch") -> dict:
     set_quiet(True)
     data = _sparse_batches(20, seed=0)
 
@@ -310,8 +313,8 @@ def _topk_with_checkpoints(here: World, checkpoint_dir: Path, die_at: int | None
                 os._exit(1)
             yield data[i]
 
-    cfg = SAEConfig(variant="topk", d_in=D, d_sae=F, k=4, aux_k=8, dead_window=0.1, n_samples=128 * 20, batch_size=128)
-    result = train_sae(cfg, batches, _sparse_batches(4, seed=1)[0], checkpoint_dir, world=here)
+    cfg = SAEConfig(**{**SHARD_CFG, "n_samples": 128 * 20, "batch_size": 128, "dead_window": 0.1})
+    result = train_sae(cfg, batches, _sparse_batches(4, seed=1)[0], checkpoint_dir, world=here, shard=shard)
     return {"state": result.sae.state_dict(), "history": result.history, "scale": result.input_scale}
 
 
@@ -356,10 +359,6 @@ def test_harvest_by_2_ranks_holds_the_1_rank_rows_in_order(tiny_run, tmp_path):
 
 
 # ---------------------------------------------------------------- SAE, dictionary-parallel
-
-SHARD_CFG = dict(
-    variant="topk", d_in=D, d_sae=F, k=4, aux_k=6, n_samples=1024, batch_size=64, select_precision="float32"
-)  # bf16 ranking of F/2 columns may round a near-tie otherwise than of F
 
 
 def _dead_F() -> torch.Tensor:
@@ -419,3 +418,17 @@ def test_dictionary_parallel_needs_a_world_that_divides_the_dictionary():
 
     with pytest.raises(UserError, match="sae.d_sae=64: not divisible by the world size 3"):
         ShardedTopKSAE(SAEConfig(**SHARD_CFG), World(0, 3))
+
+
+def test_dictionary_parallel_training_equals_unsharded_and_resumes_at_world_size_1(tmp_path):
+    for name in ("whole", "killed"):
+        (tmp_path / name).mkdir()
+    unsharded = _topk_with_checkpoints(SINGLE, tmp_path / "fresh", None)
+    assert any("auxk" in h for h in unsharded["history"])
+    sharded = spawn_world(tmp_path / "whole", _topk_with_checkpoints, tmp_path / "ckpt-whole", None, "latents")
+    for rank in sharded:
+        _assert_same_sae(rank, unsharded)
+    survivor, _ = spawn_world(tmp_path / "killed", _topk_with_checkpoints, tmp_path / "ckpt", 13, "latents")
+    assert "error" in survivor
+    assert torch.load(tmp_path / "ckpt/checkpoint.pt", weights_only=True)["sae"]["W_dec"].shape == (F, D)
+    _assert_same_sae(_topk_with_checkpoints(SINGLE, tmp_path / "ckpt", None), unsharded)  # resumed unsharded

@@ -204,7 +204,11 @@ def sae_stage(cfg: RunConfig) -> Stage:
     def summary(f: dict) -> str:
         return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
 
-    config = {**sweep.model_dump(), "hook_name": cfg.lm.hook_name, "stream_train": cfg.harvest.stream_train}
+    config = {
+        **sweep.model_dump(exclude={"shard"}),
+        "hook_name": cfg.lm.hook_name,
+        "stream_train": cfg.harvest.stream_train,
+    }
     return Stage(
         "sae",
         config,
@@ -272,7 +276,7 @@ def _train_one_sae(
         )
 
     checkpoint_dir = rd / "saes" / f".checkpoint-{name}"
-    result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir, world=rd.world)
+    result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir, world=rd.world, shard=sweep.shard)
     if not rd.world.is_main:
         return None
     metrics = evaluate_sae(result.sae, (chunk for _, chunk in val.iter_chunks(65_536)))

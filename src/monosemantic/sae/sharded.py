@@ -10,7 +10,9 @@ every rank holds x̂ and the same loss. Backward (Megatron-LM's pair of conjugat
 sum's gradient is the identity to each rank's part, and b_dec, which every rank's encoder reads,
 gets the sum over ranks of their encoder gradients; so every local parameter's gradient is the
 unsharded one's slice, and b_dec's is whole on every rank. ``gathered`` puts the dictionary back
-together for saving: the ordinary single-file SAELens layout.
+together for saving: the ordinary single-file SAELens layout; ``whole`` and ``own`` do the same for
+any per-latent tensor (Adam's moments, dead-latent counters), so that a training checkpoint is the
+unsharded one and resumes at any world size that divides F, world size 1 included.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from monosemantic.errors import UserError
 from monosemantic.sae.base import StepOutput
 from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.topk import TopKSAE
+
+LATENT_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "latents": 0}  # split along the latents; others replicated
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -124,13 +128,23 @@ class ShardedTopKSAE(TopKSAE):
         out = super().training_output(x_BD, dead_F, sparsity_scale)
         return out._replace(l0=self.shard_world.all_reduce_(out.l0.clone()))
 
+    def whole(self, name: str, part: torch.Tensor) -> torch.Tensor:
+        """The whole-dictionary tensor of which ``part`` is this rank's share (``name``: a parameter,
+        or ``latents`` for any [F/N] vector); a replicated tensor as it is. Every rank calls it."""
+        dim = LATENT_DIM.get(name)
+        if dim is None:
+            return part
+        return self.shard_world.all_gather(part.movedim(dim, 0).contiguous()).movedim(0, dim)
+
+    def own(self, name: str, whole: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the whole-dictionary tensor ``whole`` (the inverse of ``whole``)."""
+        dim = LATENT_DIM.get(name)
+        return whole if dim is None else whole.narrow(dim, self.first, self.cfg.d_sae)
+
     @torch.no_grad()
     def gathered(self) -> TopKSAE:
         """The whole dictionary as one ordinary TopK SAE (on every rank; one all-gather per tensor)."""
-        world = self.shard_world
         whole = TopKSAE(self.full_cfg).to(self.b_dec.device)
-        whole.W_enc.copy_(world.all_gather(self.W_enc.T.contiguous()).T)
-        whole.b_enc.copy_(world.all_gather(self.b_enc))
-        whole.W_dec.copy_(world.all_gather(self.W_dec))
-        whole.b_dec.copy_(self.b_dec)
+        for name, part in self.named_parameters():
+            getattr(whole, name).copy_(self.whole(name, part))
         return whole.train(self.training)

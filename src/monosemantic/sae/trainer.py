@@ -23,6 +23,11 @@ need the whole gradient first; DDP's overlap of the reduction with backward buys
 backward is one sparse product. Rank 0 alone writes checkpoints; every rank can resume from one,
 at any world size that divides the batch (the state holds nothing per rank).
 
+Dictionary parallelism (``shard="latents"``, TopK only): every rank trains on the whole batch and
+holds F/N latents (``sae/sharded.py``); nothing is averaged, since each rank's gradients are its own
+latents' and b_dec's is whole everywhere. Checkpoints hold the whole dictionary (gathered to rank 0,
+Adam's moments and the dead-latent counters too), so they resume sharded or not.
+
 Inputs are multiplied by one constant so that E‖x‖² = d_in (Anthropic's April 2024 update;
 Gemma Scope normalises likewise), so the defaults of λ, k and learning rates do not depend on the
 scale of the activations. The returned SAE has that constant folded back in: it takes raw
@@ -37,7 +42,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from pickle import UnpicklingError  # what torch.load(weights_only=True) raises on a foreign file
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 
@@ -50,6 +55,7 @@ from monosemantic.sae.base import SparseAutoencoder, check_activations
 from monosemantic.sae.build import build_sae
 from monosemantic.sae.config import SAEConfig
 from monosemantic.sae.resampling import pick_inputs, reinitialise_features, resampling_weights
+from monosemantic.sae.sharded import ShardedTopKSAE
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "monosemantic-sae-checkpoint/1"
@@ -128,6 +134,7 @@ def train_sae(
     init_acts_ND: torch.Tensor,
     checkpoint_dir: Path | None = None,
     world: World = SINGLE,
+    shard: Literal["batch", "latents"] = "batch",
 ) -> TrainResult:
     """Train ``cfg.variant`` on ``batches`` (float [B, D] activation batches, already shuffled)
     until ``cfg.n_samples`` activations have been seen.
@@ -142,13 +149,19 @@ def train_sae(
     data is skipped (and the stream position is always the number of steps taken).
 
     With a ``world`` of N ranks each rank passes the same global batches and trains on its part of
-    each (module docstring); batch sizes must be divisible by N.
+    each (module docstring); batch sizes must be divisible by N. With ``shard="latents"`` each rank
+    passes the same batches and holds F/N of the latents instead.
     """
     device = resolve_device(cfg.device)
     check_activations(init_acts_ND, cfg.d_in, "init activations")
-    world.check_divides(cfg.batch_size, "sae.batch_size")
-    sae = build_sae(cfg).to(device)
-    sae.batch_world = world
+    if shard == "latents":
+        if cfg.grad_clip is not None:
+            raise UserError("sae.shard=latents: gradient clipping (sae.params.grad_clip) is not supported there")
+        sae, batch_world = ShardedTopKSAE(cfg, world).to(device), SINGLE
+    else:
+        world.check_divides(cfg.batch_size, "sae.batch_size")
+        sae, batch_world = build_sae(cfg).to(device), world
+    sae.batch_world = batch_world
     # fused: one kernel per tensor; on CPU several times faster than the per-op loop (benchmarks/sae_step_levers.py)
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
     generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -160,7 +173,7 @@ def train_sae(
         scale = input_scale_for(init_acts_ND)
         with torch.no_grad():
             sae.b_dec.copy_(geometric_median(init_acts_ND.to(device).float() * scale))
-        state = _State(0, 0, torch.zeros(cfg.d_sae, dtype=torch.long, device=device), 0, 0.0, scale, [])
+        state = _State(0, 0, torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device), 0, 0.0, scale, [])
     _start_from_rank_0(sae, state, world)
 
     dead_window = max(1, int(cfg.dead_window * cfg.n_samples))
@@ -179,7 +192,7 @@ def train_sae(
                 state.resamples_done < len(resample_points)
                 and state.samples_seen >= resample_points[state.resamples_done]
             ):
-                stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device, world)
+                stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device, batch_world)
             x_BD = next(stream, None)
             if x_BD is None:
                 raise UserError(
@@ -188,7 +201,7 @@ def train_sae(
                 )
             check_activations(x_BD, cfg.d_in, f"activation batch {state.steps}")
             B = x_BD.shape[0]  # the global batch; this rank trains on its part
-            x_BD = world.local_part(x_BD).to(device, torch.float32, non_blocking=True) * state.input_scale
+            x_BD = batch_world.local_part(x_BD).to(device, torch.float32, non_blocking=True) * state.input_scale
 
             frac = (state.samples_seen + B) / cfg.n_samples
             for group in optimizer.param_groups:
@@ -199,7 +212,7 @@ def train_sae(
             out = sae.training_output(x_BD, dead_F, sparsity_scale)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
-            _average_gradients(sae, world)
+            _average_gradients(sae, batch_world)
             if sae.unit_norm_decoder:
                 _project_out_parallel_grad(sae.W_dec)
             if cfg.grad_clip is not None:
@@ -209,7 +222,7 @@ def train_sae(
                 _normalise_rows(sae.W_dec)
 
             state.samples_since_fired_F += B
-            fired_F = world.all_reduce_(out.fired_F.to(torch.uint8), "max").bool()
+            fired_F = batch_world.all_reduce_(out.fired_F.to(torch.uint8), "max").bool()
             state.samples_since_fired_F.masked_fill_(fired_F, 0)  # no host sync, unlike boolean indexing
             previous = state.samples_seen
             state.samples_seen += B
@@ -219,28 +232,31 @@ def train_sae(
             if state.steps % log_every == 0 or state.samples_seen >= cfg.n_samples:
                 names = ["loss", "l0", *out.terms]
                 local_T = torch.stack([out.loss.detach(), out.l0, *out.terms.values()]).float()
-                mean_T = world.all_reduce_(local_T).div_(world.size).tolist()  # equal parts: mean of means
+                mean_T = batch_world.all_reduce_(local_T).div_(batch_world.size).tolist()  # mean of equal parts
                 entry = {
                     "samples": state.samples_seen,
                     "lr": optimizer.param_groups[0]["lr"],
                     **dict(zip(names, mean_T)),
-                    "dead_frac": dead_F.float().mean().item(),
+                    "dead_frac": _whole(sae, "latents", dead_F.float()).mean().item(),
                 }
                 state.history.append(entry)
                 info = f"loss {entry['loss']:.4g}  L0 {entry['l0']:.1f}  dead {entry['dead_frac']:.1%}"
             advance(B, info=info)
 
             done = state.samples_seen >= cfg.n_samples
-            if (
-                ckpt_path is not None
-                and world.is_main
-                and (done or state.samples_seen // cfg.checkpoint_every > previous // cfg.checkpoint_every)
+            if ckpt_path is not None and (
+                done or state.samples_seen // cfg.checkpoint_every > previous // cfg.checkpoint_every
             ):
                 state.train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
-                _save_checkpoint(ckpt_path, cfg, sae, optimizer, generator, state)
+                payload = _checkpoint(cfg, sae, optimizer, generator, state)  # every rank: a sharded SAE gathers
+                if world.is_main:
+                    with atomic_path(ckpt_path) as tmp:
+                        torch.save(payload, tmp)
         state.train_seconds += time.perf_counter() - started
 
+    if isinstance(sae, ShardedTopKSAE):
+        sae = sae.gathered()
     sae.eval()
     sae.batch_world = SINGLE  # the trained SAE is an ordinary one-process model
     sae.rescale_units(state.input_scale)
@@ -294,10 +310,12 @@ def _resample(
 
 
 def _start_from_rank_0(sae: SparseAutoencoder, state: _State, world: World) -> None:
-    """Every rank takes rank 0's parameters, buffers and input scale (the same numbers, bar any
-    nondeterminism in computing them, so that the ranks cannot drift apart)."""
+    """Every rank takes rank 0's replicated parameters and buffers (all of them, or a sharded SAE's
+    b_dec) and input scale (the same numbers, bar any nondeterminism in computing them, so that the
+    ranks cannot drift apart)."""
+    replicated = [sae.b_dec] if isinstance(sae, ShardedTopKSAE) else itertools.chain(sae.parameters(), sae.buffers())
     with torch.no_grad():
-        for tensor in itertools.chain(sae.parameters(), sae.buffers()):
+        for tensor in replicated:
             contiguous = world.broadcast_(tensor.detach().contiguous())  # W_enc is a transposed view
             if contiguous.data_ptr() != tensor.data_ptr():
                 tensor.copy_(contiguous)
@@ -316,24 +334,38 @@ def _average_gradients(sae: SparseAutoencoder, world: World) -> None:
         grad.copy_(chunk.view_as(grad))
 
 
-def _save_checkpoint(
-    path: Path,
+def _whole(sae: SparseAutoencoder, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` of the whole dictionary: gathered from the ranks for a sharded SAE, else itself."""
+    return sae.whole(name, tensor) if isinstance(sae, ShardedTopKSAE) else tensor
+
+
+def _own(sae: SparseAutoencoder, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of the whole-dictionary ``tensor`` (itself unless ``sae`` is sharded)."""
+    return sae.own(name, tensor) if isinstance(sae, ShardedTopKSAE) else tensor
+
+
+def _checkpoint(
     cfg: SAEConfig,
     sae: SparseAutoencoder,
     optimizer: torch.optim.Adam,
     generator: torch.Generator,
     state: _State,
-) -> None:
-    payload = {
+) -> dict:
+    """What a checkpoint holds, for the whole dictionary however it is sharded."""
+    names = [name for name, _ in sae.named_parameters()]
+    optim = optimizer.state_dict()
+    optim["state"] = {
+        i: {k: _whole(sae, names[i], v) if k.startswith("exp_avg") else v for k, v in moments.items()}
+        for i, moments in optim["state"].items()
+    }
+    return {
         "format": CHECKPOINT_FORMAT,
         "config": cfg.model_dump(mode="json"),
-        "sae": sae.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "sae": {name: _whole(sae, name, tensor) for name, tensor in sae.state_dict().items()},
+        "optimizer": optim,
         "generator": generator.get_state(),
-        "state": {**vars(state)},
+        "state": {**vars(state), "samples_since_fired_F": _whole(sae, "latents", state.samples_since_fired_F)},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
 def _load_checkpoint(
@@ -358,10 +390,15 @@ def _load_checkpoint(
                 f"checkpoint {path}: made with a different SAE config (differs in {', '.join(changed)}); "
                 "delete it to start over"
             )
-        sae.load_state_dict(payload["sae"])
+        sae.load_state_dict({name: _own(sae, name, tensor) for name, tensor in payload["sae"].items()})
+        names = [name for name, _ in sae.named_parameters()]
+        for i, moments in payload["optimizer"]["state"].items():
+            for k in [k for k in moments if k.startswith("exp_avg")]:
+                moments[k] = _own(sae, names[i], moments[k]).clone()
         optimizer.load_state_dict(payload["optimizer"])
         generator.set_state(payload["generator"])
         state = _State(**payload["state"])
+        state.samples_since_fired_F = _own(sae, "latents", state.samples_since_fired_F).clone()
     # what torch.load, the state-dict loaders and the checks above raise on a truncated or foreign file
     except (OSError, EOFError, UnpicklingError, RuntimeError, ValueError, KeyError) as err:
         raise UserError(
