@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp  # torch's: tensors pass between processes
 
-from monosemantic.distributed import SINGLE, World, backend_for, session, world
+from monosemantic.distributed import SINGLE, World, backend_for, run_local_world, session, world
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, train_sae
@@ -30,45 +28,12 @@ SHARD_CFG = dict(
 )  # bf16 ranking of F/2 columns may round a near-tie otherwise than of F
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, size: int, port: int, out: Path, fn, args) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank)
-    )
-    os.environ.setdefault("MONOSEMANTIC_DIST_TIMEOUT", "60")
-    torch.set_num_threads(1)
+def spawn_world(fn, *args, size: int = 2) -> list:
+    """Each rank's result of ``fn(world, *args)`` on a Gloo world of ``size`` spawned processes."""
     try:
-        with session(torch.device("cpu")) as here:
-            result = fn(here, *args)
-    except UserError as err:  # what the CLI would print as its one line
-        result = {"error": str(err)}
-    torch.save(result, out / f"rank{rank}.pt")
-
-
-def spawn_world(tmp_path: Path, fn, *args, size: int = 2) -> list:
-    """Run ``fn(world, *args)`` on ``size`` spawned ranks; returns each rank's result (None for a
-    rank that died), its UserError as {"error": message} if it raised one."""
-    port, spawn = _free_port(), mp.get_context("spawn")
-    processes = [spawn.Process(target=_worker, args=(r, size, port, tmp_path, fn, args)) for r in range(size)]
-    for process in processes:
-        process.start()
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    try:
-        for process in processes:
-            process.join(timeout=max(0.0, deadline - time.monotonic()))
-        if any(process.is_alive() for process in processes):
-            pytest.fail(f"world of {size} did not finish within {JOIN_TIMEOUT_S} s")
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-    files = [tmp_path / f"rank{r}.pt" for r in range(size)]
-    return [torch.load(f, weights_only=False) if f.exists() else None for f in files]
+        return run_local_world(fn, args, size, timeout_s=JOIN_TIMEOUT_S)
+    except TimeoutError as err:
+        pytest.fail(str(err))
 
 
 # ---------------------------------------------------------------- SAE, data-parallel
@@ -124,7 +89,7 @@ def _assert_same_sae(a: dict, b: dict) -> None:
 
 def test_sae_data_parallel_training_equals_one_process(tmp_path):
     one = _train_saes(SINGLE)
-    ranks = spawn_world(tmp_path, _train_saes)
+    ranks = spawn_world(_train_saes)
     # the cases exercise what needs synchronising: AuxK on dead latents, BatchTopK's threshold, resampling
     assert any("auxk" in h for h in one["topk"]["history"])
     assert any("auxk" in h for h in one["batchtopk"]["history"])
@@ -182,7 +147,7 @@ def _train_lm(here: World, tokens_dir: Path, checkpoint: Path) -> dict:
 
 def test_lm_data_parallel_steps_equal_one_process(tiny_run, tmp_path):
     one = _train_lm(SINGLE, tiny_run / "tokens", tmp_path / "one.pt")
-    ranks = spawn_world(tmp_path, _train_lm, tiny_run / "tokens", tmp_path / "two.pt")
+    ranks = spawn_world(_train_lm, tiny_run / "tokens", tmp_path / "two.pt")
     for rank in ranks:
         assert rank["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
         for key, tensor in one["state"].items():
@@ -224,7 +189,7 @@ def _die_mid_training(here: World) -> dict:
 def test_a_dying_rank_stops_the_others_with_one_error_line(tmp_path, monkeypatch):
     monkeypatch.setenv("MONOSEMANTIC_DIST_TIMEOUT", "20")  # inherited by the spawned ranks
     started = time.monotonic()
-    survivor, dead = spawn_world(tmp_path, _die_mid_training)
+    survivor, dead = spawn_world(_die_mid_training)
     assert dead is None
     assert survivor["error"].startswith("rank 0 of 2: ") and "another rank died" in survivor["error"]
     assert "\n" not in survivor["error"]
@@ -319,8 +284,7 @@ def _topk_with_checkpoints(here: World, checkpoint_dir: Path, die_at: int | None
 
 
 def test_a_world_of_2_killed_mid_training_resumes_at_world_size_1(tmp_path):
-    (tmp_path / "spawn").mkdir()
-    survivor, _ = spawn_world(tmp_path / "spawn", _topk_with_checkpoints, tmp_path / "ckpt", 13)
+    survivor, _ = spawn_world(_topk_with_checkpoints, tmp_path / "ckpt", 13)
     assert "error" in survivor and (tmp_path / "ckpt/checkpoint.pt").exists()
     state = torch.load(tmp_path / "ckpt/checkpoint.pt", weights_only=True)["state"]
     assert 0 < state["steps"] < 20  # saved by rank 0 before the other rank died
@@ -346,8 +310,7 @@ def test_harvest_by_2_ranks_holds_the_1_rank_rows_in_order(tiny_run, tmp_path):
     from monosemantic.activations import ActivationStore
 
     _harvest(SINGLE, tiny_run, tmp_path / "one")
-    (tmp_path / "spawn").mkdir()
-    spawn_world(tmp_path / "spawn", _harvest, tiny_run, tmp_path / "two")
+    spawn_world(_harvest, tiny_run, tmp_path / "two")
     one, two = ActivationStore(tmp_path / "one"), ActivationStore(tmp_path / "two")
     assert two.n_shards == 2 and two.n_rows == one.n_rows == 7 * 32  # 7 windows: ranks record 3 and 4
     rows = np.arange(one.n_rows)
@@ -400,8 +363,7 @@ def test_dictionary_parallel_topk_equals_the_unsharded_sae(tmp_path):
     sae = build_sae(cfg)
     one = _step(sae, _sparse_batches(1, seed=3, batch=64)[0], _dead_F())
     save_sae(sae, cfg, tmp_path / "one")
-    (tmp_path / "spawn").mkdir()
-    ranks = spawn_world(tmp_path / "spawn", _sharded_step, tmp_path / "two")
+    ranks = spawn_world(_sharded_step, tmp_path / "two")
     assert one["auxk"] > 0 and one["fired"].sum() > 0
     for rank in ranks:
         assert [rank[k] for k in ("loss", "l0", "auxk")] == pytest.approx([one[k] for k in ("loss", "l0", "auxk")])
@@ -421,14 +383,12 @@ def test_dictionary_parallel_needs_a_world_that_divides_the_dictionary():
 
 
 def test_dictionary_parallel_training_equals_unsharded_and_resumes_at_world_size_1(tmp_path):
-    for name in ("whole", "killed"):
-        (tmp_path / name).mkdir()
     unsharded = _topk_with_checkpoints(SINGLE, tmp_path / "fresh", None)
     assert any("auxk" in h for h in unsharded["history"])
-    sharded = spawn_world(tmp_path / "whole", _topk_with_checkpoints, tmp_path / "ckpt-whole", None, "latents")
+    sharded = spawn_world(_topk_with_checkpoints, tmp_path / "ckpt-whole", None, "latents")
     for rank in sharded:
         _assert_same_sae(rank, unsharded)
-    survivor, _ = spawn_world(tmp_path / "killed", _topk_with_checkpoints, tmp_path / "ckpt", 13, "latents")
+    survivor, _ = spawn_world(_topk_with_checkpoints, tmp_path / "ckpt", 13, "latents")
     assert "error" in survivor
     assert torch.load(tmp_path / "ckpt/checkpoint.pt", weights_only=True)["sae"]["W_dec"].shape == (F, D)
     _assert_same_sae(_topk_with_checkpoints(SINGLE, tmp_path / "ckpt", None), unsharded)  # resumed unsharded

@@ -17,13 +17,18 @@ collective should ever wait, so the other ranks wait for it on a second, Gloo gr
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
@@ -192,3 +197,45 @@ def session(device: torch.device) -> Iterator[World]:
     finally:
         _groups.clear()
         dist.destroy_process_group()
+
+
+def _local_rank_main(rank: int, size: int, port: int, out: Path, fn: Callable, args: tuple) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)  # one core per rank
+    try:
+        with session(torch.device("cpu")) as here:
+            result = fn(here, *args)
+    except UserError as err:  # what the CLI would print as its one line
+        result = {"error": str(err)}
+    torch.save(result, out / f"rank{rank}.pt")
+
+
+def run_local_world(fn: Callable, args: tuple = (), size: int = 2, timeout_s: float = 120) -> list:
+    """Run ``fn(world, *args)`` in ``size`` fresh processes forming a Gloo world on 127.0.0.1 (a free
+    port), one CPU thread each, as torchrun would; for tests and benchmarks. Returns each rank's
+    result: its return value, ``{"error": message}`` if it raised a UserError, None if it died.
+    ``fn`` must be importable by name. Raises TimeoutError (having killed them) if the processes
+    have not all ended within ``timeout_s``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spawn = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        ranks = [spawn.Process(target=_local_rank_main, args=(r, size, port, out, fn, args)) for r in range(size)]
+        for process in ranks:
+            process.start()
+        deadline = time.monotonic() + timeout_s
+        try:
+            for process in ranks:
+                process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if any(process.is_alive() for process in ranks):
+                raise TimeoutError(f"a local world of {size} did not finish within {timeout_s} s")
+        finally:
+            for process in ranks:
+                if process.is_alive():
+                    process.kill()
+        files = [out / f"rank{r}.pt" for r in range(size)]
+        return [torch.load(f, weights_only=False) if f.exists() else None for f in files]
