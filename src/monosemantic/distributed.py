@@ -238,4 +238,4 @@ def run_local_world(fn: Callable, args: tuple = (), size: int = 2, timeout_s: fl
                 if process.is_alive():
                     process.kill()
         files = [out / f"rank{r}.pt" for r in range(size)]
-        return [torch.load(f, weights_only=False) if f.exists() else None for f in files]
+        return [torch.load(f, weights_only=True) if f.exists() else None for f in files]
