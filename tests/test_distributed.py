@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -265,7 +266,22 @@ def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, 
     for mine, one in zip(ours["sae"]["saes"], theirs["sae"]["saes"], strict=True):
         for key in ("fvu", "l0", "loss_recovered", "dead_frac"):
             assert mine[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), (mine["name"], key)
-    assert (run / "features.sqlite").is_file() and not any(run.glob("saes/.checkpoint-*"))
+    assert not any(run.glob("saes/.checkpoint-*"))
+    ours, theirs = _top_examples(run / "features.sqlite"), _top_examples(reference / "features.sqlite")
+    assert len(ours) == len(theirs) > 100
+    assert sum(ours[unit] == theirs[unit] for unit in theirs) >= 0.99 * len(theirs)  # the issue's bar
+
+
+def _top_examples(store: Path) -> dict[tuple, list[int]]:
+    """Each unit's top-activating example rows, in rank order, from a feature store."""
+    import sqlite3
+
+    with closing(sqlite3.connect(store)) as db:
+        rows = db.execute("SELECT dict, unit, row FROM examples WHERE kind = 'top' ORDER BY dict, unit, rank")
+        found: dict[tuple, list[int]] = {}
+        for dictionary, unit, row in rows:
+            found.setdefault((dictionary, unit), []).append(row)
+    return found
 
 
 def _topk_with_checkpoints(here: World, checkpoint_dir: Path, die_at: int | None, shard: str = "batch") -> dict:
