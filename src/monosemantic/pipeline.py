@@ -190,6 +190,7 @@ class RunDir:
                 f"stage {stage.name} needs {', '.join(missing)} first (run `monosemantic run --out {self.path}`)"
             )
         main = self.world.is_main
+        self.world.barrier()  # every rank done with the last stage before rank 0 clears temporaries
         with self.locked() if main else nullcontext():
             current = self.world.broadcast_object(main and not force and self.is_current(stage))
             if current:

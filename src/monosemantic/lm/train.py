@@ -95,8 +95,10 @@ def train_lm(
     rng = np.random.default_rng(cfg.seed)
     step, history, seconds_before = 0, [], 0.0
     key = _checkpoint_key(cfg, tokens_dir)
-    if checkpoint_path.exists():
-        step, history, seconds_before = _resume(checkpoint_path, key, model, optimizer, rng)
+    for turn in (world.is_main, not world.is_main):  # rank 0 first: it alone may set a bad checkpoint aside
+        if turn and checkpoint_path.exists():
+            step, history, seconds_before = _resume(checkpoint_path, key, model, optimizer, rng)
+        world.barrier()
 
     # DDP starts every rank from rank 0's weights and averages gradients over the ranks
     stepped = model if world.size == 1 else torch.nn.parallel.DistributedDataParallel(model)
