@@ -62,6 +62,8 @@ SAE_CASES = {
         dict(variant="standard", resample_at=(0.5,), dead_window=0.2, resample_inputs=256),
         _near_constant_batches,
     ),
+    "standard2024": (dict(variant="standard2024"), _sparse_batches),  # clips the whole gradient's norm
+    "jumprelu": (dict(variant="jumprelu"), _sparse_batches),
 }
 
 
