@@ -10,6 +10,8 @@ harvest. Efficiency = rate at 2 / (2 × rate at 1): 100 % is perfect scaling. Ro
 
 - SAE data-parallel (TopK): each rank half of every batch, gradients all-reduced;
 - SAE dictionary-parallel (TopK, ``sae.shard=latents``): each rank half of the latents;
+- an SAE sweep of two sizes (F/2 and F), every size data-parallel or one size per rank
+  (``sae.shard=sizes``, no communication; the wall time is the slower rank's);
 - LM (the 1-layer transformer, DDP): each rank half of every batch of windows;
 - harvest: each rank half of the windows, parts joined by rank 0.
 
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from monosemantic.distributed import World, run_local_world
+from monosemantic.distributed import SINGLE, World, run_local_world
 
 
 def sae_rate(world: World, d: int, f: int, batch: int, steps: int, shard: str) -> float:
@@ -44,6 +46,16 @@ def sae_rate(world: World, d: int, f: int, batch: int, steps: int, shard: str) -
     pool = [torch.randn(batch, d, generator=g) for _ in range(4)]
     result = train_sae(cfg, itertools.islice(itertools.cycle(pool), steps), pool[0], world=world, shard=shard)
     return batch * steps / result.train_seconds
+
+
+def sweep_rate(world: World, d: int, sizes: list[int], batch: int, steps: int, by_size: bool) -> float:
+    """Samples/s of a whole sweep: every size data-parallel, or each rank its share of the sizes alone."""
+    mine = sizes[world.rank :: world.size] if by_size else sizes
+    started = time.perf_counter()
+    for f in mine:
+        sae_rate(SINGLE if by_size else world, d, f, batch, steps, "batch")
+    world.barrier()
+    return len(sizes) * batch * steps / (time.perf_counter() - started)
 
 
 def lm_rate(world: World, tokens_dir: Path, d_model: int, batch: int, steps: int) -> float:
@@ -122,6 +134,20 @@ def main() -> None:
                 "samples/s",
                 lambda n: run_local_world(
                     sae_rate, (args.d, args.f, args.sae_batch, args.sae_steps, "latents"), n, 600
+                ),
+            ),
+            (
+                f"SAE sweep F={args.f // 2}+{args.f}, data-parallel",
+                "samples/s",
+                lambda n: run_local_world(
+                    sweep_rate, (args.d, [args.f // 2, args.f], args.sae_batch, args.sae_steps, False), n, 600
+                ),
+            ),
+            (
+                f"SAE sweep F={args.f // 2}+{args.f}, one size per rank",
+                "samples/s",
+                lambda n: run_local_world(
+                    sweep_rate, (args.d, [args.f // 2, args.f], args.sae_batch, args.sae_steps, True), n, 600
                 ),
             ),
             (

@@ -410,3 +410,32 @@ def test_dictionary_parallel_training_equals_unsharded_and_resumes_at_world_size
     assert "error" in survivor
     assert torch.load(tmp_path / "ckpt/checkpoint.pt", weights_only=True)["sae"]["W_dec"].shape == (F, D)
     _assert_same_sae(_topk_with_checkpoints(SINGLE, tmp_path / "ckpt", None), unsharded)  # resumed unsharded
+
+
+# ---------------------------------------------------------------- a sweep spread over the ranks
+
+
+def _sae_stage(here: World, run: Path, corpus: str) -> dict:
+    from monosemantic import pipeline
+    from monosemantic.config import load_config
+
+    set_quiet(True)
+    overrides = ["corpus.val_fraction=0.2", f"corpus.corpus={corpus}", "sae.shard=sizes"]
+    pipeline.run(load_config("tiny", overrides=overrides), run, "sae", force=True)
+    return json.loads((run / "run.json").read_text())["sae"] if here.is_main else {}
+
+
+def test_a_sweep_spread_one_size_per_rank_trains_the_same_saes(analysed_run, tmp_path):
+    import shutil
+
+    reference, cfg = analysed_run
+    shutil.copytree(reference, tmp_path / "run")
+    figures, _ = spawn_world(_sae_stage, tmp_path / "run", cfg.corpus.corpus)
+    theirs = json.loads((reference / "run.json").read_text())["sae"]
+    assert (
+        [e["name"] for e in figures["saes"]] == [e["name"] for e in theirs["saes"]] == ["standard-64", "standard-128"]
+    )
+    for mine, one in zip(figures["saes"], theirs["saes"]):
+        for key in ("fvu", "l0", "loss_recovered", "dead_frac"):
+            assert mine[key] == pytest.approx(one[key], rel=1e-5), (mine["name"], key)
+    assert figures["world_size"] == 2

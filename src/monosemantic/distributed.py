@@ -110,6 +110,14 @@ class World:
         self._call("broadcast_object_list", dist.broadcast_object_list, box, 0, group=_groups.get("wait"))
         return box[0]
 
+    def gather_objects(self, obj: Any) -> list:
+        """Every rank's ``obj`` (any picklable value), in rank order, on every rank."""
+        if self.size == 1:
+            return [obj]
+        gathered: list = [None] * self.size
+        self._call("all_gather_object", dist.all_gather_object, gathered, obj, group=_groups.get("wait"))
+        return gathered
+
     def barrier(self) -> None:
         """Block until every rank gets here (on the waiting group: rank 0 may be working alone)."""
         if self.size > 1:

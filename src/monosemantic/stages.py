@@ -26,6 +26,7 @@ from monosemantic.corpus.shards import TokenShards, write_token_shards
 from monosemantic.corpus.sources import DocumentSources, corpus_fingerprint, document_sources, iter_documents
 from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
+from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.lm.baselines import baseline_losses
 from monosemantic.lm.model import EXTERNAL_FILE, check_hook_name, load_external_lm, load_lm, save_external_ref, save_lm
@@ -188,13 +189,20 @@ def sae_stage(cfg: RunConfig) -> Stage:
         tokens_BT = torch.from_numpy(
             np.stack([w for _, _, w in val_tokens.sequential_windows(cfg.lm.n_ctx, sweep.loss_windows)])
         ).to(device)
+        by_size = sweep.shard == "sizes"  # each rank trains its share of the sizes, alone
+        world = SINGLE if by_size else rd.world
         entries = []
-        for size in sweep.sizes:
+        for size in sweep.sizes[rd.world.rank :: rd.world.size] if by_size else sweep.sizes:
             sae_cfg = sweep.sae_config(val.d_in, size, str(device))
             entries.append(
-                _train_one_sae(rd, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, cfg.lm.hook_name)
+                _train_one_sae(
+                    rd, world, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, cfg.lm.hook_name
+                )
             )
-            rd.world.barrier()  # while rank 0 measures and saves it
+            world.barrier()  # while rank 0 measures and saves it
+        if by_size:
+            done = {entry["d_sae"]: entry for part in rd.world.gather_objects(entries) for entry in part}
+            entries = [done[size] for size in sweep.sizes]
         return {
             "variant": sweep.variant,
             "saes": entries,
@@ -240,6 +248,7 @@ def _density_chunks(source: ActivationStore | ActivationStream, n_tokens: int):
 
 def _train_one_sae(
     rd: RunDir,
+    world: World,
     sae_cfg: SAEConfig,
     sweep,
     train: ActivationStore | ActivationStream,
@@ -250,8 +259,8 @@ def _train_one_sae(
     tokens_BT: torch.Tensor,
     hook_name: str,
 ) -> dict | None:
-    """Train one SAE (data-parallel over ``rd.world``), then, on rank 0, measure and save it and
-    return its figures (None on the other ranks)."""
+    """Train one SAE (data- or dictionary-parallel over ``world``), then, on its rank 0, measure and
+    save it and return its figures (None on the other ranks)."""
     name = f"{sae_cfg.variant}-{sae_cfg.d_sae}"
     folder = rd / "saes" / name
     # the activations it was trained on count too: a re-harvest must not reuse an SAE of the old ones
@@ -276,8 +285,9 @@ def _train_one_sae(
         )
 
     checkpoint_dir = rd / "saes" / f".checkpoint-{name}"
-    result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir, world=rd.world, shard=sweep.shard)
-    if not rd.world.is_main:
+    shard = "latents" if sweep.shard == "latents" else "batch"
+    result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir, world=world, shard=shard)
+    if not world.is_main:
         return None
     metrics = evaluate_sae(result.sae, (chunk for _, chunk in val.iter_chunks(65_536)))
     density_F, density_tokens = metrics.pop("density"), metrics["n_tokens"]
