@@ -13,7 +13,7 @@ from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, build_sae, train_sae
 from monosemantic.sae.base import selection_dtype, token_rows
-from monosemantic.sae.resampling import resample_dead_features
+from monosemantic.sae.resampling import pick_inputs, reinitialise_features, resampling_weights
 from monosemantic.sae.trainer import CHECKPOINT_NAME, geometric_median
 
 set_quiet(True)
@@ -177,8 +177,9 @@ def test_resampling_follows_the_paper():
         sae.b_dec.zero_()
         sae.W_enc[:, 3:8] = 0.0  # encoder kills reconstruction everywhere except via bias
     live_norm = sae.W_enc[:, ~dead].norm(dim=0).mean()
-    n = resample_dead_features(sae, opt, dead, inputs, torch.Generator().manual_seed(0))
-    assert n == 2
+    pick = pick_inputs(resampling_weights(sae, inputs), 2, torch.Generator().manual_seed(0))
+    assert sorted(pick.tolist()) == [17, 23]  # only they have non-zero weight
+    reinitialise_features(sae, opt, dead, inputs[pick])
     unit = inputs[17] / inputs[17].norm()
     assert sorted(round((sae.W_dec[i] @ unit).item(), 5) for i in (3, 7)) == [-1.0, 1.0]
     torch.testing.assert_close(sae.W_enc[:, 7], sae.W_dec[7] * 0.2 * live_norm)

@@ -86,6 +86,8 @@ _SEEDED_SECTIONS = ("lm", "sae", "toy")
 
 def _print_summary(result: RunResult) -> None:
     rd = result.run_dir
+    if not rd.world.is_main:  # under torchrun, rank 0 alone reports
+        return
     out = Console(width=max(Console().width, 110))
     table = Table(title=f"monosemantic run — {rd.path}")
     for col in ("stage", "status", "seconds", "figures"):
@@ -144,7 +146,7 @@ def run(
     cfg = _config(preset, config, set_, corpus, dataset, seed, device)
     result = pipeline.run(cfg, out, upto, force, verify)
     _print_summary(result)
-    if (result.run_dir / "features.sqlite").is_file():
+    if (result.run_dir / "features.sqlite").is_file() and result.run_dir.world.is_main:
         Console().print(
             f"Browse the features: [bold]monosemantic serve {result.run_dir.path}[/bold], "
             "then open http://127.0.0.1:8000/"

@@ -21,6 +21,13 @@ temporaries a killed run left behind are removed then.
 An experiment that repeats stages (universality's model B: the lm, harvest and sae stages again,
 with other seeds, on the same tokens) is a second run in a subdirectory, ``RunDir.second_run``:
 its own manifest, hashes and skipping, reading the stages it borrows from the first run.
+
+Under torchrun (``distributed.py``) every rank calls ``run`` with the same config. Rank 0 owns the
+run directory: it takes the lock, decides whether a stage is current, writes ``run.json`` and hands
+its manifest to the others after each stage. A stage marked ``distributed`` runs on every rank, each
+doing its share; any other stage runs on rank 0 while the others wait. ``run.json`` records, per
+stage, the ``world_size`` that ran it. A second run happens inside a rank-0 stage, so it runs as a
+world of one.
 """
 
 from __future__ import annotations
@@ -31,13 +38,14 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from monosemantic import __version__, integrity
+from monosemantic import __version__, distributed, integrity
 from monosemantic.atomic import remove_temporaries, write_json
+from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.progress import notice
 
@@ -53,7 +61,9 @@ def config_hash(config: Any, upstream: list[str] = ()) -> str:
 @dataclass
 class Stage:
     """One step of the pipeline: ``run(run_dir)`` writes ``artifacts`` and returns its figures;
-    ``summary(figures)`` says in one line what they were; ``needs`` names the stages it reads from."""
+    ``summary(figures)`` says in one line what they were; ``needs`` names the stages it reads from.
+    ``distributed``: every rank of a torchrun world runs it (each its share; rank 0's figures are
+    recorded), else rank 0 alone does."""
 
     name: str
     config: Any
@@ -61,6 +71,7 @@ class Stage:
     artifacts: list[str]
     summary: Callable[[dict], str]
     needs: list[str] = field(default_factory=list)
+    distributed: bool = False
 
 
 @dataclass
@@ -108,16 +119,19 @@ def run(
 
     stages = prerequisites(all_stages(cfg), upto)
     forced = {s.name for s in stages if force and upto in (None, s.name)}
-    return RunDir(Path(out), verify).run_stages(cfg, stages, forced)
+    with distributed.session(resolve_device(cfg.device)) as world:
+        return RunDir(Path(out), verify, world).run_stages(cfg, stages, forced)
 
 
 class RunDir:
     """A run directory and its manifest. ``verify``: judge a stage current only after comparing the
-    digest of every artifact file, large ones included (else those are compared by size)."""
+    digest of every artifact file, large ones included (else those are compared by size).
+    ``world``: the torchrun world running the stages (rank 0 writes the manifest)."""
 
-    def __init__(self, path: Path, verify: bool = False):
+    def __init__(self, path: Path, verify: bool = False, world: distributed.World = distributed.SINGLE):
         self.path = Path(path)
         self.verify = verify
+        self.world = world
         self.manifest_path = self.path / "run.json"
         self.manifest: dict = {}
         if self.manifest_path.exists():
@@ -165,7 +179,8 @@ class RunDir:
         for stage in stages:
             figures, skipped = self.run_stage(stage, force=stage.name in force)
             done.append(StageRun(stage.name, skipped, figures, stage.summary(figures)))
-        self.save()
+        if self.world.is_main:
+            self.save()
         return RunResult(self, done)
 
     def fingerprint(self, name: str) -> str:
@@ -203,25 +218,31 @@ class RunDir:
             raise UserError(
                 f"stage {stage.name} needs {', '.join(missing)} first (run `monosemantic run --out {self.path}`)"
             )
-        with self.locked():
-            if not force and self.is_current(stage):
+        main = self.world.is_main
+        self.world.barrier()  # every rank done with the last stage before rank 0 clears temporaries
+        with self.locked() if main else nullcontext():
+            current = self.world.broadcast_object(main and not force and self.is_current(stage))
+            if current:
                 return self.manifest[stage.name], True
-            if stage.name in self.manifest["stages"]:
+            if main and stage.name in self.manifest["stages"]:
                 self._discard_changed(stage)
             start = time.perf_counter()
-            figures = stage.run(self)
-            seconds = round(time.perf_counter() - start, 2)
-            figures["seconds"] = seconds
-            self.manifest["stages"][stage.name] = {
-                "config_hash": self.stage_hash(stage),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "artifacts": integrity.record(self.path, stage.artifacts),
-            }
-            self.manifest[stage.name] = figures
-            self.manifest["timings"][stage.name] = seconds
-            self.manifest["monosemantic_version"] = __version__
-            self.save()
-        return figures, False
+            figures = stage.run(self) if stage.distributed or main else {}
+            if main:
+                seconds = round(time.perf_counter() - start, 2)
+                figures["seconds"] = seconds
+                figures["world_size"] = self.world.size if stage.distributed else 1
+                self.manifest["stages"][stage.name] = {
+                    "config_hash": self.stage_hash(stage),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "artifacts": integrity.record(self.path, stage.artifacts),
+                }
+                self.manifest[stage.name] = figures
+                self.manifest["timings"][stage.name] = seconds
+                self.manifest["monosemantic_version"] = __version__
+                self.save()
+            self.manifest = self.world.broadcast_object(self.manifest)  # the other ranks wait for rank 0 here
+        return self.manifest[stage.name], False
 
     def _discard_changed(self, stage: Stage) -> None:
         """Delete the units holding files that no longer match their digest, so none is reused."""

@@ -27,6 +27,7 @@ from monosemantic.corpus.shards import TokenShards, write_token_shards
 from monosemantic.corpus.sources import DocumentSources, corpus_fingerprint, iter_documents, iter_labelled_documents
 from monosemantic.corpus.tokenizer import save_tokenizer, train_tokenizer
 from monosemantic.device import resolve_device
+from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.lm.baselines import baseline_losses
 from monosemantic.lm.model import EXTERNAL_FILE, check_hook_name, load_external_lm, load_lm, save_external_ref, save_lm
@@ -104,7 +105,11 @@ def lm_stage(cfg: RunConfig) -> Stage:
                 f"corpus.val_fraction or a smaller lm.n_ctx"
             )
         if cfg.lm.trains_own_model:
-            model, figures = train_lm(cfg.lm, rd / "tokens", checkpoint, device)
+            model, figures = train_lm(cfg.lm, rd / "tokens", checkpoint, device, rd.world)
+            if not rd.world.is_main:  # rank 0 measures and saves the model it shares with the others
+                return {}
+        elif not rd.world.is_main:
+            return {}
         else:
             model, _ = load_external_lm(cfg.lm, device)
             if cfg.lm.n_ctx > model.cfg.n_ctx:
@@ -131,7 +136,7 @@ def lm_stage(cfg: RunConfig) -> Stage:
         )
 
     artifact = "lm/model.safetensors" if cfg.lm.trains_own_model else f"lm/{EXTERNAL_FILE}"
-    return Stage("lm", cfg.lm.model_dump(), run, [artifact], summary, needs=["corpus"])
+    return Stage("lm", cfg.lm.model_dump(), run, [artifact], summary, needs=["corpus"], distributed=True)
 
 
 def harvest_stage(cfg: RunConfig) -> Stage:
@@ -159,6 +164,7 @@ def harvest_stage(cfg: RunConfig) -> Stage:
                 h.dtype,
                 device,
                 {hook: hook_store_dir(rd.path, split, hook, cfg.lm.hook_name) for hook in h.extra_hooks},
+                rd.world,
             )
         return figures
 
@@ -175,7 +181,7 @@ def harvest_stage(cfg: RunConfig) -> Stage:
     ]
     # a run without extra hook points keeps the config hash it had before they existed
     config = {**h.model_dump(exclude=set() if h.extra_hooks else {"extra_hooks"}), "hook_name": cfg.lm.hook_name}
-    return Stage("harvest", config, run, stores, summary, needs=["lm"])
+    return Stage("harvest", config, run, stores, summary, needs=["lm"], distributed=True)
 
 
 def sae_stage(cfg: RunConfig) -> Stage:
@@ -193,13 +199,20 @@ def sae_stage(cfg: RunConfig) -> Stage:
         tokens_BT = torch.from_numpy(
             np.stack([w for _, _, w in val_tokens.sequential_windows(cfg.lm.n_ctx, sweep.loss_windows)])
         ).to(device)
+        by_size = sweep.shard == "sizes"  # each rank trains its share of the sizes, alone
+        world = SINGLE if by_size else rd.world
         entries = []
-        for size in sweep.sizes:
+        for size in sweep.sizes[rd.world.rank :: rd.world.size] if by_size else sweep.sizes:
             sae_cfg = sweep.sae_config(val.d_in, size, str(device))
             figures = _train_one_sae(
-                rd, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, cfg.lm.hook_name
+                rd, world, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, cfg.lm.hook_name
             )
-            entries.append({**figures, "config": sae_cfg.model_dump(mode="json")})
+            if figures is not None:  # None on the ranks other than 0, which neither measure nor save
+                entries.append({**figures, "config": sae_cfg.model_dump(mode="json")})
+            world.barrier()  # while rank 0 measures and saves it
+        if by_size:
+            done = {entry["d_sae"]: entry for part in rd.world.gather_objects(entries) for entry in part}
+            entries = [done[size] for size in sweep.sizes]
         return {
             "variant": sweep.variant,
             "saes": entries,
@@ -209,7 +222,11 @@ def sae_stage(cfg: RunConfig) -> Stage:
     def summary(f: dict) -> str:
         return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
 
-    config = {**sweep.model_dump(), "hook_name": cfg.lm.hook_name, "stream_train": cfg.harvest.stream_train}
+    config = {
+        **sweep.model_dump(exclude={"shard"}),
+        "hook_name": cfg.lm.hook_name,
+        "stream_train": cfg.harvest.stream_train,
+    }
     return Stage(
         "sae",
         config,
@@ -217,6 +234,7 @@ def sae_stage(cfg: RunConfig) -> Stage:
         [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes],
         summary,
         needs=["harvest"],
+        distributed=True,
     )
 
 
@@ -240,6 +258,7 @@ def _density_chunks(source: ActivationStore | ActivationStream, n_tokens: int):
 
 def _train_one_sae(
     rd: RunDir,
+    world: World,
     sae_cfg: SAEConfig,
     sweep,
     train: ActivationStore | ActivationStream,
@@ -249,7 +268,9 @@ def _train_one_sae(
     model,
     tokens_BT: torch.Tensor,
     hook_name: str,
-) -> dict:
+) -> dict | None:
+    """Train one SAE (data- or dictionary-parallel over ``world``), then, on its rank 0, measure and
+    save it and return its figures (None on the other ranks)."""
     name = f"{sae_cfg.variant}-{sae_cfg.d_sae}"
     folder = rd / "saes" / name
     # the activations it was trained on count too: a re-harvest must not reuse an SAE of the old ones
@@ -274,7 +295,10 @@ def _train_one_sae(
         )
 
     checkpoint_dir = rd / "saes" / f".checkpoint-{name}"
-    result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir)
+    shard = "latents" if sweep.shard == "latents" else "batch"
+    result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir, world=world, shard=shard)
+    if not world.is_main:
+        return None
     metrics = evaluate_sae(result.sae, (chunk for _, chunk in val.iter_chunks(65_536)))
     density_F, density_tokens = metrics.pop("density"), metrics["n_tokens"]
     if sweep.density_tokens is not None:

@@ -14,6 +14,7 @@ arrays (read through ``np.memmap``) so that a store can be far larger than RAM; 
 records each shard's row count and byte sizes, against which every shard is checked on open.
 
 ``ActivationWriter`` builds a store under a temporary name and renames it into place on success;
+``join_stores`` makes one store of several (a distributed harvest's per-rank parts) without copying;
 ``ActivationStore`` opens one for random access, sequential chunks, the per-dimension mean and
 shuffled training batches (see ``reader.py``).
 """
@@ -21,6 +22,7 @@ shuffled training batches (see ``reader.py``).
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -186,6 +188,44 @@ class ActivationWriter:
             "shards": self._shards,
             "meta": self.meta,
         }
+
+
+def join_stores(parts: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Turn the existing directory ``out_dir`` into one store holding the rows of the stores
+    ``parts`` (same width, dtype, hook and meta), in that order, by moving their shard files in
+    under the joined numbering: no row is copied. The parts' directories are removed. Returns the
+    joined manifest."""
+    stores = [ActivationStore(part) for part in parts]
+    first = stores[0]
+    for store in stores[1:]:
+        if (store.d_in, store.dtype, store.hook_name, store.meta) != (
+            first.d_in,
+            first.dtype,
+            first.hook_name,
+            first.meta,
+        ):
+            raise UserError(f"activation store {store.path}: does not match {first.path}; cannot join them")
+    shards = []
+    for store in stores:
+        for shard in json.loads((store.path / "store.json").read_text())["shards"]:
+            index = len(shards)
+            (store.path / shard["acts"]).rename(out_dir / _acts_name(index))
+            (store.path / shard["origin"]).rename(out_dir / _origin_name(index))
+            shards.append({**shard, "acts": _acts_name(index), "origin": _origin_name(index)})
+    manifest = {
+        "format": FORMAT,
+        "d_in": first.d_in,
+        "hook_name": first.hook_name,
+        "dtype": first.dtype,
+        "n_rows": sum(store.n_rows for store in stores),
+        "origin_columns": list(ORIGIN_COLUMNS),
+        "shards": shards,
+        "meta": first.meta,
+    }
+    (out_dir / "store.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    for store in stores:
+        shutil.rmtree(store.path)
+    return manifest
 
 
 class ActivationStore:

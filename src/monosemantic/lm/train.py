@@ -8,6 +8,13 @@ steps the model, optimizer and generator state are saved atomically, so a killed
 exactly where it stopped and gives the same losses as an uninterrupted one. A checkpoint holds only
 tensors and plain values (loaded with ``weights_only=True``: opening one runs no code) and the hash
 of the config and tokens it was trained on; one made for anything else is set aside, not resumed.
+
+Data-parallel (``world``, a torchrun world of N ranks): every rank draws the same global batch of
+``batch_size`` windows from the same generator and trains on its ``batch_size / N`` of them under
+``DistributedDataParallel``, whose averaged gradient of equal parts is the global batch's; so the
+steps are a world of 1's, and the generator state in a checkpoint is every rank's. Rank 0 evaluates,
+writes checkpoints and shows progress; every rank resumes from the same checkpoint, at any world
+size that divides the batch.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from transformer_lens import HookedTransformer
 
 from monosemantic.atomic import atomic_path
 from monosemantic.corpus.shards import TokenShards
+from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.lm.config import LMConfig
 from monosemantic.lm.model import build_lm
@@ -70,9 +78,15 @@ def evaluate_lm(
 
 
 def train_lm(
-    cfg: LMConfig, tokens_dir: Path, checkpoint_path: Path, device: torch.device | str = "cpu"
+    cfg: LMConfig,
+    tokens_dir: Path,
+    checkpoint_path: Path,
+    device: torch.device | str = "cpu",
+    world: World = SINGLE,
 ) -> tuple[HookedTransformer, dict]:
-    """Train from scratch (or resume from ``checkpoint_path``); return the model and its figures."""
+    """Train from scratch (or resume from ``checkpoint_path``); return the model and its figures
+    (on rank 0 of a ``world``; the others' figures lack the validation losses)."""
+    world.check_divides(cfg.batch_size, "lm.batch_size")
     train = TokenShards(tokens_dir, "train")
     val = TokenShards(tokens_dir, "val")
     torch.manual_seed(cfg.seed)
@@ -81,9 +95,13 @@ def train_lm(
     rng = np.random.default_rng(cfg.seed)
     step, history, seconds_before = 0, [], 0.0
     key = _checkpoint_key(cfg, tokens_dir)
-    if checkpoint_path.exists():
-        step, history, seconds_before = _resume(checkpoint_path, key, model, optimizer, rng)
+    for turn in (world.is_main, not world.is_main):  # rank 0 first: it alone may set a bad checkpoint aside
+        if turn and checkpoint_path.exists():
+            step, history, seconds_before = _resume(checkpoint_path, key, model, optimizer, rng)
+        world.barrier()
 
+    # DDP starts every rank from rank 0's weights and averages gradients over the ranks
+    stepped = model if world.size == 1 else torch.nn.parallel.DistributedDataParallel(model)
     start = time.perf_counter()
     device_type = torch.device(device).type
     bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and device_type == "cuda")
@@ -93,22 +111,26 @@ def train_lm(
         while step < cfg.n_steps:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            tokens_BT = torch.from_numpy(train.random_windows(cfg.batch_size, cfg.n_ctx, rng)).to(device)
+            windows_BT = world.local_part(torch.from_numpy(train.random_windows(cfg.batch_size, cfg.n_ctx, rng)))
+            tokens_BT = windows_BT.to(device)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):  # weights and Adam stay float32
-                loss = next_token_loss(model, tokens_BT)
+                loss = next_token_loss(stepped, tokens_BT)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             step += 1
-            if not math.isfinite(loss.item()):
-                raise UserError(f"LM training diverged at step {step} (loss {loss.item()}); lower lm.lr (now {cfg.lr})")
-            info = f"loss {loss.item():.3f}"
-            if step % cfg.eval_every == 0 or step == cfg.n_steps:
+            loss_value = world.all_reduce_(loss.detach().float().clone()).item() / world.size  # the global batch's
+            if not math.isfinite(loss_value):
+                raise UserError(f"LM training diverged at step {step} (loss {loss_value}); lower lm.lr (now {cfg.lr})")
+            info = f"loss {loss_value:.3f}"
+            if (step % cfg.eval_every == 0 or step == cfg.n_steps) and world.is_main:
                 val_loss = evaluate_lm(model, val, cfg.n_ctx, cfg.eval_windows, device=device)
-                history.append({"step": step, "train_loss": loss.item(), "val_loss": val_loss})
+                history.append({"step": step, "train_loss": loss_value, "val_loss": val_loss})
                 info += f" val {val_loss:.3f}"
-            if step % cfg.checkpoint_every == 0 and step < cfg.n_steps:
+            elif step == cfg.n_steps:
+                history.append({"step": step, "train_loss": loss_value})
+            if step % cfg.checkpoint_every == 0 and step < cfg.n_steps and world.is_main:
                 _save_checkpoint(
                     checkpoint_path,
                     key,

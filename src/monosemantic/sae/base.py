@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
+from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.sae.config import SAEConfig, SelectPrecision
 
@@ -159,6 +160,7 @@ class SparseAutoencoder(nn.Module, ABC):
     saelens_architecture: ClassVar[str]
     unit_norm_decoder: ClassVar[bool] = True  # the trainer keeps every W_dec row at unit norm
     bf16_is_fast: Callable[[torch.device], bool] = staticmethod(bfloat16_matmul_is_fast)  # tests swap it
+    batch_world: World = SINGLE  # the ranks that each hold part of every training batch (trainer sets it)
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -206,8 +208,13 @@ class SparseAutoencoder(nn.Module, ABC):
         keeps a few latents per token picks them from a gradient-free pre_BF and reads their values
         here, so its backward pass skips the dense B×F×D product."""
         rows_N = token_rows(idx, offsets_B, x_BD.shape[0])
-        vals_N = _SparseEncode.apply(pre_BF, rows_N, idx.flatten(), x_BD, self.W_enc, self.b_enc, self.b_dec)
+        vals_N = _SparseEncode.apply(pre_BF, rows_N, idx.flatten(), x_BD, self.W_enc, self.b_enc, self.encoder_b_dec())
         return vals_N.view(idx.shape)
+
+    def encoder_b_dec(self) -> torch.Tensor:
+        """b_dec as the sparse encoder reads it (``pre_acts_at``): b_dec itself, unless the
+        dictionary is split across ranks, whose encoder gradients to b_dec must then be summed."""
+        return self.b_dec
 
     @abstractmethod
     def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:

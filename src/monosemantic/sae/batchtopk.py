@@ -41,27 +41,39 @@ class BatchTopKSAE(TopKSAE):
         A full top-(k·B) over B·F entries is slow; instead take each token's top C candidates
         (C = 4k) and the top k·B among those. That is exact unless some token had all C of its
         candidates kept — then it might deserve more, and we retry with C four times larger.
+        With the batch split over ``batch_world``'s N ranks (B rows each here), the candidates of
+        all ranks are gathered in rank order — a world of 1's order — and each rank keeps its own
+        entries of the global top k·N·B; the retry is decided for all ranks together.
         """
         B, F = pre_BF.shape
+        world = self.batch_world
         per_row = min(F, 4 * self.cfg.k)
         while True:
             cand_vals_BC, cand_idx_BC = pre_BF.topk(per_row, dim=1, sorted=False)
-            vals_N, pos_N = cand_vals_BC.relu().flatten().topk(self.cfg.k * B, sorted=False)
+            local_vals_L = cand_vals_BC.relu().flatten()
+            _, pos_N = world.all_gather(local_vals_L).topk(self.cfg.k * B * world.size, sorted=False)
+            first = world.rank * len(local_vals_L)
+            pos_N = pos_N[(pos_N >= first) & (pos_N < first + len(local_vals_L))] - first
             rows_N = pos_N // per_row
             counts_B = torch.bincount(rows_N, minlength=B)
-            if per_row == F or counts_B.max() < per_row:
+            saturated = torch.tensor(int(per_row < F and counts_B.max() >= per_row))
+            if per_row == F or not world.all_reduce_(saturated, "max"):
                 break
             per_row = min(F, 4 * per_row)
         order_N = rows_N.double().argsort()  # each token's entries together; float64: torch sorts int64 slowly on CPU
-        rows_N = rows_N[order_N]
-        cols_N = cand_idx_BC.flatten()[pos_N[order_N]]
-        return cols_N, vals_N[order_N], torch.cumsum(counts_B, 0) - counts_B
+        pos_N = pos_N[order_N]
+        return cand_idx_BC.flatten()[pos_N], local_vals_L[pos_N], torch.cumsum(counts_B, 0) - counts_B
 
     @torch.no_grad()
     def observe_kept(self, vals_N: torch.Tensor) -> None:
-        """θ ← EMA of the smallest positive kept value (read exactly, whatever ranked them)."""
-        if self.training and (vals_N > 0).any():
-            smallest = vals_N[vals_N > 0].min()
+        """θ ← EMA of the smallest positive kept value over the whole batch (read exactly, whatever
+        ranked them)."""
+        if not self.training:
+            return
+        positive = vals_N[vals_N > 0]
+        smallest = positive.min() if len(positive) else torch.tensor(float("inf"), device=vals_N.device)
+        smallest = self.batch_world.all_reduce_(smallest.float(), "min")
+        if torch.isfinite(smallest):
             rate = self.cfg.threshold_ema if self.threshold > 0 else 1.0  # first batch: start there
             self.threshold.lerp_(smallest, rate)
 

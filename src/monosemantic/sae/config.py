@@ -163,6 +163,10 @@ class SAESweepConfig(BaseModel):
     # Train tokens over which feature density (dead, ultralow) is measured; None: the held-out store.
     # The paper's ultralow cluster (< 1e-6) needs millions of tokens to be seen at all.
     density_tokens: int | None = Field(None, ge=1)
+    # Under torchrun: split each batch over the ranks ("batch"), each dictionary's latents ("latents",
+    # topk only, for dictionaries too wide for one device), or the sizes, one rank training each SAE
+    # alone ("sizes"). The same SAEs every way: not hashed.
+    shard: Literal["batch", "latents", "sizes"] = "batch"
 
     @field_serializer("params")
     def _given_params(self, params: SAEParams) -> dict[str, Any]:

@@ -24,7 +24,8 @@ class TopKSAE(SparseAutoencoder):
 
     loss = MSE(x̂, x) + α · AuxK, where, with e = x − x̂ (detached) the residual and
     ê = Σ_{f ∈ TopK_{k_aux} over dead f} ReLU(pre_f) W_dec[f] its reconstruction from dead
-    latents only, AuxK = ‖e − ê‖² / ‖e − mean(e)‖² (normalised as in Gao et al.'s code).
+    latents only, AuxK = ‖e − ê‖² / ‖e − mean(e)‖² (normalised as in Gao et al.'s code; the mean and
+    the normaliser are the whole batch's when ranks share it).
     """
 
     variant = "topk"
@@ -52,7 +53,7 @@ class TopKSAE(SparseAutoencoder):
         recon_BD = self.decode_sparse(idx, vals, offsets_B) + self.b_dec
         mse_loss = mse(recon_BD, x_BD)
         loss, terms = mse_loss, {"mse": mse_loss.detach()}
-        if dead_F.any():
+        if self.any_dead(dead_F):
             aux = self.aux_loss(x_BD, pre_BF, dead_F, (x_BD - recon_BD).detach())
             loss = loss + self.cfg.aux_coeff * aux
             terms["auxk"] = aux.detach()
@@ -66,14 +67,30 @@ class TopKSAE(SparseAutoencoder):
     ) -> torch.Tensor:
         """Normalised error of reconstructing ``residual_BD`` from the top-k_aux dead latents
         (``pre_BF``: x_BD's pre-activations for ranking, without gradient)."""
+        idx, offsets_B = self.select_dead(pre_BF, dead_F)
+        aux_recon_BD = self.decode_sparse(idx, self.pre_acts_at(x_BD, pre_BF, idx, offsets_B).relu(), offsets_B)
+        baseline = self._batch_variance(residual_BD)
+        return mse(aux_recon_BD, residual_BD) / baseline.clamp_min(1e-12)
+
+    def _batch_variance(self, e_BD: torch.Tensor) -> torch.Tensor:
+        """mean over the whole batch and D of (e − mean_batch(e))², the batch split over
+        ``batch_world``'s ranks in equal parts."""
+        world = self.batch_world
+        n = e_BD.shape[0] * world.size
+        mean_D = world.all_reduce_(e_BD.sum(dim=0)) / n
+        return world.all_reduce_((e_BD - mean_D).pow(2).sum()) / (n * e_BD.shape[1])
+
+    def any_dead(self, dead_F: torch.Tensor) -> bool:
+        """Whether any latent is dead (``dead_F`` [F] bool): then the AuxK term is added."""
+        return bool(dead_F.any())
+
+    def select_dead(self, pre_BF: torch.Tensor, dead_F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each token's top-k_aux dead latents by ``pre_BF``, as (idx, offsets) for ``decode_sparse``:
+        here [B, K] and None."""
         dead_idx = dead_F.nonzero().squeeze(1)
         if len(dead_idx) <= self.cfg.aux_k:  # few dead: all of them, no top-k over the batch's [B, F]
-            idx_BK = dead_idx.expand(x_BD.shape[0], -1)
-        else:
-            idx_BK = dead_idx[pre_BF[:, dead_idx].topk(self.cfg.aux_k, dim=1, sorted=False).indices]
-        aux_recon_BD = self.decode_sparse(idx_BK, self.pre_acts_at(x_BD, pre_BF, idx_BK).relu())
-        baseline = (residual_BD - residual_BD.mean(dim=0)).pow(2).mean()
-        return mse(aux_recon_BD, residual_BD) / baseline.clamp_min(1e-12)
+            return dead_idx.expand(pre_BF.shape[0], -1), None
+        return dead_idx[pre_BF[:, dead_idx].topk(self.cfg.aux_k, dim=1, sorted=False).indices], None
 
     def saelens_fields(self) -> dict[str, object]:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}

@@ -8,6 +8,26 @@ it, optional gradient-norm clipping, dead-feature tracking,
 scheduled resampling, logging, checkpoint/resume and the progress bar. A variant contributes only
 its loss (``SparseAutoencoder.training_output``).
 
+Data parallelism (``world``, a torchrun world of N ranks): every rank reads the same shuffled
+stream of global batches and trains on its own rows of each (``World.local_part``); the averaged
+gradient of N equal parts is the whole batch's gradient, and everything else that depends on the
+whole batch is reduced over the ranks too — which features fired (dead-feature counters, hence
+AuxK's dead latents), AuxK's normaliser and BatchTopK's batch-wide selection and threshold (in the
+variants, through ``SparseAutoencoder.batch_world``), the logged figures, and resampling's scores
+and picked inputs. Parameters start from rank 0's, and every rank applies the same Adam step to the
+same gradient, so the ranks stay identical and a world of N trains the SAE a world of 1 trains on
+the same global batches (up to float rounding of the split sums). Gradients are reduced by one
+explicit all-reduce rather than DistributedDataParallel: the step is ``training_output``, not
+``forward`` (through which DDP arms its hooks), and the decoder-parallel projection and the clipping
+need the whole gradient first; DDP's overlap of the reduction with backward buys little when the
+backward is one sparse product. Rank 0 alone writes checkpoints; every rank can resume from one,
+at any world size that divides the batch (the state holds nothing per rank).
+
+Dictionary parallelism (``shard="latents"``, TopK only): every rank trains on the whole batch and
+holds F/N latents (``sae/sharded.py``); nothing is averaged, since each rank's gradients are its own
+latents' and b_dec's is whole everywhere. Checkpoints hold the whole dictionary (gathered to rank 0,
+Adam's moments and the dead-latent counters too), so they resume sharded or not.
+
 Inputs are multiplied by one constant so that E‖x‖² = d_in (Anthropic's April 2024 update;
 Gemma Scope normalises likewise), so the defaults of λ, k and learning rates do not depend on the
 scale of the activations. The returned SAE has that constant folded back in: it takes raw
@@ -22,18 +42,20 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from pickle import UnpicklingError  # what torch.load(weights_only=True) raises on a foreign file
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 
 from monosemantic.atomic import atomic_path
 from monosemantic.device import resolve_device
+from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.progress import progress
 from monosemantic.sae.base import SparseAutoencoder, check_activations
 from monosemantic.sae.build import build_sae
 from monosemantic.sae.config import SAEConfig
-from monosemantic.sae.resampling import resample_dead_features
+from monosemantic.sae.resampling import pick_inputs, reinitialise_features, resampling_weights
+from monosemantic.sae.sharded import ShardedTopKSAE
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "monosemantic-sae-checkpoint/1"
@@ -111,6 +133,8 @@ def train_sae(
     batches: Iterable[torch.Tensor] | Callable[[int], Iterable[torch.Tensor]],
     init_acts_ND: torch.Tensor,
     checkpoint_dir: Path | None = None,
+    world: World = SINGLE,
+    shard: Literal["batch", "latents"] = "batch",
 ) -> TrainResult:
     """Train ``cfg.variant`` on ``batches`` (float [B, D] activation batches, already shuffled)
     until ``cfg.n_samples`` activations have been seen.
@@ -123,10 +147,21 @@ def train_sae(
     first batch it has not trained on, so it is where the killed run was and nothing is read twice.
     Resampling scores fresh inputs taken from the stream; they are trained on afterwards, so no
     data is skipped (and the stream position is always the number of steps taken).
+
+    With a ``world`` of N ranks each rank passes the same global batches and trains on its part of
+    each (module docstring); batch sizes must be divisible by N. With ``shard="latents"`` each rank
+    passes the same batches and holds F/N of the latents instead.
     """
     device = resolve_device(cfg.device)
     check_activations(init_acts_ND, cfg.d_in, "init activations")
-    sae = build_sae(cfg).to(device)
+    if shard == "latents":
+        if cfg.grad_clip is not None:
+            raise UserError("sae.shard=latents: gradient clipping (sae.params.grad_clip) is not supported there")
+        sae, batch_world = ShardedTopKSAE(cfg, world).to(device), SINGLE
+    else:
+        world.check_divides(cfg.batch_size, "sae.batch_size")
+        sae, batch_world = build_sae(cfg).to(device), world
+    sae.batch_world = batch_world
     # fused: one kernel per tensor; on CPU several times faster than the per-op loop (benchmarks/sae_step_levers.py)
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
     generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -138,7 +173,8 @@ def train_sae(
         scale = input_scale_for(init_acts_ND)
         with torch.no_grad():
             sae.b_dec.copy_(geometric_median(init_acts_ND.to(device).float() * scale))
-        state = _State(0, 0, torch.zeros(cfg.d_sae, dtype=torch.long, device=device), 0, 0.0, scale, [])
+        state = _State(0, 0, torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device), 0, 0.0, scale, [])
+    _start_from_rank_0(sae, state, world)
 
     dead_window = max(1, int(cfg.dead_window * cfg.n_samples))
     resample_points = [int(f * cfg.n_samples) for f in cfg.resample_at]
@@ -156,7 +192,7 @@ def train_sae(
                 state.resamples_done < len(resample_points)
                 and state.samples_seen >= resample_points[state.resamples_done]
             ):
-                stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device)
+                stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device, batch_world)
             x_BD = next(stream, None)
             if x_BD is None:
                 raise UserError(
@@ -164,8 +200,8 @@ def train_sae(
                     f"{cfg.n_samples:,} samples: lower n_samples or provide more activations"
                 )
             check_activations(x_BD, cfg.d_in, f"activation batch {state.steps}")
-            x_BD = x_BD.to(device, torch.float32, non_blocking=True) * state.input_scale
-            B = x_BD.shape[0]
+            B = x_BD.shape[0]  # the global batch; this rank trains on its part
+            x_BD = batch_world.local_part(x_BD).to(device, torch.float32, non_blocking=True) * state.input_scale
 
             frac = (state.samples_seen + B) / cfg.n_samples
             for group in optimizer.param_groups:
@@ -176,6 +212,7 @@ def train_sae(
             out = sae.training_output(x_BD, dead_F, sparsity_scale)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            _average_gradients(sae, batch_world)
             if sae.unit_norm_decoder:
                 _project_out_parallel_grad(sae.W_dec)
             if cfg.grad_clip is not None:
@@ -185,20 +222,22 @@ def train_sae(
                 _normalise_rows(sae.W_dec)
 
             state.samples_since_fired_F += B
-            state.samples_since_fired_F.masked_fill_(out.fired_F, 0)  # no host sync, unlike boolean indexing
+            fired_F = batch_world.all_reduce_(out.fired_F.to(torch.uint8), "max").bool()
+            state.samples_since_fired_F.masked_fill_(fired_F, 0)  # no host sync, unlike boolean indexing
             previous = state.samples_seen
             state.samples_seen += B
             state.steps += 1
 
             info = None
             if state.steps % log_every == 0 or state.samples_seen >= cfg.n_samples:
+                names = ["loss", "l0", *out.terms]
+                local_T = torch.stack([out.loss.detach(), out.l0, *out.terms.values()]).float()
+                mean_T = batch_world.all_reduce_(local_T).div_(batch_world.size).tolist()  # mean of equal parts
                 entry = {
                     "samples": state.samples_seen,
                     "lr": optimizer.param_groups[0]["lr"],
-                    "loss": out.loss.item(),
-                    "l0": out.l0.item(),
-                    "dead_frac": dead_F.float().mean().item(),
-                    **{name: value.item() for name, value in out.terms.items()},
+                    **dict(zip(names, mean_T)),
+                    "dead_frac": _whole(sae, "latents", dead_F.float()).mean().item(),
                 }
                 state.history.append(entry)
                 info = f"loss {entry['loss']:.4g}  L0 {entry['l0']:.1f}  dead {entry['dead_frac']:.1%}"
@@ -210,10 +249,16 @@ def train_sae(
             ):
                 state.train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
-                _save_checkpoint(ckpt_path, cfg, sae, optimizer, generator, state)
+                payload = _checkpoint(cfg, sae, optimizer, generator, state)  # every rank: a sharded SAE gathers
+                if world.is_main:
+                    with atomic_path(ckpt_path) as tmp:
+                        torch.save(payload, tmp)
         state.train_seconds += time.perf_counter() - started
 
+    if isinstance(sae, ShardedTopKSAE):
+        sae = sae.gathered()
     sae.eval()
+    sae.batch_world = SINGLE  # the trained SAE is an ordinary one-process model
     sae.rescale_units(state.input_scale)
     return TrainResult(sae, state.train_seconds, state.samples_seen, state.input_scale, state.history)
 
@@ -227,9 +272,14 @@ def _resample(
     generator: torch.Generator,
     cfg: SAEConfig,
     device: torch.device,
+    world: World,
 ) -> Iterator[torch.Tensor]:
     """Resample dead features on inputs drawn from ``stream``; returns the stream with those
-    batches put back in front."""
+    batches put back in front.
+
+    Each rank scores its part of each global batch; the scores are gathered in global-batch order
+    (so the weights, and the generator's picks, are a world of 1's), and each picked input is
+    contributed by the rank that holds it (a sum over ranks of rows that are zero elsewhere)."""
     taken: list[torch.Tensor] = []
     n = 0
     while n < cfg.resample_inputs and (x_BD := next(stream, None)) is not None:
@@ -237,33 +287,85 @@ def _resample(
         taken.append(x_BD)
         n += x_BD.shape[0]
     dead_F = state.samples_since_fired_F >= dead_window
+    n_dead = int(dead_F.sum())
+    if taken and n_dead:
+        parts = [world.local_part(x_BD).to(device, torch.float32) * state.input_scale for x_BD in taken]
+        weights_N = torch.cat([world.all_gather(resampling_weights(sae, part_ND)) for part_ND in parts])
+        pick_K = pick_inputs(weights_N, n_dead, generator)
+        batch_starts = torch.tensor([0] + [len(x_BD) for x_BD in taken]).cumsum(0)
+        batch_K = torch.searchsorted(batch_starts, pick_K, right=True) - 1
+        within_K = pick_K - batch_starts[batch_K]
+        part_len_K = torch.tensor([len(part) for part in parts])[batch_K]
+        part_starts = torch.tensor([0] + [len(part) for part in parts]).cumsum(0)
+        mine_K = within_K // part_len_K == world.rank
+        local_K = part_starts[batch_K] + within_K % part_len_K
+        inputs_KD = torch.zeros(n_dead, cfg.d_in, device=device)
+        inputs_KD[mine_K.to(device)] = torch.cat(parts)[local_K[mine_K].to(device)]
+        reinitialise_features(sae, optimizer, dead_F, world.all_reduce_(inputs_KD))
     if taken:
-        inputs_ND = torch.cat(taken).to(device, torch.float32) * state.input_scale
-        n_resampled = resample_dead_features(sae, optimizer, dead_F, inputs_ND, generator)
         state.samples_since_fired_F[dead_F] = 0
-        state.history.append({"samples": state.samples_seen, "resampled": n_resampled})
+        state.history.append({"samples": state.samples_seen, "resampled": n_dead})
     state.resamples_done += 1
     return itertools.chain(taken, stream)
 
 
-def _save_checkpoint(
-    path: Path,
+def _start_from_rank_0(sae: SparseAutoencoder, state: _State, world: World) -> None:
+    """Every rank takes rank 0's replicated parameters and buffers (all of them, or a sharded SAE's
+    b_dec) and input scale (the same numbers, bar any nondeterminism in computing them, so that the
+    ranks cannot drift apart)."""
+    replicated = [sae.b_dec] if isinstance(sae, ShardedTopKSAE) else itertools.chain(sae.parameters(), sae.buffers())
+    with torch.no_grad():
+        for tensor in replicated:
+            contiguous = world.broadcast_(tensor.detach().contiguous())  # W_enc is a transposed view
+            if contiguous.data_ptr() != tensor.data_ptr():
+                tensor.copy_(contiguous)
+    state.input_scale = world.broadcast_object(state.input_scale)
+
+
+@torch.no_grad()
+def _average_gradients(sae: SparseAutoencoder, world: World) -> None:
+    """Each gradient ← its mean over the ranks (equal batch parts: the whole batch's gradient),
+    in one all-reduce of the concatenated gradients."""
+    if world.size == 1:
+        return
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    flat = world.all_reduce_(torch.cat([g.flatten() for g in grads])).div_(world.size)
+    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(chunk.view_as(grad))
+
+
+def _whole(sae: SparseAutoencoder, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` of the whole dictionary: gathered from the ranks for a sharded SAE, else itself."""
+    return sae.whole(name, tensor) if isinstance(sae, ShardedTopKSAE) else tensor
+
+
+def _own(sae: SparseAutoencoder, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of the whole-dictionary ``tensor`` (itself unless ``sae`` is sharded)."""
+    return sae.own(name, tensor) if isinstance(sae, ShardedTopKSAE) else tensor
+
+
+def _checkpoint(
     cfg: SAEConfig,
     sae: SparseAutoencoder,
     optimizer: torch.optim.Adam,
     generator: torch.Generator,
     state: _State,
-) -> None:
-    payload = {
+) -> dict:
+    """What a checkpoint holds, for the whole dictionary however it is sharded."""
+    names = [name for name, _ in sae.named_parameters()]
+    optim = optimizer.state_dict()
+    optim["state"] = {
+        i: {k: _whole(sae, names[i], v) if k.startswith("exp_avg") else v for k, v in moments.items()}
+        for i, moments in optim["state"].items()
+    }
+    return {
         "format": CHECKPOINT_FORMAT,
         "config": cfg.model_dump(mode="json"),
-        "sae": sae.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "sae": {name: _whole(sae, name, tensor) for name, tensor in sae.state_dict().items()},
+        "optimizer": optim,
         "generator": generator.get_state(),
-        "state": {**vars(state)},
+        "state": {**vars(state), "samples_since_fired_F": _whole(sae, "latents", state.samples_since_fired_F)},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
 def _load_checkpoint(
@@ -288,10 +390,15 @@ def _load_checkpoint(
                 f"checkpoint {path}: made with a different SAE config (differs in {', '.join(changed)}); "
                 "delete it to start over"
             )
-        sae.load_state_dict(payload["sae"])
+        sae.load_state_dict({name: _own(sae, name, tensor) for name, tensor in payload["sae"].items()})
+        names = [name for name, _ in sae.named_parameters()]
+        for i, moments in payload["optimizer"]["state"].items():
+            for k in [k for k in moments if k.startswith("exp_avg")]:
+                moments[k] = _own(sae, names[i], moments[k]).clone()
         optimizer.load_state_dict(payload["optimizer"])
         generator.set_state(payload["generator"])
         state = _State(**payload["state"])
+        state.samples_since_fired_F = _own(sae, "latents", state.samples_since_fired_F).clone()
     # what torch.load, the state-dict loaders and the checks above raise on a truncated or foreign file
     except (OSError, EOFError, UnpicklingError, RuntimeError, ValueError, KeyError) as err:
         raise UserError(
