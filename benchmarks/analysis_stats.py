@@ -45,7 +45,8 @@ def write_store(path: Path, n_rows: int, seed: int) -> None:
 
 
 def sparse_random_sae(n_features: int, l0: float, sample_ND: torch.Tensor, seed: int):
-    sae = build_sae(SAEConfig(d_in=D, d_sae=n_features, seed=seed))
+    """Random unit-norm directions with per-feature thresholds: ``l0`` features fire per sample row on average."""
+    sae = build_sae(SAEConfig(d_in=sample_ND.shape[1], d_sae=n_features, seed=seed))
     with torch.no_grad():
         sae.b_dec.zero_()
         pre_NF = sample_ND @ sae.W_enc
