@@ -8,8 +8,9 @@ part and prints the median seconds per part (parts nest: a child's time is insid
 On CUDA each timer synchronises the device, so a part's seconds include its kernels.
 
     python benchmarks/analysis_speed.py --device cpu --repeats 3
-    python benchmarks/analysis_speed.py --device cuda --val-tokens 200000 --features 4096 16384
-    python benchmarks/analysis_speed.py --profile   # also cProfile's top functions, one repeat
+    python benchmarks/analysis_speed.py --profile   # also cProfile's top functions of one more run
+    # the paper preset's analysis (200k held-out tokens, vocabulary 8192, dictionaries of 4096 and 16384):
+    python benchmarks/analysis_speed.py --device cuda --val-tokens 200000 --vocab 8192 --features 4096 16384 --repeats 1
 """
 
 from __future__ import annotations
