@@ -274,6 +274,21 @@ def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, 
     assert sum(ours[unit] == theirs[unit] for unit in theirs) >= 0.99 * len(theirs)  # the issue's bar
 
 
+def test_bad_input_under_torchrun_is_one_error_line_from_rank_0(tmp_path):
+    """Every rank meets the bad ``--set``; rank 0 alone prints it, and torchrun's own failure report
+    (which cannot be turned off; torchrun exits with 1) names it as the root cause, with exit code 2."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "monosemantic", "run", "--preset", "tiny", "--out", str(tmp_path / "run"), "--set", "sae.bogus=1"]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    failed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    line = "error: config sae.bogus: Extra inputs are not permitted"
+    assert failed.returncode == 1
+    assert [text for text in failed.stderr.splitlines() if text.startswith("error:")] == [line]
+    root_cause = failed.stderr.split("Root Cause")[1]
+    assert "rank      : 0" in root_cause and "exitcode  : 2" in root_cause and f"traceback : {line}" in root_cause
+    assert not (tmp_path / "run").exists()
+
+
 def _top_examples(store: Path) -> dict[tuple, list[int]]:
     """Each unit's top-activating example rows, in rank order, from a feature store."""
     import sqlite3

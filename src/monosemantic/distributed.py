@@ -16,8 +16,10 @@ collective should ever wait, so the other ranks wait for it on a second, Gloo gr
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -34,6 +36,7 @@ from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+REPORT_GRACE_S = 2.0  # how long a failing rank other than 0 waits before it exits
 _groups: dict[str, Any] = {}  # "wait": the Gloo group that rank-0-only stages are waited for on
 
 
@@ -163,6 +166,21 @@ def world() -> World:
     if not 0 <= rank < size:
         raise UserError(f"environment variable RANK={rank}: must be in [0, {size})")
     return World(rank, size, _int_env("LOCAL_RANK", 0))
+
+
+def report_error(line: str) -> None:
+    """Print a failed command's one error line on stderr, on rank 0 alone under torchrun: every rank
+    checks the same input, so the others would print the same line. Each rank also leaves its line
+    in torchrun's error file (``TORCHELASTIC_ERROR_FILE``), which torchrun's failure report shows
+    under that rank, so a cause that only another rank met is not lost."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+    else:  # torchrun stops every rank once one exits: let rank 0 print the same line (and be the root cause) first
+        time.sleep(REPORT_GRACE_S)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:  # the format of torch.distributed.elastic's ErrorHandler; the report prints py_callstack
+        info = {"py_callstack": line, "timestamp": str(int(time.time()))}
+        Path(error_file).write_text(json.dumps({"message": {"message": line, "extraInfo": info}}))
 
 
 def backend_for(device: torch.device) -> str:
