@@ -65,6 +65,7 @@ SAE_CASES = {
     "standard2024": (dict(variant="standard2024"), _sparse_batches),  # clips the whole gradient's norm
     "jumprelu": (dict(variant="jumprelu"), _sparse_batches),
 }
+RANK_ROWS_CASES = ("topk", "standard")  # AuxK, and resampling's picks from rows only one rank holds
 
 
 def _train_saes(here: World) -> dict:
@@ -75,6 +76,14 @@ def _train_saes(here: World) -> dict:
         batches = make(20, seed=0)
         result = train_sae(cfg, iter(batches), make(4, seed=1)[0], world=here)
         results[name] = {"state": result.sae.state_dict(), "history": result.history, "scale": result.input_scale}
+        if name in RANK_ROWS_CASES:  # each rank passed only its rows of each batch, as a per-rank reader gives them
+            mine = [here.local_part(x_BD) for x_BD in batches]
+            result = train_sae(cfg, iter(mine), make(4, seed=1)[0], world=here, rank_rows=True)
+            results[f"{name}, rank rows"] = {
+                "state": result.sae.state_dict(),
+                "history": result.history,
+                "scale": result.input_scale,
+            }
     return results
 
 
@@ -101,6 +110,9 @@ def test_sae_data_parallel_training_equals_one_process(tmp_path):
     for name in SAE_CASES:
         _assert_same_sae(ranks[0][name], one[name])
         _assert_same_sae(ranks[1][name], one[name])
+    for name in RANK_ROWS_CASES:
+        for rank in ranks:
+            _assert_same_sae(rank[f"{name}, rank rows"], one[name])
 
 
 # ---------------------------------------------------------------- the world itself
