@@ -466,3 +466,35 @@ def test_a_sweep_spread_one_size_per_rank_trains_the_same_saes(analysed_run, tmp
         for key in ("fvu", "l0", "loss_recovered", "dead_frac"):
             assert mine[key] == pytest.approx(one[key], rel=1e-5), (mine["name"], key)
     assert figures["world_size"] == 2
+
+
+# ---------------------------------------------------------------- streamed activations
+
+
+def _streamed_sae_stage(here: World, run: Path, corpus: str) -> dict:
+    from monosemantic import pipeline
+    from monosemantic.config import load_config
+    from monosemantic.sae.io import load_sae
+
+    set_quiet(True)
+    overrides = ["corpus.val_fraction=0.2", f"corpus.corpus={corpus}", "harvest.stream_train=true"]
+    overrides += ["sae.sizes=[64]", "sae.n_samples=8192", "sae.buffer_rows=2048"]  # 16 batches over 4 groups
+    pipeline.run(load_config("tiny", overrides=overrides), run, "sae")
+    if not here.is_main:
+        return {}
+    return {"sae": json.loads((run / "run.json").read_text())["sae"], "W_dec": load_sae(run / "saes/standard-64").W_dec}
+
+
+def test_a_world_of_2_streaming_its_parts_trains_the_sae_one_process_trains(analysed_run, tmp_path):
+    """Each rank runs the LM only for its rows of each streamed batch; the SAE is one process's."""
+    import shutil
+
+    reference, cfg = analysed_run
+    for name in ("one", "two"):
+        shutil.copytree(reference, tmp_path / name)
+    one = _streamed_sae_stage(SINGLE, tmp_path / "one", cfg.corpus.corpus)
+    two, _ = spawn_world(_streamed_sae_stage, tmp_path / "two", cfg.corpus.corpus)
+    assert two["sae"]["train_source"] == "streamed from the LM" and two["sae"]["world_size"] == 2
+    for key in ("fvu", "l0", "loss_recovered", "dead_frac", "samples"):
+        assert two["sae"]["saes"][0][key] == pytest.approx(one["sae"]["saes"][0][key], rel=1e-4, abs=1e-6), key
+    torch.testing.assert_close(two["W_dec"], one["W_dec"], rtol=1e-4, atol=1e-5)
