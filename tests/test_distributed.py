@@ -301,6 +301,43 @@ def test_bad_input_under_torchrun_is_one_error_line_from_rank_0(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+def test_ranks_end_with_a_launcher_killed_by_sigkill_and_free_the_run_lock(tiny_run, tmp_path):
+    import fcntl
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "monosemantic", "-q", "run", "--preset", "tiny", "--out", str(run)]
+    command += ["--corpus", str(tiny_run.parent / "corpus.txt")]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "tokens").exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the ranks have joined the process group; rank 0 holds the lock in the lm stage
+        ranks = _children(launcher.pid)
+        assert len(ranks) == 2 and launcher.poll() is None
+        launcher.kill()
+        launcher.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in ranks)
+    finally:
+        for pid in [launcher.pid, *ranks]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    with open(run / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no rank outlived the launcher
+
+
 def _top_examples(store: Path) -> dict[tuple, list[int]]:
     """Each unit's top-activating example rows, in rank order, from a feature store."""
     import sqlite3

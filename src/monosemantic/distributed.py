@@ -16,8 +16,10 @@ collective should ever wait, so the other ranks wait for it on a second, Gloo gr
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -36,6 +38,7 @@ from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 REPORT_GRACE_S = 2.0  # how long a failing rank other than 0 waits before it exits
 _groups: dict[str, Any] = {}  # "wait": the Gloo group that rank-0-only stages are waited for on
 
@@ -195,15 +198,29 @@ def backend_for(device: torch.device) -> str:
     return backend
 
 
+def end_with_launcher() -> None:
+    """Have Linux send this process SIGTERM when the process that started it (torchrun) dies, so
+    ranks do not outlive a launcher killed with SIGKILL, holding the run's lock (``prctl``'s
+    PR_SET_PDEATHSIG; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @contextmanager
 def session(device: torch.device) -> Iterator[World]:
     """Join torchrun's process group for the duration (nothing to join in a world of one); every
-    rank but 0 runs without progress bars. Yields this process's ``World``."""
+    rank but 0 runs without progress bars, and every rank ends when its launcher dies
+    (``end_with_launcher``). Yields this process's ``World``."""
     here = world()
     if here.size == 1 or dist.is_initialized():
         yield here
         return
     backend = backend_for(device)
+    end_with_launcher()
     if device.type == "cuda":
         torch.cuda.set_device(here.local_rank)
     try:
