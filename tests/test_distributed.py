@@ -515,7 +515,7 @@ def _streamed_sae_stage(here: World, run: Path, corpus: str) -> dict:
 
     set_quiet(True)
     overrides = ["corpus.val_fraction=0.2", f"corpus.corpus={corpus}", "harvest.stream_train=true"]
-    overrides += ["sae.sizes=[64]", "sae.n_samples=8192", "sae.buffer_rows=2048"]  # 16 batches over 4 groups
+    overrides += ["sae.sizes=[64]", "sae.n_samples=4096", "sae.buffer_rows=1024"]  # 8 batches over 4 groups
     pipeline.run(load_config("tiny", overrides=overrides), run, "sae")
     if not here.is_main:
         return {}
