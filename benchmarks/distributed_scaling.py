@@ -1,6 +1,7 @@
 """Throughput at world size 1 and 2 on CPU/Gloo: SAE samples/s, LM and harvest tokens/s, scaling efficiency.
 
     python benchmarks/distributed_scaling.py                       # tiny sizes, about a minute
+    python benchmarks/distributed_scaling.py --only streamed    # the streamed rows alone
     python benchmarks/distributed_scaling.py --d 512 --f 16384 --sae-batch 4096 --lm-d-model 128
 
 Every measurement runs in fresh processes (``distributed.run_local_world``: a Gloo world on
@@ -13,7 +14,13 @@ harvest. Efficiency = rate at 2 / (2 × rate at 1): 100 % is perfect scaling. Ro
 - an SAE sweep of two sizes (F/2 and F), every size data-parallel or one size per rank
   (``sae.shard=sizes``, no communication; the wall time is the slower rank's);
 - LM (the 1-layer transformer, DDP): each rank half of every batch of windows;
-- harvest: each rank half of the windows, parts joined by rank 0.
+- harvest: each rank half of the windows, parts joined by rank 0;
+- SAE data-parallel on streamed activations (``harvest.stream_train``, an untrained LM of the LM
+  row's width): each rank runs the LM on the windows of its half of every batch.
+
+Then the share of the windows a rank runs the LM on when streaming (``ActivationStream``'s
+``part``), against one process, at N = 2, 4, 8 ranks: 1/N is perfect, above it the windows a rank
+runs for a few rows near its share's edge in some batch.
 
 Then the largest dictionary one device holds for dictionary-parallel TopK training, by arithmetic,
 not measurement: per latent, W_enc's column, W_dec's row and b_enc's entry in fp32 with their
@@ -96,6 +103,50 @@ def harvest_rate(world: World, tokens_dir: Path, d_model: int, n_tokens: int, ou
     return figures["rows"] / (time.perf_counter() - started)
 
 
+def _lm_stream(tokens_dir: Path, d_model: int):
+    from monosemantic.activations.stream import ActivationStream
+    from monosemantic.config import load_config
+    from monosemantic.corpus.shards import TokenShards
+    from monosemantic.lm.model import build_lm
+
+    lm = load_config("tiny").lm.model_copy(update={"d_model": d_model, "d_mlp": 4 * d_model})
+    shards = TokenShards(tokens_dir, "train")
+    torch.manual_seed(0)
+    return ActivationStream(build_lm(lm, shards.vocab_size).eval(), shards, lm.hook_name, lm.n_ctx)
+
+
+def streamed_sae_rate(world: World, tokens_dir: Path, d_model: int, f: int, batch: int, steps: int) -> float:
+    """Samples/s of TopK trained on activations the LM makes on the fly, each rank its part of every batch."""
+    from monosemantic.progress import set_quiet
+    from monosemantic.sae import SAEConfig, train_sae
+
+    set_quiet(True)
+    stream = _lm_stream(tokens_dir, d_model)
+    cfg = SAEConfig(variant="topk", d_in=stream.d_in, d_sae=f, k=32, n_samples=batch * steps, batch_size=batch)
+    part = (world.rank, world.size)
+
+    def batches(start: int):
+        return stream.shuffled_batches(batch, 0, 8 * batch, steps, start_batch=start, part=part)
+
+    result = train_sae(cfg, batches, stream.sample_rows(1024, 1), world=world, rank_rows=world.size > 1)
+    return batch * steps / result.train_seconds
+
+
+def window_share(tokens_dir: Path, d_model: int, batch: int, buffer_rows: int, size: int, n_batches: int) -> float:
+    """The largest share, over ranks, of the windows one process runs that a rank of ``size`` runs."""
+    stream = _lm_stream(tokens_dir, d_model)
+    run = []
+    original = stream._activations
+    stream._activations = lambda windows_BT: run.append(len(windows_BT)) or original(windows_BT)
+    counts = []
+    for part in [(0, 1)] + [(rank, size) for rank in range(size)]:
+        run.clear()
+        for _ in stream.shuffled_batches(batch, 0, buffer_rows, n_batches, part=part):
+            pass
+        counts.append(sum(run))
+    return max(counts[1:]) / counts[0]
+
+
 def largest_f(device_gib: float, d: int, batch: int) -> int:
     """Latents one device holds while training dictionary-parallel TopK (module docstring)."""
     return int(device_gib * 2**30 // (16 * (2 * d + 1) + 4 * batch))
@@ -111,6 +162,7 @@ def main() -> None:
     parser.add_argument("--lm-batch", type=int, default=32)
     parser.add_argument("--lm-steps", type=int, default=20)
     parser.add_argument("--harvest-tokens", type=int, default=65_536)
+    parser.add_argument("--only", default="", help="measure only the rows whose name contains this text")
     parser.add_argument("--device-gib", type=float, default=80.0, help="device memory for the largest-F estimate")
     args = parser.parse_args()
 
@@ -162,17 +214,32 @@ def main() -> None:
                     harvest_rate, (tokens, args.lm_d_model, args.harvest_tokens, Path(folder) / f"acts{n}"), n, 600
                 ),
             ),
+            (
+                f"SAE streamed (LM d_model={args.lm_d_model}, F={args.f}, B={args.sae_batch})",
+                "samples/s",
+                lambda n: run_local_world(
+                    streamed_sae_rate, (tokens, args.lm_d_model, args.f, args.sae_batch, args.sae_steps), n, 600
+                ),
+            ),
         ]
         print(f"CPU/Gloo, one thread per rank; torch {torch.__version__}; {os.cpu_count()} CPU cores here")
         print(f"| {'what':<52} | {'unit':<9} | {'world 1':>10} | {'world 2':>10} | speed-up | efficiency |")
         print(f"|{'-' * 54}|{'-' * 11}|{'-' * 12}|{'-' * 12}|{'-' * 10}|{'-' * 12}|")
-        for what, unit, measure in rows:
+        for what, unit, measure in [row for row in rows if args.only in row[0]]:
             one, two = measure(1)[0], measure(2)[0]
             speedup = two / one
             print(
                 f"| {what:<52} | {unit:<9} | {one:>10,.0f} | {two:>10,.0f} | {speedup:>7.2f}× | {speedup / 2:>10.0%} |"
             )
             sys.stdout.flush()
+        groups = [(args.sae_batch, 8 * args.sae_batch), (4096, 2**16)]
+        print("\nStreamed: windows a rank runs the LM on / windows one process runs (largest over the ranks)")
+        for batch, buffer_rows in groups:
+            shares = {
+                n: window_share(tokens, args.lm_d_model, batch, buffer_rows, n, 2**17 // batch) for n in (2, 4, 8)
+            }
+            listed = ", ".join(f"N={n}: {share:.3f} (1/N={1 / n:.3f})" for n, share in shares.items())
+            print(f"  batch {batch:,} rows, groups of {buffer_rows // 32:,} windows of 32 tokens: {listed}")
     per_device = largest_f(args.device_gib, 512, 4096)
     print(
         f"\nLargest F per {args.device_gib:g} GiB device, dictionary-parallel TopK at D=512, B=4096 (arithmetic): "

@@ -238,3 +238,31 @@ def test_start_batch_resumes_the_same_stream_without_reading_skipped_groups(tmp_
     store.read_range = lambda start, stop, out=None: read.append(stop - start) or original(start, stop, out)
     list(store.shuffled_batches(32, seed=5, buffer_rows=buffer_rows, n_batches=13, start_batch=12))
     assert sum(read) == 300 if buffer_rows == 1000 else sum(read) <= 2 * 64  # not the 384 rows skipped
+
+
+@pytest.mark.parametrize("buffer_rows", [1000, 64])
+def test_each_rank_reads_its_part_of_the_same_batches(tmp_path, buffer_rows):
+    """``part=(r, N)``: rank r gets rows [r·B/N, (r+1)·B/N) of each batch of the one-process stream;
+    streaming in groups, the N ranks together read each row of an epoch from disk once."""
+    write_store(tmp_path / "s", 300, 3, rows_per_shard=37)
+    store = ActivationStore(tmp_path / "s")
+    for start in (0, 3):
+        whole = list(store.shuffled_batches(32, seed=5, buffer_rows=buffer_rows, n_batches=30, start_batch=start))
+        for size in (2, 4):
+            parts = [
+                list(store.shuffled_batches(32, 5, buffer_rows, n_batches=30, start_batch=start, part=(rank, size)))
+                for rank in range(size)
+            ]
+            assert all(len(p) == 30 - start and all(b.shape == (32 // size, 3) for b in p) for p in parts)
+            for b, batch_BD in enumerate(whole):
+                assert torch.equal(torch.cat([p[b] for p in parts]), batch_BD)
+    read: list[int] = []
+    store.read_range = lambda start, stop, out=None, original=store.read_range: (
+        read.append(stop - start) or original(start, stop, out)
+    )
+    store.read_rows = lambda idx, out=None, original=store.read_rows: read.append(len(idx)) or original(idx, out)
+    for rank in range(4):  # one epoch (a prefetching reader may read past a given n_batches)
+        list(store.shuffled_batches(32, 5, buffer_rows, part=(rank, 4)))
+    assert sum(read) == (300 if buffer_rows == 64 else 4 * 300)  # a store within the buffer is read whole
+    with pytest.raises(UserError, match="batch_size=32: cannot be split into part 0 of 3"):
+        next(store.shuffled_batches(32, 5, part=(0, 3)))

@@ -38,11 +38,39 @@ def test_token_chunks_are_the_rows_a_harvest_stores(tiny_run, stream):
 def test_a_group_is_a_permutation_of_its_random_windows_activations(stream):
     windows_BT = stream.shards.random_windows(8, CTX, np.random.default_rng(3))
     expected_ND = activations_at(stream.model, torch.from_numpy(windows_BT), HOOK).flatten(0, 1)
-    (batch_ND,) = stream.shuffled_batches(8 * CTX, seed=3, buffer_rows=8 * CTX, n_batches=1)
+    batches = list(stream.shuffled_batches(2 * CTX, seed=3, buffer_rows=8 * CTX, n_batches=4))
+    batch_ND = torch.cat(batches)
     assert not torch.equal(batch_ND, expected_ND)  # shuffled ...
     distance_NN = torch.cdist(batch_ND, expected_ND, compute_mode="donot_use_mm_for_euclid_dist")  # ... same rows
     assert distance_NN.min(dim=1).values.max() < 1e-4 and distance_NN.min(dim=0).values.max() < 1e-4
     assert torch.allclose(batch_ND.sum(0), expected_ND.sum(0), atol=1e-3)
+    nearest = distance_NN.argmin(dim=1).view(4, 2 * CTX) // CTX  # the window each row came from
+    assert all(len(window.unique()) >= 6 for window in nearest)  # a batch draws on most of the group's 8 windows
+    assert all(bool((window.diff() >= 0).all()) for window in nearest)  # in the order of their windows
+
+
+def test_each_rank_runs_the_lm_on_about_its_share_of_the_windows_for_its_part(stream, monkeypatch):
+    """``part=(r, N)``: rank r's rows of each batch of the one-process stream, made by running the LM
+    on fewer windows than one process runs."""
+
+    def batches(part):
+        return list(stream.shuffled_batches(256, seed=2, buffer_rows=32 * CTX, n_batches=9, start_batch=1, part=part))
+
+    run = []
+    original = stream._activations
+    monkeypatch.setattr(stream, "_activations", lambda windows: run.append(len(windows)) or original(windows))
+    whole = batches((0, 1))
+    windows_by_one, run[:] = sum(run), []
+    parts = []
+    for rank in range(2):
+        parts.append(batches((rank, 2)))
+        assert windows_by_one / 2 <= sum(run) < 0.8 * windows_by_one  # 256 rows from 32 windows of 32 tokens
+        run[:] = []
+    assert [b.shape for b in parts[0]] == [b.shape for b in parts[1]] == [(128, 64)] * 8
+    for b, batch_BD in enumerate(whole):
+        torch.testing.assert_close(torch.cat([parts[0][b], parts[1][b]]), batch_BD, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="divisible into 3 parts"):
+        next(stream.shuffled_batches(256, seed=2, buffer_rows=32 * CTX, n_batches=1, part=(0, 3)))
 
 
 def test_batches_are_deterministic_resumable_and_span_groups(stream):

@@ -65,6 +65,7 @@ SAE_CASES = {
     "standard2024": (dict(variant="standard2024"), _sparse_batches),  # clips the whole gradient's norm
     "jumprelu": (dict(variant="jumprelu"), _sparse_batches),
 }
+RANK_ROWS_CASES = ("topk", "standard")  # AuxK, and resampling's picks from rows only one rank holds
 
 
 def _train_saes(here: World) -> dict:
@@ -75,6 +76,14 @@ def _train_saes(here: World) -> dict:
         batches = make(20, seed=0)
         result = train_sae(cfg, iter(batches), make(4, seed=1)[0], world=here)
         results[name] = {"state": result.sae.state_dict(), "history": result.history, "scale": result.input_scale}
+        if name in RANK_ROWS_CASES:  # each rank passed only its rows of each batch, as a per-rank reader gives them
+            mine = [here.local_part(x_BD) for x_BD in batches]
+            result = train_sae(cfg, iter(mine), make(4, seed=1)[0], world=here, rank_rows=True)
+            results[f"{name}, rank rows"] = {
+                "state": result.sae.state_dict(),
+                "history": result.history,
+                "scale": result.input_scale,
+            }
     return results
 
 
@@ -101,6 +110,9 @@ def test_sae_data_parallel_training_equals_one_process(tmp_path):
     for name in SAE_CASES:
         _assert_same_sae(ranks[0][name], one[name])
         _assert_same_sae(ranks[1][name], one[name])
+    for name in RANK_ROWS_CASES:
+        for rank in ranks:
+            _assert_same_sae(rank[f"{name}, rank rows"], one[name])
 
 
 # ---------------------------------------------------------------- the world itself
@@ -274,6 +286,58 @@ def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, 
     assert sum(ours[unit] == theirs[unit] for unit in theirs) >= 0.99 * len(theirs)  # the issue's bar
 
 
+def test_bad_input_under_torchrun_is_one_error_line_from_rank_0(tmp_path):
+    """Every rank meets the bad ``--set``; rank 0 alone prints it, and torchrun's own failure report
+    (which cannot be turned off; torchrun exits with 1) names it as the root cause, with exit code 2."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "monosemantic", "run", "--preset", "tiny", "--out", str(tmp_path / "run"), "--set", "sae.bogus=1"]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    failed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    line = "error: config sae.bogus: Extra inputs are not permitted"
+    assert failed.returncode == 1
+    assert [text for text in failed.stderr.splitlines() if text.startswith("error:")] == [line]
+    root_cause = failed.stderr.split("Root Cause")[1]
+    assert "rank      : 0" in root_cause and "exitcode  : 2" in root_cause and f"traceback : {line}" in root_cause
+    assert not (tmp_path / "run").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+def test_ranks_end_with_a_launcher_killed_by_sigkill_and_free_the_run_lock(tiny_run, tmp_path):
+    import fcntl
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "monosemantic", "-q", "run", "--preset", "tiny", "--out", str(run)]
+    command += ["--corpus", str(tiny_run.parent / "corpus.txt")]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "tokens").exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the ranks have joined the process group; rank 0 holds the lock in the lm stage
+        ranks = _children(launcher.pid)
+        assert len(ranks) == 2 and launcher.poll() is None
+        launcher.kill()
+        launcher.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in ranks)
+    finally:
+        for pid in [launcher.pid, *ranks]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    with open(run / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no rank outlived the launcher
+
+
 def _top_examples(store: Path) -> dict[tuple, list[int]]:
     """Each unit's top-activating example rows, in rank order, from a feature store."""
     import sqlite3
@@ -439,3 +503,35 @@ def test_a_sweep_spread_one_size_per_rank_trains_the_same_saes(analysed_run, tmp
         for key in ("fvu", "l0", "loss_recovered", "dead_frac"):
             assert mine[key] == pytest.approx(one[key], rel=1e-5), (mine["name"], key)
     assert figures["world_size"] == 2
+
+
+# ---------------------------------------------------------------- streamed activations
+
+
+def _streamed_sae_stage(here: World, run: Path, corpus: str) -> dict:
+    from monosemantic import pipeline
+    from monosemantic.config import load_config
+    from monosemantic.sae.io import load_sae
+
+    set_quiet(True)
+    overrides = ["corpus.val_fraction=0.2", f"corpus.corpus={corpus}", "harvest.stream_train=true"]
+    overrides += ["sae.sizes=[64]", "sae.n_samples=4096", "sae.buffer_rows=1024"]  # 8 batches over 4 groups
+    pipeline.run(load_config("tiny", overrides=overrides), run, "sae")
+    if not here.is_main:
+        return {}
+    return {"sae": json.loads((run / "run.json").read_text())["sae"], "W_dec": load_sae(run / "saes/standard-64").W_dec}
+
+
+def test_a_world_of_2_streaming_its_parts_trains_the_sae_one_process_trains(analysed_run, tmp_path):
+    """Each rank runs the LM only for its rows of each streamed batch; the SAE is one process's."""
+    import shutil
+
+    reference, cfg = analysed_run
+    for name in ("one", "two"):
+        shutil.copytree(reference, tmp_path / name)
+    one = _streamed_sae_stage(SINGLE, tmp_path / "one", cfg.corpus.corpus)
+    two, _ = spawn_world(_streamed_sae_stage, tmp_path / "two", cfg.corpus.corpus)
+    assert two["sae"]["train_source"] == "streamed from the LM" and two["sae"]["world_size"] == 2
+    for key in ("fvu", "l0", "loss_recovered", "dead_frac", "samples"):
+        assert two["sae"]["saes"][0][key] == pytest.approx(one["sae"]["saes"][0][key], rel=1e-4, abs=1e-6), key
+    torch.testing.assert_close(two["W_dec"], one["W_dec"], rtol=1e-4, atol=1e-5)

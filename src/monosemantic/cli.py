@@ -1,8 +1,8 @@
 """The ``monosemantic`` command line: one typer app, one subcommand per stage, ``run`` chains them.
 
 Bad input is a ``UserError``: one line on stderr and exit code 2 (a traceback only with
-``--debug``). Re-running a command skips every stage whose artifacts are current and resumes a
-stage that was interrupted.
+``--debug``; under torchrun, rank 0 alone prints it). Re-running a command skips every stage whose
+artifacts are current and resumes a stage that was interrupted.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from monosemantic import pipeline
+from monosemantic import distributed, pipeline
 from monosemantic.config import RunConfig, load_config, preset_names
 from monosemantic.errors import UserError
 from monosemantic.pipeline import RunResult
@@ -350,7 +350,7 @@ def main() -> None:
     except UserError as err:
         if _debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        distributed.report_error(f"error: {err}")
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)

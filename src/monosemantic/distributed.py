@@ -16,8 +16,12 @@ collective should ever wait, so the other ranks wait for it on a second, Gloo gr
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+import signal
 import socket
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -34,6 +38,8 @@ from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+REPORT_GRACE_S = 2.0  # how long a failing rank other than 0 waits before it exits
 _groups: dict[str, Any] = {}  # "wait": the Gloo group that rank-0-only stages are waited for on
 
 
@@ -165,6 +171,21 @@ def world() -> World:
     return World(rank, size, _int_env("LOCAL_RANK", 0))
 
 
+def report_error(line: str) -> None:
+    """Print a failed command's one error line on stderr, on rank 0 alone under torchrun: every rank
+    checks the same input, so the others would print the same line. Each rank also leaves its line
+    in torchrun's error file (``TORCHELASTIC_ERROR_FILE``), which torchrun's failure report shows
+    under that rank, so a cause that only another rank met is not lost."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+    else:  # torchrun stops every rank once one exits: let rank 0 print the same line (and be the root cause) first
+        time.sleep(REPORT_GRACE_S)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:  # the format of torch.distributed.elastic's ErrorHandler; the report prints py_callstack
+        info = {"py_callstack": line, "timestamp": str(int(time.time()))}
+        Path(error_file).write_text(json.dumps({"message": {"message": line, "extraInfo": info}}))
+
+
 def backend_for(device: torch.device) -> str:
     """NCCL for CUDA, Gloo otherwise; ``MONOSEMANTIC_DIST_BACKEND`` overrides (checked here)."""
     backend = os.environ.get("MONOSEMANTIC_DIST_BACKEND", "nccl" if device.type == "cuda" else "gloo")
@@ -177,15 +198,29 @@ def backend_for(device: torch.device) -> str:
     return backend
 
 
+def end_with_launcher() -> None:
+    """Have Linux send this process SIGTERM when the process that started it (torchrun) dies, so
+    ranks do not outlive a launcher killed with SIGKILL, holding the run's lock (``prctl``'s
+    PR_SET_PDEATHSIG; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @contextmanager
 def session(device: torch.device) -> Iterator[World]:
     """Join torchrun's process group for the duration (nothing to join in a world of one); every
-    rank but 0 runs without progress bars. Yields this process's ``World``."""
+    rank but 0 runs without progress bars, and every rank ends when its launcher dies
+    (``end_with_launcher``). Yields this process's ``World``."""
     here = world()
     if here.size == 1 or dist.is_initialized():
         yield here
         return
     backend = backend_for(device)
+    end_with_launcher()
     if device.type == "cuda":
         torch.cuda.set_device(here.local_rank)
     try:

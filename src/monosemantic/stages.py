@@ -283,6 +283,8 @@ def _train_one_sae(
         if meta.get("config_hash") == digest and "figures" in meta:
             return meta["figures"]
     n_batches = -(-sae_cfg.n_samples // sae_cfg.batch_size)
+    shard = "latents" if sweep.shard == "latents" else "batch"
+    part = (world.rank, world.size) if shard == "batch" else (0, 1)  # data-parallel: each rank reads its rows
 
     def batches(start_batch: int):
         return train.shuffled_batches(
@@ -292,11 +294,13 @@ def _train_one_sae(
             n_batches,
             device=sae_cfg.device,
             start_batch=start_batch,
+            part=part,
         )
 
     checkpoint_dir = rd / "saes" / f".checkpoint-{name}"
-    shard = "latents" if sweep.shard == "latents" else "batch"
-    result = train_sae(sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir, world=world, shard=shard)
+    result = train_sae(
+        sae_cfg, batches, init_ND, checkpoint_dir=checkpoint_dir, world=world, shard=shard, rank_rows=part[1] > 1
+    )
     if not world.is_main:
         return None
     metrics = evaluate_sae(result.sae, (chunk for _, chunk in val.iter_chunks(65_536)))

@@ -16,6 +16,12 @@ permutation. So:
   drawn from, one being filled); with an accelerator ``device``, each group is copied there once
   (``buffer_rows × d_in`` more values on the device) and batches are gathered on the device;
 - all randomness comes from ``np.random.default_rng(seed)``: the same seed gives the same batches.
+
+For data-parallel training over N ranks, ``part=(r, N)`` yields only rank r's part of each of those
+batches, rows [r·B/N, (r+1)·B/N): the ranks draw the same plan (blocks, groups, permutations), and
+each reads from disk only the rows of a group that fall in its parts, so a group costs each rank
+about 1/N of the reading, copying and buffer memory (a store that fits the buffer is read whole,
+once, by every rank; only the gathering is split).
 """
 
 from __future__ import annotations
@@ -45,8 +51,10 @@ def shuffled_batches(
     n_batches: int | None = None,
     device: str | torch.device | None = None,
     start_batch: int = 0,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[torch.Tensor]:
-    """Yield float32 [batch_size, d_in] batches on ``device`` (CPU when None).
+    """Yield float32 [batch_size, d_in] batches on ``device`` (CPU when None); with ``part=(r, N)``
+    rank r's [batch_size/N, d_in] part of each (module docstring).
 
     With ``n_batches`` None: one epoch, the last batch holding the remaining ``n_rows % batch_size``
     rows when that is not zero. Otherwise: batches number ``n_batches`` in all, full, over as many
@@ -62,14 +70,18 @@ def shuffled_batches(
         raise UserError(f"n_batches={n_batches}: must be at least 1")
     if start_batch < 0:
         raise UserError(f"start_batch={start_batch}: must be at least 0")
+    rank, size = part
+    if batch_size % size or not 0 <= rank < size:
+        raise UserError(f"batch_size={batch_size}: cannot be split into part {rank} of {size} equal parts")
+    mine = _RankPositions(batch_size, rank, size)
     rng = np.random.default_rng(seed)
     epochs = 1 if n_batches is None else None
     skip_rows = start_batch * batch_size
     if store.n_rows <= buffer_rows:
-        groups = _resident_groups(store, rng, epochs, skip_rows)
+        groups = _resident_groups(store, rng, epochs, skip_rows, mine)
     else:
-        groups = _streamed_groups(store, rng, buffer_rows, epochs, skip_rows)
-    batches = _batches(groups, batch_size, torch.device(device if device is not None else "cpu"))
+        groups = _streamed_groups(store, rng, buffer_rows, epochs, skip_rows, mine)
+    batches = _batches(groups, batch_size // size, torch.device(device if device is not None else "cpu"))
     if n_batches is not None:
         batches = itertools.islice(batches, max(0, n_batches - start_batch))
     try:
@@ -77,6 +89,23 @@ def shuffled_batches(
             yield batch_BD.float()
     finally:
         groups.close()
+
+
+class _RankPositions:
+    """Which positions of the row stream (counted from the first batch yielded) fall in rank r's
+    part of their batch: position p does when ``r·B/N ≤ p mod B < (r+1)·B/N``."""
+
+    def __init__(self, batch_size: int, rank: int, size: int):
+        self.batch_size, self.share, self.rank, self.size = batch_size, batch_size // size, rank, size
+        self.at = 0  # stream position of the next group's first row
+
+    def take(self, perm_R: np.ndarray) -> np.ndarray:
+        """The entries of the next group's ``perm_R`` (its rows in stream order) that are this rank's."""
+        if self.size == 1:
+            return perm_R
+        within_R = (self.at + np.arange(len(perm_R))) % self.batch_size
+        self.at += len(perm_R)
+        return perm_R[within_R // self.share == self.rank]
 
 
 def _batches(groups: Iterator[_Group], batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
@@ -118,7 +147,7 @@ def _gatherer(buffer: np.ndarray, perm_R: np.ndarray, device: torch.device) -> C
 
 
 def _resident_groups(
-    store: ActivationStore, rng: np.random.Generator, epochs: int | None, skip_rows: int
+    store: ActivationStore, rng: np.random.Generator, epochs: int | None, skip_rows: int, mine: _RankPositions
 ) -> Iterator[_Group]:
     """The whole store read once; each epoch one group, a fresh permutation of every row."""
     acts_ND: np.ndarray | None = None
@@ -129,14 +158,20 @@ def _resident_groups(
             continue
         if acts_ND is None:
             acts_ND = store.read_range(0, store.n_rows)
-        yield acts_ND, perm_N[skip_rows:]
+        yield acts_ND, mine.take(perm_N[skip_rows:])
         skip_rows = 0
 
 
 def _streamed_groups(
-    store: ActivationStore, rng: np.random.Generator, buffer_rows: int, epochs: int | None, skip_rows: int
+    store: ActivationStore,
+    rng: np.random.Generator,
+    buffer_rows: int,
+    epochs: int | None,
+    skip_rows: int,
+    mine: _RankPositions,
 ) -> Iterator[_Group]:
-    """Groups of random blocks, read by a background thread into one of two buffers."""
+    """Groups of random blocks, read by a background thread into one of two buffers: the whole
+    group, or (one rank of several) only its rows of the group, in store order."""
     block_rows = max(1, buffer_rows // BLOCKS_PER_GROUP)
     blocks_per_group = buffer_rows // block_rows
     block_starts = np.arange(0, store.n_rows, block_rows)
@@ -162,11 +197,19 @@ def _streamed_groups(
                     buffer = _take(free, stop)
                     if buffer is None:
                         return
-                    at = 0
-                    for start, stop_row in zip(starts.tolist(), stops.tolist()):
-                        store.read_range(start, stop_row, out=buffer[at : at + stop_row - start])
-                        at += stop_row - start
-                    ready.put((buffer, filled, perm[skip:]))
+                    wanted = mine.take(perm[skip:])  # positions in the group's blocks laid end to end
+                    if mine.size == 1:
+                        at = 0
+                        for start, stop_row in zip(starts.tolist(), stops.tolist()):
+                            store.read_range(start, stop_row, out=buffer[at : at + stop_row - start])
+                            at += stop_row - start
+                        ready.put((buffer, filled, wanted))
+                    else:
+                        held = np.sort(wanted)
+                        offsets = np.cumsum(stops - starts) - (stops - starts)
+                        block = np.searchsorted(offsets, held, side="right") - 1
+                        store.read_rows(starts[block] + held - offsets[block], out=buffer[: len(held)])
+                        ready.put((buffer, len(held), np.searchsorted(held, wanted)))
                     skip = 0
             ready.put(None)
         except BaseException as error:  # handed to the consumer, which re-raises it

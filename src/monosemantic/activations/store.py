@@ -319,9 +319,10 @@ class ActivationStore:
         shard_N = np.searchsorted(self.shard_starts, idx_N, side="right") - 1
         return shard_N, idx_N - self.shard_starts[shard_N]
 
-    def _gather(self, arrays: list[np.memmap], idx_N: np.ndarray) -> np.ndarray:
+    def _gather(self, arrays: list[np.memmap], idx_N: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         shard_N, local_N = self._locate(idx_N)
-        out = np.empty((len(local_N), arrays[0].shape[1]), dtype=arrays[0].dtype)
+        if out is None:
+            out = np.empty((len(local_N), arrays[0].shape[1]), dtype=arrays[0].dtype)
         for shard in np.unique(shard_N):
             mask = shard_N == shard
             out[mask] = arrays[shard][local_N[mask]]
@@ -330,6 +331,10 @@ class ActivationStore:
     def rows(self, idx_N: np.ndarray) -> torch.Tensor:
         """Activations of the given rows, float32 [N, d_in], in the order of ``idx_N``."""
         return torch.from_numpy(self._gather(self._acts, idx_N)).float()
+
+    def read_rows(self, idx_N: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``idx_N`` in the stored dtype, [N, d_in], in the order of ``idx_N``; into ``out`` when given."""
+        return self._gather(self._acts, idx_N, out)
 
     def origin(self, idx_N: np.ndarray) -> dict[str, np.ndarray]:
         """Origin of the given rows: ``{"token", "doc", "pos", "source_shard"}`` → int64 [N]."""

@@ -7,12 +7,21 @@ The paper trained each dictionary on 8B activations; at 512 float16 dimensions a
   windows at uniformly random offsets of the split (``TokenShards.random_windows``), run through
   the model as far as the hook, flattened, and drawn in a random permutation. So a batch mixes
   tokens from thousands of windows, never a run of neighbours from one;
-- batches are consecutive ``batch_size`` pieces of the concatenated groups (a batch may span two);
+- batches are consecutive ``batch_size`` pieces of the concatenated groups (a batch may span two),
+  each batch's rows then put in the order of their group and row (window, then position): the
+  same set of rows, in an order that splits by windows;
+- data-parallel over N ranks, ``part=(r, N)`` yields rank r's rows [r·B/N, (r+1)·B/N) of each of
+  those batches, and the rank runs the LM only on the windows those rows come from: in each batch,
+  its part is the windows between two quantiles of the batch's window numbers, so a rank runs
+  about 1/N of each group's windows plus those near its quantiles in some batch (the fewer rows a
+  batch has per window of the group, the more such windows; ``benchmarks/distributed_scaling.py``
+  measures the share);
 - all randomness comes from ``np.random.default_rng(seed)`` (windows) and a torch generator seeded
   likewise (permutations), so the same seed gives the same batches on the same device and build;
   ``start_batch`` resumes the stream there, drawing the skipped groups' windows without running
   the model on them;
-- memory: one group on the device (``buffer_rows × d_in`` values of the model's dtype).
+- memory: one group on the device (``buffer_rows × d_in`` values of the model's dtype), two while a
+  batch spans them.
 
 With a small corpus the same token comes back many times, each time in another window (its context
 differs, and so does its activation wherever that context is shorter than ``ctx``).
@@ -55,30 +64,46 @@ class ActivationStream:
         n_batches: int,
         device: str | torch.device | None = None,
         start_batch: int = 0,
+        part: tuple[int, int] = (0, 1),
     ) -> Iterator[torch.Tensor]:
         """``n_batches`` float32 [batch_size, d_in] batches (module docstring), made on the model's
-        device and moved to ``device`` if another is given (``ActivationStore``'s signature)."""
-        if batch_size < 1 or n_batches < 1 or start_batch < 0:
+        device and moved to ``device`` if another is given (``ActivationStore``'s signature); with
+        ``part=(r, N)``, rank r's [batch_size/N, d_in] part of each."""
+        rank, size = part
+        if batch_size < 1 or n_batches < 1 or start_batch < 0 or batch_size % size or not 0 <= rank < size:
             raise UserError(
                 f"streamed batches: batch_size={batch_size} and n_batches={n_batches} must be "
-                f"at least 1, start_batch={start_batch} at least 0"
+                f"at least 1, start_batch={start_batch} at least 0, batch_size divisible into {size} parts"
             )
-        carry_BD = None
-        batches = 0
-        for rows_RD in self._groups(seed, buffer_rows, start_batch * batch_size):
-            if carry_BD is not None:
-                rows_RD = torch.cat([carry_BD, rows_RD])
-            full = len(rows_RD) // batch_size * batch_size
-            for batch_BD in rows_RD[:full].split(batch_size):
-                if batches == n_batches - start_batch:
-                    return
-                batches += 1
-                yield batch_BD.to(device or self.device, torch.float32)
-            carry_BD = rows_RD[full:]
+        share = batch_size // size
+        left = n_batches - start_batch
+        groups: dict[int, _GroupActivations] = {}
+        pending_G = pending_R = np.empty(0, dtype=np.int64)  # rows drawn but not yet batched: group, row
+        for g, (windows_WT, rows_R) in enumerate(self._plans(seed, buffer_rows, start_batch * batch_size)):
+            groups[g] = _GroupActivations(self, windows_WT)
+            pending_G = np.concatenate([pending_G, np.full(len(rows_R), g)])
+            pending_R = np.concatenate([pending_R, rows_R])
+            n_full = min(len(pending_R) // batch_size, left)
+            cut = n_full * batch_size
+            if n_full:
+                # each batch's rows in (group, row) order, of which this rank takes positions [r·B/N, (r+1)·B/N)
+                order = np.lexsort((pending_R[:cut], pending_G[:cut], np.arange(cut) // batch_size))
+                mine = order.reshape(n_full, batch_size)[:, rank * share : (rank + 1) * share].ravel()
+                mine_G, mine_R = pending_G[mine], pending_R[mine]  # groups ascending: batches follow the stream
+                rows_MD = torch.cat([groups[k].rows(mine_R[mine_G == k]) for k in np.unique(mine_G).tolist()])
+                for batch_BD in rows_MD.split(share):
+                    yield batch_BD.to(device or self.device, torch.float32)
+                left -= n_full
+            if left == 0:
+                return
+            pending_G, pending_R = pending_G[cut:], pending_R[cut:]
+            first_needed = int(pending_G[0]) if len(pending_G) else g + 1
+            groups = {k: acts for k, acts in groups.items() if k >= first_needed}
 
     def sample_rows(self, n_rows: int, seed: int) -> torch.Tensor:
         """``n_rows`` activations of random tokens, float32 [n_rows, d_in] on the model's device."""
-        return next(self._groups(seed, -(-n_rows // self.ctx) * self.ctx, 0))[:n_rows].float()
+        windows_WT, rows_R = next(self._plans(seed, -(-n_rows // self.ctx) * self.ctx, 0))
+        return self._activations(windows_WT)[torch.from_numpy(rows_R[:n_rows]).to(self.device)].float()
 
     def token_chunks(self, n_tokens: int, windows_per_chunk: int = 64) -> Iterator[torch.Tensor]:
         """The activations of the split's first ``ceil(n_tokens / ctx)`` non-overlapping windows, in
@@ -92,9 +117,10 @@ class ActivationStream:
             batch = itertools.islice(windows, min(windows_per_chunk, n_windows - first))
             yield self._activations(np.stack([w for _, _, w in batch])).float()
 
-    def _groups(self, seed: int, buffer_rows: int, skip_rows: int) -> Iterator[torch.Tensor]:
-        """Endless groups of ``buffer_rows // ctx`` random windows' activations, rows permuted;
-        the first ``skip_rows`` rows are left out (their windows drawn, but not run)."""
+    def _plans(self, seed: int, buffer_rows: int, skip_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Endless groups, not yet run: ``buffer_rows // ctx`` random windows [W, T] and the order in
+        which their W·T rows (row w·T + t: window w, position t) are drawn; the first ``skip_rows``
+        rows of the stream are left out."""
         windows_per_group = max(1, buffer_rows // self.ctx)
         rows_per_group = windows_per_group * self.ctx
         rng = np.random.default_rng(seed)
@@ -105,7 +131,7 @@ class ActivationStream:
             if skip_rows >= rows_per_group:
                 skip_rows -= rows_per_group
                 continue
-            yield self._activations(windows_BT)[perm_R[skip_rows:]]
+            yield windows_BT, perm_R[skip_rows:].cpu().numpy()
             skip_rows = 0
 
     def _activations(self, windows_BT: np.ndarray) -> torch.Tensor:
@@ -117,3 +143,26 @@ class ActivationStream:
                 for w in pieces
             ]
         )
+
+
+class _GroupActivations:
+    """One group's activations [W·T, D], each window run through the model the first time one of
+    its rows is asked for."""
+
+    def __init__(self, stream: ActivationStream, windows_WT: np.ndarray):
+        self.stream, self.windows_WT = stream, windows_WT
+        self.acts_WTD: torch.Tensor | None = None
+        self.run_W = np.zeros(len(windows_WT), dtype=bool)
+
+    def rows(self, rows_M: np.ndarray) -> torch.Tensor:
+        """Activations of rows ``rows_M`` of the group, [M, D], in that order."""
+        W, T = self.windows_WT.shape
+        new_W = np.unique(rows_M // T)
+        new_W = new_W[~self.run_W[new_W]]
+        if len(new_W):
+            acts_NTD = self.stream._activations(self.windows_WT[new_W]).view(len(new_W), T, -1)
+            if self.acts_WTD is None:
+                self.acts_WTD = acts_NTD.new_empty(W, T, acts_NTD.shape[-1])
+            self.acts_WTD[torch.from_numpy(new_W).to(self.stream.device)] = acts_NTD
+            self.run_W[new_W] = True
+        return self.acts_WTD.view(W * T, -1)[torch.from_numpy(rows_M).to(self.stream.device)]

@@ -8,8 +8,9 @@ it, optional gradient-norm clipping, dead-feature tracking,
 scheduled resampling, logging, checkpoint/resume and the progress bar. A variant contributes only
 its loss (``SparseAutoencoder.training_output``).
 
-Data parallelism (``world``, a torchrun world of N ranks): every rank reads the same shuffled
-stream of global batches and trains on its own rows of each (``World.local_part``); the averaged
+Data parallelism (``world``, a torchrun world of N ranks): every rank trains on its own rows of each
+global batch of the same shuffled stream (``World.local_part``), which it cuts from the global batch
+or, with ``rank_rows``, reads alone (``shuffled_batches(…, part=(rank, N))``); the averaged
 gradient of N equal parts is the whole batch's gradient, and everything else that depends on the
 whole batch is reduced over the ranks too — which features fired (dead-feature counters, hence
 AuxK's dead latents), AuxK's normaliser and BatchTopK's batch-wide selection and threshold (in the
@@ -135,6 +136,7 @@ def train_sae(
     checkpoint_dir: Path | None = None,
     world: World = SINGLE,
     shard: Literal["batch", "latents"] = "batch",
+    rank_rows: bool = False,
 ) -> TrainResult:
     """Train ``cfg.variant`` on ``batches`` (float [B, D] activation batches, already shuffled)
     until ``cfg.n_samples`` activations have been seen.
@@ -149,8 +151,9 @@ def train_sae(
     data is skipped (and the stream position is always the number of steps taken).
 
     With a ``world`` of N ranks each rank passes the same global batches and trains on its part of
-    each (module docstring); batch sizes must be divisible by N. With ``shard="latents"`` each rank
-    passes the same batches and holds F/N of the latents instead.
+    each (module docstring); batch sizes must be divisible by N. With ``rank_rows`` each rank passes
+    only its part of each global batch instead (rows [r·B/N, (r+1)·B/N), B/N of them). With
+    ``shard="latents"`` each rank passes the same whole batches and holds F/N of the latents.
     """
     device = resolve_device(cfg.device)
     check_activations(init_acts_ND, cfg.d_in, "init activations")
@@ -161,6 +164,9 @@ def train_sae(
     else:
         world.check_divides(cfg.batch_size, "sae.batch_size")
         sae, batch_world = build_sae(cfg).to(device), world
+    if rank_rows and shard == "latents":
+        raise ValueError("a dictionary-parallel SAE trains on whole batches, not on rank_rows")
+    parts = _RankParts(batch_world, rank_rows)
     sae.batch_world = batch_world
     # fused: one kernel per tensor; on CPU several times faster than the per-op loop (benchmarks/sae_step_levers.py)
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
@@ -192,7 +198,7 @@ def train_sae(
                 state.resamples_done < len(resample_points)
                 and state.samples_seen >= resample_points[state.resamples_done]
             ):
-                stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device, batch_world)
+                stream = _resample(sae, optimizer, state, stream, dead_window, generator, cfg, device, parts)
             x_BD = next(stream, None)
             if x_BD is None:
                 raise UserError(
@@ -200,8 +206,8 @@ def train_sae(
                     f"{cfg.n_samples:,} samples: lower n_samples or provide more activations"
                 )
             check_activations(x_BD, cfg.d_in, f"activation batch {state.steps}")
-            B = x_BD.shape[0]  # the global batch; this rank trains on its part
-            x_BD = batch_world.local_part(x_BD).to(device, torch.float32, non_blocking=True) * state.input_scale
+            B = parts.global_rows(x_BD)  # the global batch; this rank trains on its part
+            x_BD = parts.mine(x_BD).to(device, torch.float32, non_blocking=True) * state.input_scale
 
             frac = (state.samples_seen + B) / cfg.n_samples
             for group in optimizer.param_groups:
@@ -272,7 +278,7 @@ def _resample(
     generator: torch.Generator,
     cfg: SAEConfig,
     device: torch.device,
-    world: World,
+    parts: _RankParts,
 ) -> Iterator[torch.Tensor]:
     """Resample dead features on inputs drawn from ``stream``; returns the stream with those
     batches put back in front.
@@ -280,33 +286,50 @@ def _resample(
     Each rank scores its part of each global batch; the scores are gathered in global-batch order
     (so the weights, and the generator's picks, are a world of 1's), and each picked input is
     contributed by the rank that holds it (a sum over ranks of rows that are zero elsewhere)."""
+    world = parts.world
     taken: list[torch.Tensor] = []
     n = 0
     while n < cfg.resample_inputs and (x_BD := next(stream, None)) is not None:
         check_activations(x_BD, cfg.d_in, f"activation batch {state.steps + len(taken)}")
         taken.append(x_BD)
-        n += x_BD.shape[0]
+        n += parts.global_rows(x_BD)
     dead_F = state.samples_since_fired_F >= dead_window
     n_dead = int(dead_F.sum())
     if taken and n_dead:
-        parts = [world.local_part(x_BD).to(device, torch.float32) * state.input_scale for x_BD in taken]
-        weights_N = torch.cat([world.all_gather(resampling_weights(sae, part_ND)) for part_ND in parts])
+        mine = [parts.mine(x_BD).to(device, torch.float32) * state.input_scale for x_BD in taken]
+        weights_N = torch.cat([world.all_gather(resampling_weights(sae, part_ND)) for part_ND in mine])
         pick_K = pick_inputs(weights_N, n_dead, generator)
-        batch_starts = torch.tensor([0] + [len(x_BD) for x_BD in taken]).cumsum(0)
+        batch_starts = torch.tensor([0] + [parts.global_rows(x_BD) for x_BD in taken]).cumsum(0)
         batch_K = torch.searchsorted(batch_starts, pick_K, right=True) - 1
         within_K = pick_K - batch_starts[batch_K]
-        part_len_K = torch.tensor([len(part) for part in parts])[batch_K]
-        part_starts = torch.tensor([0] + [len(part) for part in parts]).cumsum(0)
+        part_len_K = torch.tensor([len(part) for part in mine])[batch_K]
+        part_starts = torch.tensor([0] + [len(part) for part in mine]).cumsum(0)
         mine_K = within_K // part_len_K == world.rank
         local_K = part_starts[batch_K] + within_K % part_len_K
         inputs_KD = torch.zeros(n_dead, cfg.d_in, device=device)
-        inputs_KD[mine_K.to(device)] = torch.cat(parts)[local_K[mine_K].to(device)]
+        inputs_KD[mine_K.to(device)] = torch.cat(mine)[local_K[mine_K].to(device)]
         reinitialise_features(sae, optimizer, dead_F, world.all_reduce_(inputs_KD))
     if taken:
         state.samples_since_fired_F[dead_F] = 0
         state.history.append({"samples": state.samples_seen, "resampled": n_dead})
     state.resamples_done += 1
     return itertools.chain(taken, stream)
+
+
+@dataclass(frozen=True)
+class _RankParts:
+    """How this rank gets its part of each global batch: cut from the whole batch it is passed, or
+    passed only its part (``rank_rows``)."""
+
+    world: World
+    rank_rows: bool
+
+    def mine(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return x_BD if self.rank_rows else self.world.local_part(x_BD)
+
+    def global_rows(self, x_BD: torch.Tensor) -> int:
+        """The rows of the global batch that ``x_BD`` is (or is this rank's part of)."""
+        return len(x_BD) * self.world.size if self.rank_rows else len(x_BD)
 
 
 def _start_from_rank_0(sae: SparseAutoencoder, state: _State, world: World) -> None:
