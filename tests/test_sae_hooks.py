@@ -17,6 +17,7 @@ from monosemantic.activations.stream import ActivationStream
 from monosemantic.analysis.store import FILENAME, FeatureStore
 from monosemantic.browser.run_view import RunView
 from monosemantic.config import load_config
+from monosemantic.errors import UserError
 from monosemantic.lm.model import load_lm
 from monosemantic.pipeline import RunDir
 from monosemantic.sae.io import load_sae, saved_hook_name
@@ -82,6 +83,20 @@ def test_without_extra_hooks_names_and_config_hash_are_as_before(tmp_path):
     # universality compares the main hook point: its second runs train no SAE at the extra ones
     assert second_run_config(with_extra, 128, model_b=True).harvest.extra_hooks == []
     assert second_run_config(with_extra, 64, model_b=False).harvest.extra_hooks == []
+
+
+def test_an_unknown_extra_hook_point_stops_before_any_work(tmp_path):
+    cfg = load_config("tiny", overrides=["harvest.extra_hooks=[blocks.0.hook_resid_postt]"])
+    with pytest.raises(
+        UserError, match=r"harvest.extra_hooks: blocks.0.hook_resid_postt is not a hook point of this mo"
+    ):
+        pipeline.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    cfg = load_config("tiny", overrides=["harvest.extra_hooks=[blocks.0.attn.hook_z]"])
+    with pytest.raises(
+        UserError, match=r"harvest.extra_hooks: blocks.0.attn.hook_z carries \[2, 16\] per token, not one"
+    ):
+        pipeline.run(cfg, tmp_path / "run")
 
 
 def test_each_sae_is_analysed_over_its_own_hook_point(hooks_run):

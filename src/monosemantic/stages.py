@@ -1,6 +1,8 @@
 """The stages of ``monosemantic run``, each reading from and writing into the run directory.
 
-corpus → lm → harvest → sae → universality, then analysis → splitting; toy stands apart. Each
+corpus → lm → harvest → sae → universality, then analysis → splitting; toy stands apart. With
+``harvest.extra_hooks`` the harvest records several hook points from one forward pass, and sae,
+analysis and splitting work at each (``sweep_saes``); universality stays at the main one. Each
 ``*_stage(cfg)`` returns a ``Stage`` whose ``run`` does the work and returns the figures that go into
 ``run.json``, whose ``summary`` puts them in one line, and whose ``needs`` names the stages it reads.
 """
@@ -143,7 +145,7 @@ def harvest_stage(cfg: RunConfig) -> Stage:
     device = resolve_device(cfg.device)
     h = cfg.harvest
     if cfg.lm.trains_own_model:
-        check_hook_name(cfg.lm, cfg.corpus.vocab_size)
+        check_hook_name(cfg.lm, cfg.corpus.vocab_size, h.extra_hooks)
 
     def run(rd: RunDir) -> dict:
         model = load_lm(rd / "lm", device)
