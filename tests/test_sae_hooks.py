@@ -17,9 +17,11 @@ from monosemantic.activations.stream import ActivationStream
 from monosemantic.analysis.store import FILENAME, FeatureStore
 from monosemantic.browser.run_view import RunView
 from monosemantic.config import load_config
+from monosemantic.distributed import World, run_local_world
 from monosemantic.errors import UserError
 from monosemantic.lm.model import load_lm
 from monosemantic.pipeline import RunDir
+from monosemantic.progress import set_quiet
 from monosemantic.sae.io import load_sae, saved_hook_name
 from monosemantic.sae.metrics import evaluate_sae
 from monosemantic.stages import sae_stage, second_run_config, splitting_stage, train_activations
@@ -69,6 +71,23 @@ def test_the_sweep_trains_each_size_at_each_hook_point(hooks_run):
         assert measured["l0"] == pytest.approx(entry["l0"], rel=1e-5)
     summary = pipeline.run(cfg, run, "sae").stages[-1]
     assert summary.skipped and summary.summary == f"4 standard SAEs: 64, 128 at {MLP}; 64, 128 at {RESID}"
+
+
+def _sweep_by_sizes(here: World, run, corpus) -> dict:
+    set_quiet(True)
+    pipeline.run(_config(corpus, "sae.shard=sizes"), run, "sae", force=True)
+    return RunDir(run).manifest["sae"] if here.is_main else {}
+
+
+def test_a_sweep_spread_over_two_ranks_trains_the_same_saes_at_each_hook_point(hooks_run, tmp_path):
+    run, cfg = hooks_run
+    shutil.copytree(run, tmp_path / "run")
+    figures, _ = run_local_world(_sweep_by_sizes, (tmp_path / "run", cfg.corpus.corpus), 2, timeout_s=300)
+    one = RunDir(run).manifest["sae"]["saes"]
+    assert [(e["name"], e["hook_name"]) for e in figures["saes"]] == [(e["name"], e["hook_name"]) for e in one]
+    for mine, theirs in zip(figures["saes"], one):  # rank 0 trained the 64s, rank 1 the 128s
+        for key in ("fvu", "l0", "loss_recovered"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5), (mine["name"], key)
 
 
 def test_without_extra_hooks_names_and_config_hash_are_as_before(tmp_path):
