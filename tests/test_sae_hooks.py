@@ -15,6 +15,7 @@ from monosemantic import pipeline
 from monosemantic.activations import ActivationStore
 from monosemantic.activations.stream import ActivationStream
 from monosemantic.analysis.store import FILENAME, FeatureStore
+from monosemantic.browser.export import export_site
 from monosemantic.browser.run_view import RunView
 from monosemantic.config import load_config
 from monosemantic.distributed import World, run_local_world
@@ -175,7 +176,7 @@ def test_streamed_training_reads_each_hook_point(tiny_run):
     assert train_activations(RunDir(tiny_run), cfg, model).hook_name == MLP
 
 
-def test_ui_overview_lists_each_hook_points_dictionaries(browser, hooks_run):  # noqa: F811 — the fixture
+def test_ui_overview_lists_each_hook_points_dictionaries(browser, hooks_run, tmp_path):  # noqa: F811 — the fixture
     import socket
     import threading
     import time
@@ -206,3 +207,6 @@ def test_ui_overview_lists_each_hook_points_dictionaries(browser, hooks_run):  #
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+    export_site(run, tmp_path / "site", max_units=2)  # from disk, "@" reaches the data file URL-encoded
+    browser.get((tmp_path / "site" / "index.html").as_uri() + f"#/feature/{NAMES[3].replace('@', '%40')}/1")
+    wait_for(browser, "h1", NAMES[3])

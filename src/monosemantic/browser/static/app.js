@@ -25,11 +25,12 @@ async function api(path, body) {
 // (a <script> works from file://, where fetch() of a local file does not).
 function exported(path) {
   window.MONOSEMANTIC_DATA = window.MONOSEMANTIC_DATA || {};
-  if (path in window.MONOSEMANTIC_DATA) return Promise.resolve(window.MONOSEMANTIC_DATA[path]);
+  const key = decodeURIComponent(path);  // stored under the plain name (an extra hook point's SAE has an "@")
+  if (key in window.MONOSEMANTIC_DATA) return Promise.resolve(window.MONOSEMANTIC_DATA[key]);
   return new Promise((resolve, reject) => {
     const script = document.createElement("script");
     script.src = "data/" + path + ".js";
-    script.onload = () => resolve(window.MONOSEMANTIC_DATA[path]);
+    script.onload = () => resolve(window.MONOSEMANTIC_DATA[key]);
     script.onerror = () => reject(new ApiError(`not in this export: ${path}`));
     document.head.appendChild(script);
   });
