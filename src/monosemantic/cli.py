@@ -338,7 +338,8 @@ sae_app = typer.Typer(help="Sparse autoencoders on the run's activations.", no_a
 app.add_typer(sae_app, name="sae")
 _stage_command(
     "sae",
-    "Train a family of SAEs of growing size (sae.sizes) on the same activations and measure each.",
+    "Train a family of SAEs of growing size (sae.sizes) on the same activations and measure each; "
+    "with harvest.extra_hooks, the family again at each further hook point.",
     sae_app,
     "sweep",
 )

@@ -1,6 +1,8 @@
 """The stages of ``monosemantic run``, each reading from and writing into the run directory.
 
-corpus → lm → harvest → sae → universality, then analysis → splitting; toy stands apart. Each
+corpus → lm → harvest → sae → universality, then analysis → splitting; toy stands apart. With
+``harvest.extra_hooks`` the harvest records several hook points from one forward pass, and sae,
+analysis and splitting work at each (``sweep_saes``); universality stays at the main one. Each
 ``*_stage(cfg)`` returns a ``Stage`` whose ``run`` does the work and returns the figures that go into
 ``run.json``, whose ``summary`` puts them in one line, and whose ``needs`` names the stages it reads.
 """
@@ -15,7 +17,7 @@ import torch
 
 from monosemantic.activations import ActivationStore
 from monosemantic.activations.harvest import harvest_activations
-from monosemantic.activations.store import hook_store_dir
+from monosemantic.activations.store import hook_store_dir, hook_tag
 from monosemantic.activations.stream import ActivationStream
 from monosemantic.analysis.analyze import analysis_headline, analyze_run
 from monosemantic.analysis.store import FILENAME as FEATURE_STORE_FILE
@@ -143,7 +145,7 @@ def harvest_stage(cfg: RunConfig) -> Stage:
     device = resolve_device(cfg.device)
     h = cfg.harvest
     if cfg.lm.trains_own_model:
-        check_hook_name(cfg.lm, cfg.corpus.vocab_size)
+        check_hook_name(cfg.lm, cfg.corpus.vocab_size, h.extra_hooks)
 
     def run(rd: RunDir) -> dict:
         model = load_lm(rd / "lm", device)
@@ -184,35 +186,60 @@ def harvest_stage(cfg: RunConfig) -> Stage:
     return Stage("harvest", config, run, stores, summary, needs=["lm"], distributed=True)
 
 
+def sae_name(variant: str, size: int, hook_name: str, main_hook: str) -> str:
+    """A sweep member's name: ``topk-4096`` at the run's main hook point (``lm.hook_name``),
+    ``topk-4096@blocks.0.hook_resid_post`` at another one (as ``hook_store_dir`` names its store)."""
+    return f"{variant}-{size}{hook_tag(hook_name, main_hook)}"
+
+
+def sweep_saes(cfg: RunConfig) -> dict[str, list[tuple[str, int]]]:
+    """The sweep's SAEs by hook point, the main one first, then ``harvest.extra_hooks`` in order:
+    ``{hook: [(name, size), …]}``, each hook's in ``sae.sizes`` order."""
+    main = cfg.lm.hook_name
+    return {
+        hook: [(sae_name(cfg.sae.variant, size, hook, main), size) for size in cfg.sae.sizes]
+        for hook in dict.fromkeys([main, *cfg.harvest.extra_hooks])
+    }
+
+
 def sae_stage(cfg: RunConfig) -> Stage:
-    """Train the sweep's SAEs one by one; a finished SAE whose config is unchanged is kept."""
+    """Train the sweep's SAEs one by one, its sizes at each hook point the harvest recorded (the
+    main one and ``harvest.extra_hooks``); a finished SAE whose config is unchanged is kept."""
     sweep = cfg.sae
     device = resolve_device(cfg.device)
+    by_hook = sweep_saes(cfg)
+    main = cfg.lm.hook_name
 
     def run(rd: RunDir) -> dict:
-        val = ActivationStore(rd / "activations/val")
         model = load_lm(rd / "lm", device)
-        train = train_activations(rd, cfg, model)
-        init_ND = train.sample_rows(sweep.init_rows, sweep.seed)
-        mean_D = (val if cfg.harvest.stream_train else train).mean()
         val_tokens = TokenShards(rd / "tokens", "val")
         tokens_BT = torch.from_numpy(
             np.stack([w for _, _, w in val_tokens.sequential_windows(cfg.lm.n_ctx, sweep.loss_windows)])
         ).to(device)
-        by_size = sweep.shard == "sizes"  # each rank trains its share of the sizes, alone
+        by_size = sweep.shard == "sizes"  # each rank trains its share of the SAEs, alone
         world = SINGLE if by_size else rd.world
+        members = [(hook, name, size) for hook, saes in by_hook.items() for name, size in saes]
+        mine = members[rd.world.rank :: rd.world.size] if by_size else members
         entries = []
-        for size in sweep.sizes[rd.world.rank :: rd.world.size] if by_size else sweep.sizes:
-            sae_cfg = sweep.sae_config(val.d_in, size, str(device))
-            figures = _train_one_sae(
-                rd, world, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, cfg.lm.hook_name
-            )
-            if figures is not None:  # None on the ranks other than 0, which neither measure nor save
-                entries.append({**figures, "config": sae_cfg.model_dump(mode="json")})
-            world.barrier()  # while rank 0 measures and saves it
+        for hook in by_hook:
+            todo = [(name, size) for h, name, size in mine if h == hook]
+            if not todo:
+                continue
+            val = ActivationStore(rd / str(hook_store_dir(".", "val", hook, main)))
+            train = train_activations(rd, cfg, model, hook)
+            init_ND = train.sample_rows(sweep.init_rows, sweep.seed)
+            mean_D = (val if cfg.harvest.stream_train else train).mean()
+            for name, size in todo:
+                sae_cfg = sweep.sae_config(val.d_in, size, str(device))
+                figures = _train_one_sae(
+                    rd, world, name, sae_cfg, sweep, train, val, init_ND, mean_D, model, tokens_BT, hook
+                )
+                if figures is not None:  # None on the ranks other than 0, which neither measure nor save
+                    entries.append({**figures, "hook_name": hook, "config": sae_cfg.model_dump(mode="json")})
+                world.barrier()  # while rank 0 measures and saves it
         if by_size:
-            done = {entry["d_sae"]: entry for part in rd.world.gather_objects(entries) for entry in part}
-            entries = [done[size] for size in sweep.sizes]
+            done = {entry["name"]: entry for part in rd.world.gather_objects(entries) for entry in part}
+            entries = [done[name] for _, name, _ in members]
         return {
             "variant": sweep.variant,
             "saes": entries,
@@ -220,29 +247,40 @@ def sae_stage(cfg: RunConfig) -> Stage:
         }
 
     def summary(f: dict) -> str:
-        return f"{len(f['saes'])} {f['variant']} SAEs: " + ", ".join(str(e["d_sae"]) for e in f["saes"])
+        sizes = {
+            hook: ", ".join(str(e["d_sae"]) for e in f["saes"] if e.get("hook_name", main) == hook) for hook in by_hook
+        }
+        at = "; ".join(f"{s} at {hook}" for hook, s in sizes.items()) if len(by_hook) > 1 else sizes[main]
+        return f"{len(f['saes'])} {f['variant']} SAEs: {at}"
 
     config = {
         **sweep.model_dump(exclude={"shard"}),
-        "hook_name": cfg.lm.hook_name,
+        "hook_name": main,
         "stream_train": cfg.harvest.stream_train,
     }
+    if cfg.harvest.extra_hooks:  # a run without extra hook points keeps the config hash it had before them
+        config["extra_hooks"] = list(by_hook)[1:]
     return Stage(
         "sae",
         config,
         run,
-        [f"saes/{sweep.variant}-{size}/cfg.json" for size in sweep.sizes],
+        [f"saes/{name}/cfg.json" for saes in by_hook.values() for name, _ in saes],
         summary,
         needs=["harvest"],
         distributed=True,
     )
 
 
-def train_activations(rd: RunDir, cfg: RunConfig, model) -> ActivationStore | ActivationStream:
-    """The sweep's training activations: the harvested store, or ``model`` run on the fly."""
+def train_activations(
+    rd: RunDir, cfg: RunConfig, model, hook_name: str | None = None
+) -> ActivationStore | ActivationStream:
+    """The sweep's training activations at ``hook_name`` (default: the main hook point): the
+    harvested store, or ``model`` run on the fly (each streamed SAE runs the LM for itself, so
+    several hook points stream as one does)."""
+    hook = hook_name or cfg.lm.hook_name
     if cfg.harvest.stream_train:
-        return ActivationStream(model, TokenShards(rd / "tokens", "train"), cfg.lm.hook_name, cfg.lm.n_ctx)
-    return ActivationStore(rd / "activations/train")
+        return ActivationStream(model, TokenShards(rd / "tokens", "train"), hook, cfg.lm.n_ctx)
+    return ActivationStore(rd / str(hook_store_dir(".", "train", hook, cfg.lm.hook_name)))
 
 
 def _density_chunks(source: ActivationStore | ActivationStream, n_tokens: int):
@@ -259,6 +297,7 @@ def _density_chunks(source: ActivationStore | ActivationStream, n_tokens: int):
 def _train_one_sae(
     rd: RunDir,
     world: World,
+    name: str,
     sae_cfg: SAEConfig,
     sweep,
     train: ActivationStore | ActivationStream,
@@ -269,9 +308,9 @@ def _train_one_sae(
     tokens_BT: torch.Tensor,
     hook_name: str,
 ) -> dict | None:
-    """Train one SAE (data- or dictionary-parallel over ``world``), then, on its rank 0, measure and
-    save it and return its figures (None on the other ranks)."""
-    name = f"{sae_cfg.variant}-{sae_cfg.d_sae}"
+    """Train SAE ``name`` on ``hook_name``'s activations (data- or dictionary-parallel over
+    ``world``), then, on its rank 0, measure and save it and return its figures (None on the
+    other ranks)."""
     folder = rd / "saes" / name
     # the activations it was trained on count too: a re-harvest must not reuse an SAE of the old ones
     digest = config_hash(
@@ -350,8 +389,9 @@ def _document_sources(cfg: RunConfig, rd: RunDir) -> DocumentSources:
 
 
 def analysis_stage(cfg: RunConfig) -> Stage:
-    """Feature (and neuron) dashboards, logit effects, autointerp scores → RUN/features.sqlite."""
-    names = [f"{cfg.sae.variant}-{size}" for size in cfg.sae.sizes]
+    """Feature (and neuron) dashboards, logit effects, autointerp scores → RUN/features.sqlite; each
+    SAE over its own hook point's held-out activations (``analyze_run`` reads its saved hook)."""
+    names = [name for saes in sweep_saes(cfg).values() for name, _ in saes]
 
     def run(rd: RunDir) -> dict:
         return analyze_run(rd.path, names, cfg.analysis, str(resolve_device(cfg.device)), _document_sources(cfg, rd))
@@ -367,19 +407,31 @@ def analysis_stage(cfg: RunConfig) -> Stage:
 
 
 def splitting_stage(cfg: RunConfig) -> Stage:
-    """Feature splitting across the sweep's sizes, then the 2D map of every decoder direction."""
-    names = [f"{cfg.sae.variant}-{size}" for size in sorted(cfg.sae.sizes)]
+    """Feature splitting across the sweep's sizes, then the 2D map of every decoder direction; at
+    each hook point on its own (families link sizes of one hook point). The main hook point's
+    figures are the stage's; another's go under ``by_hook``."""
+    by_hook = {
+        hook: [name for name, _ in sorted(saes, key=lambda member: member[1])] for hook, saes in sweep_saes(cfg).items()
+    }
+    main = cfg.lm.hook_name
     split_cfg = cfg.splitting.model_copy(update={"device": cfg.device})
 
     def run(rd: RunDir) -> dict:
-        figures = feature_families(rd.path, names, split_cfg, _document_sources(cfg, rd))
-        figures["feature_map"] = feature_map(rd.path, names, cfg.feature_map)
+        sources = _document_sources(cfg, rd)
+        figures = {}
+        for hook, names in by_hook.items():
+            found = feature_families(rd.path, names, split_cfg, sources)
+            found["feature_map"] = feature_map(rd.path, names, cfg.feature_map)
+            if hook == main:
+                figures.update(found)
+            else:
+                figures.setdefault("by_hook", {})[hook] = found
         return figures
 
     config = {
         "splitting": cfg.splitting.model_dump(),
         "map": cfg.feature_map.model_dump(),
-        "saes": names,
+        "saes": [name for names in by_hook.values() for name in names],
         "source_field": cfg.analysis.source_field,
     }
 
@@ -390,12 +442,18 @@ def splitting_stage(cfg: RunConfig) -> Stage:
             if family
             else ""
         )
+        more = "".join(f"; {g['split_families']:,} at {hook}" for hook, g in f.get("by_hook", {}).items())
         return (
-            f"{f['split_families']:,} features split into ≥ 2 children at the next size; "
+            f"{f['split_families']:,} features split into ≥ 2 children at the next size{more}; "
             f"map by {f['feature_map']['method']}{context}"
         )
 
-    return Stage("splitting", config, run, ["splitting/families.json", "feature_map/map.json"], summary, needs=["sae"])
+    artifacts = [
+        f"{folder}/{stem}{hook_tag(hook, main)}.json"
+        for hook in by_hook
+        for folder, stem in (("splitting", "families"), ("feature_map", "map"))
+    ]
+    return Stage("splitting", config, run, artifacts, summary, needs=["sae"])
 
 
 def universality_stage(cfg: RunConfig) -> Stage:
@@ -457,7 +515,8 @@ def sae_second_run(rd: RunDir, rel: str, cfg: RunConfig) -> RunResult:
 
 
 def universality_size(cfg: RunConfig) -> int:
-    """The size of the sweep's SAE that universality reproduces (``universality.sae``; the largest)."""
+    """The size of the sweep's SAE that universality reproduces (``universality.sae``; the largest),
+    at the main hook point: universality over the extra hook points is not done."""
     names = {f"{cfg.sae.variant}-{size}": size for size in cfg.sae.sizes}
     if cfg.universality.sae is None:
         return max(cfg.sae.sizes)
@@ -473,12 +532,15 @@ def second_run_config(cfg: RunConfig, size: int, model_b: bool) -> RunConfig:
     samples) are cut; nothing else differs from A."""
     u = cfg.universality
     sae_budget = u.sae_n_samples or cfg.sae.n_samples
-    update = {"sae": cfg.sae.one_sae(size, seed=cfg.sae.seed + u.sae_seed_offset, n_samples=sae_budget)}
+    update = {
+        "sae": cfg.sae.one_sae(size, seed=cfg.sae.seed + u.sae_seed_offset, n_samples=sae_budget),
+        "harvest": cfg.harvest.model_copy(update={"extra_hooks": []}),  # universality compares the main hook point
+    }
     if model_b:
         update["lm"] = cfg.lm.model_copy(
             update={"seed": cfg.lm.seed + u.lm_seed_offset, "n_steps": u.lm_steps or cfg.lm.n_steps}
         )
-        update["harvest"] = cfg.harvest.model_copy(
+        update["harvest"] = update["harvest"].model_copy(
             update={"n_train_tokens": u.n_train_tokens or cfg.harvest.n_train_tokens}
         )
     return cfg.model_copy(update=update)

@@ -18,5 +18,6 @@ class HarvestConfig(BaseModel):
     stream_train: bool = Field(False, description="SAEs train on activations made on the fly (no train store)")
     extra_hooks: list[str] = Field(
         default_factory=list,
-        description="more hook points recorded in the same forward passes, into activations/<split>@<hook>",
+        description="more hook points recorded in the same forward passes, into activations/<split>@<hook>; "
+        "the SAE sweep trains at each too",
     )

@@ -40,10 +40,16 @@ DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _ORIGIN_DTYPE = np.dtype("<i8")
 
 
+def hook_tag(hook_name: str, main_hook: str) -> str:
+    """What a run appends to the name of anything of ``hook_name`` (a store, an SAE, a splitting
+    output): nothing for its main hook point (``lm.hook_name``), ``@<hook_name>`` for any other."""
+    return "" if hook_name == main_hook else f"@{hook_name}"
+
+
 def hook_store_dir(run_dir: str | Path, split: str, hook_name: str, main_hook: str) -> Path:
     """Where a run keeps ``split``'s activations at ``hook_name``: ``activations/<split>`` for its main
     hook point (``lm.hook_name``), ``activations/<split>@<hook_name>`` for any other."""
-    return Path(run_dir) / "activations" / (split if hook_name == main_hook else f"{split}@{hook_name}")
+    return Path(run_dir) / "activations" / f"{split}{hook_tag(hook_name, main_hook)}"
 
 
 def _acts_name(shard: int) -> str:

@@ -46,9 +46,11 @@ class RunView:
         FeatureStore(self.path / FILENAME).close()  # fail now, with one clear line, if it is missing or foreign
         self._local = threading.local()
         self.dicts = {d["name"]: d for d in self.store.dictionaries()}
-        for entry in self.manifest.get("sae", {}).get("saes", []):  # a dictionary trained elsewhere says so
-            if "foreign" in entry and entry["name"] in self.dicts:
-                self.dicts[entry["name"]].update(foreign=entry["foreign"], hook_name=entry.get("hook_name"))
+        for entry in self.manifest.get("sae", {}).get("saes", []):  # its hook point; one trained elsewhere says so
+            if entry["name"] in self.dicts:
+                self.dicts[entry["name"]].update(hook_name=entry.get("hook_name"))
+                if "foreign" in entry:
+                    self.dicts[entry["name"]]["foreign"] = entry["foreign"]
 
     @property
     def store(self) -> FeatureStore:
@@ -136,7 +138,12 @@ class RunView:
                     "paper_median_neuron_corr",
                 )
             },
-            "splitting": m.get("splitting", {}).get("summary", []),
+            "splitting": m.get("splitting", {}).get("summary", [])
+            + [
+                {**row, "hook_name": hook}
+                for hook, figures in m.get("splitting", {}).get("by_hook", {}).items()
+                for row in figures["summary"]
+            ],
             "toy": [p for p in m.get("toy", {}).get("points", [])],
             "pictures": self.pictures(),
         }
@@ -260,16 +267,19 @@ class RunView:
 
     @cached_property
     def _families(self) -> dict[str, Any] | None:
-        path = self.path / "splitting" / "families.json"
-        if not path.is_file():
+        """Splitting's output at every hook point (``families.json``, ``families@<hook>.json``) as one:
+        the SAE names differ between hook points, and links join sizes of one hook point only."""
+        paths = sorted((self.path / "splitting").glob("families*.json"))
+        if not paths:
             return None
-        data = json.loads(path.read_text())
-        return {
-            "labels": {name: f["label"] for name, f in data["features"].items()},
-            "sources": {name: f.get("sources") for name, f in data["features"].items()},
-            "after": {name: f.get("after") for name, f in data["features"].items()},
-            "links": data["links"],
-        }
+        merged: dict[str, Any] = {"labels": {}, "sources": {}, "after": {}, "links": []}
+        for path in paths:
+            data = json.loads(path.read_text())
+            for name, f in data["features"].items():
+                merged["labels"][name], merged["sources"][name] = f["label"], f.get("sources")
+                merged["after"][name] = f.get("after")
+            merged["links"] += data["links"]
+        return merged
 
     def family(self, sae: str, feature: int) -> dict[str, Any] | None:
         """The feature's ancestors in the smaller SAEs and its descendants in the larger ones

@@ -6,7 +6,9 @@ up as clusters. We use umap-learn when it is installed (``method="auto"``) and o
 the unit-normalised directions (torch), which is exact and fast but separates clusters less.
 ``feature_map`` writes ``RUN/feature_map/map.png`` and ``map.json`` — per point its SAE, size,
 feature index, coordinates and, when ``RUN/splitting/families.json`` exists, its label, density
-and parent at the next smaller size — for the browser to draw interactively.
+and parent at the next smaller size — for the browser to draw interactively. The SAEs mapped
+together read one hook point; at another than the run's main one, the files are
+``map@<hook>.png`` and ``map@<hook>.json``, annotated from ``families@<hook>.json``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monosemantic.activations.store import hook_tag
 from monosemantic.atomic import write_json
 from monosemantic.compare.config import FeatureMapConfig
+from monosemantic.compare.splitting import sae_hook_point
 from monosemantic.errors import UserError
 from monosemantic.figures import new_figure, save_figure
 from monosemantic.sae.io import load_sae
@@ -59,12 +63,13 @@ def feature_map(run_dir: str | Path, sae_names: list[str], cfg: FeatureMapConfig
     run = Path(run_dir)
     if not sae_names:
         raise UserError("feature map: no SAEs given")
+    tag = hook_tag(*sae_hook_point(run, sae_names))
     decoders = {name: load_sae(run / "saes" / name).W_dec.detach().double().numpy() for name in sae_names}
     start = time.perf_counter()
     coords_N2, method = project_2d(np.concatenate(list(decoders.values())), cfg)
     seconds = time.perf_counter() - start
 
-    extra = _splitting_annotations(run, sae_names)
+    extra = _splitting_annotations(run / "splitting" / f"families{tag}.json", sae_names)
     points, at = [], 0
     for name, W_dec_FD in decoders.items():
         for f in range(len(W_dec_FD)):
@@ -79,19 +84,20 @@ def feature_map(run_dir: str | Path, sae_names: list[str], cfg: FeatureMapConfig
             points.append(point)
             at += 1
     out = run / "feature_map"
-    write_json(out / "map.json", {"method": method, "config": cfg.model_dump(), "saes": sae_names, "points": points})
-    _plot(points, method, out / "map.png")
+    write_json(
+        out / f"map{tag}.json", {"method": method, "config": cfg.model_dump(), "saes": sae_names, "points": points}
+    )
+    _plot(points, method, out / f"map{tag}.png")
     return {
         "method": method,
         "n_points": len(points),
         "seconds": round(seconds, 2),
-        "artifacts": {"data": "feature_map/map.json", "picture": "feature_map/map.png"},
+        "artifacts": {"data": f"feature_map/map{tag}.json", "picture": f"feature_map/map{tag}.png"},
     }
 
 
-def _splitting_annotations(run: Path, sae_names: list[str]) -> dict[str, dict[str, list]]:
-    """Label, density and parent of each feature from the splitting stage, when it ran."""
-    path = run / "splitting/families.json"
+def _splitting_annotations(path: Path, sae_names: list[str]) -> dict[str, dict[str, list]]:
+    """Label, density and parent of each feature from the splitting stage's ``path``, when it ran."""
     if not path.exists():
         return {}
     families = json.loads(path.read_text())

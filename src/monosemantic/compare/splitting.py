@@ -30,7 +30,9 @@ is the one whose token-keeping children's source distributions P_c differ most: 
 generalised Jensen–Shannon divergence H(Σ_c w_c P_c) − Σ_c w_c H(P_c) (bits), with w_c the
 children's shares of their total activation mass, so a child that barely fires cannot decide it.
 ``feature_families`` writes ``RUN/splitting/families.json``, a picture per selected family, and
-``RUN/splitting/context_family.png``.
+``RUN/splitting/context_family.png``, over the held-out activations at the hook point the SAEs read;
+at another hook point than the run's main one, each name carries ``@<hook>`` (``hook_tag``):
+``families@blocks.0.hook_resid_post.json`` and so on.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from monosemantic.activations.store import ActivationStore
+from monosemantic.activations.store import ActivationStore, hook_store_dir, hook_tag
 from monosemantic.analysis.context import TokenSources, describe_sources, js_divergence
 from monosemantic.atomic import write_json
 from monosemantic.compare.config import SplittingConfig
@@ -54,7 +56,7 @@ from monosemantic.corpus.tokenizer import load_tokenizer
 from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.figures import new_figure, save_figure
-from monosemantic.sae.io import load_sae
+from monosemantic.sae.io import load_sae, saved_hook_name
 
 CONTEXT_FAMILY_MIN_CHILDREN = 3
 N_CONTEXTS = 3  # sources and previous tokens listed per feature
@@ -242,7 +244,9 @@ def feature_families(
             f"splitting: SAEs must be given smallest first with distinct sizes, "
             f"got {dict(zip(sae_names_by_size, sizes))}"
         )
-    store = ActivationStore(run / "activations/val")
+    hook, main = sae_hook_point(run, sae_names_by_size)
+    tag = hook_tag(hook, main)
+    store = ActivationStore(hook_store_dir(run, "val", hook, main))
     n_rows = min(cfg.max_tokens or store.n_rows, store.n_rows)
     chunks = (
         torch.from_numpy(store.read_range(start, min(start + cfg.chunk_rows, n_rows))).float()
@@ -297,24 +301,25 @@ def feature_families(
     ]
     highlights = {word: _find_family(families, top_tokens[0], word) for word in cfg.highlight}
     drawn = _pick_pictures(families, highlights, cfg.n_pictures)
-    for stale in out.glob("family_*.png"):  # pictures of an earlier selection
+    for stale in out.glob(f"family{tag}_*.png"):  # pictures of an earlier selection at this hook point
         stale.unlink()
     pictures = []
     for family in drawn:
-        path = out / f"family_{sae_names_by_size[0]}_{family['feature']}.png"
+        path = out / f"family{tag}_{sae_names_by_size[0]}_{family['feature']}.png"
         draw_family(family, path, cfg.max_children_drawn, sizes)
         pictures.append(str(path.relative_to(run)))
 
     if context_family is not None:
         context_family["picture"] = str(
-            draw_context_family(context_family, sources.sources, out / "context_family.png").relative_to(run)
+            draw_context_family(context_family, sources.sources, out / f"context_family{tag}.png").relative_to(run)
         )
     else:
-        (out / "context_family.png").unlink(missing_ok=True)
+        (out / f"context_family{tag}.png").unlink(missing_ok=True)
     write_json(
-        out / "families.json",
+        out / f"families{tag}.json",
         {
             "saes": sae_names_by_size,
+            "hook_name": hook,
             "sizes": sizes,
             "threshold": cfg.threshold,
             "n_tokens": analysis.n_tokens,
@@ -356,8 +361,23 @@ def feature_families(
         "highlights": {word: _describe(f) for word, f in highlights.items()},
         "context_family": _summarise_context_family(context_family),
         "n_tokens": analysis.n_tokens,
-        "artifacts": {"families": "splitting/families.json", "pictures": pictures},
+        "artifacts": {"families": f"splitting/families{tag}.json", "pictures": pictures},
     }
+
+
+def sae_hook_point(run: Path, sae_names: list[str]) -> tuple[str | None, str | None]:
+    """The one hook point that run ``run``'s SAEs ``sae_names`` read (their saved configs'; an SAE
+    that names none reads the main one) and the run's main hook point (None without a held-out store).
+    ``UserError`` when they read several: sizes are linked within one hook point only."""
+    val = run / "activations" / "val"
+    main = ActivationStore(val).hook_name if (val / "store.json").is_file() else None
+    hooks = {saved_hook_name(run / "saes" / name) or main for name in sae_names}
+    if len(hooks) > 1:
+        raise UserError(
+            f"splitting: the SAEs {', '.join(sae_names)} read several hook points "
+            f"({', '.join(sorted(map(str, hooks)))}); give the SAEs of one hook point"
+        )
+    return hooks.pop(), main
 
 
 def _label(tokens: list[str], n: int = 3) -> str:

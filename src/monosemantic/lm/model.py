@@ -8,6 +8,7 @@ autoencoders are trained on. Weights are saved as safetensors next to a JSON con
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 import tempfile
@@ -43,17 +44,33 @@ def build_lm(cfg: LMConfig, vocab_size: int) -> HookedTransformer:
     return HookedTransformer(tl_cfg, move_to_device=False)
 
 
-def check_hook_name(cfg: LMConfig, vocab_size: int) -> None:
-    """``UserError`` unless ``cfg.hook_name`` is a hook point of the model ``cfg`` describes; checked
-    before training, not after it (building the model seeds the global RNGs, so they are restored)."""
+def check_hook_name(cfg: LMConfig, vocab_size: int, extra_hooks: list[str] = ()) -> None:
+    """``UserError`` unless ``cfg.hook_name`` and each of ``extra_hooks`` (``harvest.extra_hooks``)
+    is a hook point of the model ``cfg`` describes, each extra one carrying one vector per token;
+    checked before training, not after it (building the model seeds the global RNGs, so they are
+    restored)."""
     with torch.random.fork_rng(devices=[]):
         numpy_state, python_state = np.random.get_state(), random.getstate()
-        hooks = build_lm(cfg, vocab_size).hook_dict
+        model = build_lm(cfg, vocab_size)
         np.random.set_state(numpy_state)
         random.setstate(python_state)
+    hooks = model.hook_dict
     if cfg.hook_name not in hooks:
         mlp = ", ".join(h for h in hooks if h.startswith("blocks.0.mlp."))
         raise UserError(f"lm.hook_name={cfg.hook_name}: not a hook point of this model (its MLP's are {mlp})")
+    for hook in extra_hooks:
+        if hook not in hooks:
+            near = difflib.get_close_matches(hook, list(hooks), n=3, cutoff=0.5) or list(hooks)[:3]
+            raise UserError(
+                f"harvest.extra_hooks: {hook} is not a hook point of this model (did you mean: {', '.join(near)})"
+            )
+    if extra_hooks:  # an SAE reads one vector per token: not per head or per key position
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            _, cache = model.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names_filter=list(extra_hooks))
+        for hook in extra_hooks:
+            if cache[hook].dim() != 3:
+                shape = list(cache[hook].shape[2:])
+                raise UserError(f"harvest.extra_hooks: {hook} carries {shape} per token, not one vector")
 
 
 def save_lm(model: HookedTransformer, cfg: LMConfig, out_dir: Path) -> None:

@@ -25,11 +25,12 @@ async function api(path, body) {
 // (a <script> works from file://, where fetch() of a local file does not).
 function exported(path) {
   window.MONOSEMANTIC_DATA = window.MONOSEMANTIC_DATA || {};
-  if (path in window.MONOSEMANTIC_DATA) return Promise.resolve(window.MONOSEMANTIC_DATA[path]);
+  const key = decodeURIComponent(path);  // stored under the plain name (an extra hook point's SAE has an "@")
+  if (key in window.MONOSEMANTIC_DATA) return Promise.resolve(window.MONOSEMANTIC_DATA[key]);
   return new Promise((resolve, reject) => {
     const script = document.createElement("script");
     script.src = "data/" + path + ".js";
-    script.onload = () => resolve(window.MONOSEMANTIC_DATA[path]);
+    script.onload = () => resolve(window.MONOSEMANTIC_DATA[key]);
     script.onerror = () => reject(new ApiError(`not in this export: ${path}`));
     document.head.appendChild(script);
   });
@@ -154,17 +155,19 @@ function render(...nodes) { view.replaceChildren(...nodes); window.scrollTo(0, 0
 async function showOverview() {
   const o = await overview();
   const lm = o.lm, interp = o.interpretability, s = lm.shape;
-  // grouped by the hook point they read (stable: by size within a group); a run's own SAEs share one
-  const saes = o.dictionaries.filter(d => d.unit_kind === "feature")
-    .sort((a, b) => (a.hook_name || "").localeCompare(b.hook_name || ""));
+  // grouped by the hook point they read, the main one (the neurons') first, then by name; by size within a group
+  const main = lm.shape.hook_name, hookOf = d => d.hook_name || main;
+  const hookKey = d => hookOf(d) === main ? "" : hookOf(d);
+  const saes = o.dictionaries.filter(d => d.unit_kind === "feature").sort((a, b) => hookKey(a).localeCompare(hookKey(b)));
   const neurons = o.dictionaries.find(d => d.unit_kind === "neuron");
+  const hooks = [...new Set([...(neurons ? [main] : []), ...saes.map(hookOf)])];
   const out = [h("h1", {}, `Run ${o.run}`)];
   out.push(h("div", {class: "grid"},
     h("div", {class: "card", id: "lm-card"}, h("h3", {}, "Language model"),
       h("p", {}, `${s.n_layers}-layer transformer, d_model ${s.d_model}, ${s.d_mlp} MLP neurons, context ${s.n_ctx}` +
         (lm.n_params ? `, ${lm.n_params.toLocaleString()} parameters` : "")),
       h("p", {}, "validation loss ", h("b", {}, fmt(lm.val_loss)), ` nats/token (unigram ${fmt(lm.unigram_loss)}, bigram ${fmt(lm.bigram_loss)})`),
-      h("p", {class: "muted"}, `SAEs read ${s.hook_name}`)),
+      h("p", {class: "muted"}, hooks.length > 1 ? `SAEs read ${hooks.join(", ")}` : `SAEs read ${s.hook_name}`)),
     h("div", {class: "card"}, h("h3", {}, "Neurons vs features: interpretability"),
       interp.neuron_score_mean === null || interp.neuron_score_mean === undefined ? h("p", {class: "muted"}, "not scored") :
       table([["unit"], ["mean score", "num"], ["median", "num"], ["detection", "num"]], [
@@ -172,12 +175,17 @@ async function showOverview() {
         [[`features (${interp.feature_dictionary})`], [fmt(interp.feature_score_mean), "num"], [fmt(interp.feature_score_median), "num"], [fmt(interp.feature_detection_mean), "num"]]]),
       h("p", {class: "muted"}, `explanations by ${interp.backend || "–"}, ${interp.n_scored_units || 0} units scored per dictionary`))));
   out.push(h("h2", {}, "Dictionaries"));
-  out.push(table([["dictionary"], ["units", "num"], ["L0", "num"], ["FVU", "num"], ["loss recovered", "num"], ["dead", "num"],
-    ["dense", "num"], ["mean density", "num"], ["mean score", "num"], [""]],
-    [...(neurons ? [neurons] : []), ...saes].map(d => [[[h("a", {href: `#/features/${encodeURIComponent(d.name)}`}, d.name), ...originBadge(d)]],
+  const dictRow = d => h("tr", {}, [[[h("a", {href: `#/features/${encodeURIComponent(d.name)}`}, d.name), ...originBadge(d)]],
       [d.n_units.toLocaleString(), "num"], [fmt(d.l0, 1), "num"], [fmt(d.fvu), "num"], [pct(d.loss_recovered), "num"],
       [pct(d.dead_frac), "num"], [pct(d.dense_frac), "num"], [sci(d.mean_density), "num"], [fmt(d.score_mean), "num"],
-      [h("a", {href: `#/features/${encodeURIComponent(d.name)}`}, "browse →")]])));
+      [h("a", {href: `#/features/${encodeURIComponent(d.name)}`}, "browse →")]].map(([v, cls]) => h("td", {class: cls}, v)));
+  // with several hook points, each group of rows under a row naming its hook point
+  const dictHeaders = [["dictionary"], ["units", "num"], ["L0", "num"], ["FVU", "num"], ["loss recovered", "num"], ["dead", "num"],
+    ["dense", "num"], ["mean density", "num"], ["mean score", "num"], [""]];
+  out.push(h("table", {id: "dictionaries"}, h("thead", {}, h("tr", {}, dictHeaders.map(([text, cls]) => h("th", {class: cls}, text)))),
+    h("tbody", {}, hooks.flatMap(hook => [
+      hooks.length > 1 ? h("tr", {class: "hook-group"}, h("th", {colspan: dictHeaders.length}, `at ${hook}`)) : null,
+      ...[...(neurons && hook === main ? [neurons] : []), ...saes.filter(d => hookOf(d) === hook)].map(dictRow)]))));
   const withHist = saes.filter(d => d.density_log10_hist);
   if (withHist.length) {
     out.push(h("h2", {}, "Feature density (log10 of firing frequency, −8 … 0)"));
@@ -187,7 +195,7 @@ async function showOverview() {
   if (o.splitting.length) {
     out.push(h("h2", {}, "Feature splitting"));
     out.push(table([["size → next"], ["live", "num"], ["split into ≥ 2", "num"], ["one child", "num"], ["no child", "num"]],
-      o.splitting.map(r => [[`${r.size} → ${r.next_size}`], [r.live, "num"], [r.split_2plus, "num"], [r.one_child, "num"], [r.no_child, "num"]])));
+      o.splitting.map(r => [[`${r.size} → ${r.next_size}` + (r.hook_name ? ` at ${r.hook_name}` : "")], [r.live, "num"], [r.split_2plus, "num"], [r.one_child, "num"], [r.no_child, "num"]])));
   }
   if (o.universality.median_feature_corr !== null && o.universality.median_feature_corr !== undefined) {
     const u = o.universality;
