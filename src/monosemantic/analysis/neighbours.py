@@ -17,17 +17,21 @@ import torch
 
 @torch.no_grad()
 def decoder_neighbours(W_dec_FD: torch.Tensor, n: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(cosines, indices) [F, n] of each row's n most similar other rows, most similar first."""
+    """(cosines, indices) [F, n] of each row's n most similar other rows, most similar first
+    (computed on ``W_dec_FD``'s device)."""
     unit_FD = W_dec_FD.float() / W_dec_FD.float().norm(dim=1, keepdim=True).clamp_min(1e-8)
     F = unit_FD.shape[0]
     n = min(n, F - 1)
     values, indices = np.zeros((F, n), dtype=np.float32), np.zeros((F, n), dtype=np.int64)
     for start in range(0, F, block):
         cos_BF = unit_FD[start : start + block] @ unit_FD.T
-        rows = torch.arange(cos_BF.shape[0])
+        rows = torch.arange(cos_BF.shape[0], device=cos_BF.device)
         cos_BF[rows, rows + start] = -torch.inf
         top = cos_BF.topk(n, dim=1)
-        values[start : start + block], indices[start : start + block] = top.values.numpy(), top.indices.numpy()
+        values[start : start + block], indices[start : start + block] = (
+            top.values.cpu().numpy(),
+            top.indices.cpu().numpy(),
+        )
     return values, indices
 
 
