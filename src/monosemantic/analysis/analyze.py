@@ -102,12 +102,17 @@ class UnitExamples:
     right: int
 
     def __getitem__(self, unit: int) -> dict[str, list[Example]]:
+        records = slice(self.start_U[unit], self.start_U[unit + 1])
+        rows_EW, inside_EW = self.text.window_rows(self.row_E[records], self.left, self.right)
+        tokens_EW, acts_EW = self.text.tokens_N[rows_EW], self.acts_EW[records].astype(np.float64)
+        first_E, stop_E = (
+            inside_EW.argmax(axis=1).tolist(),
+            (inside_EW.shape[1] - inside_EW[:, ::-1].argmax(axis=1)).tolist(),
+        )
         explain, score = [], []
-        for e in range(self.start_U[unit], self.start_U[unit + 1]):
-            rows = np.arange(*self.text.span(int(self.row_E[e]), self.left, self.right))
-            acts = self.acts_EW[e]
-            example = Example(self.text.tokens_N[rows], acts[~np.isnan(acts)].astype(np.float64), rows)
-            (explain if self.explain_E[e] else score).append(example)
+        for e, explains in enumerate(self.explain_E[records].tolist()):
+            a, b = first_E[e], stop_E[e]  # the window is one run of columns
+            (explain if explains else score).append(Example(tokens_EW[e, a:b], acts_EW[e, a:b], rows_EW[e, a:b]))
         return {"explain": explain, "score": score}
 
 
