@@ -12,11 +12,13 @@ averaged together), and checks for a "God" feature the way the essay describes i
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -167,16 +169,33 @@ def held_out_context(stats: UnitStats, unit: int, score: list[Example], sources:
     return stats.context(unit).without_rows(rows, acts[first], sources)
 
 
+PROCESS_CHUNK = 256  # units a forked scoring worker takes at a time
+_FORKED_SCORER: Callable[[int], UnitScore] | None = None  # what forked workers run: inherited, never pickled
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _score_forked(units: list[int]) -> list[tuple[int, UnitScore]]:
+    return [(u, _FORKED_SCORER(u)) for u in units]
+
+
 def _score_units(
     explainer: Explainer,
     stats: UnitStats,
-    examples: dict,
+    examples: UnitExamples,
     units: list[int],
     sources: TokenSources,
     seed: int,
     workers: int = 1,
+    processes: int = 1,
 ) -> dict[int, UnitScore]:
-    """Explain and score ``units``; ``workers`` > 1 scores that many units at once (an LLM's requests overlap)."""
+    """Explain and score ``units``; ``workers`` > 1 scores that many units at once in threads (an LLM's
+    requests overlap), ``processes`` > 1 in that many forked processes (CPU-bound offline scoring;
+    ``PROCESS_CHUNK`` units each, where the platform can fork). A unit's score depends on nothing
+    but the unit (its fuzzing seed is ``seed + unit``), so every way gives the same scores."""
 
     def one(u: int) -> UnitScore:
         score = examples[u]["score"]
@@ -189,9 +208,21 @@ def _score_units(
             seed=seed + u,
         )
 
+    global _FORKED_SCORER
     scores = {}
+    chunks = [units[i : i + PROCESS_CHUNK] for i in range(0, len(units), PROCESS_CHUNK)]
+    forked = processes > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods()
     with progress(f"analysis: explain+score {stats.name} ({explainer.backend})", len(units), unit="units") as advance:
-        if workers == 1:
+        if forked:
+            _FORKED_SCORER = one
+            try:
+                with multiprocessing.get_context("fork").Pool(min(processes, len(chunks))) as pool:
+                    for done in pool.imap_unordered(_score_forked, chunks):
+                        scores.update(done)
+                        advance(len(done))
+            finally:
+                _FORKED_SCORER = None
+        elif workers == 1:
             for u in units:
                 scores[u] = one(u)
                 advance(1)
@@ -201,7 +232,7 @@ def _score_units(
                 for future in as_completed(futures):
                     scores[futures[future]] = future.result()
                     advance(1)
-    return scores
+    return {u: scores[u] for u in units}
 
 
 def _finite_mean(values: list[float]) -> float:
@@ -268,10 +299,12 @@ def analyze_run(
     cfg: AnalysisConfig,
     device: str = "cpu",
     doc_sources: DocumentSources | None = None,
+    processes: int | None = None,
 ) -> dict[str, Any]:
     """Analyse the neurons and the SAEs ``RUN/saes/<name>`` over the held-out store; write
     ``RUN/features.sqlite`` and ``RUN/analysis/autointerp_scores.png``; return run.json's figures.
-    ``doc_sources`` names each corpus document's source (default: one source for all)."""
+    ``doc_sources`` names each corpus document's source (default: one source for all); ``processes``
+    score units with the offline backends at once (default: every available CPU core)."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
     store = ActivationStore(run_dir / "activations" / "val")
@@ -351,6 +384,7 @@ def analyze_run(
                     sources,
                     cfg.seed,
                     workers=1 if offline else cfg.llm_concurrency,
+                    processes=(processes or available_cpus()) if offline else 1,
                 )
             _write_dictionary(
                 db,
