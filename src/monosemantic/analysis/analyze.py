@@ -204,7 +204,7 @@ def _score_units(
             examples[u]["explain"],
             score,
             float(stats.max_act_U[u]),
-            held_out_context(stats, u, score, sources),
+            held_out_context(stats, u, score, sources) if explainer.uses_context else None,
             seed=seed + u,
         )
 

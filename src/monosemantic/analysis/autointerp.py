@@ -84,6 +84,7 @@ class UnitScore:
 
 class Explainer(Protocol):
     backend: str
+    uses_context: bool  # whether ``explain`` reads the unit's context mass (else it may be given None)
 
     def explain(self, examples: list[Example], max_act: float, context: UnitContext | None = None) -> Explanation:
         """An explanation from ``examples`` (and the unit's held-out-free context mass, if it uses it)."""
@@ -102,6 +103,7 @@ class OfflineExplainer:
     """Token-list explanations and their simulator (see the module docstring)."""
 
     backend = OFFLINE_BACKEND
+    uses_context = False
 
     def __init__(self, token_strings: list[str], max_tokens: int = 8, min_weight: float = DETECT_THRESHOLD):
         self.token_strings, self.max_tokens, self.min_weight = token_strings, max_tokens, min_weight
@@ -166,6 +168,7 @@ class ContextExplainer(OfflineExplainer):
     """Token weights × source lift × previous-token lift (see the module docstring)."""
 
     backend = CONTEXT_BACKEND
+    uses_context = True
 
     def __init__(
         self,
