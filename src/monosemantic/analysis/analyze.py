@@ -599,7 +599,7 @@ def _write_dictionary(
             token=np.concatenate([top_i, bottom_i], axis=1).reshape(-1),
             value=np.concatenate([top_v, bottom_v], axis=1).reshape(-1),
         )
-    cof_v, cof_i = cofiring_neighbours(stats.cofire_UU, cfg.n_neighbours)
+    cof_v, cof_i = cofiring_neighbours(stats.cofire_UU, cfg.n_neighbours, device)
     unit_R, rank_R = _ranks(cof_i.shape, keep_UR=cof_i >= 0)
     db.add_columns(
         fs.NeighbourRow,

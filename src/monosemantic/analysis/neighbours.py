@@ -35,14 +35,20 @@ def decoder_neighbours(W_dec_FD: torch.Tensor, n: int, block: int = 2048) -> tup
     return values, indices
 
 
-def cofiring_neighbours(cofire_UU: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(Jaccard, indices) [U, n] of each unit's n strongest co-firing partners (index −1: none)."""
-    cofire = cofire_UU.tocoo()
+def cofiring_neighbours(
+    cofire_UU: sp.csr_matrix, n: int, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Jaccard, indices) [U, n] of each unit's n strongest co-firing partners (index −1: none), ties
+    to the lower index; the sorting runs on ``device``."""
+    cofire = cofire_UU.sorted_indices().tocoo()  # row-major, columns ascending within a row
     counts_U = cofire_UU.diagonal()
     off = cofire.row != cofire.col
     row, col, both = cofire.row[off], cofire.col[off], cofire.data[off]
     jaccard = both / np.maximum(counts_U[row] + counts_U[col] - both, 1)
-    order = np.lexsort((col, -jaccard, row))
+    # by row, then by Jaccard descending: two stable sorts keep the columns' ascending order in ties
+    by_jaccard = torch.sort(torch.from_numpy(-jaccard).to(device), stable=True).indices
+    row_t = torch.from_numpy(row.astype(np.int64)).to(device)
+    order = by_jaccard[torch.sort(row_t[by_jaccard], stable=True).indices].cpu().numpy()
     row, col, jaccard = row[order], col[order], jaccard[order]
     U = cofire_UU.shape[0]
     starts = np.searchsorted(row, np.arange(U))
