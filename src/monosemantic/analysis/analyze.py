@@ -198,10 +198,11 @@ def _score_units(
     but the unit (its fuzzing seed is ``seed + unit``), so every way gives the same scores."""
 
     def one(u: int) -> UnitScore:
-        score = examples[u]["score"]
+        unit_examples = examples[u]
+        score = unit_examples["score"]
         return score_unit(
             explainer,
-            examples[u]["explain"],
+            unit_examples["explain"],
             score,
             float(stats.max_act_U[u]),
             held_out_context(stats, u, score, sources) if explainer.uses_context else None,
