@@ -5,7 +5,9 @@ Builds a small run (the tiny preset's corpus, LM and harvest stages, with ``--d-
 ``--l0`` features per token like a trained one), or takes an existing run with ``--run`` and
 ``--saes``; then runs ``analyze_run`` ``--repeats`` times on ``--device`` with a timer around each
 part and prints the median seconds per part (parts nest: a child's time is inside its parent's).
-On CUDA each timer synchronises the device, so a part's seconds include its kernels.
+On CUDA each timer synchronises the device, so a part's seconds include its kernels. The offline
+autointerp scoring runs in ``--processes`` forked processes (default 1 here; the analysis stage
+uses every available core).
 
     python benchmarks/analysis_speed.py --device cpu --repeats 3
     python benchmarks/analysis_speed.py --profile   # also cProfile's top functions of one more run
@@ -152,13 +154,15 @@ class Timers:
         analyze._bases = timed_bases
 
 
-def one_analysis(run: Path, names: list[str], cfg: AnalysisConfig, device: torch.device) -> dict[str, float]:
+def one_analysis(
+    run: Path, names: list[str], cfg: AnalysisConfig, device: torch.device, processes: int
+) -> dict[str, float]:
     timers = Timers(device)
     originals = {(o, a): getattr(o, a) for _, _, o, a in PARTS if hasattr(o, a)}
     originals[(analyze, "_bases")] = analyze._bases
     timers.install()
     try:
-        analyze.analyze_run(run, names, cfg, device=str(device))
+        analyze.analyze_run(run, names, cfg, device=str(device), processes=processes)
     finally:
         for (owner, attr), fn in originals.items():
             setattr(owner, attr, fn)
@@ -179,6 +183,7 @@ def main() -> None:
     parser.add_argument("--scored-units", type=int, default=16, help="units in the score comparison")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=1, help="forked processes of the offline scoring")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top 30 functions of one more run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -192,17 +197,18 @@ def main() -> None:
             run, names = build_run(Path(tmp), args)
         n_rows = ActivationStore(run / "activations" / "val").n_rows
         cfg = AnalysisConfig(n_tokens=args.n_tokens or n_rows, n_scored_units=args.scored_units)
-        runs = [one_analysis(run, names, cfg, device) for _ in range(args.repeats)]
+        runs = [one_analysis(run, names, cfg, device, args.processes) for _ in range(args.repeats)]
         if args.profile:
             profiler = cProfile.Profile()
-            profiler.runcall(analyze.analyze_run, run, names, cfg, device=str(device))
+            profiler.runcall(analyze.analyze_run, run, names, cfg, device=str(device), processes=args.processes)
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
             print(out.getvalue())
         n_analysed = stats.analysed_rows(ActivationStore(run / "activations" / "val"), cfg.n_tokens)[0]
     sizes = ", ".join(names) or "neurons only"
     print(
-        f"\nanalysis stage on {device} ({args.threads} threads, torch {torch.__version__}): {n_analysed:,} tokens, "
+        f"\nanalysis stage on {device} ({args.threads} threads, {args.processes} scoring processes, torch "
+        f"{torch.__version__}): {n_analysed:,} tokens, "
         f"neurons + {sizes}; median of {args.repeats} repeats"
     )
     print("part | seconds (median) | min | max | rows/s")

@@ -9,6 +9,7 @@ import pytest
 from monosemantic.analysis.autointerp import (
     ContextExplainer,
     Example,
+    Explanation,
     OfflineExplainer,
     detection_accuracy,
     fuzzing_marks,
@@ -157,3 +158,32 @@ def test_context_without_rows_removes_exactly_the_held_out_mass():
     np.testing.assert_array_equal(full.tokens_T, expected.tokens_T)  # token 7 first either way
     for name in ("source_mass_S", "prev_mass", "language_mass_L", "token_source_TS", "token_prev_TV"):
         np.testing.assert_allclose(getattr(reduced, name), getattr(expected, name), atol=1e-12, err_msg=name)
+
+
+def test_context_simulation_is_weight_times_lifts_token_by_token():
+    """The batched simulation against its definition, one token at a time: the listed weight (0 if
+    unlisted), times the source's and the previous token's lift on the context tokens only; a
+    context without rows gets no lifts."""
+    rng = np.random.default_rng(4)
+    tokens_N, docs_N, _, ctx = context_corpus(rng)
+    sources = TokenSources.build(tokens_N, docs_N, ctx, TWO_SOURCES, vocab_size=20)
+    explanation = Explanation(
+        "made up", {3: 0.5, 7: 0.8, 11: 0.2}, {1: 3.0}, 0.5, {3: 4.0, 19: 2.0}, 0.25, context_tokens={7, 11}
+    )
+    windows = [np.arange(w * ctx, (w + 1) * ctx) for w in range(5)]
+    contexts = [Example(tokens_N[r], np.zeros(len(r)), r) for r in windows] + [Example(tokens_N[windows[0]], [])]
+    predicted = ContextExplainer(STRINGS, sources).simulate(explanation, contexts)
+    assert [len(p) for p in predicted] == [len(c.tokens) for c in contexts]
+    for p, c in zip(predicted, contexts):
+        for i, token in enumerate(c.tokens.tolist()):
+            expected = explanation.token_weights.get(token, 0.0)
+            if c.rows is not None and token in explanation.context_tokens:
+                row = c.rows[i]
+                expected *= explanation.source_lifts.get(int(sources.source_N[row]), 0.5)
+                expected *= explanation.prev_lifts.get(int(sources.prev_N[row]), 0.25)
+            assert p[i] == pytest.approx(expected)
+    token_only = OfflineExplainer(STRINGS).simulate(explanation, contexts)
+    for t, c in zip(token_only, contexts):
+        assert np.array_equal(t, [explanation.token_weights.get(x, 0.0) for x in c.tokens.tolist()])
+    assert not all(np.allclose(p, t) for p, t in zip(predicted, token_only))  # some lifts did apply
+    assert np.array_equal(predicted[-1], token_only[-1])

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from monosemantic.activations import ActivationStore
+from monosemantic.analysis import analyze
 from monosemantic.analysis.analyze import AnalysisConfig, analyze_run
 from monosemantic.analysis.cli import search
 from monosemantic.analysis.store import FILENAME, FeatureStore
@@ -190,20 +191,22 @@ def test_token_search_precision_recall_is_exact(analysed):
         search(run, token=text, sae="nope")
 
 
-def test_analysis_is_deterministic(analysed, tmp_path):
+def test_analysis_is_deterministic(analysed, tmp_path, monkeypatch):
+    """The same store again, this time scoring units in two forked processes, a few units at a time."""
     run, figures, name = analysed
     again = tmp_path / "run"
     shutil.copytree(run, again)
     (again / FILENAME).unlink()
-    figures2 = analyze_run(again, [name], CFG, doc_sources=parity_sources(again))
+    monkeypatch.setattr(analyze, "PROCESS_CHUNK", 5)
+    figures2 = analyze_run(again, [name], CFG, doc_sources=parity_sources(again), processes=2)
     assert figures2["neuron_score_mean"] == figures["neuron_score_mean"]
-    rows = [
-        sqlite3.connect(r / FILENAME)
-        .execute("SELECT * FROM examples ORDER BY dict, unit, kind, bucket, rank")
-        .fetchall()
-        for r in (run, again)
-    ]
-    assert rows[0] == rows[1]
+    for sql in (
+        "SELECT * FROM examples ORDER BY dict, unit, kind, bucket, rank",
+        "SELECT * FROM explanations ORDER BY dict, unit, backend",
+        "SELECT * FROM units ORDER BY dict, unit",
+    ):
+        rows = [sqlite3.connect(r / FILENAME).execute(sql).fetchall() for r in (run, again)]
+        assert rows[0] == rows[1] and len(rows[0]) > 10
 
 
 def test_steering_acts_on_exactly_one_feature(analysed):

@@ -83,3 +83,25 @@ def test_unit_list_ranks_by_token_f1_like_search(store):
     assert total == 3 and rows[0]["unit"] == 2  # 0.9 first; a page of one
     with pytest.raises(UserError, match="sort=f1"):
         store.unit_list("f", "f1", True, 0, 10, None, None, 0.0, 1.0, None)
+
+
+def test_rows_given_by_column_equal_rows_given_one_by_one(tmp_path):
+    """``add_columns`` (numpy columns, one value for every row) writes what ``add`` of row objects writes."""
+    value_N = np.array([0.5, 0.25, 1 / 3], dtype=np.float32)
+    rows = [fs.NeighbourRow("f", u, "decoder", 0, u + 1, float(value_N[u])) for u in range(3)]
+    stored = []
+    for by_column in (False, True):
+        with fs.create_store(tmp_path / f"{by_column}.sqlite") as db:
+            if by_column:
+                db.add_columns(
+                    fs.NeighbourRow, dict="f", unit=np.arange(3), kind="decoder", rank=0, other=[1, 2, 3], value=value_N
+                )
+            else:
+                db.add(rows)
+        stored.append(sqlite3.connect(tmp_path / f"{by_column}.sqlite").execute("SELECT * FROM neighbours").fetchall())
+    assert stored[0] == stored[1] == [tuple(r) for r in rows]
+    with fs.create_store(tmp_path / "bad.sqlite") as db:
+        with pytest.raises(ValueError, match="lengths"):
+            db.add_columns(fs.NeighbourRow, dict="f", unit=[0, 1], kind="decoder", rank=0, other=[1], value=[0.5, 0.5])
+        with pytest.raises(ValueError, match="columns"):
+            db.add_columns(fs.NeighbourRow, dict="f", unit=[0], kind="decoder", rank=0, other=[1])

@@ -12,10 +12,13 @@ averaged together), and checks for a "God" feature the way the essay describes i
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,7 +35,7 @@ from monosemantic.analysis.autointerp import (
     score_unit,
 )
 from monosemantic.analysis.config import AnalysisConfig
-from monosemantic.analysis.context import TokenSources, UnitContext, describe_sources
+from monosemantic.analysis.context import TokenSources, UnitContext
 from monosemantic.analysis.llm import llm_explainer_from_config
 from monosemantic.analysis.logits import logit_effects, top_and_bottom
 from monosemantic.analysis.neighbours import cofiring_neighbours, decoder_neighbours
@@ -49,6 +52,7 @@ from monosemantic.analysis.stats import (
 from monosemantic.analysis.store import NEURONS
 from monosemantic.corpus.sources import DocumentSources
 from monosemantic.corpus.tokenizer import load_tokenizer
+from monosemantic.device import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.figures import save_figure
 from monosemantic.lm.model import load_lm
@@ -56,20 +60,6 @@ from monosemantic.progress import progress
 from monosemantic.sae.io import load_sae, saved_hook_name
 
 GOD_TOKENS = (" God", "God")
-
-
-class ExampleRecord(NamedTuple):
-    """One example of a unit as the store keeps it: which list it is in (``kind`` top, interval or
-    random; ``bucket`` the interval; ``rank``), the activation-store row at its centre, the unit's
-    activation there and over the context window (``acts``), and whether it explains or scores."""
-
-    kind: str
-    bucket: int
-    rank: int
-    row: int
-    activation: float
-    acts: np.ndarray
-    split: str
 
 
 def _token_strings(tokenizer, vocab_size: int) -> list[str]:
@@ -88,66 +78,85 @@ def _bases(run_dir: Path, sae_names: list[str], d_in: int, neurons: bool = True)
     return bases, saes
 
 
-def _kept(kept, group: int, kind: str, bucket: int, n: int, split_of) -> list[ExampleRecord]:
-    """The examples ``kept`` (top or interval examples: ``row``, ``value``, ``payload`` [G, n]) holds
-    for ``group``, as records; ``split_of(rank)`` says whether each explains or scores."""
-    return [
-        ExampleRecord(
-            kind,
-            bucket,
-            rank,
-            kept.row[group, rank],
-            kept.value[group, rank],
-            kept.payload[group, rank],
-            split_of(rank),
+EXAMPLE_KINDS = ("top", "interval", "random")  # the store's example kinds, in its order per unit
+
+
+@dataclass
+class UnitExamples:
+    """Every unit's examples as flat arrays over records E, grouped by unit (unit u's are
+    ``start_U[u]:start_U[u+1]``), each unit's in the store's order: top ranks, each interval's ranks,
+    the random contexts. A record is which list it is in (``kind_E`` indexes ``EXAMPLE_KINDS``;
+    ``bucket_E`` the interval; ``rank_E``), the activation-store row at its centre, the unit's
+    activation there and over the context window (``acts_EW``, NaN outside the harvest window), and
+    whether it explains or scores. ``examples[u]`` is unit u's ``{"explain": [...], "score": [...]}``."""
+
+    unit_E: np.ndarray
+    kind_E: np.ndarray
+    bucket_E: np.ndarray
+    rank_E: np.ndarray
+    row_E: np.ndarray
+    activation_E: np.ndarray
+    acts_EW: np.ndarray
+    explain_E: np.ndarray
+    start_U: np.ndarray
+    text: TokenContext
+    left: int
+    right: int
+
+    def __getitem__(self, unit: int) -> dict[str, list[Example]]:
+        records = slice(self.start_U[unit], self.start_U[unit + 1])
+        rows_EW, inside_EW = self.text.window_rows(self.row_E[records], self.left, self.right)
+        tokens_EW, acts_EW = self.text.tokens_N[rows_EW], self.acts_EW[records].astype(np.float64)
+        first_E, stop_E = (
+            inside_EW.argmax(axis=1).tolist(),
+            (inside_EW.shape[1] - inside_EW[:, ::-1].argmax(axis=1)).tolist(),
         )
-        for rank in range(n)
-        if kept.row[group, rank] >= 0
-    ]
-
-
-def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> dict[int, dict[str, list]]:
-    """Per unit: explain and score examples (token ids + activations), and rows for the store."""
-    explain_intervals = cfg.per_interval // 2 + 1
-    out = {}
-    random_rows = [_context_rows(text, r, cfg) for r in stats.random_rows_P]
-    rows_of: dict[int, np.ndarray] = {}
-    for u in range(stats.n_units):
-        records = _kept(stats.top, u, "top", 0, cfg.top_k, lambda rank: "explain" if rank % 2 == 0 else "score")
-        I = cfg.n_quantile_intervals
-        for interval in range(I):
-            records += _kept(
-                stats.intervals,
-                u * I + interval,
-                "interval",
-                interval,
-                cfg.per_interval,
-                lambda rank: "explain" if rank < explain_intervals else "score",
-            )
-        for p, row in enumerate(stats.random_rows_P):
-            acts = stats.random_acts_UPW[u, p]
-            center = acts[cfg.context_left]
-            records.append(ExampleRecord("random", 0, p, row, center, acts, "score"))
-        explain_rows = {r.row for r in records if r.split == "explain"}
-        records = [r for r in records if r.split == "explain" or r.row not in explain_rows]
         explain, score = [], []
-        for r in records:
-            if r.kind == "random":
-                rows = random_rows[r.rank]
-            else:
-                rows = rows_of.get(r.row)
-                if rows is None:
-                    rows = rows_of[r.row] = _context_rows(text, r.row, cfg)
-            (explain if r.split == "explain" else score).append(
-                Example(text.tokens_N[rows], r.acts[~np.isnan(r.acts)].astype(np.float64), rows)
-            )
-        out[u] = {"records": records, "explain": explain, "score": score}
-    return out
+        for e, explains in enumerate(self.explain_E[records].tolist()):
+            a, b = first_E[e], stop_E[e]  # the window is one run of columns
+            (explain if explains else score).append(Example(tokens_EW[e, a:b], acts_EW[e, a:b], rows_EW[e, a:b]))
+        return {"explain": explain, "score": score}
 
 
-def _context_rows(text: TokenContext, row: int, cfg: AnalysisConfig) -> np.ndarray:
-    first, stop = text.span(int(row), cfg.context_left, cfg.context_right)
-    return np.arange(first, stop)
+def _examples(stats: UnitStats, text: TokenContext, cfg: AnalysisConfig) -> UnitExamples:
+    """Per unit its examples: the top ones of even rank and the first ``per_interval // 2 + 1`` of each
+    interval explain, the rest and the random contexts score; a scoring context whose row is also an
+    explaining one of the same unit is left out, so that nothing is scored on what explained it."""
+    U, I, K, PI = stats.n_units, cfg.n_quantile_intervals, cfg.top_k, cfg.per_interval
+    P, W = stats.random_acts_UPW.shape[1:]
+    rank_R = np.concatenate([np.arange(K), np.tile(np.arange(PI), I), np.arange(P)])
+    kind_R = np.repeat([0, 1, 2], [K, I * PI, P])
+    bucket_R = np.concatenate([np.zeros(K, np.int64), np.repeat(np.arange(I), PI), np.zeros(P, np.int64)])
+    explain_R = np.concatenate([np.arange(K) % 2 == 0, rank_R[K : K + I * PI] < PI // 2 + 1, np.zeros(P, bool)])
+    row_UR = np.concatenate(
+        [stats.top.row, stats.intervals.row.reshape(U, I * PI), np.broadcast_to(stats.random_rows_P, (U, P))], axis=1
+    )
+    activation_UR = np.concatenate(
+        [stats.top.value, stats.intervals.value.reshape(U, I * PI), stats.random_acts_UPW[:, :, cfg.context_left]],
+        axis=1,
+    )
+    acts_URW = np.concatenate(
+        [stats.top.payload, stats.intervals.payload.reshape(U, I * PI, W), stats.random_acts_UPW], axis=1
+    )
+    R = row_UR.shape[1]
+    unit_E, row_E, explain_E = np.repeat(np.arange(U), R), row_UR.reshape(-1), np.tile(explain_R, U)
+    key_E = unit_E * (len(text.tokens_N) + 1) + row_E
+    keep_E = (row_E >= 0) & (explain_E | ~np.isin(key_E, key_E[explain_E & (row_E >= 0)]))
+    unit_E = unit_E[keep_E]
+    return UnitExamples(
+        unit_E=unit_E,
+        kind_E=np.tile(kind_R, U)[keep_E],
+        bucket_E=np.tile(bucket_R, U)[keep_E],
+        rank_E=np.tile(rank_R, U)[keep_E],
+        row_E=row_E[keep_E],
+        activation_E=activation_UR.reshape(-1)[keep_E],
+        acts_EW=acts_URW.reshape(-1, W)[keep_E],
+        explain_E=explain_E[keep_E],
+        start_U=np.searchsorted(unit_E, np.arange(U + 1)),
+        text=text,
+        left=cfg.context_left,
+        right=cfg.context_right,
+    )
 
 
 def held_out_context(stats: UnitStats, unit: int, score: list[Example], sources: TokenSources) -> UnitContext:
@@ -160,31 +169,61 @@ def held_out_context(stats: UnitStats, unit: int, score: list[Example], sources:
     return stats.context(unit).without_rows(rows, acts[first], sources)
 
 
+PROCESS_CHUNK = 256  # units a forked scoring worker takes at a time
+_FORKED_SCORER: Callable[[int], UnitScore] | None = None  # what forked workers run: inherited, never pickled
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _score_forked(units: list[int]) -> list[tuple[int, UnitScore]]:
+    return [(u, _FORKED_SCORER(u)) for u in units]
+
+
 def _score_units(
     explainer: Explainer,
     stats: UnitStats,
-    examples: dict,
+    examples: UnitExamples,
     units: list[int],
     sources: TokenSources,
     seed: int,
     workers: int = 1,
+    processes: int = 1,
 ) -> dict[int, UnitScore]:
-    """Explain and score ``units``; ``workers`` > 1 scores that many units at once (an LLM's requests overlap)."""
+    """Explain and score ``units``; ``workers`` > 1 scores that many units at once in threads (an LLM's
+    requests overlap), ``processes`` > 1 in that many forked processes (CPU-bound offline scoring;
+    ``PROCESS_CHUNK`` units each, where the platform can fork). A unit's score depends on nothing
+    but the unit (its fuzzing seed is ``seed + unit``), so every way gives the same scores."""
 
     def one(u: int) -> UnitScore:
-        score = examples[u]["score"]
+        unit_examples = examples[u]
+        score = unit_examples["score"]
         return score_unit(
             explainer,
-            examples[u]["explain"],
+            unit_examples["explain"],
             score,
             float(stats.max_act_U[u]),
-            held_out_context(stats, u, score, sources),
+            held_out_context(stats, u, score, sources) if explainer.uses_context else None,
             seed=seed + u,
         )
 
+    global _FORKED_SCORER
     scores = {}
+    chunks = [units[i : i + PROCESS_CHUNK] for i in range(0, len(units), PROCESS_CHUNK)]
+    forked = processes > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods()
     with progress(f"analysis: explain+score {stats.name} ({explainer.backend})", len(units), unit="units") as advance:
-        if workers == 1:
+        if forked:
+            _FORKED_SCORER = one
+            try:
+                with multiprocessing.get_context("fork").Pool(min(processes, len(chunks))) as pool:
+                    for done in pool.imap_unordered(_score_forked, chunks):
+                        scores.update(done)
+                        advance(len(done))
+            finally:
+                _FORKED_SCORER = None
+        elif workers == 1:
             for u in units:
                 scores[u] = one(u)
                 advance(1)
@@ -194,7 +233,7 @@ def _score_units(
                 for future in as_completed(futures):
                     scores[futures[future]] = future.result()
                     advance(1)
-    return scores
+    return {u: scores[u] for u in units}
 
 
 def _finite_mean(values: list[float]) -> float:
@@ -261,10 +300,12 @@ def analyze_run(
     cfg: AnalysisConfig,
     device: str = "cpu",
     doc_sources: DocumentSources | None = None,
+    processes: int | None = None,
 ) -> dict[str, Any]:
     """Analyse the neurons and the SAEs ``RUN/saes/<name>`` over the held-out store; write
     ``RUN/features.sqlite`` and ``RUN/analysis/autointerp_scores.png``; return run.json's figures.
-    ``doc_sources`` names each corpus document's source (default: one source for all)."""
+    ``doc_sources`` names each corpus document's source (default: one source for all); ``processes``
+    score units with the offline backends at once (default: every available CPU core)."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
     store = ActivationStore(run_dir / "activations" / "val")
@@ -329,7 +370,7 @@ def analyze_run(
                 ("languages", json.dumps(sources.languages)),
             ]
         )
-        written_rows: set[int] = set()
+        written_N = np.zeros(n_rows, dtype=bool)
         for stats in all_stats:
             examples = _examples(stats, text, cfg)
             for explainer in explainers:
@@ -344,6 +385,7 @@ def analyze_run(
                     sources,
                     cfg.seed,
                     workers=1 if offline else cfg.llm_concurrency,
+                    processes=(processes or available_cpus()) if offline else 1,
                 )
             _write_dictionary(
                 db,
@@ -357,10 +399,11 @@ def analyze_run(
                 saes.get(stats.name),
                 vocab_size,
                 token_count_V,
-                written_rows,
+                written_N,
                 primary.backend,
                 hook_of[stats.name],
                 hook_of[stats.name] == store.hook_name,
+                resolve_device(device),
             )
             _write_contexts(db, stats, sources, token_strings)
 
@@ -466,7 +509,7 @@ def god_check(store_path: Path, dict_name: str) -> dict[str, Any] | None:
 def _write_dictionary(
     db: fs.StoreWriter,
     stats: UnitStats,
-    examples: dict,
+    examples: UnitExamples,
     by_backend: dict[str, dict[int, UnitScore]],
     sample,
     text: TokenContext,
@@ -475,152 +518,184 @@ def _write_dictionary(
     sae,
     vocab_size: int,
     token_count_V: np.ndarray,
-    written_rows: set[int],
+    written_N: np.ndarray,
     backend: str,
     hook_name: str,
     over_neurons: bool,
+    device: torch.device,
 ) -> None:
     """One dictionary's rows: ``units`` carries the primary ``backend``'s explanation, ``explanations``
     every backend's. ``over_neurons``: the units live in the neurons' space (the main hook point),
-    so a feature's constituent neurons mean something."""
+    so a feature's constituent neurons mean something. ``written_N`` marks the context rows already
+    in the store (updated here); the decoder's neighbours and logit effects are computed on ``device``."""
     name, U = stats.name, stats.n_units
     scores = by_backend[backend]
-    in_sample = set(sample.tolist()) if sample is not None else set()
+    units = np.arange(U)
     variant = sae.cfg.variant if sae is not None else None
     d_in = sae.cfg.d_in if sae is not None else U
     db.add([fs.DictionaryRow(name, stats.kind, U, d_in, variant, stats.n_rows, backend)])
-    density, mean_act = stats.density_U, stats.mean_act_U
-    db.add(
-        [
-            fs.UnitRow(
-                name,
-                u,
-                stats.kind,
-                int(stats.fire_count_U[u]),
-                float(density[u]),
-                float(mean_act[u]),
-                float(stats.max_act_U[u]),
-                fs.blob(stats.hist_UH[u], "i8"),
-                float(stats.max_act_U[u]),
-                scores[u].explanation if u in scores else None,
-                _nullable(scores[u].simulation) if u in scores else None,
-                _nullable(scores[u].detection) if u in scores else None,
-                _nullable(scores[u].fuzzing) if u in scores else None,
-                scores[u].backend if u in scores else None,
-                int(u in in_sample),
-            )
-            for u in range(U)
-        ]
+    unit_scores = [scores.get(u) for u in range(U)]
+    db.add_columns(
+        fs.UnitRow,
+        dict=name,
+        unit=units,
+        unit_kind=stats.kind,
+        fire_count=stats.fire_count_U,
+        density=stats.density_U,
+        mean_act=stats.mean_act_U,
+        max_act=stats.max_act_U,
+        hist=_blobs(stats.hist_UH, np.ones(stats.hist_UH.shape, bool), "i8"),
+        hist_max=stats.max_act_U,
+        explanation=[s.explanation if s else None for s in unit_scores],
+        simulation_score=[_nullable(s.simulation) if s else None for s in unit_scores],
+        detection_score=[_nullable(s.detection) if s else None for s in unit_scores],
+        fuzzing_score=[_nullable(s.fuzzing) if s else None for s in unit_scores],
+        score_backend=[s.backend if s else None for s in unit_scores],
+        in_score_sample=np.isin(units, sample if sample is not None else []).astype(np.int64),
     )
     db.add(
-        [
-            fs.ExplanationRow(
-                name,
-                u,
-                b,
-                score.explanation,
-                _nullable(score.simulation),
-                _nullable(score.detection),
-                _nullable(score.fuzzing),
-            )
-            for b, unit_scores in by_backend.items()
-            for u, score in unit_scores.items()
-        ]
+        fs.ExplanationRow(
+            name, u, b, s.explanation, _nullable(s.simulation), _nullable(s.detection), _nullable(s.fuzzing)
+        )
+        for b, unit_scores_of in by_backend.items()
+        for u, s in unit_scores_of.items()
     )
-    new_contexts, example_rows = [], []
-    for u in range(U):
-        for r in examples[u]["records"]:
-            row = int(r.row)
-            if row not in written_rows:
-                written_rows.add(row)
-                first, stop = text.span(row, cfg.context_left, cfg.context_right)
-                tokens = fs.blob(text.tokens_N[first:stop], "i4")
-                new_contexts.append(fs.ContextRow(row, int(text.docs_N[row]), row - first, tokens))
-            acts = fs.blob(r.acts[~np.isnan(r.acts)], "f4")
-            example_rows.append(
-                fs.ExampleRow(name, u, r.kind, r.bucket, r.rank, row, float(r.activation), acts, r.split)
-            )
-    db.add(new_contexts)
-    db.add(example_rows)
+    new_R = np.unique(examples.row_E)
+    new_R = new_R[~written_N[new_R]]
+    written_N[new_R] = True
+    rows_RW, inside_RW = text.window_rows(new_R, cfg.context_left, cfg.context_right)
+    first_R = rows_RW[np.arange(len(new_R)), inside_RW.argmax(axis=1)]
+    db.add_columns(
+        fs.ContextRow,
+        row=new_R,
+        doc=text.docs_N[new_R],
+        center=new_R - first_R,
+        tokens=_blobs(np.where(inside_RW, text.tokens_N[rows_RW], 0), inside_RW, "i4"),
+    )
+    inside_EW = ~np.isnan(examples.acts_EW)
+    db.add_columns(
+        fs.ExampleRow,
+        dict=name,
+        unit=examples.unit_E,
+        kind=np.asarray(EXAMPLE_KINDS)[examples.kind_E],
+        bucket=examples.bucket_E,
+        rank=examples.rank_E,
+        row=examples.row_E,
+        activation=examples.activation_E,
+        acts=_blobs(examples.acts_EW, inside_EW, "f4"),
+        split=np.where(examples.explain_E, "explain", "score"),
+    )
 
-    directions_UM = torch.eye(U) if sae is None else sae.W_dec.detach().float()
+    decoder_FD = None if sae is None else sae.W_dec.detach().to(device)
+    directions_UM = torch.eye(U, device=device) if sae is None else decoder_FD
     effects_UV = logit_effects(model, directions_UM, hook_name)
     if effects_UV is not None:
-        top_v, top_i, bottom_v, bottom_i = top_and_bottom(effects_UV, cfg.n_logits)
-        db.add(
-            [
-                fs.LogitRow(name, u, r, int(top_i[u, r]), float(top_v[u, r]))
-                for u in range(U)
-                for r in range(cfg.n_logits)
-            ]
-            + [
-                fs.LogitRow(name, u, -1 - r, int(bottom_i[u, r]), float(bottom_v[u, r]))
-                for u in range(U)
-                for r in range(cfg.n_logits)
-            ]
+        top_v, top_i, bottom_v, bottom_i = (t.cpu().numpy() for t in top_and_bottom(effects_UV, cfg.n_logits))
+        rank_N = np.arange(cfg.n_logits)
+        db.add_columns(
+            fs.LogitRow,
+            dict=name,
+            unit=np.repeat(units, 2 * cfg.n_logits),
+            rank=np.tile(np.concatenate([rank_N, -1 - rank_N]), U),
+            token=np.concatenate([top_i, bottom_i], axis=1).reshape(-1),
+            value=np.concatenate([top_v, bottom_v], axis=1).reshape(-1),
         )
-    neighbour_rows = []
-    cof_v, cof_i = cofiring_neighbours(stats.cofire_UU, cfg.n_neighbours)
-    neighbour_rows += [
-        fs.NeighbourRow(name, u, "cofiring", r, int(cof_i[u, r]), float(cof_v[u, r]))
-        for u in range(U)
-        for r in range(cfg.n_neighbours)
-        if cof_i[u, r] >= 0
-    ]
+    cof_v, cof_i = cofiring_neighbours(stats.cofire_UU, cfg.n_neighbours, device)
+    unit_R, rank_R = _ranks(cof_i.shape, keep_UR=cof_i >= 0)
+    db.add_columns(
+        fs.NeighbourRow,
+        dict=name,
+        unit=unit_R,
+        kind="cofiring",
+        rank=rank_R,
+        other=cof_i[unit_R, rank_R],
+        value=cof_v[unit_R, rank_R],
+    )
     if sae is not None:
-        dec_v, dec_i = decoder_neighbours(sae.W_dec.detach(), cfg.n_neighbours)
-        neighbour_rows += [
-            fs.NeighbourRow(name, u, "decoder", r, int(dec_i[u, r]), float(dec_v[u, r]))
-            for u in range(U)
-            for r in range(dec_i.shape[1])
-        ]
+        dec_v, dec_i = decoder_neighbours(decoder_FD, cfg.n_neighbours)
+        unit_R, rank_R = _ranks(dec_i.shape)
+        db.add_columns(
+            fs.NeighbourRow,
+            dict=name,
+            unit=unit_R,
+            kind="decoder",
+            rank=rank_R,
+            other=dec_i.reshape(-1),
+            value=dec_v.reshape(-1),
+        )
     if sae is not None and over_neurons:
         w, n = constituent_neurons(sae.W_dec.detach(), cfg.n_constituents)
-        db.add(fs.ConstituentRow(name, u, r, int(n[u, r]), float(w[u, r])) for u in range(U) for r in range(n.shape[1]))
-        w, f = neuron_users(sae.W_dec.detach(), cfg.n_constituents)
-        db.add(
-            fs.NeuronUserRow(name, m, r, int(f[m, r]), float(w[m, r]))
-            for m in range(f.shape[0])
-            for r in range(f.shape[1])
+        unit_R, rank_R = _ranks(n.shape)
+        db.add_columns(
+            fs.ConstituentRow, dict=name, unit=unit_R, rank=rank_R, neuron=n.reshape(-1), weight=w.reshape(-1)
         )
-    db.add(neighbour_rows)
-    db.add(_unit_token_rows(name, stats, cfg.n_unit_tokens))
+        w, f = neuron_users(sae.W_dec.detach(), cfg.n_constituents)
+        neuron_R, rank_R = _ranks(f.shape)
+        db.add_columns(
+            fs.NeuronUserRow, dict=name, neuron=neuron_R, rank=rank_R, unit=f.reshape(-1), weight=w.reshape(-1)
+        )
+    _add_unit_tokens(db, name, stats, cfg.n_unit_tokens)
+
+
+def _ranks(shape: tuple[int, int], keep_UR: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(unit, rank) of every entry of a ranked list per unit [U, R] (those ``keep_UR`` marks), row-major."""
+    unit_UR, rank_UR = np.indices(shape)
+    keep = np.ones(shape, bool) if keep_UR is None else keep_UR
+    return unit_UR[keep], rank_UR[keep]
+
+
+def _blobs(values_EW: np.ndarray, keep_EW: np.ndarray, dtype: str) -> list[bytes]:
+    """Per row e, the little-endian bytes of ``values_EW[e]`` where ``keep_EW[e]``: a ragged array as
+    blobs, with one conversion of all values and one slice per row."""
+    data = fs.blob(values_EW[keep_EW], dtype)
+    ends = (np.cumsum(keep_EW.sum(axis=1)) * np.dtype(dtype).itemsize).tolist()
+    return [data[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 def _write_contexts(
     db: fs.StoreWriter, stats: UnitStats, sources: TokenSources, token_strings: list[str], n_prev: int = 5
 ) -> None:
-    """Per unit: its activation mass's shares by source, by language, and by previous token (top ``n_prev``)."""
-    rows = []
+    """Per unit that fires: its activation mass's shares by source and by language (the 5 largest of
+    at least 1 %), and by previous token (the ``n_prev`` largest)."""
+    alive_A = np.flatnonzero(stats.fire_count_U > 0)
+    total_A = np.maximum(stats.source_mass_US[alive_A].sum(axis=1), 1e-30)
+    for kind, mass_UC, names in (
+        ("source", stats.source_mass_US, sources.sources),
+        ("language", stats.language_mass_UL, sources.languages),
+    ):
+        shares_AC = mass_UC[alive_A] / total_A[:, None]
+        order_AC = np.argsort(-shares_AC, axis=1, kind="stable")[:, :5]
+        share_AR = np.take_along_axis(shares_AC, order_AC, axis=1)
+        a_R, rank_R = _ranks(share_AR.shape, keep_UR=share_AR >= 0.01)
+        db.add_columns(
+            fs.UnitContextRow,
+            dict=stats.name,
+            unit=alive_A[a_R],
+            kind=kind,
+            rank=rank_R,
+            label=np.asarray(names, dtype=object)[order_AC[a_R, rank_R]],
+            share=share_AR[a_R, rank_R],
+        )
     prev = stats.prev_mass_UV
-    for u in np.flatnonzero(stats.fire_count_U > 0):
-        context = stats.context(int(u))
-        total = max(context.total, 1e-30)
-        for kind, shares, names in (
-            ("source", context.source_shares(), sources.sources),
-            ("language", context.language_shares(), sources.languages),
-        ):
-            rows += [
-                fs.UnitContextRow(stats.name, int(u), kind, r, label, share)
-                for r, (label, share) in enumerate(describe_sources(shares, names, n=5, min_share=0.01))
-            ]
-        start, stop = prev.indptr[u], prev.indptr[u + 1]
-        order = np.argsort(-prev.data[start:stop], kind="stable")[:n_prev]
-        rows += [
-            fs.UnitContextRow(
-                stats.name,
-                int(u),
-                "preceding",
-                r,
-                token_strings[int(prev.indices[start + i])],
-                float(prev.data[start + i] / total),
-            )
-            for r, i in enumerate(order)
-        ]
-    db.add(rows)
+    unit_E = np.repeat(np.arange(prev.shape[0]), np.diff(prev.indptr))
+    order = np.lexsort((np.arange(len(unit_E)), -prev.data, unit_E))
+    order = order[stats.fire_count_U[unit_E[order]] > 0]
+    unit_E = unit_E[order]
+    rank_E = np.arange(len(order)) - np.searchsorted(unit_E, unit_E)
+    order, unit_E, rank_E = order[rank_E < n_prev], unit_E[rank_E < n_prev], rank_E[rank_E < n_prev]
+    total_U = np.maximum(stats.source_mass_US.sum(axis=1), 1e-30)
+    db.add_columns(
+        fs.UnitContextRow,
+        dict=stats.name,
+        unit=unit_E,
+        kind="preceding",
+        rank=rank_E,
+        label=np.asarray(token_strings, dtype=object)[prev.indices[order]],
+        share=prev.data[order] / total_U[unit_E],
+    )
 
 
-def _unit_token_rows(name: str, stats: UnitStats, n: int) -> list[fs.UnitTokenRow]:
+def _add_unit_tokens(db: fs.StoreWriter, name: str, stats: UnitStats, n: int) -> None:
     """The fires and mean activation of each unit's n most-fired tokens and each token's n
     most-firing units — enough to rank units by precision/recall on any token."""
     fires = stats.token_fires_UV.tocoo()
@@ -634,9 +709,9 @@ def _unit_token_rows(name: str, stats: UnitStats, n: int) -> list[fs.UnitTokenRo
         keep[order[np.arange(len(order)) - starts < n]] = True
     unit, token, count = unit[keep], token[keep], count[keep]
     act_sum = np.asarray(sums[unit, token]).ravel()
-    return [
-        fs.UnitTokenRow(name, int(u), int(t), int(c), float(s / c)) for u, t, c, s in zip(unit, token, count, act_sum)
-    ]
+    db.add_columns(
+        fs.UnitTokenRow, dict=name, unit=unit, token=token, fires=count.astype(np.int64), mean_act=act_sum / count
+    )
 
 
 def _nullable(value: float) -> float | None:

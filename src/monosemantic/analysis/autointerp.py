@@ -84,6 +84,7 @@ class UnitScore:
 
 class Explainer(Protocol):
     backend: str
+    uses_context: bool  # whether ``explain`` reads the unit's context mass (else it may be given None)
 
     def explain(self, examples: list[Example], max_act: float, context: UnitContext | None = None) -> Explanation:
         """An explanation from ``examples`` (and the unit's held-out-free context mass, if it uses it)."""
@@ -102,6 +103,7 @@ class OfflineExplainer:
     """Token-list explanations and their simulator (see the module docstring)."""
 
     backend = OFFLINE_BACKEND
+    uses_context = False
 
     def __init__(self, token_strings: list[str], max_tokens: int = 8, min_weight: float = DETECT_THRESHOLD):
         self.token_strings, self.max_tokens, self.min_weight = token_strings, max_tokens, min_weight
@@ -124,21 +126,49 @@ class OfflineExplainer:
         return json.dumps(self.token_strings[token], ensure_ascii=False)
 
     def simulate(self, explanation: Explanation, contexts: list[Example]) -> list[np.ndarray]:
-        lookup = explanation.token_weights
-        return [np.array([lookup.get(int(t), 0.0) for t in c.tokens]) for c in contexts]
+        if not contexts:
+            return []
+        return np.split(self._predict(explanation, contexts), np.cumsum([len(c.tokens) for c in contexts])[:-1])
+
+    def _predict(self, explanation: Explanation, contexts: list[Example]) -> np.ndarray:
+        """The prediction for every token of ``contexts``, concatenated: its listed weight, else 0."""
+        tokens = np.concatenate([c.tokens for c in contexts]).astype(np.int64)
+        return _lookup(explanation.token_weights, tokens, 0.0)
 
     def detect(self, explanation: Explanation, contexts: list[Example]) -> np.ndarray:
-        return np.array([float(p.max(initial=0) >= DETECT_THRESHOLD) for p in self.simulate(explanation, contexts)])
+        return self.detect_predicted(self.simulate(explanation, contexts))
 
     def fuzz(self, explanation: Explanation, contexts: list[Example], marked: list[np.ndarray]) -> np.ndarray:
-        predicted = self.simulate(explanation, contexts)
+        return self.fuzz_predicted(self.simulate(explanation, contexts), marked)
+
+    @staticmethod
+    def detect_predicted(predicted: list[np.ndarray]) -> np.ndarray:
+        """Detection read off the simulation: "fires" where some token is predicted ≥ ``DETECT_THRESHOLD``."""
+        return np.array([float(p.max(initial=0) >= DETECT_THRESHOLD) for p in predicted])
+
+    @staticmethod
+    def fuzz_predicted(predicted: list[np.ndarray], marked: list[np.ndarray]) -> np.ndarray:
+        """Fuzzing read off the simulation: "correct" when every marked token is predicted ≥ ``DETECT_THRESHOLD``."""
         return np.array([float((p[m] >= DETECT_THRESHOLD).all()) for p, m in zip(predicted, marked)])
+
+
+def _lookup(table: dict[int, float], keys: np.ndarray, default: float) -> np.ndarray:
+    """``table[k]`` for every key of ``keys`` (int64), ``default`` where a key is not in the table."""
+    if not table:
+        return np.full(len(keys), default, dtype=np.float64)
+    ids = np.fromiter(table, dtype=np.int64, count=len(table))
+    values = np.fromiter(table.values(), dtype=np.float64, count=len(table))
+    order = np.argsort(ids)
+    ids, values = ids[order], values[order]
+    slot = np.minimum(np.searchsorted(ids, keys), len(ids) - 1)
+    return np.where(ids[slot] == keys, values[slot], default)
 
 
 class ContextExplainer(OfflineExplainer):
     """Token weights × source lift × previous-token lift (see the module docstring)."""
 
     backend = CONTEXT_BACKEND
+    uses_context = True
 
     def __init__(
         self,
@@ -212,20 +242,22 @@ class ContextExplainer(OfflineExplainer):
             text, base.token_weights, source_lifts, other_source, prev_lifts, other_prev, {int(t) for t in ids}
         )
 
-    def simulate(self, explanation: Explanation, contexts: list[Example]) -> list[np.ndarray]:
-        token_only = super().simulate(explanation, contexts)
+    def _predict(self, explanation: Explanation, contexts: list[Example]) -> np.ndarray:
+        predicted = super()._predict(explanation, contexts)
+        if not explanation.context_tokens:
+            return predicted
+        known = [c.rows is not None for c in contexts]  # a context without rows gets no factors
+        tokens = np.concatenate([c.tokens for c, k in zip(contexts, known) if k] + [np.zeros(0, np.int64)])
+        rows = np.concatenate([c.rows for c, k in zip(contexts, known) if k] + [np.zeros(0, np.int64)])
         source_lift = np.full(self.sources.n_sources, explanation.other_source_lift)
         source_lift[list(explanation.source_lifts)] = list(explanation.source_lifts.values())
-        prev_lift = np.full(self.sources.token_source_VS.shape[0] + 1, explanation.other_prev_lift)  # last: no previous
-        prev_lift[list(explanation.prev_lifts)] = list(explanation.prev_lifts.values())
-        context_tokens = np.fromiter(explanation.context_tokens, dtype=np.int64)
-        out = []
-        for p, c in zip(token_only, contexts):
-            if c.rows is not None and len(context_tokens):
-                factor = source_lift[self.sources.source_N[c.rows]] * prev_lift[self.sources.prev_N[c.rows]]
-                p = np.where(np.isin(c.tokens, context_tokens), p * factor, p)
-            out.append(p)
-        return out
+        factor = source_lift[self.sources.source_N[rows]] * _lookup(
+            explanation.prev_lifts, self.sources.prev_N[rows], explanation.other_prev_lift
+        )
+        where = np.repeat(known, [len(c.tokens) for c in contexts])
+        in_context = np.isin(tokens, np.fromiter(explanation.context_tokens, dtype=np.int64))
+        predicted[where] = np.where(in_context, predicted[where] * factor, predicted[where])
+        return predicted
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -247,19 +279,16 @@ def detection_accuracy(predicted_C: np.ndarray, actual_C: np.ndarray) -> float:
 def fuzzing_marks(score: list[Example], rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
     """delphi's fuzzing set over ``score``: per context its marked tokens [L] and whether the marks
     are correct (see the module docstring)."""
-    firing = [e for e in score if e.acts.max(initial=0) > 0]
-    n_wrong = math.ceil(np.mean([(e.acts > FUZZ_THRESHOLD * e.acts.max()).sum() for e in firing])) if firing else 1
-    marks, correct = [], []
-    for e in score:
-        if e.acts.max(initial=0) > 0:
-            marks.append(e.acts > FUZZ_THRESHOLD * e.acts.max())
-            correct.append(True)
-        else:
+    max_C = [e.acts.max(initial=0) for e in score]
+    marks: list[np.ndarray | None] = [e.acts > FUZZ_THRESHOLD * m if m > 0 else None for e, m in zip(score, max_C)]
+    n_marked = [int(mark.sum()) for mark in marks if mark is not None]
+    n_wrong = math.ceil(np.mean(n_marked)) if n_marked else 1
+    for c, e in enumerate(score):
+        if marks[c] is None:
             mark = np.zeros(len(e.tokens), dtype=bool)
             mark[rng.choice(len(e.tokens), size=min(n_wrong, len(e.tokens)), replace=False)] = True
-            marks.append(mark)
-            correct.append(False)
-    return marks, np.array(correct, dtype=bool)
+            marks[c] = mark
+    return marks, np.array([m > 0 for m in max_C], dtype=bool)
 
 
 def score_unit(
@@ -279,7 +308,11 @@ def score_unit(
     true_all = np.concatenate([e.acts for e in score]) / max_act
     simulation = pearson(np.concatenate(predicted), true_all)
     fires_C = np.array([e.acts.max(initial=0) > 0 for e in score])
-    detection = detection_accuracy(explainer.detect(explanation, score), fires_C)
     marks, correct_C = fuzzing_marks(score, np.random.default_rng(seed))
-    fuzzing = detection_accuracy(explainer.fuzz(explanation, score, marks), correct_C)
+    if isinstance(explainer, OfflineExplainer):  # its answers are read off the simulation just made
+        detected_C, fuzzed_C = explainer.detect_predicted(predicted), explainer.fuzz_predicted(predicted, marks)
+    else:
+        detected_C, fuzzed_C = explainer.detect(explanation, score), explainer.fuzz(explanation, score, marks)
+    detection = detection_accuracy(detected_C, fires_C)
+    fuzzing = detection_accuracy(fuzzed_C, correct_C)
     return UnitScore(explanation.text, simulation, detection, fuzzing, explainer.backend)

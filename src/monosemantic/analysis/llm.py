@@ -192,6 +192,8 @@ class LLMExplainer:
     Activations are shown on OpenAI's 0–10 scale (a / max · 10, rounded); the simulator answers
     one integer per token, detection and fuzzing one 0/1 per excerpt (delphi's prompts' shape)."""
 
+    uses_context = False  # the prompt shows examples only
+
     def __init__(
         self,
         client: ChatClient,

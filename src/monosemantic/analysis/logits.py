@@ -36,10 +36,11 @@ def logit_effects(
 ) -> torch.Tensor | None:
     """Median-shifted direct logit effects [U, d_vocab] of directions [U, M] in the space of
     ``hook_name`` (M = d_mlp for an MLP's ``hook_post``, d_model for a residual-width hook); None
-    for a hook with no linear path to the logits."""
+    for a hook with no linear path to the logits. Computed on the directions' device."""
+    device = directions_UM.device
     mlp = _MLP_POST.match(hook_name)
     if mlp:
-        resid_UR = directions_UM.float() @ model.blocks[int(mlp.group(1))].mlp.W_out.detach().float().cpu()
+        resid_UR = directions_UM.float() @ model.blocks[int(mlp.group(1))].mlp.W_out.detach().float().to(device)
     elif _RESIDUAL_HOOKS.match(hook_name):
         resid_UR = directions_UM.float()
     else:
@@ -48,8 +49,8 @@ def logit_effects(
         resid_UR = resid_UR - resid_UR.mean(dim=1, keepdim=True)
     ln_gain = getattr(model.ln_final, "w", None)
     if ln_gain is not None:
-        resid_UR = resid_UR * ln_gain.detach().float().cpu()
-    effects_UV = resid_UR @ model.W_U.detach().float().cpu()
+        resid_UR = resid_UR * ln_gain.detach().float().to(device)
+    effects_UV = resid_UR @ model.W_U.detach().float().to(device)
     return effects_UV - effects_UV.median(dim=1, keepdim=True).values
 
 

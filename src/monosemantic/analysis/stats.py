@@ -107,7 +107,7 @@ class UnitStats:
             self.language_mass_UL[unit],
             self.prev_mass_UV.indices[start:stop].astype(np.int64),
             self.prev_mass_UV.data[start:stop].astype(np.float64),
-            float(self.mean_act_U[unit]),
+            float(self.act_sum_U[unit] / self.fire_count_U[unit]) if self.fire_count_U[unit] > 0 else 0.0,
             self.context_tokens_UT[unit],
             self.token_source_UTS[unit],
             self.token_prev_UTV[unit * T : (unit + 1) * T].toarray(),

@@ -38,6 +38,7 @@ import json
 import sqlite3
 from contextlib import contextmanager
 from functools import cached_property
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 
@@ -270,8 +271,25 @@ class StoreWriter:
         """Insert ``rows``, all of one row type (``UnitRow``, ``ExampleRow``, …)."""
         rows = list(rows)
         if rows:
-            kind = type(rows[0])
-            self.db.executemany(f"INSERT INTO {kind.TABLE} VALUES ({', '.join('?' * len(kind._fields))})", rows)
+            self._insert(type(rows[0]), rows)
+
+    def add_columns(self, row_type: type, /, **columns: Any) -> None:
+        """Insert rows of ``row_type`` given by column, no row object per row: every field named once, as
+        a sequence (a 1-d numpy array becomes Python values) or as one value for every row."""
+        if set(columns) != set(row_type._fields):
+            raise ValueError(f"{row_type.__name__}: columns {sorted(columns)}, expected {list(row_type._fields)}")
+        if any(isinstance(v, np.ndarray) and v.ndim != 1 for v in columns.values()):
+            raise ValueError(f"{row_type.__name__}: array columns must be 1-d")
+        sequences = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in columns.items()}
+        lengths = {len(v) for v in sequences.values() if isinstance(v, (list, tuple))}
+        if len(lengths) != 1:
+            raise ValueError(f"{row_type.__name__}: columns of lengths {sorted(lengths)}, expected one length")
+        n = lengths.pop()
+        values = [v if isinstance(v, (list, tuple)) else repeat(v, n) for v in (sequences[f] for f in row_type._fields)]
+        self._insert(row_type, zip(*values))
+
+    def _insert(self, row_type: type, rows: Iterable[tuple]) -> None:
+        self.db.executemany(f"INSERT INTO {row_type.TABLE} VALUES ({', '.join('?' * len(row_type._fields))})", rows)
 
 
 @contextmanager
@@ -280,7 +298,11 @@ def create_store(path: Path) -> Iterator[StoreWriter]:
     with atomic_path(path) as tmp:
         db = sqlite3.connect(tmp)
         try:
-            db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + SCHEMA)
+            # a file nobody reads until it is renamed into place: no journal, no syncs, one writer, big cache
+            db.executescript(
+                "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA locking_mode=EXCLUSIVE; "
+                "PRAGMA temp_store=MEMORY; PRAGMA cache_size=-262144;" + SCHEMA
+            )
             writer = StoreWriter(db)
             writer.add([MetaRow("format", json.dumps(FORMAT))])
             yield writer
