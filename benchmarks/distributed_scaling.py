@@ -16,7 +16,10 @@ harvest. Efficiency = rate at 2 / (2 × rate at 1): 100 % is perfect scaling. Ro
 - LM (the 1-layer transformer, DDP): each rank half of every batch of windows;
 - harvest: each rank half of the windows, parts joined by rank 0;
 - SAE data-parallel on streamed activations (``harvest.stream_train``, an untrained LM of the LM
-  row's width): each rank runs the LM on the windows of its half of every batch.
+  row's width): each rank runs the LM on the windows of its half of every batch;
+- analysis (the tiny preset's run, trained first: about a minute): every rank computes the
+  statistics, each scores half of the units (forking cores/N processes, as ``monosemantic run``
+  does), rank 0 writes the store; rows (tokens) analysed per second of the whole stage.
 
 Then the share of the windows a rank runs the LM on when streaming (``ActivationStream``'s
 ``part``), against one process, at N = 2, 4, 8 ranks: 1/N is perfect, above it the windows a rank
@@ -152,6 +155,23 @@ def largest_f(device_gib: float, d: int, batch: int) -> int:
     return int(device_gib * 2**30 // (16 * (2 * d + 1) + 4 * batch))
 
 
+ANALYSIS_ROW = "analysis (tiny preset)"
+
+
+def analysis_rate(world: World, run: Path) -> float:
+    from monosemantic.analysis.analyze import analyze_run
+    from monosemantic.config import load_config
+    from monosemantic.progress import set_quiet
+    from monosemantic.stages import sweep_saes
+
+    set_quiet(True)
+    cfg = load_config("tiny")
+    names = [name for saes in sweep_saes(cfg).values() for name, _ in saes]
+    started = time.perf_counter()
+    figures = analyze_run(run, names, cfg.analysis, "cpu", world=world)
+    return figures["n_tokens"] / (time.perf_counter() - started) if world.is_main else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d", type=int, default=128, help="SAE input width")
@@ -173,7 +193,8 @@ def main() -> None:
     set_quiet(True)
     with tempfile.TemporaryDirectory() as folder:
         run = Path(folder) / "run"
-        pipeline.run(load_config("tiny"), run, "corpus")  # the bundled corpus, tokenised
+        analysis = args.only in ANALYSIS_ROW  # its row is measured: the tiny run is trained up to its SAEs
+        pipeline.run(load_config("tiny"), run, "sae" if analysis else "corpus")  # on the bundled corpus
         tokens = run / "tokens"
         rows = [
             (
@@ -221,6 +242,7 @@ def main() -> None:
                     streamed_sae_rate, (tokens, args.lm_d_model, args.f, args.sae_batch, args.sae_steps), n, 600
                 ),
             ),
+            (ANALYSIS_ROW, "rows/s", lambda n: run_local_world(analysis_rate, (run,), n, 600)),
         ]
         print(f"CPU/Gloo, one thread per rank; torch {torch.__version__}; {os.cpu_count()} CPU cores here")
         print(f"| {'what':<52} | {'unit':<9} | {'world 1':>10} | {'world 2':>10} | speed-up | efficiency |")

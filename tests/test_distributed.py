@@ -274,7 +274,7 @@ def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, 
         "lm": 2,
         "harvest": 2,
         "sae": 2,
-        "analysis": 1,
+        "analysis": 2,
     }
     assert ours["lm"]["val_loss"] == pytest.approx(theirs["lm"]["val_loss"], rel=1e-3)
     for mine, one in zip(ours["sae"]["saes"], theirs["sae"]["saes"], strict=True):
@@ -535,3 +535,42 @@ def test_a_world_of_2_streaming_its_parts_trains_the_sae_one_process_trains(anal
     for key in ("fvu", "l0", "loss_recovered", "dead_frac", "samples"):
         assert two["sae"]["saes"][0][key] == pytest.approx(one["sae"]["saes"][0][key], rel=1e-4, abs=1e-6), key
     torch.testing.assert_close(two["W_dec"], one["W_dec"], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def _analysis_stage(here: World, run: Path, corpus: str) -> dict:
+    from monosemantic import pipeline
+    from monosemantic.config import load_config
+
+    set_quiet(True)
+    overrides = ["corpus.val_fraction=0.2", f"corpus.corpus={corpus}"]
+    pipeline.run(load_config("tiny", overrides=overrides), run, "analysis", force=True)
+    return json.loads((run / "run.json").read_text())["analysis"] if here.is_main else {}
+
+
+def _store_tables(store: Path) -> dict[str, list[tuple]]:
+    """Every table of a feature store, its rows in the order written."""
+    import sqlite3
+
+    with closing(sqlite3.connect(store)) as db:
+        names = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {name: db.execute(f"SELECT * FROM {name} ORDER BY rowid").fetchall() for name in names}
+
+
+def test_analysis_by_2_ranks_writes_the_1_rank_feature_store(analysed_run, tmp_path):
+    """Each rank scores its half of every dictionary's units; rank 0's merged store equals, table by
+    table and row by row, the store one process wrote (floats within 1e-5)."""
+    import shutil
+
+    reference, cfg = analysed_run
+    shutil.copytree(reference, tmp_path / "run")
+    figures, _ = spawn_world(_analysis_stage, tmp_path / "run", cfg.corpus.corpus)
+    assert figures["world_size"] == 2
+    ours, theirs = _store_tables(tmp_path / "run/features.sqlite"), _store_tables(reference / "features.sqlite")
+    assert ours.keys() == theirs.keys() and len(theirs["units"]) > 100
+    for table, rows in theirs.items():
+        assert len(ours[table]) == len(rows), table
+        for mine, one in zip(ours[table], rows):
+            assert mine == pytest.approx(one, rel=1e-5, abs=1e-6, nan_ok=True), (table, one)

@@ -394,7 +394,8 @@ def analysis_stage(cfg: RunConfig) -> Stage:
     names = [name for saes in sweep_saes(cfg).values() for name, _ in saes]
 
     def run(rd: RunDir) -> dict:
-        return analyze_run(rd.path, names, cfg.analysis, str(resolve_device(cfg.device)), _document_sources(cfg, rd))
+        device = str(resolve_device(cfg.device))
+        return analyze_run(rd.path, names, cfg.analysis, device, _document_sources(cfg, rd), world=rd.world)
 
     return Stage(
         "analysis",
@@ -403,6 +404,7 @@ def analysis_stage(cfg: RunConfig) -> Stage:
         [FEATURE_STORE_FILE],
         analysis_headline,
         needs=["sae"],
+        distributed=True,
     )
 
 

@@ -53,6 +53,7 @@ from monosemantic.analysis.store import NEURONS
 from monosemantic.corpus.sources import DocumentSources
 from monosemantic.corpus.tokenizer import load_tokenizer
 from monosemantic.device import resolve_device
+from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.figures import save_figure
 from monosemantic.lm.model import load_lm
@@ -285,9 +286,10 @@ def _backend_figures(scores: dict[int, UnitScore], sample: np.ndarray) -> dict[s
 
 
 def _explainers(
-    cfg: AnalysisConfig, token_strings: list[str], sources: TokenSources, cache_path: Path
+    cfg: AnalysisConfig, token_strings: list[str], sources: TokenSources, cache_path: Path | None
 ) -> list[Explainer]:
-    """The configured LLM (if any) first, then the offline context explainer and its token-list baseline."""
+    """The configured LLM (if any) first, then the offline context explainer and its token-list baseline
+    (``cache_path``: the LLM's answer cache; None for none)."""
     offline: list[Explainer] = [ContextExplainer(token_strings, sources), OfflineExplainer(token_strings)]
     if cfg.explainer == "offline":
         return offline
@@ -301,11 +303,20 @@ def analyze_run(
     device: str = "cpu",
     doc_sources: DocumentSources | None = None,
     processes: int | None = None,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """Analyse the neurons and the SAEs ``RUN/saes/<name>`` over the held-out store; write
     ``RUN/features.sqlite`` and ``RUN/analysis/autointerp_scores.png``; return run.json's figures.
     ``doc_sources`` names each corpus document's source (default: one source for all); ``processes``
-    score units with the offline backends at once (default: every available CPU core)."""
+    score units with the offline backends at once (default: every available CPU core, divided among
+    the ranks of ``world``).
+
+    In a ``world`` of N ranks every rank computes the statistics (the same on all: they depend on
+    nothing but the store and the seed), then explains and scores the r-th contiguous N-th of each
+    dictionary's alive units with the offline backends (the dominant cost; an LLM's sample is scored
+    by rank 0 alone, which holds its answer cache); rank 0 gathers the scores and writes the store
+    and figures alone, and the other ranks return ``{}``. A unit's score depends on nothing but the
+    unit (``_score_units``), so the store is the one a world of one writes."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
     store = ActivationStore(run_dir / "activations" / "val")
@@ -343,7 +354,8 @@ def analyze_run(
         all_stats += compute_unit_stats(other, other_bases, text, vocab_size, stats_cfg, sources)
     hook_of[NEURONS] = store.hook_name
 
-    explainers = _explainers(cfg, token_strings, sources, run_dir / "analysis" / "llm_cache.sqlite")
+    llm_cache = run_dir / "analysis" / "llm_cache.sqlite" if world.is_main else None
+    explainers = _explainers(cfg, token_strings, sources, llm_cache)
     primary = explainers[0]
     rng = np.random.default_rng(cfg.seed)
     largest = max(sae_names, key=lambda n: saes[n].cfg.d_sae) if sae_names else None
@@ -354,8 +366,31 @@ def analyze_run(
         for name in ([NEURONS, largest] if largest else [NEURONS])
     }
 
-    token_count_V = np.bincount(text.tokens_N, minlength=vocab_size)
     scores: dict[str, dict[str, dict[int, UnitScore]]] = {e.backend: {} for e in explainers}
+    cores = max(1, (processes or available_cpus()) // world.size)
+    for stats in all_stats:
+        examples = _examples(stats, text, cfg)
+        for explainer in explainers:
+            # the offline scorers are cheap: they score every unit; an LLM scores the comparison sample only
+            offline = explainer.backend.startswith("offline")
+            units = alive[stats.name] if offline else samples.get(stats.name, np.array([], int))
+            mine = np.array_split(units, world.size)[world.rank] if offline else (units if world.is_main else units[:0])
+            scored = _score_units(
+                explainer,
+                stats,
+                examples,
+                mine.tolist(),
+                sources,
+                cfg.seed,
+                workers=1 if offline else cfg.llm_concurrency,
+                processes=cores if offline else 1,
+            )
+            parts = world.gather_objects(scored)
+            scores[explainer.backend][stats.name] = {u: s for part in parts for u, s in part.items()}
+    if not world.is_main:
+        return {}
+
+    token_count_V = np.bincount(text.tokens_N, minlength=vocab_size)
     with fs.create_store(run_dir / fs.FILENAME) as db:
         db.add(fs.VocabRow(t, token_strings[t], int(token_count_V[t])) for t in range(vocab_size))
         db.add(
@@ -372,25 +407,10 @@ def analyze_run(
         )
         written_N = np.zeros(n_rows, dtype=bool)
         for stats in all_stats:
-            examples = _examples(stats, text, cfg)
-            for explainer in explainers:
-                # the offline scorers are cheap: they score every unit; an LLM scores the comparison sample only
-                offline = explainer.backend.startswith("offline")
-                units = alive[stats.name] if offline else samples.get(stats.name, np.array([], int))
-                scores[explainer.backend][stats.name] = _score_units(
-                    explainer,
-                    stats,
-                    examples,
-                    units.tolist(),
-                    sources,
-                    cfg.seed,
-                    workers=1 if offline else cfg.llm_concurrency,
-                    processes=(processes or available_cpus()) if offline else 1,
-                )
             _write_dictionary(
                 db,
                 stats,
-                examples,
+                _examples(stats, text, cfg),
                 {b: by_dict[stats.name] for b, by_dict in scores.items()},
                 samples.get(stats.name),
                 text,
