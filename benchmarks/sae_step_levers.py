@@ -10,7 +10,10 @@ Rows (median seconds over ``--repeats``, same process, same tensors):
 - the exact re-read of the B·k chosen entries (sampled product) from each W_enc layout;
 - the sparse W_enc gradient, and the copy autograd makes when its layout differs from W_enc's;
 - Adam over W_enc and W_dec: the default per-op loop, ``foreach`` and ``fused``;
-- argsort of B·k int64 keys and of the same keys as float64 (torch's CPU int sort is slow).
+- argsort of B·k int64 keys and of the same keys as float64 (torch's CPU int sort is slow);
+- BatchTopK's selection of the batch's top k·B from the bf16 pre-activations: each token's top 4k
+  candidates, then the top k·B among them, ordered by token (what ``sae/batchtopk.py`` did), and
+  the candidates above a bound sampled from 64 rows (what it does, ``BatchTopKSAE.select_active``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import time
 import warnings
 
 import torch
+
+from monosemantic.sae import SAEConfig
+from monosemantic.sae.batchtopk import BatchTopKSAE
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -82,6 +88,17 @@ def main() -> None:
     keys_N = rows_N * F + idx_BK.flatten()
     rows.append(("argsort of B·k int64 keys", keys_N.argsort))
     rows.append(("argsort of the same keys as float64", lambda: keys_N.double().argsort()))
+    pre_bf16_BF = x_BD.bfloat16() @ W_DF.bfloat16()
+
+    def per_token_candidates():
+        cand_vals_BC, cand_idx_BC = pre_bf16_BF.topk(4 * K, dim=1, sorted=False)
+        pos_N = cand_vals_BC.relu().flatten().topk(K * B, sorted=False).indices
+        order_N = (pos_N // (4 * K)).double().argsort()
+        return cand_idx_BC.flatten()[pos_N[order_N]]
+
+    batchtopk = BatchTopKSAE(SAEConfig(variant="batchtopk", d_in=D, d_sae=F, k=K))
+    rows.append(("BatchTopK selection, per-token top-4k first", per_token_candidates))
+    rows.append(("BatchTopK selection, above a sampled bound", lambda: batchtopk.select_active(pre_bf16_BF)))
 
     print(
         f"d={D}, F={F}, batch {B}, k {K}, {args.threads} threads, median of {args.repeats}, torch {torch.__version__}"

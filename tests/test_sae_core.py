@@ -86,8 +86,25 @@ def test_sparse_decoding_equals_dense_decoding_for_topk_and_batchtopk(outlier):
             dense = torch.where(pre.relu() >= kept, pre.relu(), 0) @ sae.W_dec
             assert idx.numel() == 5 * 32 and offsets.shape == (32,)
             if outlier > 1:
-                assert offsets[8] - offsets[7] > 4 * 5  # more than the first candidate round holds
+                assert offsets[8] - offsets[7] > 4 * 5  # one token holds many of the batch's entries
         torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scaled_rows", ["none", "sampled", "unsampled"])
+def test_batchtopk_selection_is_the_exact_top_k_batch(scaled_rows):
+    """The candidates come from a bound estimated on every 4th row (256 rows): ×100 on exactly those
+    rows leaves too few entries above the first bound (the retry), ×100 on the others too many."""
+    sae = build_sae(_cfg("batchtopk", k=5))
+    x = torch.randn(256, D)
+    if scaled_rows != "none":
+        x[0 if scaled_rows == "sampled" else 1 :: 4] *= 100
+    pre = sae.pre_acts(x).detach()
+    idx, vals, offsets = sae.select_active(pre)
+    top = pre.relu().flatten().topk(5 * 256)
+    rows = torch.arange(256).repeat_interleave(torch.diff(offsets, append=torch.tensor([idx.numel()])))
+    assert torch.equal((rows * F + idx).sort().values, top.indices.sort().values)
+    assert torch.equal(vals, pre.relu()[rows, idx])
+    assert torch.all(rows[1:] >= rows[:-1])  # entries ordered by token, as decode_sparse wants
 
 
 def test_jumprelu_threshold_gets_the_straight_through_gradient():

@@ -38,31 +38,42 @@ class BatchTopKSAE(TopKSAE):
     def select_active(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch's top k·B latents, flattened [N] and ordered by token, with offsets [B].
 
-        A full top-(k·B) over B·F entries is slow; instead take each token's top C candidates
-        (C = 4k) and the top k·B among those. That is exact unless some token had all C of its
-        candidates kept — then it might deserve more, and we retry with C four times larger.
-        With the batch split over ``batch_world``'s N ranks (B rows each here), the candidates of
-        all ranks are gathered in rank order — a world of 1's order — and each rank keeps its own
-        entries of the global top k·N·B; the retry is decided for all ranks together.
+        A full top-(k·B) over B·F entries is slow; instead estimate a lower bound λ for the
+        (k·B)-th largest value from a sample of S ≤ 64 rows (their m·k·S-th largest, m = 2), take every
+        entry above λ as a candidate (row-major, so already ordered by token) and the top k·B among
+        those. That is exact when at least k·B entries exceed λ; otherwise retry with m four times
+        larger, and finally with every entry. With the batch split over ``batch_world``'s N ranks
+        (B rows each here), λ is the smallest over ranks, the count is global, and each rank's
+        candidates (padded with −∞ to the longest rank's count) are gathered in rank order; each
+        rank keeps its own entries of the global top k·N·B. Ties at the cutoff (frequent in a bf16
+        ranking) go to the earliest tokens, so a world of N keeps what a world of 1 keeps.
         """
         B, F = pre_BF.shape
-        world = self.batch_world
-        per_row = min(F, 4 * self.cfg.k)
-        while True:
-            cand_vals_BC, cand_idx_BC = pre_BF.topk(per_row, dim=1, sorted=False)
-            local_vals_L = cand_vals_BC.relu().flatten()
-            _, pos_N = world.all_gather(local_vals_L).topk(self.cfg.k * B * world.size, sorted=False)
-            first = world.rank * len(local_vals_L)
-            pos_N = pos_N[(pos_N >= first) & (pos_N < first + len(local_vals_L))] - first
-            rows_N = pos_N // per_row
-            counts_B = torch.bincount(rows_N, minlength=B)
-            saturated = torch.tensor(int(per_row < F and counts_B.max() >= per_row))
-            if per_row == F or not world.all_reduce_(saturated, "max"):
+        world, kept = self.batch_world, self.cfg.k * B * self.batch_world.size
+        sample_SF = pre_BF[:: max(1, B // 64)]
+        for margin in (2, 8, None):
+            picks = None if margin is None else margin * self.cfg.k * len(sample_SF)
+            if picks is None or picks >= sample_SF.numel():
+                bound = torch.tensor(float("-inf"))
+            else:
+                bound = sample_SF.flatten().topk(picks, sorted=False).values.min().float()
+            bound = world.all_reduce_(bound, "min")
+            flat_L = (pre_BF > bound).flatten().nonzero().squeeze(1)
+            count = torch.tensor(len(flat_L))
+            if margin is None or world.all_reduce_(count.clone(), "sum") >= kept:
                 break
-            per_row = min(F, 4 * per_row)
-        order_N = rows_N.double().argsort()  # each token's entries together; float64: torch sorts int64 slowly on CPU
-        pos_N = pos_N[order_N]
-        return cand_idx_BC.flatten()[pos_N], local_vals_L[pos_N], torch.cumsum(counts_B, 0) - counts_B
+        longest = int(world.all_reduce_(count, "max"))
+        local_vals_L = pre_BF.flatten()[flat_L].relu()
+        padded_M = torch.full((longest,), float("-inf"), dtype=local_vals_L.dtype, device=pre_BF.device)
+        padded_M[: len(local_vals_L)] = local_vals_L
+        cutoff = world.all_gather(padded_M).topk(kept, sorted=False).values.min()
+        above_L, tied_L = local_vals_L > cutoff, local_vals_L == cutoff
+        tied_R = world.all_gather(tied_L.sum().reshape(1))  # per rank
+        wanted = kept - world.all_reduce_(above_L.sum(), "sum") - tied_R[: world.rank].sum()
+        pos_N = (above_L | (tied_L & (tied_L.cumsum(0) <= wanted))).nonzero().squeeze(1)
+        flat_N = flat_L[pos_N]
+        counts_B = torch.bincount(flat_N // F, minlength=B)
+        return flat_N % F, local_vals_L[pos_N], torch.cumsum(counts_B, 0) - counts_B
 
     @torch.no_grad()
     def observe_kept(self, vals_N: torch.Tensor) -> None:
