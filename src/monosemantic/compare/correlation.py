@@ -28,7 +28,8 @@ every chunk is a dense matmul there. Memory: one
 
 Every statistic is a sum over tokens, so the tokens may be split: ranks that each accumulate their
 own share and then sum their statistics (``all_reduce_``) hold the statistics of all the tokens, the
-same as one process up to the order of float64 additions.
+same as one process's up to rounding (the chunks are cut elsewhere, so the dense path's float32
+products and the float64 sums add in another order).
 """
 
 from __future__ import annotations
