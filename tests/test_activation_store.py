@@ -63,6 +63,9 @@ def test_round_trip_across_shards(tmp_path):
     chunks = list(store.iter_chunks(10))
     assert [start for start, _ in chunks] == [0, 10, 20, 30, 40, 50] and len(chunks[-1][1]) == 3
     assert torch.equal(torch.cat([c for _, c in chunks]), torch.from_numpy(acts_ND))
+    parts = [list(store.iter_chunks(10, part=(r, 3))) for r in range(3)]  # rows [0, 17), [17, 35), [35, 53)
+    assert [[start for start, _ in part] for part in parts] == [[0, 10], [17, 27], [35, 45]]
+    assert torch.equal(torch.cat([c for part in parts for _, c in part]), torch.from_numpy(acts_ND))
     torch.testing.assert_close(store.mean(chunk_rows=9), torch.from_numpy(acts_ND.astype(np.float64).mean(0)).float())
 
 

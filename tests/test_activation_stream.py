@@ -33,6 +33,9 @@ def test_token_chunks_are_the_rows_a_harvest_stores(tiny_run, stream):
     store = ActivationStore(tiny_run / "activations/train")
     streamed = torch.cat(list(stream.token_chunks(store.n_rows, windows_per_chunk=5)))
     torch.testing.assert_close(streamed, torch.from_numpy(store.read_range(0, store.n_rows)), rtol=1e-4, atol=1e-5)
+    parts = [list(stream.token_chunks(store.n_rows, 5, part=(r, 3))) for r in range(3)]  # 128 windows: 42, 43, 43
+    assert [sum(len(c) for c in part) for part in parts] == [42 * CTX, 43 * CTX, 43 * CTX]
+    torch.testing.assert_close(torch.cat([c for part in parts for c in part]), streamed, rtol=1e-5, atol=1e-6)
 
 
 def test_a_group_is_a_permutation_of_its_random_windows_activations(stream):

@@ -228,9 +228,14 @@ def _children(pid: int) -> list[int]:
 
 
 def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, tmp_path):
-    """``torchrun --nproc_per_node 2 … run --preset tiny``, SIGKILLed (torchrun and its ranks) once an
-    SAE checkpoint is on disk, then run again: it resumes, finishes every stage, and measures what
-    the 1-process run measured."""
+    """``torchrun --nproc_per_node 2 … run --preset tiny``, SIGKILLed (torchrun and its ranks) once
+    model B's SAE checkpoint is on disk (the universality stage's second run, its lm and harvest
+    done), then run again: it resumes, model B's lm and harvest are current, every stage finishes,
+    and it measures what the 1-process run measured, universality's figures included."""
+    import shutil
+
+    from monosemantic import pipeline
+
     reference, cfg = analysed_run
     run = tmp_path / "run"
     command = [
@@ -257,13 +262,15 @@ def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, 
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while first.poll() is None and time.monotonic() < deadline:
-        if any(run.glob("saes/.checkpoint-*/checkpoint.pt")):
+        if any(run.glob("model_b/saes/.checkpoint-*/checkpoint.pt")):
             for pid in [*_children(first.pid), first.pid]:  # torchrun starts each rank in a session of its own
                 os.kill(pid, signal.SIGKILL)
             break
         time.sleep(0.005)
     first.wait(timeout=30)
     assert first.returncode == -signal.SIGKILL, first.stderr.read().decode()[-2000:]
+    killed_b = json.loads((run / "model_b/run.json").read_text())["stages"]
+    assert list(killed_b) == ["corpus", "lm", "harvest"]
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, [line for line in resumed.stderr.splitlines() if "error" in line]
     assert "monosemantic run" in resumed.stdout  # rank 0's summary, once
@@ -280,7 +287,20 @@ def test_torchrun_tiny_run_killed_and_resumed_matches_one_process(analysed_run, 
     for mine, one in zip(ours["sae"]["saes"], theirs["sae"]["saes"], strict=True):
         for key in ("fvu", "l0", "loss_recovered", "dead_frac"):
             assert mine[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), (mine["name"], key)
-    assert not any(run.glob("saes/.checkpoint-*"))
+    assert not any(run.glob("saes/.checkpoint-*")) and not any(run.glob("model_b/saes/.checkpoint-*"))
+    model_b = json.loads((run / "model_b/run.json").read_text())
+    assert {stage: model_b["stages"][stage] for stage in ("lm", "harvest")} == {
+        stage: killed_b[stage] for stage in ("lm", "harvest")
+    }  # kept from the killed run, not trained again
+    assert [model_b[stage]["world_size"] for stage in ("lm", "harvest", "sae")] == [2, 2, 2]
+    assert json.loads((run / "sae_reseed/run.json").read_text())["sae"]["world_size"] == 2
+    shutil.copytree(reference, tmp_path / "one")
+    set_quiet(True)
+    pipeline.run(cfg, tmp_path / "one", "universality")
+    ours_u, theirs_u = ours["universality"], json.loads((tmp_path / "one/run.json").read_text())["universality"]
+    assert ours_u["world_size"] == 2 and ours_u["n_tokens"] == theirs_u["n_tokens"] == 1024
+    for key in ("median_feature_corr", "median_neuron_corr", "median_feature_corr_same_model", "lm_b_val_loss"):
+        assert ours_u[key] == pytest.approx(theirs_u[key], rel=1e-3), key
     ours, theirs = _top_examples(run / "features.sqlite"), _top_examples(reference / "features.sqlite")
     assert len(ours) == len(theirs) > 100
     assert sum(ours[unit] == theirs[unit] for unit in theirs) >= 0.99 * len(theirs)  # the issue's bar

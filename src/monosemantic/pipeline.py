@@ -26,8 +26,9 @@ Under torchrun (``distributed.py``) every rank calls ``run`` with the same confi
 run directory: it takes the lock, decides whether a stage is current, writes ``run.json`` and hands
 its manifest to the others after each stage. A stage marked ``distributed`` runs on every rank, each
 doing its share; any other stage runs on rank 0 while the others wait. ``run.json`` records, per
-stage, the ``world_size`` that ran it. A second run happens inside a rank-0 stage, so it runs as a
-world of one.
+stage, the ``world_size`` that ran it. A second run belongs to a distributed stage (universality)
+and runs in its world: every rank enters it, rank 0 owns its manifest (``RUN/rel/run.json``) and
+its distributed stages (lm, harvest, sae) are split over the ranks as the first run's are.
 """
 
 from __future__ import annotations
@@ -162,8 +163,9 @@ class RunDir:
         """The run directory ``RUN/rel`` of a second run of some stages (another seed, another
         model) that reads the outputs of the stages named in ``borrow``, run here, from where they
         are: their records are copied into its manifest with ``borrowed_from``, so its own stages
-        chain their fingerprints as they would here (a re-run here makes them stale there)."""
-        sub = RunDir(self.path / rel, self.verify)
+        chain their fingerprints as they would here (a re-run here makes them stale there). It runs
+        in this run's world: called by every rank, its distributed stages are split as here."""
+        sub = RunDir(self.path / rel, self.verify, self.world)
         for name in borrow:
             record = self.manifest["stages"][name]
             home = self.borrowed.get(next(iter(record["artifacts"])).split("/", 1)[0], self.path)

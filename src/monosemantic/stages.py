@@ -463,7 +463,9 @@ def universality_stage(cfg: RunConfig) -> Stage:
     sae stages in ``RUN/model_b/``, on A's tokens with A's recipe and other seeds (one SAE: the
     compared size); with ``same_model_check`` the sae stage runs once more on A's activations with
     another seed (``RUN/sae_reseed/``). Each second run has its own manifest and is skipped or
-    resumed as a run is; then ``compare/universality.py`` matches A's units to theirs."""
+    resumed as a run is; then ``compare/universality.py`` matches A's units to theirs. Under
+    torchrun every rank runs it: the second runs in the same world (their lm, harvest and sae stages
+    split as A's are), the comparison split over the tokens."""
     u = cfg.universality
 
     def run(rd: RunDir) -> dict:
@@ -487,7 +489,10 @@ def universality_stage(cfg: RunConfig) -> Stage:
             resolve_device(cfg.device),
             model_b=model_b.run_dir.path,
             reseed=rd.path / SAE_RESEED if u.same_model_check else None,
+            world=rd.world,
         )
+        if not rd.world.is_main:  # rank 0 records the figures
+            return {}
         figures["lm_b_val_loss"] = model_b.run_dir.manifest["lm"]["val_loss"]
         figures["lm_b_train_loss"] = model_b.run_dir.manifest["lm"]["train_loss"]
         figures["seconds_by_step"] = {
@@ -504,7 +509,9 @@ def universality_stage(cfg: RunConfig) -> Stage:
         )
 
     config = {**u.model_dump(), "stream_train": cfg.harvest.stream_train}
-    return Stage("universality", config, run, ["universality/universality.json"], summary, needs=["sae"])
+    return Stage(
+        "universality", config, run, ["universality/universality.json"], summary, needs=["sae"], distributed=True
+    )
 
 
 MODEL_B, SAE_RESEED = "model_b", "sae_reseed"  # the universality stage's second runs, under RUN/

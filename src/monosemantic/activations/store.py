@@ -367,12 +367,15 @@ class ActivationStore:
             at = end
         return out
 
-    def iter_chunks(self, chunk_rows: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """Sequential ``(start_row, acts)`` with acts float32 [≤ chunk_rows, d_in]; only the last is short."""
+    def iter_chunks(self, chunk_rows: int, part: tuple[int, int] = (0, 1)) -> Iterator[tuple[int, torch.Tensor]]:
+        """Sequential ``(start_row, acts)`` with acts float32 [≤ chunk_rows, d_in]; only the last is short.
+        With ``part=(r, N)``, only rank r's contiguous share of the rows, [r·n/N, (r+1)·n/N) (rounded down)."""
         if chunk_rows < 1:
             raise UserError(f"chunk_rows={chunk_rows}: must be at least 1")
-        for start in range(0, self.n_rows, chunk_rows):
-            stop = min(self.n_rows, start + chunk_rows)
+        rank, size = part
+        first, last = self.n_rows * rank // size, self.n_rows * (rank + 1) // size
+        for start in range(first, last, chunk_rows):
+            stop = min(last, start + chunk_rows)
             yield start, torch.from_numpy(self.read_range(start, stop)).float()
 
     def sample_rows(self, n_rows: int, seed: int) -> torch.Tensor:

@@ -105,16 +105,21 @@ class ActivationStream:
         windows_WT, rows_R = next(self._plans(seed, -(-n_rows // self.ctx) * self.ctx, 0))
         return self._activations(windows_WT)[torch.from_numpy(rows_R[:n_rows]).to(self.device)].float()
 
-    def token_chunks(self, n_tokens: int, windows_per_chunk: int = 64) -> Iterator[torch.Tensor]:
-        """The activations of the split's first ``ceil(n_tokens / ctx)`` non-overlapping windows, in
-        order (the rows a harvest of as many tokens stores), as float32 [windows_per_chunk·ctx, D]
-        chunks on the model's device; fewer when the split is shorter."""
+    def token_chunks(
+        self, n_tokens: int, windows_per_chunk: int = 64, part: tuple[int, int] = (0, 1)
+    ) -> Iterator[torch.Tensor]:
+        """The activations of the split's first ``W = ceil(n_tokens / ctx)`` non-overlapping windows,
+        in order (the rows a harvest of as many tokens stores), as float32 [windows_per_chunk·ctx, D]
+        chunks on the model's device; fewer when the split is shorter. With ``part=(r, N)``, only
+        rank r's contiguous share of the windows, [r·W/N, (r+1)·W/N) (rounded down, as the harvest's)."""
         n_windows = min(-(-n_tokens // self.ctx), self.shards.n_windows(self.ctx))
         if n_windows == 0:
             raise UserError(f"{self.shards.split} split has fewer than {self.ctx} tokens: nothing to stream")
-        windows = self.shards.sequential_windows(self.ctx, n_windows)
-        for first in range(0, n_windows, windows_per_chunk):
-            batch = itertools.islice(windows, min(windows_per_chunk, n_windows - first))
+        rank, size = part
+        first, last = n_windows * rank // size, n_windows * (rank + 1) // size
+        windows = itertools.islice(self.shards.sequential_windows(self.ctx, last), first, None)
+        for start in range(first, last, windows_per_chunk):
+            batch = itertools.islice(windows, min(windows_per_chunk, last - start))
             yield self._activations(np.stack([w for _, _, w in batch])).float()
 
     def _plans(self, seed: int, buffer_rows: int, skip_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

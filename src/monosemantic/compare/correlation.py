@@ -25,6 +25,11 @@ only, and the cross terms from a sparse product (scipy CSR) when that is cheaper
 constant ``SPARSE_COST``, else from a dense float32 matmul (neurons are dense); on an accelerator
 every chunk is a dense matmul there. Memory: one
 [A, B] float64 matrix (three with ``masked``).
+
+Every statistic is a sum over tokens, so the tokens may be split: ranks that each accumulate their
+own share and then sum their statistics (``all_reduce_``) hold the statistics of all the tokens, the
+same as one process's up to rounding (the chunks are cut elsewhere, so the dense path's float32
+products and the float64 sums add in another order).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from monosemantic.distributed import World
 from monosemantic.errors import UserError
 
 # A scipy sparse product costs about this many dense BLAS multiply-adds per product term, so
@@ -119,6 +125,18 @@ class CrossStats:
         if self.masked:
             _add_sparse(self.masked_b_sq_AB, _with_data(a_T, 1.0) @ _with_data(b, b.data**2))
             _add_sparse(self.masked_a_sq_AB, _with_data(a_T, a_T.data**2) @ _with_data(b, 1.0))
+
+    def all_reduce_(self, world: World) -> CrossStats:
+        """Sum the statistics of every rank of ``world`` (each having seen its own tokens) into each
+        rank's, in place; returns self. ``sparse_chunks``/``dense_chunks`` stay this rank's."""
+        if world.size > 1:
+            self.n = int(world.all_reduce_(torch.tensor([self.n])).item())
+            for total in (self.sum_A, self.sumsq_A, self.fires_A, self.sum_B, self.sumsq_B, self.fires_B):
+                world.all_reduce_(total)
+            for total_AB in (self.cross_AB, self.masked_b_sq_AB, self.masked_a_sq_AB):
+                if total_AB is not None:
+                    world.all_reduce_(total_AB)
+        return self
 
     def pearson(self, rows: slice = slice(None)) -> torch.Tensor:
         """ρ [A', B] for the A-units in ``rows`` (NaN where either unit is constant on these tokens)."""

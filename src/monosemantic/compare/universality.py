@@ -13,6 +13,12 @@ every unit through ``CrossStats`` (never a tokens × F × F product) for the max
 A-feature with B's features, of each A-neuron with B's neurons, and of each A-feature with the
 reseeded SAE's features, then writes ``RUN/universality/universality.json`` and
 ``max_correlation.png`` (the paper's histogram).
+
+Under torchrun the stage runs on every rank: the second runs are split as the first run's stages
+are, and the comparison over tokens: rank r streams its contiguous share of the compared tokens
+(rows of the held-out store, or windows through both LMs) into its ``CrossStats``, whose sums are
+then added across ranks (``CrossStats.all_reduce_``), so every rank holds the statistics of all the
+tokens, and rank 0 writes the report.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from monosemantic.atomic import write_json
 from monosemantic.compare.config import UniversalityConfig
 from monosemantic.compare.correlation import BestMatches, CrossStats, Matches, best_matches
 from monosemantic.corpus.shards import TokenShards
+from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.figures import new_figure, save_figure
 from monosemantic.lm.model import load_lm
@@ -41,14 +48,22 @@ DENSE_MIN_DENSITY = 1e-5  # the "dense" median leaves out features rarer than th
 
 
 def universality(
-    run: Path, sae_name: str, cfg: UniversalityConfig, device: torch.device, model_b: Path, reseed: Path | None
+    run: Path,
+    sae_name: str,
+    cfg: UniversalityConfig,
+    device: torch.device,
+    model_b: Path,
+    reseed: Path | None,
+    world: World = SINGLE,
 ) -> dict:
     """Match SAE ``sae_name`` of run directory ``run`` (model A) against the SAE of that name in
     ``model_b`` (and in ``reseed``, a second SAE on A's activations, when given), and A's neurons
     against B's; returns the figures for ``run.json``: ``median_feature_corr``,
     ``median_feature_corr_dense`` (features firing on ≥ DENSE_MIN_DENSITY of the compared tokens),
     ``median_neuron_corr``, ``median_feature_corr_same_model`` (None without ``reseed``), the
-    paper's numbers, the units and tokens compared, artifact paths and ``correlate_seconds``."""
+    paper's numbers, the units and tokens compared, artifact paths and ``correlate_seconds``. In a
+    ``world`` of N ranks each rank compares its share of the tokens; rank 0 writes the report and
+    returns the figures, the others ``{}``."""
     out = run / "universality"
     store_a_val, store_b_val = ActivationStore(run / "activations/val"), ActivationStore(model_b / "activations/val")
     _check_aligned(store_a_val, store_b_val)
@@ -59,11 +74,12 @@ def universality(
     units["neurons_a_vs_b"] = (_identity, _identity, "b")
 
     start = time.perf_counter()
+    part = (world.rank, world.size)
     if cfg.n_tokens is None:
         compared = f"all {store_a_val.n_rows:,} held-out tokens (activations/val)"
         chunks = zip(
-            (c for _, c in store_a_val.iter_chunks(cfg.chunk_rows)),
-            (c for _, c in store_b_val.iter_chunks(cfg.chunk_rows)),
+            (c for _, c in store_a_val.iter_chunks(cfg.chunk_rows, part)),
+            (c for _, c in store_b_val.iter_chunks(cfg.chunk_rows, part)),
         )
     else:
         shards = TokenShards(run / "tokens", cfg.tokens_split)
@@ -72,13 +88,15 @@ def universality(
         chunks = zip(
             *(
                 ActivationStream(load_lm(lm, device), shards, store_a_val.hook_name, ctx).token_chunks(
-                    cfg.n_tokens, cfg.chunk_rows // ctx or 1
+                    cfg.n_tokens, cfg.chunk_rows // ctx or 1, part
                 )
                 for lm in (run / "lm", model_b / "lm")
             )
         )
-    matches = compare_units(chunks, units, device)
+    matches = compare_units(chunks, units, device, world)
     correlate_seconds = time.perf_counter() - start
+    if not world.is_main:
+        return {}
     n_tokens = matches["features_a_vs_b"].n_tokens
 
     hist_path = plot_max_correlations({name: m.a_to_b for name, m in matches.items()}, out / "max_correlation.png")
@@ -120,11 +138,13 @@ def compare_units(
     chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
     units: dict[str, tuple[Callable, Callable, str]],
     device: torch.device | str = "cpu",
+    world: World = SINGLE,
 ) -> dict[str, Matches]:
     """One pass over aligned activation chunks ``(acts_a, acts_b)`` (row n of both = the same
     token, in models A and B): for each named comparison ``(encode_1, encode_2, "a"|"b")``,
     encode_1 is applied to A's rows and encode_2 to A's ("a") or B's ("b") rows; returns each
-    comparison's best Pearson matches in both directions."""
+    comparison's best Pearson matches in both directions. In a ``world`` of N ranks, each rank
+    passes the chunks of its own tokens and every rank returns the matches over all of them."""
     stats: dict[str, CrossStats] = {}
     with torch.no_grad():
         for acts_a, acts_b in chunks:
@@ -142,7 +162,12 @@ def compare_units(
                 if name not in stats:
                     stats[name] = CrossStats(x_NA.shape[1], y_NB.shape[1], device=device)
                 stats[name].update(x_NA, y_NB)
-    return {name: best_matches(s, "pearson") for name, s in stats.items()}
+    if not all(world.gather_objects(bool(stats))):  # every rank stops here alike, none waits in a reduction
+        raise UserError(
+            f"universality: too few compared tokens to give each of the {world.size} ranks some "
+            "(universality.n_tokens, harvest.n_val_tokens)"
+        )
+    return {name: best_matches(s.all_reduce_(world), "pearson") for name, s in stats.items()}
 
 
 def plot_max_correlations(best: dict[str, BestMatches], path: Path) -> Path:
