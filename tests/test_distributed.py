@@ -640,8 +640,9 @@ def _store_tables(store: Path) -> dict[str, list[tuple]]:
 
 
 def test_analysis_by_2_ranks_writes_the_1_rank_feature_store(analysed_run, tmp_path):
-    """Each rank scores its half of every dictionary's units; rank 0's merged store equals, table by
-    table and row by row, the store one process wrote (floats within 1e-5)."""
+    """Each rank computes the statistics of, and scores, its half of every basis's units (neurons and
+    both SAEs); rank 0 joins them, and its store equals, table by table and row by row, the store one
+    process wrote (floats within 1e-5)."""
     import shutil
 
     reference, cfg = analysed_run
