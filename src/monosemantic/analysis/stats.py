@@ -351,7 +351,9 @@ def _nonzeros(latents_BU: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return idx_E // latents_BU.shape[1], idx_E % latents_BU.shape[1], flat[idx_E]
 
 
-def _encode(basis: Basis, units: UnitRange, acts_BD: torch.Tensor):
+def _encode(
+    basis: Basis, units: UnitRange, acts_BD: torch.Tensor
+) -> tuple[torch.Tensor, np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """A chunk's activations of every unit, latents_BU [B, U] (a TopK encoder needs all
     pre-activations); this range's columns [B, U_r] as numpy; (row, unit, value) of every positive
     entry; and those of this range's units (numbered from its first)."""
