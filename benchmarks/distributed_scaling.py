@@ -17,9 +17,14 @@ harvest. Efficiency = rate at 2 / (2 × rate at 1): 100 % is perfect scaling. Ro
 - harvest: each rank half of the windows, parts joined by rank 0;
 - SAE data-parallel on streamed activations (``harvest.stream_train``, an untrained LM of the LM
   row's width): each rank runs the LM on the windows of its half of every batch;
-- analysis (the tiny preset's run, trained first: about a minute): every rank computes the
-  statistics, each scores half of the units (forking cores/N processes, as ``monosemantic run``
-  does), rank 0 writes the store; rows (tokens) analysed per second of the whole stage.
+- analysis (the tiny preset's run, trained first: about a minute): each rank computes the
+  statistics of half of every basis's units (reading and encoding every token) and scores its alive
+  units (forking cores/N processes, as ``monosemantic run`` does), rank 0 joins them and writes the
+  store; rows (tokens) analysed per second of the whole stage, and of its statistics pass alone
+  (both sweeps and rank 0's gathering of the parts, ``statistics_seconds`` in run.json);
+- analysis statistics on a synthetic store (``analysis_stats.py``'s: D = 512 ReLU activations and a
+  random SAE firing 30 features per row), large enough for the statistics pass to be the work: each
+  rank the statistics of half of the neurons' and the features' units, joined by rank 0.
 
 Then the share of the windows a rank runs the LM on when streaming (``ActivationStream``'s
 ``part``), against one process, at N = 2, 4, 8 ranks: 1/N is perfect, above it the windows a rank
@@ -41,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from monosemantic.distributed import SINGLE, World, run_local_world
@@ -156,9 +162,10 @@ def largest_f(device_gib: float, d: int, batch: int) -> int:
 
 
 ANALYSIS_ROW = "analysis (tiny preset)"
+STATISTICS_ROW = "analysis statistics pass (tiny preset)"
 
 
-def analysis_rate(world: World, run: Path) -> float:
+def analysis_rate(world: World, run: Path, statistics_only: bool) -> float:
     from monosemantic.analysis.analyze import analyze_run
     from monosemantic.config import load_config
     from monosemantic.progress import set_quiet
@@ -169,7 +176,43 @@ def analysis_rate(world: World, run: Path) -> float:
     names = [name for saes in sweep_saes(cfg).values() for name, _ in saes]
     started = time.perf_counter()
     figures = analyze_run(run, names, cfg.analysis, "cpu", world=world)
-    return figures["n_tokens"] / (time.perf_counter() - started) if world.is_main else 0.0
+    if not world.is_main:
+        return 0.0
+    return figures["n_tokens"] / (figures["statistics_seconds"] if statistics_only else time.perf_counter() - started)
+
+
+def statistics_rate(world: World, store_path: Path, n_features: int) -> float:
+    """Rows per second of the statistics pass over neurons and a random sparse SAE, parts joined on rank 0."""
+    from analysis_stats import sparse_random_sae  # the statistics benchmark's stand-in for a trained SAE
+
+    from monosemantic.activations import ActivationStore
+    from monosemantic.analysis.stats import (
+        Basis,
+        StatsConfig,
+        analysed_rows,
+        compute_unit_stats,
+        join_unit_stats,
+        read_token_context,
+    )
+    from monosemantic.progress import set_quiet
+
+    set_quiet(True)
+    store = ActivationStore(store_path)
+    n_rows, ctx = analysed_rows(store, store.n_rows)
+    text = read_token_context(store, n_rows, ctx)
+    sae = sparse_random_sae(n_features, 30, store.rows(np.arange(min(4096, n_rows))), seed=0)
+    bases = [Basis("neurons", "neuron", store.d_in, lambda x: x), Basis("sae", "feature", n_features, sae.encode)]
+    started = time.perf_counter()
+    parts = compute_unit_stats(
+        store, bases, text, int(text.tokens_N.max()) + 1, StatsConfig(n_rows=n_rows), world=world
+    )
+    gathered = world.gather_to_main(parts)
+    if not world.is_main:
+        return 0.0
+    joined = [join_unit_stats(list(p)) for p in zip(*gathered)]
+    seconds = time.perf_counter() - started
+    assert [s.n_units for s in joined] == [store.d_in, n_features]
+    return n_rows / seconds
 
 
 def main() -> None:
@@ -182,6 +225,8 @@ def main() -> None:
     parser.add_argument("--lm-batch", type=int, default=32)
     parser.add_argument("--lm-steps", type=int, default=20)
     parser.add_argument("--harvest-tokens", type=int, default=65_536)
+    parser.add_argument("--stats-features", type=int, default=4096, help="SAE size of the synthetic statistics row")
+    parser.add_argument("--stats-rows", type=int, default=16_384, help="rows of the synthetic statistics row")
     parser.add_argument("--only", default="", help="measure only the rows whose name contains this text")
     parser.add_argument("--device-gib", type=float, default=80.0, help="device memory for the largest-F estimate")
     args = parser.parse_args()
@@ -193,9 +238,14 @@ def main() -> None:
     set_quiet(True)
     with tempfile.TemporaryDirectory() as folder:
         run = Path(folder) / "run"
-        analysis = args.only in ANALYSIS_ROW  # its row is measured: the tiny run is trained up to its SAEs
+        analysis = any(args.only in row for row in (ANALYSIS_ROW, STATISTICS_ROW))  # train the tiny run's SAEs
         pipeline.run(load_config("tiny"), run, "sae" if analysis else "corpus")  # on the bundled corpus
         tokens = run / "tokens"
+        synthetic_row = f"analysis statistics (synthetic, F={args.stats_features}, {args.stats_rows:,} rows)"
+        if args.only in synthetic_row:
+            from analysis_stats import write_store
+
+            write_store(Path(folder) / "stats_store", args.stats_rows, seed=0)
         rows = [
             (
                 f"SAE data-parallel (D={args.d}, F={args.f}, B={args.sae_batch})",
@@ -242,7 +292,13 @@ def main() -> None:
                     streamed_sae_rate, (tokens, args.lm_d_model, args.f, args.sae_batch, args.sae_steps), n, 600
                 ),
             ),
-            (ANALYSIS_ROW, "rows/s", lambda n: run_local_world(analysis_rate, (run,), n, 600)),
+            (ANALYSIS_ROW, "rows/s", lambda n: run_local_world(analysis_rate, (run, False), n, 600)),
+            (STATISTICS_ROW, "rows/s", lambda n: run_local_world(analysis_rate, (run, True), n, 600)),
+            (
+                synthetic_row,
+                "rows/s",
+                lambda n: run_local_world(statistics_rate, (Path(folder) / "stats_store", args.stats_features), n, 600),
+            ),
         ]
         print(f"CPU/Gloo, one thread per rank; torch {torch.__version__}; {os.cpu_count()} CPU cores here")
         print(f"| {'what':<52} | {'unit':<9} | {'world 1':>10} | {'world 2':>10} | speed-up | efficiency |")

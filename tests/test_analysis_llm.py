@@ -234,6 +234,7 @@ def test_units_are_scored_concurrently():
             examples[u] = {"explain": made[:1], "score": made[1:]}
         stats = SimpleNamespace(
             name="toy",
+            first_unit=0,
             max_act_U=np.ones(n_units),
             context=lambda u: UnitContext(np.ones(1), np.ones(1), np.arange(0), np.zeros(0), 1.0),
         )

@@ -560,6 +560,86 @@ def test_a_world_of_2_streaming_its_parts_trains_the_sae_one_process_trains(anal
 # ---------------------------------------------------------------- analysis
 
 
+STATS_D, STATS_CTX = 7, 8
+
+
+def _stats_store(path: Path) -> None:
+    """Sparse non-negative activations of 12 windows, documents that change every 5 rows."""
+    from monosemantic.activations import ActivationWriter
+
+    rng = np.random.default_rng(0)
+    n = 12 * STATS_CTX
+    acts = (rng.exponential(1.0, (n, STATS_D)) * (rng.random((n, STATS_D)) < 0.4)).astype(np.float32)
+    with ActivationWriter(path, STATS_D, "blocks.0.mlp.hook_post", meta={"ctx": STATS_CTX}, rows_per_shard=40) as w:
+        w.append(acts, rng.integers(0, 11, n), np.arange(n) // 5, np.arange(n), np.zeros(n, dtype=int))
+
+
+def _unit_stats_split_and_whole(here: World, store_path: Path) -> dict:
+    """This rank's parts of three bases joined on rank 0, and one process's statistics of them, with the
+    sparse count matrices, merged every few chunks, and a co-firing budget that runs out mid-way."""
+    from dataclasses import fields
+
+    import scipy.sparse as sp
+
+    from monosemantic.activations import ActivationStore
+    from monosemantic.analysis import stats as stats_module
+    from monosemantic.analysis.sampling import GroupedBottomK
+    from monosemantic.sae import SAEConfig, build_sae
+
+    set_quiet(True)
+    stats_module.DENSE_ENTRIES, stats_module.MERGE_ENTRIES, stats_module.MAX_COFIRE_PAIRS = 0, 40, 150
+    store = ActivationStore(store_path)
+    n_rows, ctx = stats_module.analysed_rows(store, store.n_rows)
+    text = stats_module.read_token_context(store, n_rows, ctx)
+    topk = build_sae(SAEConfig(variant="topk", d_in=STATS_D, d_sae=45, k=2, seed=0))  # 2 of 45 fire: sparse
+    bases = [
+        stats_module.Basis("neurons", "neuron", STATS_D, lambda x: x),  # dense: co-firing by matmul
+        stats_module.Basis("topk", "feature", 45, topk.encode),  # each unit's activation depends on all units
+        stats_module.Basis("one", "feature", 1, lambda x: x.sum(1, keepdim=True)),  # rank 1 holds no unit
+    ]
+    cfg = stats_module.StatsConfig(
+        n_rows=n_rows, top_k=4, doc_cap=1, n_intervals=3, per_interval=2, n_random=5, left=2, right=1, chunk_windows=1
+    )
+    parts = stats_module.compute_unit_stats(store, bases, text, 11, cfg, world=here)
+    gathered = here.gather_to_main(parts)
+    if not here.is_main:
+        return {}
+    joined = [stats_module.join_unit_stats(list(p)) for p in zip(*gathered)]
+    whole = stats_module.compute_unit_stats(store, bases, text, 11, cfg)
+
+    def same(a, b) -> bool:
+        if isinstance(a, GroupedBottomK):
+            return all(same(getattr(a, k), getattr(b, k)) for k in ("key", "row", "doc", "value", "payload"))
+        if sp.issparse(a):
+            return a.shape == b.shape and (a != b).nnz == 0
+        return np.array_equal(a, b, equal_nan=True) if isinstance(a, np.ndarray) else a == b
+
+    return {
+        "differ": [
+            f"{w.name}.{f.name}"
+            for j, w in zip(joined, whole)
+            for f in fields(w)
+            if not same(getattr(j, f.name), getattr(w, f.name))
+        ],
+        "part_units": [[p.n_units for p in parts] for parts in zip(*gathered)],
+        "cofire_rows": [w.cofire_rows for w in whole],
+        "cofire_pairs": [w.cofire_UU.nnz for w in whole],
+        "n_rows": n_rows,
+    }
+
+
+def test_analysis_statistics_split_by_units_join_into_one_process_statistics(tmp_path):
+    """Each of 2 ranks keeps the statistics of its range of every basis's units (7, 45 and 1 units: the
+    ranges differ in length, one is empty); joined, every field equals one process's exactly, for a
+    TopK encoder too, with the co-firing budget stopping at the same chunk as one process."""
+    _stats_store(tmp_path / "store")
+    result, _ = spawn_world(_unit_stats_split_and_whole, tmp_path / "store")
+    assert result["differ"] == []
+    assert result["part_units"] == [[4, 3], [23, 22], [1, 0]]
+    assert result["cofire_rows"] == [result["n_rows"], 80, result["n_rows"]]  # TopK's budget ran out mid-way
+    assert result["cofire_pairs"] == [49, 106, 1]
+
+
 def _analysis_stage(here: World, run: Path, corpus: str) -> dict:
     from monosemantic import pipeline
     from monosemantic.config import load_config
@@ -580,8 +660,9 @@ def _store_tables(store: Path) -> dict[str, list[tuple]]:
 
 
 def test_analysis_by_2_ranks_writes_the_1_rank_feature_store(analysed_run, tmp_path):
-    """Each rank scores its half of every dictionary's units; rank 0's merged store equals, table by
-    table and row by row, the store one process wrote (floats within 1e-5)."""
+    """Each rank computes the statistics of, and scores, its half of every basis's units (neurons and
+    both SAEs); rank 0 joins them, and its store equals, table by table and row by row, the store one
+    process wrote (floats within 1e-5)."""
     import shutil
 
     reference, cfg = analysed_run

@@ -124,6 +124,15 @@ class World:
         self._call("all_gather_object", dist.all_gather_object, gathered, obj, group=_groups.get("wait"))
         return gathered
 
+    def gather_to_main(self, obj: Any) -> list | None:
+        """Every rank's ``obj`` (any picklable value), in rank order, on rank 0; None on the others
+        (what only rank 0 needs, without a copy on every rank)."""
+        if self.size == 1:
+            return [obj]
+        gathered: list | None = [None] * self.size if self.is_main else None
+        self._call("gather_object", dist.gather_object, obj, gathered, 0, group=_groups.get("wait"))
+        return gathered
+
     def barrier(self) -> None:
         """Block until every rank gets here (on the waiting group: rank 0 may be working alone)."""
         if self.size > 1:

@@ -47,6 +47,7 @@ from monosemantic.analysis.stats import (
     UnitStats,
     analysed_rows,
     compute_unit_stats,
+    join_unit_stats,
     read_token_context,
 )
 from monosemantic.analysis.store import NEURONS
@@ -193,20 +194,22 @@ def _score_units(
     workers: int = 1,
     processes: int = 1,
 ) -> dict[int, UnitScore]:
-    """Explain and score ``units``; ``workers`` > 1 scores that many units at once in threads (an LLM's
-    requests overlap), ``processes`` > 1 in that many forked processes (CPU-bound offline scoring;
-    ``PROCESS_CHUNK`` units each, where the platform can fork). A unit's score depends on nothing
-    but the unit (its fuzzing seed is ``seed + unit``), so every way gives the same scores."""
+    """Explain and score ``units`` (the basis's numbers; ``stats`` and ``examples`` may be a rank's part
+    of it, from unit ``stats.first_unit`` on); ``workers`` > 1 scores that many units at once in
+    threads (an LLM's requests overlap), ``processes`` > 1 in that many forked processes (CPU-bound
+    offline scoring; ``PROCESS_CHUNK`` units each, where the platform can fork). A unit's score depends
+    on nothing but the unit (its fuzzing seed is ``seed + unit``), so every way gives the same scores."""
 
     def one(u: int) -> UnitScore:
-        unit_examples = examples[u]
+        here = u - stats.first_unit
+        unit_examples = examples[here]
         score = unit_examples["score"]
         return score_unit(
             explainer,
             unit_examples["explain"],
             score,
-            float(stats.max_act_U[u]),
-            held_out_context(stats, u, score, sources) if explainer.uses_context else None,
+            float(stats.max_act_U[here]),
+            held_out_context(stats, here, score, sources) if explainer.uses_context else None,
             seed=seed + u,
         )
 
@@ -296,6 +299,15 @@ def _explainers(
     return [llm_explainer_from_config(cfg, token_strings, cache_path), *offline]
 
 
+def _comparison_samples(alive: dict[str, np.ndarray], largest: str | None, n: int, seed: int) -> dict[str, np.ndarray]:
+    """Equal-sized seeded samples of the alive neurons and the largest dictionary's alive features (at
+    most ``n``), sorted: the units every backend's neuron/feature comparison is made on."""
+    rng = np.random.default_rng(seed)
+    names = [NEURONS, largest] if largest else [NEURONS]
+    size = min([n] + [len(alive[name]) for name in names])
+    return {name: np.sort(rng.choice(alive[name], size=size, replace=False)) for name in names}
+
+
 def analyze_run(
     run_dir: Path,
     sae_names: list[str],
@@ -311,12 +323,13 @@ def analyze_run(
     score units with the offline backends at once (default: every available CPU core, divided among
     the ranks of ``world``).
 
-    In a ``world`` of N ranks every rank computes the statistics (the same on all: they depend on
-    nothing but the store and the seed), then explains and scores the r-th contiguous N-th of each
-    dictionary's alive units with the offline backends (the dominant cost; an LLM's sample is scored
-    by rank 0 alone, which holds its answer cache); rank 0 gathers the scores and writes the store
-    and figures alone, and the other ranks return ``{}``. A unit's score depends on nothing but the
-    unit (``_score_units``), so the store is the one a world of one writes."""
+    In a ``world`` of N ranks, rank r computes the statistics of the r-th contiguous N-th of each
+    basis's units (``stats.py``: every rank reads and encodes every token, and keeps its units' counts
+    and samples) and explains and scores its alive units with the offline backends (the dominant
+    cost); rank 0 gathers the parts, scores an LLM's sample alone (it holds the answer cache), gathers
+    the scores and writes the store and figures, and the other ranks return ``{}``. The joined
+    statistics are exactly one process's, and a unit's score depends on nothing but the unit
+    (``_score_units``), so the store is the one a world of one writes."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
     store = ActivationStore(run_dir / "activations" / "val")
@@ -346,47 +359,51 @@ def analyze_run(
         right=cfg.context_right,
         seed=cfg.seed,
     )
-    all_stats = compute_unit_stats(store, bases, text, vocab_size, stats_cfg, sources)
+    stats_started = time.perf_counter()
+    my_stats = compute_unit_stats(store, bases, text, vocab_size, stats_cfg, sources, world)
     for hook in sorted(set(hook_of.values()) - {store.hook_name}):
         other = ActivationStore(hook_store_dir(run_dir, "val", hook, store.hook_name))
         other_bases, other_saes = _bases(run_dir, [n for n in sae_names if hook_of[n] == hook], other.d_in, False)
         saes.update(other_saes)
-        all_stats += compute_unit_stats(other, other_bases, text, vocab_size, stats_cfg, sources)
+        my_stats += compute_unit_stats(other, other_bases, text, vocab_size, stats_cfg, sources, world)
+    gathered = world.gather_to_main(my_stats)
+    all_stats = [join_unit_stats(list(parts)) for parts in zip(*gathered)] if world.is_main else []
+    stats_seconds = time.perf_counter() - stats_started
     hook_of[NEURONS] = store.hook_name
 
     llm_cache = run_dir / "analysis" / "llm_cache.sqlite" if world.is_main else None
     explainers = _explainers(cfg, token_strings, sources, llm_cache)
     primary = explainers[0]
-    rng = np.random.default_rng(cfg.seed)
     largest = max(sae_names, key=lambda n: saes[n].cfg.d_sae) if sae_names else None
-    alive = {s.name: np.flatnonzero(s.fire_count_U > 0) for s in all_stats}
-    n_sample = min([cfg.n_scored_units, len(alive[NEURONS])] + ([len(alive[largest])] if largest else []))
-    samples = {
-        name: np.sort(rng.choice(alive[name], size=n_sample, replace=False))
-        for name in ([NEURONS, largest] if largest else [NEURONS])
-    }
+    alive = {s.name: np.flatnonzero(s.fire_count_U > 0) for s in all_stats}  # rank 0's alone
+    samples = _comparison_samples(alive, largest, cfg.n_scored_units, cfg.seed) if world.is_main else {}
 
     scores: dict[str, dict[str, dict[int, UnitScore]]] = {e.backend: {} for e in explainers}
     cores = max(1, (processes or available_cpus()) // world.size)
-    for stats in all_stats:
-        examples = _examples(stats, text, cfg)
+    for b, part in enumerate(my_stats):
+        examples = _examples(part, text, cfg)
         for explainer in explainers:
-            # the offline scorers are cheap: they score every unit; an LLM scores the comparison sample only
+            # the offline scorers are cheap: each rank scores every alive unit of its part; an LLM
+            # scores the comparison sample only, on rank 0, which holds every unit's statistics
             offline = explainer.backend.startswith("offline")
-            units = alive[stats.name] if offline else samples.get(stats.name, np.array([], int))
-            mine = np.array_split(units, world.size)[world.rank] if offline else (units if world.is_main else units[:0])
+            if offline:
+                stats, units = part, part.first_unit + np.flatnonzero(part.fire_count_U > 0)
+            elif world.is_main:
+                stats, units = all_stats[b], samples.get(part.name, np.array([], int))
+            else:
+                stats, units = part, np.array([], int)
             scored = _score_units(
                 explainer,
                 stats,
-                examples,
-                mine.tolist(),
+                examples if stats is part else _examples(stats, text, cfg),
+                units.tolist(),
                 sources,
                 cfg.seed,
                 workers=1 if offline else cfg.llm_concurrency,
                 processes=cores if offline else 1,
             )
             parts = world.gather_objects(scored)
-            scores[explainer.backend][stats.name] = {u: s for part in parts for u, s in part.items()}
+            scores[explainer.backend][part.name] = {u: s for by_rank in parts for u, s in by_rank.items()}
     if not world.is_main:
         return {}
 
@@ -430,7 +447,7 @@ def analyze_run(
     figures: dict[str, Any] = {
         "n_tokens": n_rows,
         "backend": primary.backend,
-        "n_scored_units": n_sample,
+        "n_scored_units": len(samples[NEURONS]),
         "store": fs.FILENAME,
         "sources": sources.sources,
         "dictionaries": {},
@@ -478,6 +495,7 @@ def analyze_run(
             _plot_scores(per_backend, largest, run_dir / "analysis" / "autointerp_scores.png").relative_to(run_dir)
         )
         figures["god"] = god_check(run_dir / fs.FILENAME, largest)
+    figures["statistics_seconds"] = round(stats_seconds, 2)
     figures["seconds"] = round(time.perf_counter() - started, 1)
     return figures
 

@@ -54,6 +54,14 @@ class GroupedBottomK:
         self._pending: list[tuple[np.ndarray, ...]] = []
         self._n_pending = 0
 
+    @classmethod
+    def concat(cls, parts: list[GroupedBottomK]) -> GroupedBottomK:
+        """One structure whose groups are ``parts``' groups in order (all flushed, same k and width)."""
+        joined = cls(0, parts[0].k, parts[0].payload.shape[2], parts[0].doc_cap, parts[0].flush_at)
+        for name in ("key", "row", "doc", "value", "payload", "threshold"):
+            setattr(joined, name, np.concatenate([getattr(part, name) for part in parts]))
+        return joined
+
     def offer(
         self,
         group_E: np.ndarray,

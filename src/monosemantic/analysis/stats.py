@@ -23,11 +23,20 @@ Every example carries the unit's activation on each token of its context (``left
 ``right`` after, cut at the harvest window — the model saw nothing beyond it), gathered while the
 chunk is in memory: chunks are whole harvest windows, so a context never straddles two chunks.
 Activations are compared with 0 exactly: every SAE variant and the ReLU MLP give exact zeros.
+
+Split across the ranks of a ``world``: rank r of N holds the r-th of N contiguous ranges of each
+basis's units (``UnitRange``; their sizes differ by at most one). Every rank reads and encodes every
+chunk — a TopK encoder needs all pre-activations — but keeps the bookkeeping above for its own units
+only, and co-firing counts C_uv for its units u and every unit v. What decides for the whole basis is
+counted over all ranks, so each rank decides as one process would: whether a count matrix is dense
+(the whole matrix's size), when a sparse one merges its pending triples (which fixes its float sums),
+and whether co-firing still has room for more pairs. ``join_unit_stats`` concatenates the ranks'
+parts into exactly what one process computes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import numpy as np
@@ -37,12 +46,14 @@ import torch
 from monosemantic.activations import ActivationStore
 from monosemantic.analysis.context import TokenSources, UnitContext
 from monosemantic.analysis.sampling import GroupedBottomK, fill_up
+from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.progress import progress
 
 DENSE_COFIRE_FRACTION = 0.05  # above this fraction of nonzero activations, co-firing uses a dense matmul
 DENSE_ENTRIES = 1 << 24  # count matrices up to this size (64 MB as float32) are kept dense
 MAX_COFIRE_PAIRS = 1 << 24  # a sparse co-firing matrix stops growing here (~200 MB)
+MERGE_ENTRIES = 1 << 22  # a sparse count matrix merges its pending triples once they are this many (or more)
 CONTEXT_TOKENS = 8  # per unit, the tokens whose activation is split by source and previous token
 
 
@@ -97,6 +108,7 @@ class UnitStats:
     context_tokens_UT: np.ndarray  # int64 [U, T] each unit's tokens of most activation mass (−1: none)
     token_source_UTS: np.ndarray  # float64 [U, T, S] Σ activation on those tokens per source
     token_prev_UTV: sp.csr_matrix  # [U·T, V] Σ activation on those tokens per previous token
+    first_unit: int = 0  # the basis's unit that unit 0 here is (a rank's part of a basis; 0 for a whole one)
 
     def context(self, unit: int) -> UnitContext:
         """Where unit ``unit``'s activation mass comes from (see ``context.py``)."""
@@ -115,6 +127,7 @@ class UnitStats:
 
     @property
     def n_units(self) -> int:
+        """Units held here (a rank's part: its range's)."""
         return len(self.fire_count_U)
 
     @property
@@ -179,15 +192,53 @@ def uniform_hash(rows_E: np.ndarray, units_E: np.ndarray, seed: int) -> np.ndarr
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-class _MatrixSum:
-    """A running Σ of sparse contributions to a [R, C] matrix: a dense float32 array when it has at
-    most ``DENSE_ENTRIES`` entries (each addition costs O(its nonzeros)), otherwise COO triples summed
-    in one COO → CSR conversion whenever they hold as many entries as the running total."""
+@dataclass(frozen=True)
+class UnitRange:
+    """Units [first, stop) of a basis of ``n_units``, the part one rank of ``world`` holds."""
 
-    def __init__(self, shape: tuple[int, int]):
-        self.shape = shape
-        self.dense = torch.zeros(shape[0] * shape[1]) if shape[0] * shape[1] <= DENSE_ENTRIES else None
-        self.total = sp.csr_matrix(shape, dtype=np.float64)
+    first: int
+    stop: int
+    n_units: int
+    world: World = SINGLE
+
+    @classmethod
+    def of(cls, n_units: int, world: World) -> UnitRange:
+        """Rank r's range: the r-th of ``world.size`` contiguous ranges, the first ``n_units % size`` one longer."""
+        base, extra = divmod(n_units, world.size)
+        first = world.rank * base + min(world.rank, extra)
+        return cls(first, first + base + int(world.rank < extra), n_units, world)
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.first
+
+    def own(self, b_E: np.ndarray, u_E: np.ndarray, v_E: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The entries (row, unit, value) of this range's units, numbered from its first."""
+        if self.size == self.n_units:
+            return b_E, u_E, v_E
+        mine = (u_E >= self.first) & (u_E < self.stop)
+        return b_E[mine], u_E[mine] - self.first, v_E[mine]
+
+    def total(self, *counts: int) -> list[int]:
+        """Each count summed over the ranks (every rank holding its own range of the same basis)."""
+        if self.world.size == 1:
+            return list(counts)
+        return self.world.all_reduce_(torch.tensor(counts, dtype=torch.int64)).tolist()
+
+
+class _MatrixSum:
+    """A running Σ of sparse contributions to the rows of a [R, C] matrix that ``units`` holds
+    (``rows_per_unit`` consecutive rows per unit): a dense float32 array when the whole matrix, all
+    ranks' rows, has at most ``DENSE_ENTRIES`` entries (each addition costs O(its nonzeros)), otherwise
+    COO triples summed in one COO → CSR conversion whenever they hold as many entries as the running
+    total — both counted over all ranks, so that every rank merges where one process would."""
+
+    def __init__(self, units: UnitRange, cols: int, rows_per_unit: int = 1):
+        self.units = units
+        self.shape = (units.size * rows_per_unit, cols)
+        dense = units.n_units * rows_per_unit * cols <= DENSE_ENTRIES
+        self.dense = torch.zeros(self.shape[0] * cols) if dense else None
+        self.total = sp.csr_matrix(self.shape, dtype=np.float64)
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.n_pending = 0
 
@@ -201,12 +252,13 @@ class _MatrixSum:
             return
         self.parts.append((row_E, col_E, value_E))
         self.n_pending += len(row_E)
-        if self.n_pending >= max(1 << 22, self.total.nnz):
+        pending, held = self.units.total(self.n_pending, self.total.nnz)
+        if pending >= max(MERGE_ENTRIES, held):
             self.collapse()
 
     def sparse_entries(self) -> int:
-        """Entries held by the sparse sum (its memory grows with them); 0 for a dense one."""
-        return 0 if self.dense is not None else self.total.nnz + self.n_pending
+        """Entries held by the sparse sum on all ranks (its memory grows with them); 0 for a dense one."""
+        return 0 if self.dense is not None else sum(self.units.total(self.total.nnz, self.n_pending))
 
     def add_csr(self, matrix: sp.csr_matrix) -> None:
         self.add(
@@ -242,16 +294,19 @@ def compute_unit_stats(
     vocab_size: int,
     cfg: StatsConfig,
     sources: TokenSources | None = None,
+    world: World = SINGLE,
 ) -> list[UnitStats]:
     """Both sweeps over rows [0, cfg.n_rows) for every basis (one read of each chunk serves all);
-    ``sources`` (default: one source for every document) gives each row's source and previous token."""
+    ``sources`` (default: one source for every document) gives each row's source and previous token.
+    In a ``world`` of N ranks (every rank calls this), this rank's part of each basis, its
+    ``UnitRange.of(n_units, world)``: ``join_unit_stats`` joins the ranks' parts of a basis."""
     n_rows, W = cfg.n_rows, cfg.left + cfg.right + 1
     if sources is None:
         sources = TokenSources.single_source(text.tokens_N, text.docs_N, text.ctx, vocab_size)
     chunk = cfg.chunk_windows * text.ctx
     rng = np.random.default_rng(cfg.seed)
     random_rows = np.sort(rng.choice(n_rows, size=min(cfg.n_random, n_rows), replace=False))
-    states = [_Sweep1(b, cfg, W, vocab_size, len(random_rows), sources) for b in bases]
+    states = [_Sweep1(b, UnitRange.of(b.n_units, world), cfg, W, vocab_size, len(random_rows), sources) for b in bases]
     with progress("analysis: unit statistics", 2 * n_rows, unit="tok") as advance:
         for start in range(0, n_rows, chunk):
             stop = min(n_rows, start + chunk)
@@ -269,11 +324,42 @@ def compute_unit_stats(
     return [sweep.result(random_rows) for sweep in sweeps2]
 
 
+_SHARED_FIELDS = ("name", "kind", "n_rows", "random_rows_P", "cofire_rows", "first_unit")  # the rest: per unit
+
+
+def join_unit_stats(parts: list[UnitStats]) -> UnitStats:
+    """One basis's UnitStats from the ranks' parts, in rank order: every per-unit array, sampler and
+    matrix concatenated along its unit rows; what all parts share taken from the first."""
+
+    def join(values: list) -> GroupedBottomK | sp.csr_matrix | np.ndarray:
+        if isinstance(values[0], GroupedBottomK):
+            return GroupedBottomK.concat(values)
+        if sp.issparse(values[0]):
+            return sp.vstack(values, format="csr")
+        return np.concatenate(values)
+
+    if len(parts) == 1:
+        return parts[0]
+    per_unit = [f.name for f in fields(UnitStats) if f.name not in _SHARED_FIELDS]
+    return replace(parts[0], **{name: join([getattr(part, name) for part in parts]) for name in per_unit})
+
+
 def _nonzeros(latents_BU: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, unit, value) of every positive entry (row-major flat scan: the fastest on CPU)."""
     flat = latents_BU.ravel()
     idx_E = np.flatnonzero(flat > 0)
     return idx_E // latents_BU.shape[1], idx_E % latents_BU.shape[1], flat[idx_E]
+
+
+def _encode(
+    basis: Basis, units: UnitRange, acts_BD: torch.Tensor
+) -> tuple[torch.Tensor, np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """A chunk's activations of every unit, latents_BU [B, U] (a TopK encoder needs all
+    pre-activations); this range's columns [B, U_r] as numpy; (row, unit, value) of every positive
+    entry; and those of this range's units (numbered from its first)."""
+    latents_BU = basis.encode(acts_BD).float()
+    entries = _nonzeros(latents_BU.numpy())
+    return latents_BU, latents_BU.numpy()[:, units.first : units.stop], entries, units.own(*entries)
 
 
 def _context_payload(
@@ -286,29 +372,36 @@ def _context_payload(
 
 
 class _Sweep1:
-    def __init__(self, basis: Basis, cfg: StatsConfig, W: int, vocab_size: int, n_random: int, sources: TokenSources):
-        U = basis.n_units
-        self.basis, self.cfg, self.vocab_size, self.sources = basis, cfg, vocab_size, sources
+    def __init__(
+        self,
+        basis: Basis,
+        units: UnitRange,
+        cfg: StatsConfig,
+        W: int,
+        vocab_size: int,
+        n_random: int,
+        sources: TokenSources,
+    ):
+        U = units.size
+        self.basis, self.units, self.cfg, self.vocab_size, self.sources = basis, units, cfg, vocab_size, sources
         self.source_mass_US = np.zeros((U, sources.n_sources))
         self.language_mass_UL = np.zeros((U, sources.n_languages))
-        self.prev_mass = _MatrixSum((U, vocab_size))
+        self.prev_mass = _MatrixSum(units, vocab_size)
         self.fire_count_U = np.zeros(U, dtype=np.int64)
         self.act_sum_U = np.zeros(U, dtype=np.float64)
         self.max_act_U = np.zeros(U, dtype=np.float32)
         self.top = GroupedBottomK(U, cfg.top_k, W, doc_cap=cfg.doc_cap)
         self.top_any_doc = GroupedBottomK(U, cfg.top_k, W)
         self.random_acts_PWU = np.full((n_random, W, U), np.nan, dtype=np.float32)
-        self.token_fires = _MatrixSum((U, vocab_size))
-        self.token_acts = _MatrixSum((U, vocab_size))
-        self.cofire = _MatrixSum((U, U))
+        self.token_fires = _MatrixSum(units, vocab_size)
+        self.token_acts = _MatrixSum(units, vocab_size)
+        self.cofire = _MatrixSum(units, units.n_units)  # rows: this range's units; columns: every unit
         self.cofire_rows = 0
 
     def update(self, acts_BD: torch.Tensor, start: int, text: TokenContext, random_rows: np.ndarray) -> None:
-        cfg, U = self.cfg, self.basis.n_units
-        latents_BU = self.basis.encode(acts_BD).float()
+        cfg, U = self.cfg, self.units.size
+        latents_BU, latents_np, (b_all, u_all, _), (b_E, u_E, v_E) = _encode(self.basis, self.units, acts_BD)
         B = latents_BU.shape[0]
-        latents_np = latents_BU.numpy()
-        b_E, u_E, v_E = _nonzeros(latents_np)
         self.max_act_U = np.maximum(
             self.max_act_U,
             torch.zeros(U).scatter_reduce_(0, torch.from_numpy(u_E), torch.from_numpy(v_E), "amax").numpy(),
@@ -339,7 +432,7 @@ class _Sweep1:
         has_prev = prev_E >= 0
         self.prev_mass.add(u_E[has_prev], prev_E[has_prev], v_E[has_prev])
         if start < cfg.cofire_rows and self.cofire.sparse_entries() < MAX_COFIRE_PAIRS:
-            self._count_cofiring(latents_BU, b_E, u_E)
+            self._count_cofiring(latents_BU, b_all, u_all)
             self.cofire_rows += B
         here = np.flatnonzero((random_rows >= start) & (random_rows < start + B))
         if len(here):
@@ -348,19 +441,20 @@ class _Sweep1:
             self.random_acts_PWU[here] = np.where(inside_PW[:, :, None], values_PWU, np.nan)
 
     def _count_cofiring(self, latents_BU: torch.Tensor, b_E: np.ndarray, u_E: np.ndarray) -> None:
-        B, U = latents_BU.shape
+        """C_uv += #{rows of the chunk where u and v fire}, u in this range, v any unit (entries of all units)."""
+        (B, U), first, stop = latents_BU.shape, self.units.first, self.units.stop
         if len(u_E) > DENSE_COFIRE_FRACTION * B * U:  # dense units (neurons): a matmul is cheaper
             fired_BU = (latents_BU > 0).float()
-            self.cofire.add_dense(fired_BU.T @ fired_BU)
+            self.cofire.add_dense(fired_BU[:, first:stop].T @ fired_BU)
         else:
             indptr = np.concatenate([[0], np.cumsum(np.bincount(b_E, minlength=B))])  # b_E is sorted
             fired_BU = sp.csr_matrix((np.ones(len(u_E), dtype=np.float32), u_E, indptr), shape=(B, U))
-            self.cofire.add_csr((fired_BU.T @ fired_BU).tocsr())
+            self.cofire.add_csr((fired_BU[:, first:stop].T @ fired_BU).tocsr())
 
 
 class _Sweep2:
     def __init__(self, first: _Sweep1, cfg: StatsConfig, W: int):
-        U, I = first.basis.n_units, cfg.n_intervals
+        U, I = first.units.size, cfg.n_intervals
         self.first, self.cfg = first, cfg
         first.top.flush()
         first.top_any_doc.flush()
@@ -370,12 +464,12 @@ class _Sweep2:
         self.intervals = GroupedBottomK(U * I, cfg.per_interval, W)
         self.context_tokens_UT = _top_columns(first.token_acts.collapse(), CONTEXT_TOKENS)
         self.token_source_UTS = np.zeros((U, CONTEXT_TOKENS, first.sources.n_sources))
-        self.token_prev = _MatrixSum((U * CONTEXT_TOKENS, first.vocab_size))
+        self.token_prev = _MatrixSum(first.units, first.vocab_size, CONTEXT_TOKENS)
 
     def update(self, acts_BD: torch.Tensor, start: int, text: TokenContext) -> None:
-        cfg, U = self.cfg, self.first.basis.n_units
-        latents_np = self.first.basis.encode(acts_BD).float().numpy()
-        b_E, u_E, v_E = _nonzeros(latents_np)
+        cfg, units = self.cfg, self.first.units
+        _, latents_np, _, (b_E, u_E, v_E) = _encode(self.first.basis, units, acts_BD)
+        U = units.size
         frac_E = v_E * self.scale_U[u_E]
         H, I = cfg.hist_bins, cfg.n_intervals
         hist_bin_E = np.minimum((frac_E * H).astype(np.int64), H - 1)
@@ -385,7 +479,7 @@ class _Sweep2:
         self._add_token_contexts(u_E, v_E, rows_E, text)
         self.intervals.offer(
             u_E * I + interval_E,
-            uniform_hash(rows_E, u_E, self.cfg.seed),
+            uniform_hash(rows_E, units.first + u_E, self.cfg.seed),  # the basis's unit: the same on any rank
             rows_E,
             text.docs_N[rows_E],
             v_E,
@@ -428,6 +522,7 @@ class _Sweep2:
             context_tokens_UT=self.context_tokens_UT,
             token_source_UTS=self.token_source_UTS,
             token_prev_UTV=self.token_prev.collapse(),
+            first_unit=first.units.first,
         )
 
 
