@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, build_sae, train_sae
-from monosemantic.sae.base import selection_dtype, token_rows
+from monosemantic.sae.base import Entries, selection_dtype, token_rows
 from monosemantic.sae.resampling import pick_inputs, reinitialise_features, resampling_weights
 from monosemantic.sae.trainer import CHECKPOINT_NAME, geometric_median
 
@@ -170,7 +170,10 @@ def test_standard2024_penalty_is_weighted_by_decoder_norms_and_has_its_recipe_de
     with torch.no_grad():
         sae.W_dec[:3] *= 0.25  # rows 0-2 now have norm 0.25, the others 1
     expected = (latents[:, :3].sum(1) * 0.25 + latents[:, 3:].sum(1)).mean()
-    torch.testing.assert_close(sae.sparsity_penalty(latents), expected)
+    torch.testing.assert_close(sae.sparsity_penalty(Entries(latents)), expected)
+    rows, idx = latents.nonzero(as_tuple=True)  # the same latents as a list of entries
+    listed = Entries(latents[rows, idx], idx, torch.arange(5) * F)
+    torch.testing.assert_close(sae.sparsity_penalty(listed), expected)
 
 
 def test_geometric_median_resists_outliers():
