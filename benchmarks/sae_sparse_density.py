@@ -7,8 +7,9 @@
 and backward over the entries above the floor only, ``SparseAutoencoder.pre_acts_above``) once
 few are. For each density (fraction of the B·F pre-activations above the floor, set by shifting
 b_enc on Gaussian inputs) this times one training step — ``training_output`` and its backward,
-median over ``--repeats`` in one process — with the path forced each way (``sparse_below`` 0 or 1),
-and with the bf16 choice of the entries (``select_precision=bfloat16``) where the hardware has it.
+median over ``--repeats`` rounds in one process, the paths taking turns — dense and sparse
+(``sparse_below`` 0 or 1), and sparse with the entries chosen from a bf16 product
+(``select_precision=bfloat16``) where the hardware has bf16 units.
 The cutoff ``SPARSE_BELOW`` in ``sae/base.py`` is where the sparse step stops being faster.
 """
 
@@ -26,17 +27,18 @@ from monosemantic.sae import SAEConfig, build_sae
 from monosemantic.sae.base import bfloat16_matmul_is_fast
 
 
-def step_seconds(sae, x_BD: torch.Tensor, sparse: bool, repeats: int) -> float:
-    """Median seconds of one forward and backward pass with the dense or sparse path forced."""
-    sae.sparse_below = 1.0 if sparse else 0.0
-    dead_F = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    times = []
-    for _ in range(repeats + 1):
-        sae.zero_grad(set_to_none=True)
-        started = time.perf_counter()
-        sae.training_output(x_BD, dead_F, 1.0).loss.backward()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+def step_seconds(runs: dict, x_BD: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds of one forward and backward pass for each (SAE, sparse) of ``runs``, timed in
+    turn (one pass each per round, so that a change of load hits them alike)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, (sae, sparse) in runs.items():
+            sae.sparse_below = 1.0 if sparse else 0.0
+            sae.zero_grad(set_to_none=True)
+            started = time.perf_counter()
+            sae.training_output(x_BD, torch.zeros(sae.cfg.d_sae, dtype=torch.bool), 1.0).loss.backward()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(seconds[1:]) for name, seconds in times.items()}
 
 
 def main() -> None:
@@ -46,7 +48,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--densities", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2])
     parser.add_argument("--variants", nargs="+", default=["standard", "jumprelu"], choices=["standard", "jumprelu"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,7 +60,7 @@ def main() -> None:
     print(f"{'variant':<10}{'density':>8}{'dense s':>9}{'sparse s':>10}{'× dense':>9}{'bf16 s':>8}{'× dense':>9}")
     for variant in args.variants:
         for density in args.densities:
-            seconds = {}
+            runs = {}
             for precision in ("float32", "bfloat16") if has_bf16 else ("float32",):
                 sae = build_sae(SAEConfig(variant=variant, d_in=D, d_sae=F, select_precision=precision))
                 with torch.no_grad():
@@ -66,8 +68,9 @@ def main() -> None:
                     pre_BF = sae.pre_acts(x_BD)
                     sae.b_enc += floor_F - pre_BF.flatten()[:: max(1, B * F // 2**24)].quantile(1 - density)
                 if precision == "float32":
-                    seconds["dense"] = step_seconds(sae, x_BD, sparse=False, repeats=args.repeats)
-                seconds[precision] = step_seconds(sae, x_BD, sparse=True, repeats=args.repeats)
+                    runs["dense"] = (sae, False)
+                runs[precision] = (sae, True)
+            seconds = step_seconds(runs, x_BD, args.repeats)
             dense, sparse, low = seconds["dense"], seconds["float32"], seconds.get("bfloat16", float("nan"))
             print(
                 f"{variant:<10}{density:>8.3f}{dense:>9.3f}{sparse:>10.3f}{dense / sparse:>9.2f}"
