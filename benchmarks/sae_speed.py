@@ -23,7 +23,8 @@ same load — and our fraction of it, our speed over SAELens's, and FVU and L0 o
 held-out rows after the run's fixed budget of ``steps × batch`` samples, and (``sel. diff``) the
 fraction of the latents an exact fp32 ranking keeps on one held-out batch that the bf16 ranking
 misses (the trained SAE; its values are re-read exactly either way; for standard and jumprelu, of
-the entries above the floor that the bf16 candidates miss, ``SparseAutoencoder.ranking_above``).
+the entries above the floor that bf16 candidates would miss, ``SparseAutoencoder.ranking_above``,
+which ``select_precision=bfloat16`` takes and ``auto`` does not).
 
 Data: ``--data lm`` (default) records MLP activations (``blocks.0.mlp.hook_post``, width d) from the
 project's own one-layer LM with d_mlp = d, trained ``--lm-steps`` steps on the bundled corpus; the
@@ -316,6 +317,8 @@ def main() -> None:
                 for impl in impls:
                     if impl == "sae-lens" and variant not in SAELENS_VARIANTS:
                         continue
+                    if impl == "ours-fp32" and variant not in ("topk", "batchtopk"):
+                        continue  # the ReLU family's ``auto`` is exact already (``pre_acts_above``)
                     if impl == "ours-dense" and variant not in ("standard", "jumprelu"):
                         continue
                     runs = [

@@ -484,13 +484,15 @@ def test_relu_family_goes_dense_while_many_latents_are_active():
 
 
 @pytest.mark.parametrize("variant", ["standard", "jumprelu"])
-def test_relu_family_bf16_candidates_fall_back_to_exact_where_bf16_is_not_faster(variant):
-    sae = _relu_family_sae(variant)  # select_precision "auto" below
-    sae.cfg = sae.cfg.model_copy(update={"select_precision": "auto"})
+def test_relu_family_takes_bf16_candidates_only_when_asked(variant):
+    """``auto`` keeps the exact product for the ReLU family, with or without bf16 units (the bf16
+    candidates were measured no faster); ``bfloat16`` takes them."""
+    sae = _relu_family_sae(variant)
     calls = []
     sae.ranking_above = lambda *args: calls.append(1) or SparseAutoencoder.ranking_above(sae, *args)
     x = torch.randn(32, D)
-    for fast, expected_calls in ((False, 0), (True, 1)):
+    for precision, fast, expected_calls in (("auto", False, 0), ("auto", True, 0), ("bfloat16", True, 1)):
+        sae.cfg = sae.cfg.model_copy(update={"select_precision": precision})
         sae.bf16_is_fast = lambda device, fast=fast: fast
         sae.sparse_below, sae._last_dense = 1.0, False
         sae.training_output(x, torch.zeros(F, dtype=torch.bool), 1.0).loss.backward()

@@ -273,13 +273,16 @@ class SparseAutoencoder(nn.Module, ABC):
         listed (``pre_acts_at``) when at most ``sparse_below`` of the batch's B·F entries are
         candidates — then the decoder and the backward cost B·N·D, not B·F·D — else all of them.
 
-        Candidates come from the exact product, or from a bf16 one (``ranking_above``) where
-        ``selection_dtype`` says so; their values are read exactly either way, so the caller's own
-        test against the floor is exact. Which way the previous call went is remembered: after a
-        dense batch the exact product is taken at once, rather than a bf16 one first that a dense
-        batch would have to redo; after a sparse one, the bf16 one."""
+        Candidates come from the exact product, or from a bf16 one (``ranking_above``) when
+        ``select_precision`` is ``bfloat16``; their values are read exactly either way, so the
+        caller's own test against the floor is exact. ``auto`` takes the exact product here: the
+        bf16 candidates were measured equal in quality but no faster (benchmarks/sae_sparse_density.py:
+        the bf16 product's saving goes to the exact re-read of the candidates and the margin's
+        pass over W_enc). Which way the previous call went is remembered: after a dense batch the
+        exact product is taken at once, rather than a bf16 one first that a dense batch would have
+        to redo."""
         B, F = x_BD.shape[0], self.W_enc.shape[1]
-        low = selection_dtype(self.cfg.select_precision, x_BD.device, self.bf16_is_fast) != self.W_enc.dtype
+        low = self.cfg.select_precision == "bfloat16" and self.W_enc.dtype != torch.bfloat16
         with torch.no_grad():
             if low and not self._last_dense:
                 pre_BF = self.ranking_above(x_BD, floor_F)  # only ranks: ``pre_acts_at`` re-reads exactly
@@ -287,7 +290,7 @@ class SparseAutoencoder(nn.Module, ABC):
             else:
                 pre_BF = self.pre_acts(x_BD)
                 candidate_BF = pre_BF > floor_F
-        self._last_dense = bool(candidate_BF.sum() > self.sparse_below * B * F)
+        self._last_dense = bool(torch.count_nonzero(candidate_BF) > self.sparse_below * B * F)
         if self._last_dense:
             if pre_BF.dtype != self.W_enc.dtype:
                 with torch.no_grad():
