@@ -95,7 +95,9 @@ class _SparseEncode(torch.autograd.Function):
     work, when that pre_BF is a lower-precision one used only for ranking), with a sparse backward:
     for the sparse gradient G [B, F] of the selected entries, ∂/∂W_enc = x̄ᵀ G, ∂/∂b_enc = Σ_b G and
     ∂/∂b_dec = −W_enc ∂/∂b_enc — B·K·D work where backpropagating through the dense pre_BF costs a
-    second B·F·D matmul (and through a folded bias b_enc − b_dec W_enc, a dense D×F outer product)."""
+    second B·F·D matmul (and through a folded bias b_enc − b_dec W_enc, a dense D×F outer product).
+    With no entries named (rows_N None), every entry: pre_BF itself, and the same gradients with a
+    dense G (one B·F·D matmul)."""
 
     @staticmethod
     def forward(ctx, pre_BF, rows_N, idx_N, x_BD, W_enc_DF, b_enc_F, b_dec_D):  # noqa: ANN001, ANN205 — autograd
@@ -147,7 +149,10 @@ def exact_entries(
     return torch.empty_like(sorted_N).index_copy_(0, order_N, sorted_N)
 
 
-SPARSE_BELOW = 0.05  # density of candidate entries up to which ``pre_acts_above`` lists them
+# Density of candidate entries up to which ``pre_acts_above`` lists them: benchmarks/sae_sparse_density.py
+# at d = 1,536, F = 6,144, batch 1,024 measured the sparse step 1.7× the dense one at 1 %, 1.15× at 5 %,
+# 0.9–1.15× at 8 % and 0.6–0.7× at 12 % (standard and jumprelu).
+SPARSE_BELOW = 0.05
 RANKING_SIGMAS = 8.0  # standard deviations of bf16 rounding error that ``ranking_error`` allows
 
 
