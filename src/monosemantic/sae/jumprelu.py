@@ -7,8 +7,8 @@ gives θ a pseudo-derivative through a rectangle kernel of width ε (the bandwid
 weights get gradient only from the reconstruction, through the kept pre-activations. Training is
 sparse once few latents are active (``SparseAutoencoder.pre_acts_above``): only the entries above
 θ − ε/2 (the active ones and those in the kernel's window) are read with gradient and decoded,
-the others' latents and gradients being 0; those entries may be chosen from a bf16 product
-(``SAEConfig.select_precision``) and are then read exactly, so the step test is exact. Our
+the others' latents and gradients being 0; with ``select_precision=bfloat16`` those entries are
+chosen from a bf16 product and then read exactly, so the step test stays exact. Our
 default ε and initial θ differ from the paper's 0.001 so that short runs work; ``sae/config.py``
 says why and what we measured.
 """
