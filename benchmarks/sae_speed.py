@@ -8,7 +8,8 @@ For every width d, dictionary size F = ratio·d and variant, fresh subprocesses 
 batches of ``--batch`` rows (the same rows, seed and hyper-parameters for every implementation):
 
 - ``ours``: our trainer with ``select_precision=auto`` (bf16 ranking where the hardware has bf16
-  units, see ``sae/base.py``); ``ours-fp32``: the same with the exact fp32 ranking;
+  units, see ``sae/base.py``); ``ours-fp32``: the same with the exact fp32 ranking; ``ours-dense``
+  (standard, jumprelu): every step dense, as if few latents were never active (``sparse_below`` 0);
 - ``sae-lens``: SAELens's real ``SAETrainer`` (``fit()`` over a batch iterator: its Adam, gradient
   clipping, dead-feature and sparsity bookkeeping), for the variants SAELens has (topk, batchtopk,
   standard, jumprelu), with activations and learning rate as ours, constant LR, no warm-up.
@@ -21,7 +22,9 @@ every dense trainer pays, timed in the same process right after its training run
 same load — and our fraction of it, our speed over SAELens's, and FVU and L0 on
 held-out rows after the run's fixed budget of ``steps × batch`` samples, and (``sel. diff``) the
 fraction of the latents an exact fp32 ranking keeps on one held-out batch that the bf16 ranking
-misses (the trained SAE; its values are re-read exactly either way).
+misses (the trained SAE; its values are re-read exactly either way; for standard and jumprelu, of
+the entries above the floor that bf16 candidates would miss, ``SparseAutoencoder.ranking_above``,
+which ``select_precision=bfloat16`` takes and ``auto`` does not).
 
 Data: ``--data lm`` (default) records MLP activations (``blocks.0.mlp.hook_post``, width d) from the
 project's own one-layer LM with d_mlp = d, trained ``--lm-steps`` steps on the bundled corpus; the
@@ -48,7 +51,7 @@ import torch
 
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, train_sae
-from monosemantic.sae.base import token_rows
+from monosemantic.sae.base import SparseAutoencoder, token_rows
 from monosemantic.sae.metrics import evaluate_sae
 from monosemantic.sae.synthetic import SyntheticFeatures
 
@@ -189,6 +192,8 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
         l0 = (latents != 0).sum(1).float().mean().item()
     else:
         extra = {"select_precision": "float32"} if impl == "ours-fp32" else {}
+        if impl == "ours-dense":
+            SparseAutoencoder.sparse_below = 0.0
         cfg = SAEConfig(
             variant=variant,
             d_in=d,
@@ -204,6 +209,8 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
         fvu, l0 = stats["fvu"], stats["l0"]
         if variant in ("topk", "batchtopk"):
             differs = selection_mismatch(result.sae, held_out_ND[:batch])
+        elif impl == "ours":
+            differs = candidates_missed(result.sae, held_out_ND[:batch])
     return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0, differs, matmul_floor(d, F, batch, threads)
 
 
@@ -220,6 +227,17 @@ def selection_mismatch(sae, x_BD: torch.Tensor) -> float:
         mask_BF[token_rows(idx, offsets_B, B), idx.flatten()] = True
         kept.append(mask_BF)
     return (kept[0] & ~kept[1]).sum().item() / kept[0].sum().item()
+
+
+@torch.no_grad()
+def candidates_missed(sae, x_BD: torch.Tensor) -> float:
+    """Fraction of the entries above the floor (0, or JumpReLU's θ − ε/2) of the exact pre-activations
+    on ``x_BD`` that the bf16 candidates (``ranking_above``) miss."""
+    floor_F = torch.zeros(sae.cfg.d_sae)
+    if sae.cfg.variant == "jumprelu":
+        floor_F = sae.log_threshold.exp() - sae.cfg.jumprelu_bandwidth / 2
+    above_BF = sae.pre_acts(x_BD) > floor_F
+    return (above_BF & (sae.ranking_above(x_BD, floor_F) <= 0)).sum().item() / max(1, above_BF.sum().item())
 
 
 def _run_isolated(*args) -> tuple[float, float, float, float, float, float]:
@@ -248,7 +266,10 @@ def main() -> None:
         "--variants", nargs="+", default=["topk", "batchtopk"], choices=["standard", "topk", "batchtopk", "jumprelu"]
     )
     parser.add_argument(
-        "--impls", nargs="+", default=["ours", "ours-fp32", "sae-lens"], choices=["ours", "ours-fp32", "sae-lens"]
+        "--impls",
+        nargs="+",
+        default=["ours", "ours-fp32", "ours-dense", "sae-lens"],
+        choices=["ours", "ours-fp32", "ours-dense", "sae-lens"],
     )
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=8, help="training batches per run (the fixed budget)")
@@ -260,7 +281,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "monosemantic-sae-speed")
     parser.add_argument("--held-out", type=int, default=4096, help="rows for FVU and L0")
     args = parser.parse_args()
-    impls = [impl for impl in ("sae-lens", "ours-fp32", "ours") if impl in args.impls]  # theirs first: the ratio
+    impls = [
+        impl for impl in ("sae-lens", "ours-dense", "ours-fp32", "ours") if impl in args.impls
+    ]  # theirs first: the ratio
     if "sae-lens" in impls:
         try:
             import sae_lens  # noqa: F401
@@ -275,7 +298,7 @@ def main() -> None:
         f"torch {torch.__version__}, CPU"
     )
     print(
-        f"{'d':>5}{'F':>7} {'variant':<10}{'impl':<10}{'samples/s':>10}{'peak MB':>9}{'floor s/s':>11}"
+        f"{'d':>5}{'F':>7} {'variant':<10}{'impl':<11}{'samples/s':>10}{'peak MB':>9}{'floor s/s':>11}"
         f"{'of floor':>9}{'×sae-lens':>10}{'FVU':>8}{'L0':>7}{'sel. diff':>10}"
     )
     for d in args.dims:
@@ -295,6 +318,8 @@ def main() -> None:
                     if impl == "sae-lens" and variant not in SAELENS_VARIANTS:
                         continue
                     if impl == "ours-fp32" and variant not in ("topk", "batchtopk"):
+                        continue  # the ReLU family's ``auto`` is exact already (``pre_acts_above``)
+                    if impl == "ours-dense" and variant not in ("standard", "jumprelu"):
                         continue
                     runs = [
                         _run_isolated(impl, variant, F, args.batch, args.lr, str(data_path), args.threads)
@@ -307,7 +332,7 @@ def main() -> None:
                     versus = f"{rate / rates['sae-lens']:.2f}" if "sae-lens" in rates and impl != "sae-lens" else ""
                     missed = "" if math.isnan(differs) else f"{differs:.2%}"
                     print(
-                        f"{d:>5}{F:>7} {variant:<10}{impl:<10}{rate:>10,.0f}{peak:>9,.0f}{floor:>11,.0f}"
+                        f"{d:>5}{F:>7} {variant:<10}{impl:<11}{rate:>10,.0f}{peak:>9,.0f}{floor:>11,.0f}"
                         f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}{missed:>10}",
                         flush=True,
                     )

@@ -64,6 +64,8 @@ SAE_CASES = {
     ),
     "standard2024": (dict(variant="standard2024"), _sparse_batches),  # clips the whole gradient's norm
     "jumprelu": (dict(variant="jumprelu"), _sparse_batches),
+    # θ high enough that under 5 % of the entries are candidates: every step takes the sparse path
+    "jumprelu, sparse": (dict(variant="jumprelu", jumprelu_init_threshold=2.0), _sparse_batches),
 }
 RANK_ROWS_CASES = ("topk", "standard")  # AuxK, and resampling's picks from rows only one rank holds
 

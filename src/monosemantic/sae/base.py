@@ -30,6 +30,38 @@ class StepOutput(NamedTuple):
     terms: dict[str, torch.Tensor]  # detached named loss terms, for the log
 
 
+class Entries(NamedTuple):
+    """Some entries of a batch's [B, F] matrix (pre-activations or latents); the others are 0.
+
+    Either all of them (``idx`` None, ``values`` [B, F]), or a list ordered by token: ``values`` and
+    ``idx`` (the feature of each entry) [N], with ``offsets_B`` [B] marking where each token's
+    entries start, as ``SparseAutoencoder.decode_sparse`` takes them."""
+
+    values: torch.Tensor
+    idx: torch.Tensor | None = None
+    offsets_B: torch.Tensor | None = None
+
+    @property
+    def n_rows(self) -> int:
+        """B, the batch's token count."""
+        return len(self.values) if self.idx is None else len(self.offsets_B)
+
+    def at(self, per_feature_F: torch.Tensor) -> torch.Tensor:
+        """``per_feature_F`` [F] at each entry, shaped to combine with ``values`` elementwise."""
+        return per_feature_F if self.idx is None else per_feature_F[self.idx]
+
+    def total(self, weights_F: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ over the entries of values (· weights_F[f] when given)."""
+        return self.values.sum() if weights_F is None else (self.values * self.at(weights_F)).sum()
+
+    def fired(self, n_features: int) -> torch.Tensor:
+        """bool [F]: the feature has a nonzero value at some entry."""
+        if self.idx is None:
+            return (self.values != 0).any(dim=0)
+        fired_F = torch.zeros(n_features, dtype=torch.bool, device=self.values.device)
+        return fired_F.index_fill_(0, self.idx[self.values != 0], True)
+
+
 class _SparseDecode(torch.autograd.Function):
     """x̂_BD = Σ_n vals_n W_dec[idx_n] over each token's entries, with a sparse backward:
     ∂/∂vals_n = ⟨grad_b, W_dec[idx_n]⟩ and ∂/∂W_dec = Sᵀ grad_BD for the sparse code S [B, F].
@@ -63,26 +95,36 @@ class _SparseEncode(torch.autograd.Function):
     work, when that pre_BF is a lower-precision one used only for ranking), with a sparse backward:
     for the sparse gradient G [B, F] of the selected entries, ∂/∂W_enc = x̄ᵀ G, ∂/∂b_enc = Σ_b G and
     ∂/∂b_dec = −W_enc ∂/∂b_enc — B·K·D work where backpropagating through the dense pre_BF costs a
-    second B·F·D matmul (and through a folded bias b_enc − b_dec W_enc, a dense D×F outer product)."""
+    second B·F·D matmul (and through a folded bias b_enc − b_dec W_enc, a dense D×F outer product).
+    With no entries named (rows_N None), every entry: pre_BF itself, and the same gradients with a
+    dense G (one B·F·D matmul)."""
 
     @staticmethod
     def forward(ctx, pre_BF, rows_N, idx_N, x_BD, W_enc_DF, b_enc_F, b_dec_D):  # noqa: ANN001, ANN205 — autograd
         centred_BD = x_BD - b_dec_D
-        ctx.save_for_backward(rows_N, idx_N, centred_BD, W_enc_DF)
+        ctx.dense = rows_N is None
+        ctx.save_for_backward(*(() if ctx.dense else (rows_N, idx_N)), centred_BD, W_enc_DF)
         ctx.n_features = pre_BF.shape[1]
+        if ctx.dense:  # every entry: pre_BF is the exact product (``pre_acts_at`` checks)
+            return pre_BF.view_as(pre_BF)
         if pre_BF.dtype == W_enc_DF.dtype:
             return pre_BF[rows_N, idx_N]
         return exact_entries(centred_BD, W_enc_DF, b_enc_F, rows_N, idx_N)  # pre_BF only ranked them
 
     @staticmethod
-    def backward(ctx, grad_N):  # noqa: ANN001, ANN205
-        rows_N, idx_N, centred_BD, W_enc_DF = ctx.saved_tensors
+    def backward(ctx, grad):  # noqa: ANN001, ANN205 — grad is [N], or [B, F] when dense
+        *entries, centred_BD, W_enc_DF = ctx.saved_tensors
         F = ctx.n_features
-        grad_FB = torch.sparse_coo_tensor(
-            torch.stack([idx_N, rows_N]), grad_N, (F, centred_BD.shape[0]), check_invariants=False
-        )
-        grad_W_enc_DF = torch.sparse.mm(grad_FB, centred_BD).T
-        grad_b_enc_F = torch.zeros(F, dtype=grad_N.dtype, device=grad_N.device).index_add_(0, idx_N, grad_N)
+        if ctx.dense:
+            grad_W_enc_DF = (grad.T @ centred_BD).T  # [F, D] storage, as W_enc's (class docstring)
+            grad_b_enc_F = grad.sum(dim=0)
+        else:
+            rows_N, idx_N = entries
+            grad_FB = torch.sparse_coo_tensor(
+                torch.stack([idx_N, rows_N]), grad, (F, centred_BD.shape[0]), check_invariants=False
+            )
+            grad_W_enc_DF = torch.sparse.mm(grad_FB, centred_BD).T
+            grad_b_enc_F = torch.zeros(F, dtype=grad.dtype, device=grad.device).index_add_(0, idx_N, grad)
         return None, None, None, None, grad_W_enc_DF, grad_b_enc_F, -(W_enc_DF @ grad_b_enc_F)
 
 
@@ -105,6 +147,13 @@ def exact_entries(
     W_FD = W_enc_DF.T.contiguous()
     sorted_N = torch.sparse.sampled_addmm(pattern_BF, x_BD, W_FD.T).values()
     return torch.empty_like(sorted_N).index_copy_(0, order_N, sorted_N)
+
+
+# Density of candidate entries up to which ``pre_acts_above`` lists them: benchmarks/sae_sparse_density.py
+# at d = 1,536, F = 6,144, batch 1,024 measured the sparse step 1.7× the dense one at 1 %, 1.15× at 5 %,
+# 0.9–1.15× at 8 % and 0.6–0.7× at 12 % (standard and jumprelu).
+SPARSE_BELOW = 0.05
+RANKING_SIGMAS = 8.0  # standard deviations of bf16 rounding error that ``ranking_error`` allows
 
 
 @functools.cache
@@ -161,6 +210,8 @@ class SparseAutoencoder(nn.Module, ABC):
     unit_norm_decoder: ClassVar[bool] = True  # the trainer keeps every W_dec row at unit norm
     bf16_is_fast: Callable[[torch.device], bool] = staticmethod(bfloat16_matmul_is_fast)  # tests swap it
     batch_world: World = SINGLE  # the ranks that each hold part of every training batch (trainer sets it)
+    sparse_below: float = SPARSE_BELOW  # ``pre_acts_above``'s density cutoff (tests force either path)
+    _last_dense = True  # whether ``pre_acts_above``'s last batch was dense (the first is taken to be)
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -197,8 +248,70 @@ class SparseAutoencoder(nn.Module, ABC):
         bias_F = self.b_enc - self.b_dec @ self.W_enc
         return torch.addmm(bias_F.to(dtype), x_BD.to(dtype), self.W_enc.to(dtype))
 
+    @torch.no_grad()
+    def ranking_above(self, x_BD: torch.Tensor, floor_F: torch.Tensor) -> torch.Tensor:
+        """A bf16 [B, F] whose entry (b, f) is > 0 wherever the exact pre_bf exceeds floor_f (up to a
+        statistical bound on the rounding), for ``pre_acts_above``'s candidates: one bf16 product
+
+            pre′ − floor_f + z · u √(2/3) · ‖x_b‖₄ ‖W_enc[:, f]‖₄ + 2u · |bias_f − floor_f|
+
+        with unit roundoff u = 2⁻⁸. Rounding x and W_enc to bf16 perturbs each term x_d W_df by
+        (ε + ε′) x_d W_df, |ε|, |ε′| ≤ u; taken as independent and uniform, their sum has standard
+        deviation u √(2/3) ‖x_b ∘ W_f‖₂ ≤ u √(2/3) ‖x_b‖₄ ‖W_f‖₄ (Cauchy–Schwarz), of which the
+        margin allows z = ``RANKING_SIGMAS``: a column of ‖x_b‖₄ in x and a row of ‖W_f‖₄ in W_enc
+        add it inside the product. The last term covers rounding the folded bias (b_enc − b_dec
+        W_enc − floor); rounding the output cannot change its sign. A statistical bound, not a
+        worst case (that is ~√D times larger): benchmarks/sae_speed.py measures how often an exact
+        entry above the floor is missed (``sel. diff``)."""
+        u, (D, F) = 2.0**-8, self.W_enc.shape
+        bias_F = self.b_enc - self.b_dec @ self.W_enc - floor_F
+        margin_B = RANKING_SIGMAS * u * (2 / 3) ** 0.5 * (1 + 4 * u) * x_BD.norm(p=4, dim=1)
+        x_BE = torch.cat([x_BD, margin_B[:, None]], dim=1).to(torch.bfloat16)
+        W_FE = torch.empty(F, D + 1, dtype=torch.bfloat16, device=x_BD.device)  # feature-major, as W_enc
+        W_FE[:, :D] = self.W_enc.T
+        W_FE[:, D] = torch.linalg.vector_norm(self.W_enc.T.square(), dim=1).sqrt()  # ‖W_f‖₄
+        return torch.addmm((bias_F + 2 * u * bias_F.abs()).to(torch.bfloat16), x_BE, W_FE.T)
+
+    def pre_acts_above(self, x_BD: torch.Tensor, floor_F: torch.Tensor) -> Entries:
+        """pre_BF, with gradient, at every entry that may exceed ``floor_F`` [F] (what the caller
+        does with an entry at or below its floor must not depend on its value or carry gradient):
+        listed (``pre_acts_at``) when at most ``sparse_below`` of the batch's B·F entries are
+        candidates — then the decoder and the backward cost B·N·D, not B·F·D — else all of them.
+
+        Candidates come from the exact product, or from a bf16 one (``ranking_above``) when
+        ``select_precision`` is ``bfloat16``; their values are read exactly either way, so the
+        caller's own test against the floor is exact. ``auto`` takes the exact product here: the
+        bf16 candidates were measured equal in quality but no faster (benchmarks/sae_sparse_density.py:
+        the bf16 product's saving goes to the exact re-read of the candidates and the margin's
+        pass over W_enc). Which way the previous call went is remembered: after a dense batch the
+        exact product is taken at once, rather than a bf16 one first that a dense batch would have
+        to redo."""
+        B, F = x_BD.shape[0], self.W_enc.shape[1]
+        low = self.cfg.select_precision == "bfloat16" and self.W_enc.dtype != torch.bfloat16
+        with torch.no_grad():
+            if low and not self._last_dense:
+                pre_BF = self.ranking_above(x_BD, floor_F)  # only ranks: ``pre_acts_at`` re-reads exactly
+                candidate_BF = pre_BF > 0
+            else:
+                pre_BF = self.pre_acts(x_BD)
+                candidate_BF = pre_BF > floor_F
+        self._last_dense = bool(torch.count_nonzero(candidate_BF) > self.sparse_below * B * F)
+        if self._last_dense:
+            if pre_BF.dtype != self.W_enc.dtype:
+                with torch.no_grad():
+                    pre_BF = self.pre_acts(x_BD)
+            return Entries(self.pre_acts_at(x_BD, pre_BF, None))
+        rows_N, idx_N = candidate_BF.nonzero(as_tuple=True)  # row-major: ordered by token
+        counts_B = torch.bincount(rows_N, minlength=B)
+        offsets_B = torch.cumsum(counts_B, 0) - counts_B
+        return Entries(self.pre_acts_at(x_BD, pre_BF, idx_N, offsets_B), idx_N, offsets_B)
+
     def pre_acts_at(
-        self, x_BD: torch.Tensor, pre_BF: torch.Tensor, idx: torch.Tensor, offsets_B: torch.Tensor | None = None
+        self,
+        x_BD: torch.Tensor,
+        pre_BF: torch.Tensor,
+        idx: torch.Tensor | None,
+        offsets_B: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The entries ``idx`` of ``pre_BF`` (computed from x_BD under ``torch.no_grad``, e.g. by
         ``ranking_pre_acts``), shaped like idx, in full precision whatever pre_BF's dtype, with
@@ -206,10 +319,15 @@ class SparseAutoencoder(nn.Module, ABC):
 
         ``idx`` is [B, K] or flat [N] with ``offsets_B``, as for ``decode_sparse``. A variant that
         keeps a few latents per token picks them from a gradient-free pre_BF and reads their values
-        here, so its backward pass skips the dense B×F×D product."""
+        here, so its backward pass skips the dense B×F×D product. ``idx`` None: every entry (pre_BF
+        itself, which must then be exact), with the dense backward x̄ᵀ G."""
+        args = (x_BD, self.W_enc, self.b_enc, self.encoder_b_dec())
+        if idx is None:
+            if pre_BF.dtype != self.W_enc.dtype:
+                raise ValueError(f"pre_acts_at: every entry needs the exact pre-activations, got {pre_BF.dtype}")
+            return _SparseEncode.apply(pre_BF, None, None, *args)
         rows_N = token_rows(idx, offsets_B, x_BD.shape[0])
-        vals_N = _SparseEncode.apply(pre_BF, rows_N, idx.flatten(), x_BD, self.W_enc, self.b_enc, self.encoder_b_dec())
-        return vals_N.view(idx.shape)
+        return _SparseEncode.apply(pre_BF, rows_N, idx.flatten(), *args).view(idx.shape)
 
     def encoder_b_dec(self) -> torch.Tensor:
         """b_dec as the sparse encoder reads it (``pre_acts_at``): b_dec itself, unless the
@@ -237,6 +355,12 @@ class SparseAutoencoder(nn.Module, ABC):
         ``offsets_B`` [B] marking where each token's entries start.
         """
         return _SparseDecode.apply(idx, vals, offsets_B, self.W_dec)
+
+    def decode_entries(self, latents: Entries) -> torch.Tensor:
+        """x̂_BD = latents W_dec + b_dec, over the listed entries only when they are a list."""
+        if latents.idx is None:
+            return self.decode(latents.values)
+        return self.decode_sparse(latents.idx, latents.values, latents.offsets_B) + self.b_dec
 
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
         """x_BD [B, D] → x̂_BD [B, D]."""

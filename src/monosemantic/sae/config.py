@@ -36,7 +36,9 @@ Defaults and their sources:
   has bf16 units (``sae/base.py``), then read the kept values exactly. Measured by
   benchmarks/sae_speed.py on our LM's activations (d = 1,536, F = 6,144, 8k samples): FVU within
   0.2 % of the fp32 ranking at the same L0, 0.5–0.9 % of kept latents differ; training 1.1–1.4×
-  faster at d ≥ 1,536, no faster at d = 512.
+  faster at d ≥ 1,536, no faster at d = 512. The ReLU family (standard, standard2024, jumprelu) keeps
+  the exact product under ``auto``: its bf16 candidates (``SparseAutoencoder.ranking_above``, taken
+  with ``bfloat16``) trained to the same FVU and L0 but no faster (benchmarks/sae_sparse_density.py).
 - ``l1_coeff`` 0.01, chosen for d_in = 512 on synthetic data (benchmarks/sae_synthetic.py: 8192
   true features, 16 active, F = 2048, 300 steps: λ = 0.005/0.0125/0.025 give L0 149/24/14); the
   right λ scales roughly as 1/d_in (0.1 suits d_in = 64). The paper's λ = 0.004 was for

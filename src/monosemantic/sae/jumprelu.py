@@ -4,7 +4,11 @@ Rajamanoharan et al. 2024, *Jumping Ahead: Improving Reconstruction Fidelity wit
 Autoencoders* (arXiv 2407.14435). Per-feature thresholds θ = exp(log θ); the loss penalises the L0
 of the latents directly. The step function has zero gradient almost everywhere, so the paper
 gives θ a pseudo-derivative through a rectangle kernel of width ε (the bandwidth); the encoder
-weights get gradient only from the reconstruction, through the kept pre-activations. Our
+weights get gradient only from the reconstruction, through the kept pre-activations. Training is
+sparse once few latents are active (``SparseAutoencoder.pre_acts_above``): only the entries above
+θ − ε/2 (the active ones and those in the kernel's window) are read with gradient and decoded,
+the others' latents and gradients being 0; with ``select_precision=bfloat16`` those entries are
+chosen from a bf16 product and then read exactly, so the step test stays exact. Our
 default ε and initial θ differ from the paper's 0.001 so that short runs work; ``sae/config.py``
 says why and what we measured.
 """
@@ -23,7 +27,8 @@ def _rectangle(u: torch.Tensor) -> torch.Tensor:
 
 
 class _JumpReLU(torch.autograd.Function):
-    """y = z · H(z − θ); ∂y/∂z = H(z − θ); ∂y/∂θ ≈ −(θ/ε) K((z − θ)/ε)."""
+    """y = z · H(z − θ); ∂y/∂z = H(z − θ); ∂y/∂θ ≈ −(θ/ε) K((z − θ)/ε). z is [B, F] with θ [F], or
+    a list of entries [N] with each one's θ [N]."""
 
     @staticmethod
     def forward(ctx: Any, pre_BF: torch.Tensor, threshold_F: torch.Tensor, eps: float) -> torch.Tensor:
@@ -35,7 +40,7 @@ class _JumpReLU(torch.autograd.Function):
     def backward(ctx: Any, grad_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         pre_BF, threshold_F = ctx.saved_tensors
         kernel_BF = _rectangle((pre_BF - threshold_F) / ctx.eps)
-        grad_threshold_F = -(threshold_F / ctx.eps * kernel_BF * grad_BF).sum(dim=0)
+        grad_threshold_F = -(threshold_F / ctx.eps * kernel_BF * grad_BF).sum_to_size(threshold_F.shape)
         return (pre_BF > threshold_F) * grad_BF, grad_threshold_F, None
 
 
@@ -52,7 +57,7 @@ class _Step(torch.autograd.Function):
     def backward(ctx: Any, grad_BF: torch.Tensor) -> tuple[None, torch.Tensor, None]:
         pre_BF, threshold_F = ctx.saved_tensors
         kernel_BF = _rectangle((pre_BF - threshold_F) / ctx.eps)
-        return None, -(kernel_BF * grad_BF).sum(dim=0) / ctx.eps, None
+        return None, -(kernel_BF * grad_BF).sum_to_size(threshold_F.shape) / ctx.eps, None
 
 
 class JumpReLUSAE(SparseAutoencoder):
@@ -73,17 +78,19 @@ class JumpReLUSAE(SparseAutoencoder):
         return pre_BF * (pre_BF > self.log_threshold.exp())
 
     def training_output(self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float) -> StepOutput:
-        pre_BF = self.pre_acts(x_BD)
         threshold_F = self.log_threshold.exp()
         eps = self.cfg.jumprelu_bandwidth
-        latents_BF = _JumpReLU.apply(pre_BF, threshold_F, eps)
-        recon_BD = self.decode(latents_BF)
+        # entries at or below θ − ε/2 are 0 and outside the kernel: no value, no gradient
+        pre = self.pre_acts_above(x_BD, (threshold_F - eps / 2).detach())
+        threshold = pre.at(threshold_F)
+        latents = pre._replace(values=_JumpReLU.apply(pre.values, threshold, eps))
+        recon_BD = self.decode_entries(latents)
         mse_loss = mse(recon_BD, x_BD)
-        active_BF = _Step.apply(pre_BF, threshold_F, eps)
-        l0 = active_BF.sum(dim=1).mean()
+        active = pre._replace(values=_Step.apply(pre.values, threshold, eps))
+        l0 = active.total() / x_BD.shape[0]
         return StepOutput(
             loss=mse_loss + sparsity_scale * self.cfg.l0_coeff * l0,
-            fired_F=active_BF.detach().bool().any(dim=0),
+            fired_F=active.fired(self.cfg.d_sae),
             l0=l0.detach(),
             terms={"mse": mse_loss.detach(), "l0": l0.detach()},
         )

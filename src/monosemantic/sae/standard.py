@@ -4,13 +4,17 @@ Bricken et al. 2023, *Towards Monosemanticity*, "Advice for training sparse auto
 (transformer-circuits.pub/2023/monosemantic-features). Resampling lives in ``sae/resampling.py``
 and is scheduled by the trainer (``SAEConfig.resample_at``); the decoder-norm constraint is the
 trainer's too, since every variant here shares it.
+
+Once few latents are active, training is sparse (``SparseAutoencoder.pre_acts_above``): the
+decoder and the backward pass run over the nonzero latents only (ReLU's gradient is 0 elsewhere),
+B·N·D work instead of B·F·D; while many are active (early in training), dense.
 """
 
 from __future__ import annotations
 
 import torch
 
-from monosemantic.sae.base import SparseAutoencoder, StepOutput, mse
+from monosemantic.sae.base import Entries, SparseAutoencoder, StepOutput, mse
 
 
 class StandardSAE(SparseAutoencoder):
@@ -31,19 +35,20 @@ class StandardSAE(SparseAutoencoder):
     def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre_BF)
 
-    def sparsity_penalty(self, latents_BF: torch.Tensor) -> torch.Tensor:
+    def sparsity_penalty(self, latents: Entries) -> torch.Tensor:
         """Σ_f latents_f, averaged over the batch."""
-        return latents_BF.sum(dim=1).mean()
+        return latents.total() / latents.n_rows
 
     def training_output(self, x_BD: torch.Tensor, dead_F: torch.Tensor, sparsity_scale: float) -> StepOutput:
-        latents_BF = self.encode(x_BD)
-        recon_BD = self.decode(latents_BF)
+        B = x_BD.shape[0]
+        pre = self.pre_acts_above(x_BD, torch.zeros_like(self.b_enc))  # ReLU: only entries above 0 matter
+        latents = pre._replace(values=pre.values.relu())
+        recon_BD = self.decode_entries(latents)
         mse_loss = mse(recon_BD, x_BD)
-        l1 = self.sparsity_penalty(latents_BF)
-        active_BF = latents_BF > 0
+        l1 = self.sparsity_penalty(latents)
         return StepOutput(
             loss=mse_loss + sparsity_scale * self.cfg.l1_coeff * l1,
-            fired_F=active_BF.any(dim=0),
-            l0=active_BF.sum(dim=1).float().mean().detach(),
+            fired_F=latents.fired(self.cfg.d_sae),
+            l0=(latents.values > 0).sum().float().detach() / B,
             terms={"mse": mse_loss.detach(), "l1": l1.detach()},
         )

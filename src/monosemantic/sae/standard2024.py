@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from monosemantic.sae.base import Entries
 from monosemantic.sae.standard import StandardSAE
 
 
@@ -31,6 +32,6 @@ class Standard2024SAE(StandardSAE):
     variant = "standard2024"
     unit_norm_decoder = False
 
-    def sparsity_penalty(self, latents_BF: torch.Tensor) -> torch.Tensor:
+    def sparsity_penalty(self, latents: Entries) -> torch.Tensor:
         """Σ_f latents_f ‖W_dec[f]‖, averaged over the batch."""
-        return (latents_BF @ self.W_dec.norm(dim=1)).mean()
+        return latents.total(self.W_dec.norm(dim=1)) / latents.n_rows
