@@ -356,8 +356,18 @@ def test_ranks_end_with_a_launcher_killed_by_sigkill_and_free_the_run_lock(tiny_
         for pid in [launcher.pid, *ranks]:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+    # A rank's main thread shows as a zombie while its other threads may still be exiting, holding
+    # the lock's file; the lock must be free within a bounded time once they have.
+    deadline = time.monotonic() + 20
     with open(run / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no rank outlived the launcher
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no rank outlived the launcher
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
 
 def _top_examples(store: Path) -> dict[tuple, list[int]]:
