@@ -82,19 +82,23 @@ def exact_entries(
     """x_{b_n} · W_enc[:, f_n] + bias[f_n] for each (b_n, f_n) = (rows_N, idx_N), in full precision.
 
     One sampled product (SDDMM) over the N entries; its CPU kernel wants W_enc's columns
-    contiguous (it would copy them anyway), and CSR wants the entries sorted by (row, column)."""
+    contiguous (it would copy them anyway), and CSR wants the entries sorted by (row, column):
+    they are sorted here unless they come so (TopK's and BatchTopK's selections do)."""
     B, F = x_BD.shape[0], W_enc_DF.shape[1]
-    order_N = (rows_N * F + idx_N).double().argsort()  # torch's CPU sort of int64 is ~40× slower than float64
+    keys_N = rows_N * F + idx_N
+    in_order = bool((keys_N[1:] >= keys_N[:-1]).all())
+    order_N = None if in_order else keys_N.double().argsort()  # torch's CPU sort of int64 is ~40× slower
+    sorted_idx_N = idx_N if order_N is None else idx_N[order_N]
     counts_B = torch.bincount(rows_N, minlength=B)
     crow_B1 = torch.cat([counts_B.new_zeros(1), counts_B.cumsum(0)])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
         pattern_BF = torch.sparse_csr_tensor(
-            crow_B1, idx_N[order_N], bias_F[idx_N[order_N]], (B, F), check_invariants=False
+            crow_B1, sorted_idx_N, bias_F[sorted_idx_N], (B, F), check_invariants=False
         )
     W_FD = W_enc_DF.T.contiguous()
     sorted_N = torch.sparse.sampled_addmm(pattern_BF, x_BD, W_FD.T).values()
-    return torch.empty_like(sorted_N).index_copy_(0, order_N, sorted_N)
+    return sorted_N if order_N is None else torch.empty_like(sorted_N).index_copy_(0, order_N, sorted_N)
 
 
 def feature_sums(
