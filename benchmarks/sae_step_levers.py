@@ -17,8 +17,8 @@ Rows (median seconds over ``--repeats``, same process, same tensors):
 - the gradients of the sparse products: W_dec's and W_enc's Sᵀ G as a sparse [F, B]×[B, D] product
   against one ``embedding_bag`` over the entries sorted by feature (``sae/base.py: feature_sums``);
   ∂/∂vals of the sparse decode through ``embedding_bag``'s own backward against a sampled product;
-- the decoder's gradient projection (parallel component removed, ``sae/trainer.py``) as separate
-  passes against one ``addcmul_``, and (``--compile``) compiled by ``torch.compile``, as is TopK's
+- the decoder's gradient projection (parallel component removed, ``sae/trainer.py``) in its
+  four passes against one ``addcmul_``, and (``--compile``) compiled by ``torch.compile``, as is TopK's
   forward and backward (the compile times are printed);
 - whole training steps (TopK and BatchTopK: forward, backward, projection, fused Adam,
   renormalisation): with glibc's default malloc against ``retained_cpu_memory`` (``cpu_memory.py``,
@@ -76,11 +76,6 @@ def training_step(sae, optimizer, x_BD: torch.Tensor) -> None:
     _project_out_parallel_grad(sae.W_dec)
     optimizer.step()
     _normalise_rows(sae.W_dec)
-
-
-def project_in_passes(G_FD: torch.Tensor, W_FD: torch.Tensor) -> None:
-    """The decoder's gradient projection as the trainer took it before: four passes, two temporaries."""
-    G_FD -= (G_FD * W_FD).sum(dim=1, keepdim=True) * W_FD
 
 
 def main() -> None:
@@ -163,11 +158,13 @@ def main() -> None:
         )
     )
     G_FD, unit_FD = torch.randn(F, D, generator=g), torch.nn.functional.normalize(torch.randn(F, D, generator=g), dim=1)
-    rows.append(("W_dec gradient projection, in 4 passes", lambda: project_in_passes(G_FD, unit_FD)))
+    unit_param = torch.nn.Parameter(unit_FD)
+    unit_param.grad = G_FD
+    rows.append(("W_dec gradient projection, in 4 passes", lambda: _project_out_parallel_grad(unit_param)))
     rows.append(
         (
             "W_dec gradient projection, addcmul_",
-            lambda: G_FD.addcmul_((G_FD * unit_FD).sum(dim=1, keepdim=True), unit_FD, value=-1),
+            lambda: unit_param.grad.addcmul_((unit_param.grad * unit_FD).sum(dim=1, keepdim=True), unit_FD, value=-1),
         )
     )
     if args.compile:

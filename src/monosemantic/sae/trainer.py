@@ -122,8 +122,8 @@ def learning_rate(cfg: SAEConfig, frac: float) -> float:
 
 @torch.no_grad()
 def _project_out_parallel_grad(W_dec_FD: torch.nn.Parameter) -> None:
-    grad_FD = W_dec_FD.grad  # one addcmul_: a pass and an [F, D] temporary fewer than ``-= dots * W``
-    grad_FD.addcmul_((grad_FD * W_dec_FD).sum(dim=1, keepdim=True), W_dec_FD, value=-1)
+    grad_FD = W_dec_FD.grad
+    grad_FD -= (grad_FD * W_dec_FD).sum(dim=1, keepdim=True) * W_dec_FD
 
 
 @torch.no_grad()
