@@ -87,6 +87,7 @@ def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch
     from monosemantic.corpus.shards import TokenShards, write_token_shards
     from monosemantic.corpus.tokenizer import train_tokenizer
     from monosemantic.lm.baselines import baseline_losses
+    from monosemantic.lm.model import build_lm
     from monosemantic.lm.train import train_lm
 
     path = cache / f"lm_d{d_mlp}_s{lm_steps}_n{n_rows}.pt"
@@ -114,11 +115,17 @@ def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch
         eval_every=lm_steps,
         checkpoint_every=lm_steps,
     )
-    model, figures = train_lm(cfg, tokens_dir, cache / f"lm_d{d_mlp}_s{lm_steps}.ckpt")
+    weights = cache / f"lm_d{d_mlp}_s{lm_steps}.weights.pt"  # other --steps/--batch re-harvest, not re-train
+    if weights.exists():
+        model = build_lm(cfg, TokenShards(tokens_dir, "train").vocab_size)
+        model.load_state_dict(torch.load(weights))
+    else:
+        model, figures = train_lm(cfg, tokens_dir, cache / f"lm_d{d_mlp}_s{lm_steps}.ckpt")
+        quality = {"val_loss": figures["history"][-1]["val_loss"], "train_seconds": figures["train_seconds"]}
+        quality |= baseline_losses(TokenShards(tokens_dir, "train"), TokenShards(tokens_dir, "val"), ctx)
+        (cache / f"lm_d{d_mlp}_s{lm_steps}.json").write_text(json.dumps(quality))
+        torch.save(model.state_dict(), weights)
     model.eval()
-    quality = {"val_loss": figures["history"][-1]["val_loss"], "train_seconds": figures["train_seconds"]}
-    quality |= baseline_losses(TokenShards(tokens_dir, "train"), TokenShards(tokens_dir, "val"), ctx)
-    (cache / f"lm_d{d_mlp}_s{lm_steps}.json").write_text(json.dumps(quality))
     windows_BT = TokenShards(tokens_dir, "train").random_windows(-(-n_rows // ctx), ctx, np.random.default_rng(0))
     acts = torch.cat(
         [
