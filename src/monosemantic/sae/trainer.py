@@ -29,6 +29,9 @@ holds F/N latents (``sae/sharded.py``); nothing is averaged, since each rank's g
 latents' and b_dec's is whole everywhere. Checkpoints hold the whole dictionary (gathered to rank 0,
 Adam's moments and the dead-latent counters too), so they resume sharded or not.
 
+On CPU the loop runs inside ``retained_cpu_memory`` (``cpu_memory.py``): each step's large tensors
+reuse the previous step's pages instead of faulting in fresh ones.
+
 Inputs are multiplied by one constant so that E‖x‖² = d_in (Anthropic's April 2024 update;
 Gemma Scope normalises likewise), so the defaults of λ, k and learning rates do not depend on the
 scale of the activations. The returned SAE has that constant folded back in: it takes raw
