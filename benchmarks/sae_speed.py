@@ -26,8 +26,8 @@ misses (the trained SAE; its values are re-read exactly either way).
 Data: ``--data lm`` (default) records MLP activations (``blocks.0.mlp.hook_post``, width d) from the
 project's own one-layer LM with d_mlp = d, trained ``--lm-steps`` steps on the bundled corpus; the
 tokens, the LM's weights and validation loss (printed per width, against the unigram and bigram
-baselines: how realistic the activations are) and the activations are cached under ``--cache``. ``--data synthetic`` draws sparse
-combinations of known directions (``sae/synthetic.py``). Numbers on a shared machine are noisy:
+baselines: how realistic the activations are) and the activations are cached under ``--cache``.
+``--data synthetic`` draws sparse combinations of known directions (``sae/synthetic.py``). Numbers on a shared machine are noisy:
 compare ratios from one run, and say what else was running.
 """
 
