@@ -27,8 +27,8 @@ Data: ``--data lm`` (default) records MLP activations (``blocks.0.mlp.hook_post`
 project's own one-layer LM with d_mlp = d, trained ``--lm-steps`` steps on the bundled corpus; the
 tokens, the LM's weights and validation loss (printed per width, against the unigram and bigram
 baselines: how realistic the activations are) and the activations are cached under ``--cache``.
-``--data synthetic`` draws sparse combinations of known directions (``sae/synthetic.py``). Numbers on a shared machine are noisy:
-compare ratios from one run, and say what else was running.
+``--data synthetic`` draws sparse combinations of known directions (``sae/synthetic.py``). Numbers
+on a shared machine are noisy: compare ratios from one run, and say what else was running.
 """
 
 from __future__ import annotations
