@@ -33,8 +33,8 @@ class StepOutput(NamedTuple):
 class _SparseDecode(torch.autograd.Function):
     """x̂_BD = Σ_n vals_n W_dec[idx_n] over each token's entries, with a sparse backward:
     ∂/∂vals_n = ⟨grad_b, W_dec[idx_n]⟩ (a sampled product, ``exact_entries``) and ∂/∂W_dec = Sᵀ grad_BD
-    for the sparse code S [B, F] (``feature_sums``). (``embedding_bag``'s own backward does the same
-    2× slower on CPU at F = 4,096 for W_dec, and 2× slower for vals at F = 6,144.)"""
+    for the sparse code S [B, F] (``feature_sums``). (``embedding_bag``'s own backward is slower on
+    CPU: 2× for W_dec at F = 4,096, 1.5–2× for vals at F = 6,144, ``benchmarks/sae_step_levers.py``.)"""
 
     @staticmethod
     def forward(ctx, idx, vals, offsets_B, W_dec_FD):  # noqa: ANN001, ANN205 — autograd signature
@@ -109,7 +109,7 @@ def feature_sums(
 
     One ``embedding_bag`` over the entries sorted by feature (a bag per feature): it writes each
     output row once, where a sparse [F, B]×[B, D] product zero-fills [F, D] first and then
-    scatters into it, 1.5× slower on CPU at d = 1,536, F = 6,144 (``benchmarks/sae_step_levers.py``)."""
+    scatters into it, 1.5–5× slower on CPU at d = 1,536, F = 6,144 (``benchmarks/sae_step_levers.py``)."""
     order_N = idx_N.double().argsort()  # float64: torch's CPU sort of int64 is ~40× slower
     counts_F = torch.bincount(idx_N, minlength=F)
     return F_.embedding_bag(
