@@ -3,13 +3,19 @@ reuse, and glibc's defaults back afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import platform
 
 import pytest
 import torch
 
+import monosemantic.sae.trainer as trainer
 from monosemantic.cpu_memory import retained_cpu_memory
+from monosemantic.progress import set_quiet
+from monosemantic.sae import SAEConfig, train_sae
+
+set_quiet(True)
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -51,3 +57,23 @@ def test_a_user_tuned_or_foreign_malloc_is_left_alone(monkeypatch):
     monkeypatch.delenv("GLIBC_TUNABLES")
     with retained_cpu_memory() as changed:
         assert not changed
+
+
+def test_training_with_memory_kept_gives_the_same_sae(monkeypatch):
+    """The trainer keeps freed memory on CPU; the SAE it trains is bit-identical to one trained
+    with glibc's defaults (what the memory holds is never read before it is written)."""
+    cfg = SAEConfig(variant="topk", d_in=16, d_sae=64, k=4, n_samples=128 * 10, batch_size=128, seed=3)
+    rows = torch.randn(128 * 10, 16, generator=torch.Generator().manual_seed(0)).relu()
+    entered = []
+
+    def recording():
+        entered.append(True)
+        return retained_cpu_memory()
+
+    monkeypatch.setattr(trainer, "retained_cpu_memory", recording)
+    kept = train_sae(cfg, rows.split(128), rows[:512]).sae
+    monkeypatch.setattr(trainer, "retained_cpu_memory", contextlib.nullcontext)
+    default = train_sae(cfg, rows.split(128), rows[:512]).sae
+    assert entered == [True]
+    for name, tensor in kept.state_dict().items():
+        assert torch.equal(tensor, default.state_dict()[name]), name
