@@ -28,15 +28,17 @@ which ``select_precision=bfloat16`` takes and ``auto`` does not).
 
 Data: ``--data lm`` (default) records MLP activations (``blocks.0.mlp.hook_post``, width d) from the
 project's own one-layer LM with d_mlp = d, trained ``--lm-steps`` steps on the bundled corpus; the
-LM, tokens and activations are cached under ``--cache``. ``--data synthetic`` draws sparse
-combinations of known directions (``sae/synthetic.py``). Numbers on a shared machine are noisy:
-compare ratios from one run, and say what else was running.
+tokens, the LM's weights and validation loss (printed per width, against the unigram and bigram
+baselines: how realistic the activations are) and the activations are cached under ``--cache``.
+``--data synthetic`` draws sparse combinations of known directions (``sae/synthetic.py``). Numbers
+on a shared machine are noisy: compare ratios from one run, and say what else was running.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import multiprocessing as mp
 import resource
@@ -81,12 +83,15 @@ def _rss_mb(field: str) -> float:
 
 def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch.Tensor:
     """[n_rows, d_mlp] MLP activations of our one-layer LM (d_model 128, d_mlp given), trained
-    ``lm_steps`` steps on the start of the bundled corpus, at random 64-token windows."""
+    ``lm_steps`` steps on the start of the bundled corpus, at random 64-token windows. How well
+    that LM learned (``lm_quality``) is written beside them."""
     from monosemantic.activations.harvest import activations_at
     from monosemantic.config import LMConfig
     from monosemantic.corpus.bundled import iter_bundled_documents
     from monosemantic.corpus.shards import TokenShards, write_token_shards
     from monosemantic.corpus.tokenizer import train_tokenizer
+    from monosemantic.lm.baselines import baseline_losses
+    from monosemantic.lm.model import build_lm
     from monosemantic.lm.train import train_lm
 
     path = cache / f"lm_d{d_mlp}_s{lm_steps}_n{n_rows}.pt"
@@ -114,7 +119,16 @@ def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch
         eval_every=lm_steps,
         checkpoint_every=lm_steps,
     )
-    model, _ = train_lm(cfg, tokens_dir, cache / f"lm_d{d_mlp}_s{lm_steps}.ckpt")
+    weights = cache / f"lm_d{d_mlp}_s{lm_steps}.weights.pt"  # other --steps/--batch re-harvest, not re-train
+    if weights.exists():
+        model = build_lm(cfg, TokenShards(tokens_dir, "train").vocab_size)
+        model.load_state_dict(torch.load(weights))
+    else:
+        model, figures = train_lm(cfg, tokens_dir, cache / f"lm_d{d_mlp}_s{lm_steps}.ckpt")
+        quality = {"val_loss": figures["history"][-1]["val_loss"], "train_seconds": figures["train_seconds"]}
+        quality |= baseline_losses(TokenShards(tokens_dir, "train"), TokenShards(tokens_dir, "val"), ctx)
+        (cache / f"lm_d{d_mlp}_s{lm_steps}.json").write_text(json.dumps(quality))
+        torch.save(model.state_dict(), weights)
     model.eval()
     windows_BT = TokenShards(tokens_dir, "train").random_windows(-(-n_rows // ctx), ctx, np.random.default_rng(0))
     acts = torch.cat(
@@ -126,6 +140,19 @@ def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch
     acts = acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))[:n_rows]].contiguous()
     torch.save(acts, path)
     return acts
+
+
+def lm_quality(d_mlp: int, lm_steps: int, cache: Path) -> str:
+    """One line on the LM behind ``lm_activations``: its validation loss against the unigram and
+    bigram baselines (nats/token), and its training time; caches older than that record say so."""
+    path = cache / f"lm_d{d_mlp}_s{lm_steps}.json"
+    if not path.exists():
+        return f"LM d_mlp={d_mlp}, {lm_steps} steps: loss not recorded (cached before it was)"
+    q = json.loads(path.read_text())
+    return (
+        f"LM d_mlp={d_mlp}, {lm_steps} steps ({q['train_seconds']:.0f} s): validation loss {q['val_loss']:.3f} "
+        f"(unigram {q['unigram_loss']:.3f}, bigram {q['bigram_loss']:.3f})"
+    )
 
 
 def synthetic_activations(d: int, n_rows: int) -> torch.Tensor:
@@ -305,6 +332,7 @@ def main() -> None:
         n_rows = args.batch * args.steps + args.held_out
         if args.data == "lm":
             rows_ND = lm_activations(d, n_rows, args.lm_steps, args.cache)
+            print(lm_quality(d, args.lm_steps, args.cache), flush=True)
         else:
             rows_ND = synthetic_activations(d, n_rows)
         data_path = args.cache / f"rows_{args.data}_d{d}_n{n_rows}.pt"

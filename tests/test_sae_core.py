@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, build_sae, jumprelu, train_sae
-from monosemantic.sae.base import Entries, SparseAutoencoder, selection_dtype, token_rows
+from monosemantic.sae.base import Entries, SparseAutoencoder, feature_sums, selection_dtype, token_rows
 from monosemantic.sae.resampling import pick_inputs, reinitialise_features, resampling_weights
-from monosemantic.sae.trainer import CHECKPOINT_NAME, geometric_median
+from monosemantic.sae.trainer import CHECKPOINT_NAME, _project_out_parallel_grad, geometric_median
 
 set_quiet(True)
 D, F = 16, 64
@@ -88,6 +88,28 @@ def test_sparse_decoding_equals_dense_decoding_for_topk_and_batchtopk(outlier):
             if outlier > 1:
                 assert offsets[8] - offsets[7] > 4 * 5  # one token holds many of the batch's entries
         torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_gradient_projection_removes_the_component_along_each_row():
+    g = torch.Generator().manual_seed(0)
+    W = torch.nn.Parameter(torch.nn.functional.normalize(torch.randn(F, D, generator=g), dim=1))
+    W.grad = torch.randn(F, D, generator=g)
+    expected = W.grad - (W.grad * W).sum(dim=1, keepdim=True) * W
+    _project_out_parallel_grad(W)
+    torch.testing.assert_close(W.grad, expected)
+    assert (W.grad * W).sum(dim=1).abs().max() < 1e-5
+
+
+def test_feature_sums_equal_the_dense_product():
+    """Sᵀ x for a sparse S given as entries, with repeated entries (summed) and features that have
+    none (zero rows)."""
+    g = torch.Generator().manual_seed(0)
+    rows, idx = torch.randint(0, 32, (200,), generator=g), torch.randint(0, F // 2, (200,), generator=g)
+    weights, x = torch.randn(200, generator=g), torch.randn(32, D, generator=g)
+    dense_BF = torch.zeros(32, F).index_put_((rows, idx), weights, accumulate=True)
+    sums_FD = feature_sums(rows, idx, weights, x, F)
+    torch.testing.assert_close(sums_FD, dense_BF.T @ x, rtol=1e-5, atol=1e-5)
+    assert torch.equal(sums_FD[F // 2 :], torch.zeros(F - F // 2, D))
 
 
 @pytest.mark.parametrize("scaled_rows", ["none", "sampled", "unsampled"])

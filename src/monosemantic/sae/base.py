@@ -64,8 +64,9 @@ class Entries(NamedTuple):
 
 class _SparseDecode(torch.autograd.Function):
     """x̂_BD = Σ_n vals_n W_dec[idx_n] over each token's entries, with a sparse backward:
-    ∂/∂vals_n = ⟨grad_b, W_dec[idx_n]⟩ and ∂/∂W_dec = Sᵀ grad_BD for the sparse code S [B, F].
-    (``embedding_bag``'s own weight gradient does the same but is 2× slower on CPU at F=4096.)"""
+    ∂/∂vals_n = ⟨grad_b, W_dec[idx_n]⟩ (a sampled product, ``exact_entries``) and ∂/∂W_dec = Sᵀ grad_BD
+    for the sparse code S [B, F] (``feature_sums``). (``embedding_bag``'s own backward is slower on
+    CPU: 2× for W_dec at F = 4,096, 1.5–2× for vals at F = 6,144, ``benchmarks/sae_step_levers.py``.)"""
 
     @staticmethod
     def forward(ctx, idx, vals, offsets_B, W_dec_FD):  # noqa: ANN001, ANN205 — autograd signature
@@ -75,25 +76,17 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_BD):  # noqa: ANN001, ANN205
         idx, vals, offsets_B, W_dec_FD = ctx.saved_tensors
-        with torch.enable_grad():  # embedding_bag's per-sample-weight gradient is the fast part
-            vals_leaf = vals.detach().requires_grad_()
-            recon_BD = F_.embedding_bag(idx, W_dec_FD.detach(), offsets_B, mode="sum", per_sample_weights=vals_leaf)
-            (grad_vals,) = torch.autograd.grad(recon_BD, vals_leaf, grad_BD)
-        B = grad_BD.shape[0]
-        code_FB = torch.sparse_coo_tensor(
-            torch.stack([idx.flatten(), token_rows(idx, offsets_B, B)]),
-            vals.flatten(),
-            (W_dec_FD.shape[0], B),
-            check_invariants=False,
-        )
-        return None, grad_vals, None, torch.sparse.mm(code_FB, grad_BD)
+        F = W_dec_FD.shape[0]
+        rows_N, idx_N = token_rows(idx, offsets_B, grad_BD.shape[0]), idx.flatten()
+        grad_vals_N = exact_entries(grad_BD, W_dec_FD.T, W_dec_FD.new_zeros(F), rows_N, idx_N)
+        return None, grad_vals_N.view(vals.shape), None, feature_sums(rows_N, idx_N, vals.flatten(), grad_BD, F)
 
 
 class _SparseEncode(torch.autograd.Function):
     """vals_n = pre[b_n, f_n] = x̄_{b_n} · W_enc[:, f_n] + b_enc[f_n] (x̄ = x − b_dec) for the selected
     entries, read from the pre_BF already computed without gradient (or recomputed exactly, B·K·D
     work, when that pre_BF is a lower-precision one used only for ranking), with a sparse backward:
-    for the sparse gradient G [B, F] of the selected entries, ∂/∂W_enc = x̄ᵀ G, ∂/∂b_enc = Σ_b G and
+    for the sparse gradient G [B, F] of the selected entries, ∂/∂W_enc = x̄ᵀ G (``feature_sums``), ∂/∂b_enc = Σ_b G and
     ∂/∂b_dec = −W_enc ∂/∂b_enc — B·K·D work where backpropagating through the dense pre_BF costs a
     second B·F·D matmul (and through a folded bias b_enc − b_dec W_enc, a dense D×F outer product).
     With no entries named (rows_N None), every entry: pre_BF itself, and the same gradients with a
@@ -120,10 +113,7 @@ class _SparseEncode(torch.autograd.Function):
             grad_b_enc_F = grad.sum(dim=0)
         else:
             rows_N, idx_N = entries
-            grad_FB = torch.sparse_coo_tensor(
-                torch.stack([idx_N, rows_N]), grad, (F, centred_BD.shape[0]), check_invariants=False
-            )
-            grad_W_enc_DF = torch.sparse.mm(grad_FB, centred_BD).T
+            grad_W_enc_DF = feature_sums(rows_N, idx_N, grad, centred_BD, F).T  # W_enc's feature-major layout
             grad_b_enc_F = torch.zeros(F, dtype=grad.dtype, device=grad.device).index_add_(0, idx_N, grad)
         return None, None, None, None, grad_W_enc_DF, grad_b_enc_F, -(W_enc_DF @ grad_b_enc_F)
 
@@ -134,19 +124,39 @@ def exact_entries(
     """x_{b_n} · W_enc[:, f_n] + bias[f_n] for each (b_n, f_n) = (rows_N, idx_N), in full precision.
 
     One sampled product (SDDMM) over the N entries; its CPU kernel wants W_enc's columns
-    contiguous (it would copy them anyway), and CSR wants the entries sorted by (row, column)."""
+    contiguous (it would copy them anyway), and CSR wants the entries sorted by (row, column):
+    they are sorted here unless they come so (TopK's and BatchTopK's selections do)."""
     B, F = x_BD.shape[0], W_enc_DF.shape[1]
-    order_N = (rows_N * F + idx_N).double().argsort()  # torch's CPU sort of int64 is ~40× slower than float64
+    keys_N = rows_N * F + idx_N
+    in_order = bool((keys_N[1:] >= keys_N[:-1]).all())
+    order_N = None if in_order else keys_N.double().argsort()  # torch's CPU sort of int64 is ~40× slower
+    sorted_idx_N = idx_N if order_N is None else idx_N[order_N]
     counts_B = torch.bincount(rows_N, minlength=B)
     crow_B1 = torch.cat([counts_B.new_zeros(1), counts_B.cumsum(0)])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
         pattern_BF = torch.sparse_csr_tensor(
-            crow_B1, idx_N[order_N], bias_F[idx_N[order_N]], (B, F), check_invariants=False
+            crow_B1, sorted_idx_N, bias_F[sorted_idx_N], (B, F), check_invariants=False
         )
     W_FD = W_enc_DF.T.contiguous()
     sorted_N = torch.sparse.sampled_addmm(pattern_BF, x_BD, W_FD.T).values()
-    return torch.empty_like(sorted_N).index_copy_(0, order_N, sorted_N)
+    return sorted_N if order_N is None else torch.empty_like(sorted_N).index_copy_(0, order_N, sorted_N)
+
+
+def feature_sums(
+    rows_N: torch.Tensor, idx_N: torch.Tensor, weights_N: torch.Tensor, x_BD: torch.Tensor, F: int
+) -> torch.Tensor:
+    """Sᵀ x_BD [F, D] for the sparse S [B, F] whose entries (rows_N, idx_N) hold weights_N: each
+    feature's weighted sum of the rows it is active on.
+
+    One ``embedding_bag`` over the entries sorted by feature (a bag per feature): it writes each
+    output row once, where a sparse [F, B]×[B, D] product zero-fills [F, D] first and then
+    scatters into it, 1.5–5× slower on CPU at d = 1,536, F = 6,144 (``benchmarks/sae_step_levers.py``)."""
+    order_N = idx_N.double().argsort()  # float64: torch's CPU sort of int64 is ~40× slower
+    counts_F = torch.bincount(idx_N, minlength=F)
+    return F_.embedding_bag(
+        rows_N[order_N], x_BD, torch.cumsum(counts_F, 0) - counts_F, mode="sum", per_sample_weights=weights_N[order_N]
+    )
 
 
 # Density of candidate entries up to which ``pre_acts_above`` lists them: benchmarks/sae_sparse_density.py

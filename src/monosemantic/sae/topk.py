@@ -36,9 +36,11 @@ class TopKSAE(SparseAutoencoder):
         return torch.zeros_like(pre_BF).scatter_(1, idx_BK, vals_BK.relu())
 
     def select_active(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The active latents as (idx, vals, offsets) for ``decode_sparse``: here [B, K]."""
+        """The active latents as (idx, vals, offsets) for ``decode_sparse``: here [B, K], each
+        token's latents in increasing order (the exact re-read's order, so it sorts nothing)."""
         vals_BK, idx_BK = pre_BF.topk(self.cfg.k, dim=1, sorted=False)
-        return idx_BK, vals_BK.relu(), None
+        idx_BK, order_BK = idx_BK.sort(dim=1)
+        return idx_BK, vals_BK.gather(1, order_BK).relu(), None
 
     def observe_kept(self, vals: torch.Tensor) -> None:
         """What a training step's kept latent values (exact, detached) teach a subclass; TopK

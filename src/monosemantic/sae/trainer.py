@@ -29,6 +29,9 @@ holds F/N latents (``sae/sharded.py``); nothing is averaged, since each rank's g
 latents' and b_dec's is whole everywhere. Checkpoints hold the whole dictionary (gathered to rank 0,
 Adam's moments and the dead-latent counters too), so they resume sharded or not.
 
+On CPU the loop runs inside ``retained_cpu_memory`` (``cpu_memory.py``): each step's large tensors
+reuse the previous step's pages instead of faulting in fresh ones.
+
 Inputs are multiplied by one constant so that E‖x‖² = d_in (Anthropic's April 2024 update;
 Gemma Scope normalises likewise), so the defaults of λ, k and learning rates do not depend on the
 scale of the activations. The returned SAE has that constant folded back in: it takes raw
@@ -40,6 +43,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from pickle import UnpicklingError  # what torch.load(weights_only=True) raises on a foreign file
@@ -48,6 +52,7 @@ from typing import Callable, Iterable, Iterator, Literal
 import torch
 
 from monosemantic.atomic import atomic_path
+from monosemantic.cpu_memory import retained_cpu_memory
 from monosemantic.device import resolve_device
 from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
@@ -190,7 +195,9 @@ def train_sae(
     stream: Iterator[torch.Tensor] = iter(batches(state.steps) if callable(batches) else batches)
     sae.train()
 
-    with progress(f"SAE {cfg.variant} F={cfg.d_sae}", total=cfg.n_samples, unit="samples") as advance:
+    # on CPU, each step's large tensors reuse the last step's pages instead of faulting in fresh ones
+    keep_memory = retained_cpu_memory() if device.type == "cpu" else nullcontext()
+    with keep_memory, progress(f"SAE {cfg.variant} F={cfg.d_sae}", total=cfg.n_samples, unit="samples") as advance:
         advance(state.samples_seen)
         started = time.perf_counter()
         while state.samples_seen < cfg.n_samples:
