@@ -152,28 +152,46 @@ def test_bad_launch_settings_are_one_line_errors(monkeypatch):
 # ---------------------------------------------------------------- LM, DistributedDataParallel
 
 
-def _train_lm(here: World, tokens_dir: Path, checkpoint: Path) -> dict:
+def _train_lm(here: World, tokens_dir: Path, checkpoint: Path, batch_size: int = 8) -> dict:
     from monosemantic.config import load_config
     from monosemantic.lm.train import train_lm
 
     set_quiet(True)
-    cfg = load_config("tiny").lm.model_copy(update={"n_steps": 3, "warmup_steps": 1, "eval_every": 3})
+    cfg = load_config("tiny").lm.model_copy(
+        update={"n_steps": 3, "warmup_steps": 1, "eval_every": 3, "batch_size": batch_size, "grad_parts": batch_size}
+    )
     model, figures = train_lm(cfg, tokens_dir, checkpoint, "cpu", here)
     return {"state": model.state_dict(), "train_loss": figures["train_loss"]}
 
 
-def test_lm_data_parallel_steps_equal_one_process(tiny_run, tmp_path):
+def test_lm_data_parallel_steps_are_one_process_steps_bit_for_bit(tiny_run, tmp_path):
+    """Each rank backpropagates its 4 of the 8 parts; the hook adds the two subtree sums as one process does."""
     one = _train_lm(SINGLE, tiny_run / "tokens", tmp_path / "one.pt")
     ranks = spawn_world(_train_lm, tiny_run / "tokens", tmp_path / "two.pt")
+    for rank in ranks:
+        assert rank["train_loss"] == one["train_loss"]
+        assert rank["state"].keys() == one["state"].keys()
+        for key, tensor in one["state"].items():
+            assert torch.equal(rank["state"][key], tensor), key
+    initial = _initial_lm_state(tiny_run)
+    moved = max((one["state"][k] - v).abs().max().item() for k, v in initial.items() if v.is_floating_point())
+    assert moved > 1e-3  # the steps changed the weights: the comparison is not of two untrained models
+
+
+def test_lm_data_parallel_over_4_ranks_is_bit_equal_and_over_3_close(tiny_run, tmp_path):
+    """4 ranks of 2 parts: the hook's tree over the ranks, (S_0 + S_1) + (S_2 + S_3), is the one-process
+    tree. 3 ranks of 2 of 6 parts are not subtrees of that tree: the same sum in another order."""
+    one = _train_lm(SINGLE, tiny_run / "tokens", tmp_path / "one.pt")
+    for rank in spawn_world(_train_lm, tiny_run / "tokens", tmp_path / "four.pt", size=4):
+        assert all(torch.equal(rank["state"][key], tensor) for key, tensor in one["state"].items())
+    one = _train_lm(SINGLE, tiny_run / "tokens", tmp_path / "one6.pt", 6)
+    ranks = spawn_world(_train_lm, tiny_run / "tokens", tmp_path / "three.pt", 6, size=3)
     for rank in ranks:
         assert rank["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
         for key, tensor in one["state"].items():
             if key.endswith("attn.b_K"):  # its true gradient is 0 (softmax ignores a shift): Adam steps by the noise
                 continue
-            torch.testing.assert_close(rank["state"][key], tensor, rtol=1e-4, atol=1e-6, msg=key)
-    initial = _initial_lm_state(tiny_run)
-    moved = max((one["state"][k] - v).abs().max().item() for k, v in initial.items() if v.is_floating_point())
-    assert moved > 1e-3  # the steps changed the weights: the comparison is not of two untrained models
+            torch.testing.assert_close(rank["state"][key], tensor, rtol=1e-4, atol=1e-5, msg=key)
 
 
 def _initial_lm_state(tiny_run: Path) -> dict:

@@ -5,11 +5,13 @@ from conftest import make_corpus_text
 import monosemantic.lm.train as train_module
 from monosemantic.corpus.shards import TokenShards, write_token_shards
 from monosemantic.corpus.tokenizer import train_tokenizer
+from monosemantic.distributed import SINGLE
 from monosemantic.errors import UserError
 from monosemantic.lm.baselines import baseline_losses
 from monosemantic.lm.config import LMConfig
-from monosemantic.lm.model import load_lm, save_lm
-from monosemantic.lm.train import evaluate_lm, train_lm
+from monosemantic.lm.grad_tree import PartGradients
+from monosemantic.lm.model import build_lm, load_lm, save_lm
+from monosemantic.lm.train import backward_in_parts, evaluate_lm, next_token_loss, train_lm
 from monosemantic.progress import set_quiet
 
 set_quiet(True)
@@ -93,6 +95,36 @@ def test_baselines_on_a_known_sequence(tmp_path):
 def test_impossible_config():
     with pytest.raises(ValueError, match="divisible"):
         LMConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match=r"grad_parts \(8\) must divide batch_size \(12\)"):
+        LMConfig(batch_size=12)
+
+
+TREES = {  # P: the balanced tree over the parts' gradients g, written out
+    4: lambda g: (g[0] + g[1]) + (g[2] + g[3]),
+    6: lambda g: (g[0] + (g[1] + g[2])) + (g[3] + (g[4] + g[5])),
+}
+
+
+@pytest.mark.parametrize("n_parts", sorted(TREES))
+def test_the_gradient_of_a_batch_in_parts_is_the_tree_of_the_parts_gradients(n_parts):
+    cfg = LMConfig(**{**TINY, "batch_size": 12}, grad_parts=n_parts)
+    torch.manual_seed(0)
+    model = build_lm(cfg, 50)
+    params = list(model.parameters())
+    windows_BT = torch.randint(0, 50, (12, cfg.n_ctx), generator=torch.Generator().manual_seed(1))
+    parts_BT = windows_BT.chunk(n_parts)
+    part_grads = [torch.autograd.grad(next_token_loss(model, part_BT), params) for part_BT in parts_BT]
+    whole_grads = torch.autograd.grad(next_token_loss(model, windows_BT), params)
+
+    losses = backward_in_parts(model, PartGradients(params, n_parts, SINGLE), windows_BT, "cpu", bf16=False)
+    assert losses.tolist() == [next_token_loss(model, part_BT).item() for part_BT in parts_BT]
+    in_order = 0
+    for i, param in enumerate(params):
+        g = [grads[i] for grads in part_grads]
+        assert torch.equal(param.grad, TREES[n_parts](g) / n_parts), i
+        torch.testing.assert_close(param.grad, whole_grads[i], rtol=1e-4, atol=1e-6)  # the batch's gradient
+        in_order += not torch.equal(param.grad, sum(g[1:], g[0]) / n_parts)
+    assert in_order > 0  # summed left to right the bits differ: the test sees the order
 
 
 def test_bigram_dense_and_sparse_counts_agree(tokens_dir, monkeypatch):
@@ -118,7 +150,7 @@ def test_bfloat16_training_runs_under_autocast_and_learns_like_float32(tokens_di
     assert not any(seen)  # auto = float32 on the CPU
     seen.clear()  # (evaluation, also through next_token_loss, stays float32)
     bf16, _ = train_lm(LMConfig(**TINY, n_steps=60, lr=1e-2, precision="bfloat16"), tokens_dir, tmp_path / "b.pt")
-    assert seen.count(True) == 60
+    assert seen.count(True) == 60 * 8  # every step backpropagates its 8 parts (lm.grad_parts)
     val = TokenShards(tokens_dir, "val")
     loss_fp32, loss_bf16 = (evaluate_lm(m, val, 32, None) for m in (fp32, bf16))
     assert next(bf16.parameters()).dtype == torch.float32  # weights stay float32

@@ -24,6 +24,9 @@ class LMConfig(BaseModel):
     act_fn: str = "relu"
 
     batch_size: int = Field(32, ge=1)
+    # Each batch is backpropagated in this many equal parts whose gradients are summed in a fixed binary
+    # tree, so torchrun over N ranks (N a power of 2 dividing it) trains bit for bit the one-process LM.
+    grad_parts: int = Field(8, ge=1)
     n_steps: int = Field(2000, ge=1)
     lr: float = Field(3e-3, gt=0)
     warmup_steps: int = Field(100, ge=0)
@@ -41,6 +44,8 @@ class LMConfig(BaseModel):
     def _check(self) -> LMConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.batch_size % self.grad_parts:
+            raise ValueError(f"grad_parts ({self.grad_parts}) must divide batch_size ({self.batch_size})")
         if self.pretrained and self.hf_model_dir:
             raise ValueError("give pretrained or hf_model_dir, not both")
         return self

@@ -9,12 +9,21 @@ exactly where it stopped and gives the same losses as an uninterrupted one. A ch
 tensors and plain values (loaded with ``weights_only=True``: opening one runs no code) and the hash
 of the config and tokens it was trained on; one made for anything else is set aside, not resumed.
 
+Each step's global batch is cut into ``cfg.grad_parts`` (P) equal parts, backpropagated one at a
+time, and the parts' gradients are summed in one fixed balanced binary tree and divided by P
+(``monosemantic.lm.grad_tree`` states the tree): g = T(g_0, …, g_{P−1}) / P, the gradient of the mean of
+the parts' losses, i.e. of the batch's mean loss. Every part has the same shapes on any world size
+and the tree fixes the order of every addition, so the gradient's bits do not depend on how the parts
+are spread over processes.
+
 Data-parallel (``world``, a torchrun world of N ranks): every rank draws the same global batch of
-``batch_size`` windows from the same generator and trains on its ``batch_size / N`` of them under
-``DistributedDataParallel``, whose averaged gradient of equal parts is the global batch's; so the
-steps are a world of 1's, and the generator state in a checkpoint is every rank's. Rank 0 evaluates,
-writes checkpoints and shows progress; every rank resumes from the same checkpoint, at any world
-size that divides the batch.
+``batch_size`` windows from the same generator and backpropagates its contiguous P/N parts under
+``DistributedDataParallel``, whose all-reduce is replaced by a communication hook that gathers the
+ranks' subtree sums and adds them in the tree's order. With N a power of 2 dividing P each rank's
+parts are a subtree, so every rank's gradient, hence every step, is bit for bit a world of 1's
+(another N dividing P: equal within float rounding). The generator state in a checkpoint is every
+rank's. Rank 0 evaluates, writes checkpoints and shows progress; every rank resumes from the same
+checkpoint, at any world size that divides P.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import hashlib
 import json
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from pickle import UnpicklingError  # what torch.load(weights_only=True) raises on a foreign file
 
@@ -36,6 +46,7 @@ from monosemantic.corpus.shards import TokenShards
 from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.lm.config import LMConfig
+from monosemantic.lm.grad_tree import PartGradients
 from monosemantic.lm.model import build_lm
 from monosemantic.progress import notice, progress
 
@@ -77,6 +88,30 @@ def evaluate_lm(
     return total / count
 
 
+def backward_in_parts(
+    stepped: torch.nn.Module, parts: PartGradients, windows_BT: torch.Tensor, device: torch.device | str, bf16: bool
+) -> torch.Tensor:
+    """Backpropagate this rank's parts of the global batch ``windows_BT`` one at a time through
+    ``stepped`` (the model, or its DDP wrapper); leaves in every parameter's ``.grad`` the batch's
+    gradient T(g_0, …, g_{P−1}) / P, and returns this rank's parts' losses (float32)."""
+    device_type = torch.device(device).type
+    ddp = isinstance(stepped, torch.nn.parallel.DistributedDataParallel)
+    rank_parts = parts.split(windows_BT)
+    losses = []
+    for i, part_BT in enumerate(rank_parts):
+        last = i == len(rank_parts) - 1
+        with stepped.no_sync() if ddp and not last else nullcontext():  # DDP's hook runs in the last backward
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):  # weights and Adam stay float32
+                loss = next_token_loss(stepped, part_BT.to(device))
+            loss.backward()
+        losses.append(loss.detach().float())
+        if not last:
+            parts.take()
+    if not ddp:
+        parts.finish()
+    return torch.stack(losses)
+
+
 def train_lm(
     cfg: LMConfig,
     tokens_dir: Path,
@@ -86,7 +121,6 @@ def train_lm(
 ) -> tuple[HookedTransformer, dict]:
     """Train from scratch (or resume from ``checkpoint_path``); return the model and its figures
     (on rank 0 of a ``world``; the others' figures lack the validation losses)."""
-    world.check_divides(cfg.batch_size, "lm.batch_size")
     train = TokenShards(tokens_dir, "train")
     val = TokenShards(tokens_dir, "val")
     torch.manual_seed(cfg.seed)
@@ -100,8 +134,11 @@ def train_lm(
             step, history, seconds_before = _resume(checkpoint_path, key, model, optimizer, rng)
         world.barrier()
 
-    # DDP starts every rank from rank 0's weights and averages gradients over the ranks
-    stepped = model if world.size == 1 else torch.nn.parallel.DistributedDataParallel(model)
+    parts = PartGradients(list(model.parameters()), cfg.grad_parts, world)
+    stepped = model
+    if world.size > 1:  # DDP starts every rank from rank 0's weights; the hook sums the parts' gradients
+        stepped = torch.nn.parallel.DistributedDataParallel(model)
+        stepped.register_comm_hook(None, lambda _, bucket: parts.ddp_hook(bucket))
     start = time.perf_counter()
     device_type = torch.device(device).type
     bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and device_type == "cuda")
@@ -111,16 +148,12 @@ def train_lm(
         while step < cfg.n_steps:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            windows_BT = world.local_part(torch.from_numpy(train.random_windows(cfg.batch_size, cfg.n_ctx, rng)))
-            tokens_BT = windows_BT.to(device)
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):  # weights and Adam stay float32
-                loss = next_token_loss(stepped, tokens_BT)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            windows_BT = torch.from_numpy(train.random_windows(cfg.batch_size, cfg.n_ctx, rng))
+            part_losses = backward_in_parts(stepped, parts, windows_BT, device, bf16)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             step += 1
-            loss_value = world.all_reduce_(loss.detach().float().clone()).item() / world.size  # the global batch's
+            loss_value = world.all_gather(part_losses).mean().item()  # the global batch's: the mean of all P parts'
             if not math.isfinite(loss_value):
                 raise UserError(f"LM training diverged at step {step} (loss {loss_value}); lower lm.lr (now {cfg.lr})")
             info = f"loss {loss_value:.3f}"
