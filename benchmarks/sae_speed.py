@@ -16,15 +16,17 @@ batches of ``--batch`` rows (the same rows, seed and hyper-parameters for every 
   Neither declares a latent dead within so short a budget (ours: ``dead_window`` 1), so AuxK and
   resampling do not run; ``sae/topk.py`` takes the AuxK top-k only over the dead latents.
 
-Printed: samples/s (median over ``--repeats`` processes), peak resident memory, the one-matmul
-floor — samples/s if a step cost exactly one fp32 [B, d]×[d, F] product, the encoder forward that
-every dense trainer pays, timed in the same process right after its training run, so under the
-same load — and our fraction of it, our speed over SAELens's, and FVU and L0 on
-held-out rows after the run's fixed budget of ``steps × batch`` samples, and (``sel. diff``) the
-fraction of the latents an exact fp32 ranking keeps on one held-out batch that the bf16 ranking
-misses (the trained SAE; its values are re-read exactly either way; for standard and jumprelu, of
-the entries above the floor that bf16 candidates would miss, ``SparseAutoencoder.ranking_above``,
-which ``select_precision=bfloat16`` takes and ``auto`` does not).
+Printed: samples/s (median over ``--repeats`` processes), peak resident memory, the one-matmul floor
+— samples/s if a step cost exactly one fp32 [B, d]×[d, F] product, the encoder forward that every
+dense trainer pays, timed in the same process just before and just after its training run, so under
+the same load (the median of both sets of products, at least 5 and 1 s each: on a shared 2-core
+machine one product of ~13 ms varied by ±20 % between processes) — and our fraction of it, our speed
+over SAELens's, and FVU and L0 on held-out rows after the run's fixed budget of ``steps × batch``
+samples, and (``sel. diff``) the fraction of the latents an exact fp32 ranking keeps on one held-out
+batch that the bf16 ranking misses (the trained SAE; its values are re-read exactly either way; for
+standard and jumprelu, of the entries above the floor that bf16 candidates would miss,
+``SparseAutoencoder.ranking_above``, which ``select_precision=bfloat16`` takes and ``auto`` does
+not).
 
 Data: ``--data lm`` (default) records MLP activations (``blocks.0.mlp.hook_post``, width d) from the
 project's own one-layer LM with d_mlp = d, trained ``--lm-steps`` steps on the bundled corpus; the
@@ -207,6 +209,7 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
     set_quiet(True)
     train_ND, held_out_ND = torch.load(data_path)
     d = train_ND.shape[1]
+    floor_seconds = matmul_seconds(d, F, batch)
     _reset_peak_rss()
     differs = float("nan")
     if impl == "sae-lens":
@@ -238,7 +241,8 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
             differs = selection_mismatch(result.sae, held_out_ND[:batch])
         elif impl == "ours":
             differs = candidates_missed(result.sae, held_out_ND[:batch])
-    return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0, differs, matmul_floor(d, F, batch, threads)
+    floor = batch / statistics.median(floor_seconds + matmul_seconds(d, F, batch))
+    return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0, differs, floor
 
 
 @torch.no_grad()
@@ -273,16 +277,17 @@ def _run_isolated(*args) -> tuple[float, float, float, float, float, float]:
         return pool.apply(_measure, args)
 
 
-def matmul_floor(d: int, F: int, batch: int, threads: int, repeats: int = 7) -> float:
-    """Samples/s if a training step cost exactly one fp32 [B, d]×[d, F] product (median time)."""
-    torch.set_num_threads(threads)
+def matmul_seconds(d: int, F: int, batch: int, min_repeats: int = 5, min_seconds: float = 1.0) -> list[float]:
+    """Seconds of fp32 [B, d]×[d, F] products (the floor's unit of work), after one untimed one:
+    at least ``min_repeats`` of them and at least ``min_seconds`` in all."""
     x, W = torch.randn(batch, d), torch.randn(d, F)
-    times = []
-    for _ in range(repeats):
+    x @ W
+    times: list[float] = []
+    while len(times) < min_repeats or sum(times) < min_seconds:
         started = time.perf_counter()
         x @ W
         times.append(time.perf_counter() - started)
-    return batch / statistics.median(times[1:])
+    return times
 
 
 def main() -> None:

@@ -129,7 +129,7 @@ def exact_entries(
     B, F = x_BD.shape[0], W_enc_DF.shape[1]
     keys_N = rows_N * F + idx_N
     in_order = bool((keys_N[1:] >= keys_N[:-1]).all())
-    order_N = None if in_order else keys_N.double().argsort()  # torch's CPU sort of int64 is ~40× slower
+    order_N = None if in_order else argsort_keys(keys_N, B * F)
     sorted_idx_N = idx_N if order_N is None else idx_N[order_N]
     counts_B = torch.bincount(rows_N, minlength=B)
     crow_B1 = torch.cat([counts_B.new_zeros(1), counts_B.cumsum(0)])
@@ -143,6 +143,15 @@ def exact_entries(
     return sorted_N if order_N is None else torch.empty_like(sorted_N).index_copy_(0, order_N, sorted_N)
 
 
+def argsort_keys(keys_N: torch.Tensor, bound: int) -> torch.Tensor:
+    """The order that sorts the integer ``keys_N`` [N], each in [0, bound).
+
+    As int32 where they fit: torch's CPU sort of int64 keys turns ~400× slower (0.17 → 70 ms for
+    32k keys) when another process keeps the cores busy, float64 keys sort 8–20× slower than int32
+    on an idle machine, and int32 keys are the fastest either way (``benchmarks/sae_step_levers.py``)."""
+    return keys_N.int().argsort() if bound <= 2**31 else keys_N.double().argsort()
+
+
 def feature_sums(
     rows_N: torch.Tensor, idx_N: torch.Tensor, weights_N: torch.Tensor, x_BD: torch.Tensor, F: int
 ) -> torch.Tensor:
@@ -152,7 +161,7 @@ def feature_sums(
     One ``embedding_bag`` over the entries sorted by feature (a bag per feature): it writes each
     output row once, where a sparse [F, B]×[B, D] product zero-fills [F, D] first and then
     scatters into it, 1.5–5× slower on CPU at d = 1,536, F = 6,144 (``benchmarks/sae_step_levers.py``)."""
-    order_N = idx_N.double().argsort()  # float64: torch's CPU sort of int64 is ~40× slower
+    order_N = argsort_keys(idx_N, F)
     counts_F = torch.bincount(idx_N, minlength=F)
     return F_.embedding_bag(
         rows_N[order_N], x_BD, torch.cumsum(counts_F, 0) - counts_F, mode="sum", per_sample_weights=weights_N[order_N]
@@ -255,8 +264,8 @@ class SparseAutoencoder(nn.Module, ABC):
         dtype = selection_dtype(self.cfg.select_precision, x_BD.device, self.bf16_is_fast)
         if dtype == self.W_enc.dtype:
             return self.pre_acts(x_BD)
-        bias_F = self.b_enc - self.b_dec @ self.W_enc
-        return torch.addmm(bias_F.to(dtype), x_BD.to(dtype), self.W_enc.to(dtype))
+        # x centred first: a pass over [B, D] rather than b_dec W_enc's pass over [D, F]
+        return torch.addmm(self.b_enc.to(dtype), (x_BD - self.b_dec).to(dtype), self.W_enc.to(dtype))
 
     @torch.no_grad()
     def ranking_above(self, x_BD: torch.Tensor, floor_F: torch.Tensor) -> torch.Tensor:
@@ -413,5 +422,6 @@ def check_activations(x_BD: torch.Tensor, d_in: int, what: str) -> None:
     """Raise a UserError unless ``x_BD`` is a finite [B, d_in] batch."""
     if x_BD.ndim != 2 or x_BD.shape[1] != d_in:
         raise UserError(f"{what}: expected activations of shape [batch, {d_in}], got {list(x_BD.shape)}")
-    if not torch.isfinite(x_BD).all():
+    # a finite sum implies finite entries (one pass); only a non-finite one needs the element-wise test
+    if not torch.isfinite(x_BD.sum()) and not torch.isfinite(x_BD).all():
         raise UserError(f"{what}: activations contain NaN or inf")

@@ -125,8 +125,11 @@ def learning_rate(cfg: SAEConfig, frac: float) -> float:
 
 @torch.no_grad()
 def _project_out_parallel_grad(W_dec_FD: torch.nn.Parameter) -> None:
+    """grad_f ← grad_f − (grad_f · w_f) w_f for every unit-norm row w_f, in two passes over [F, D]
+    (a row-wise dot product, then one fused multiply-subtract): at small widths the step is bound by
+    such passes over parameter-sized arrays, not by its matmul."""
     grad_FD = W_dec_FD.grad
-    grad_FD -= (grad_FD * W_dec_FD).sum(dim=1, keepdim=True) * W_dec_FD
+    grad_FD.addcmul_(torch.linalg.vecdot(grad_FD, W_dec_FD, dim=1).unsqueeze(1), W_dec_FD, value=-1)
 
 
 @torch.no_grad()
