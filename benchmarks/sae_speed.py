@@ -20,11 +20,13 @@ Printed: samples/s (median over ``--repeats`` processes), peak resident memory, 
 — samples/s if a step cost exactly one fp32 [B, d]×[d, F] product, the encoder forward that every
 dense trainer pays, timed in the same process just before and just after its training run, so under
 the same load (the median of both sets of products, at least 5 and 1 s each: on a shared 2-core
-machine one product of ~13 ms varied by ±20 % between processes) — and our fraction of it, our speed
-over SAELens's, and FVU and L0 on held-out rows after the run's fixed budget of ``steps × batch``
-samples, and (``sel. diff``) the fraction of the latents an exact fp32 ranking keeps on one held-out
-batch that the bf16 ranking misses (the trained SAE; its values are re-read exactly either way; for
-standard and jumprelu, of the entries above the floor that bf16 candidates would miss,
+machine one product of ~13 ms varied by ±20 % between processes) — and our fraction of it; the
+steady rate (samples/s of the median step after the first, whose one-time costs weigh on a run of a
+few steps: timed by when each trainer asks for its next batch) and its fraction of the floor; our
+speed over SAELens's, and FVU and L0 on held-out rows after the run's fixed budget of ``steps ×
+batch`` samples, and (``sel. diff``) the fraction of the latents an exact fp32 ranking keeps on one
+held-out batch that the bf16 ranking misses (the trained SAE; its values are re-read exactly either
+way; for standard and jumprelu, of the entries above the floor that bf16 candidates would miss,
 ``SparseAutoencoder.ranking_above``, which ``select_precision=bfloat16`` takes and ``auto`` does
 not).
 
@@ -48,6 +50,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -174,8 +177,9 @@ def _our_params(variant: str, lr: float) -> dict:
     return sparsity | {"lr": lr, "warmup_frac": 0.0, "decay_frac": 0.0, "dead_window": 1.0}
 
 
-def _saelens_fit(variant: str, F: int, lr: float, train_ND: torch.Tensor, batch: int):
-    """SAELens's ``SAETrainer`` over ``train_ND`` in batches; returns (trained SAE, seconds)."""
+def _saelens_fit(variant: str, F: int, lr: float, train_ND: torch.Tensor, batch: int, asked: list[float]):
+    """SAELens's ``SAETrainer`` over ``train_ND`` in batches (``timed_batches`` notes the steps in
+    ``asked``); returns (trained SAE, seconds)."""
     from sae_lens import saes
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -198,7 +202,7 @@ def _saelens_fit(variant: str, F: int, lr: float, train_ND: torch.Tensor, batch:
         lr_end=lr / 10,
         logger=LoggingConfig(log_to_wandb=False),
     )
-    trainer = SAETrainer(cfg, sae, iter(train_ND.split(batch)))
+    trainer = SAETrainer(cfg, sae, timed_batches(train_ND.split(batch), asked))
     started = time.perf_counter()
     trained = trainer.fit()
     return trained, time.perf_counter() - started
@@ -212,8 +216,9 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
     floor_seconds = matmul_seconds(d, F, batch)
     _reset_peak_rss()
     differs = float("nan")
+    asked: list[float] = []
     if impl == "sae-lens":
-        sae, seconds = _saelens_fit(variant, F, lr, train_ND, batch)
+        sae, seconds = _saelens_fit(variant, F, lr, train_ND, batch, asked)
         sae.eval()
         with torch.no_grad():
             latents = torch.cat([sae.encode(x) for x in held_out_ND.split(1024)])
@@ -233,7 +238,7 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
             **_our_params(variant, lr),
             **extra,
         )
-        result = train_sae(cfg, train_ND.split(batch), train_ND[:4096])
+        result = train_sae(cfg, timed_batches(train_ND.split(batch), asked), train_ND[:4096])
         seconds = result.train_seconds
         stats = evaluate_sae(result.sae, [held_out_ND])
         fvu, l0 = stats["fvu"], stats["l0"]
@@ -242,7 +247,22 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
         elif impl == "ours":
             differs = candidates_missed(result.sae, held_out_ND[:batch])
     floor = batch / statistics.median(floor_seconds + matmul_seconds(d, F, batch))
-    return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0, differs, floor
+    return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0, differs, floor, steady_rate(asked, batch)
+
+
+def timed_batches(batches: Iterable[torch.Tensor], asked: list[float]) -> Iterator[torch.Tensor]:
+    """``batches``, noting in ``asked`` when each is asked for: both trainers ask for the next batch
+    as a step begins, so the gap between two asks is one whole step."""
+    for x_BD in batches:
+        asked.append(time.perf_counter())
+        yield x_BD
+
+
+def steady_rate(asked: list[float], batch: int) -> float:
+    """Samples/s of the median step after the first (the first pays one-time costs: memory first
+    touched, kernels set up); NaN with fewer than 3 steps."""
+    gaps = [later - earlier for earlier, later in zip(asked[1:], asked[2:])]
+    return batch / statistics.median(gaps) if gaps else float("nan")
 
 
 @torch.no_grad()
@@ -271,7 +291,7 @@ def candidates_missed(sae, x_BD: torch.Tensor) -> float:
     return (above_BF & (sae.ranking_above(x_BD, floor_F) <= 0)).sum().item() / max(1, above_BF.sum().item())
 
 
-def _run_isolated(*args) -> tuple[float, float, float, float, float, float]:
+def _run_isolated(*args) -> tuple[float, float, float, float, float, float, float]:
     """``_measure`` in a fresh process (its own peak memory, no warm caches); errors propagate."""
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measure, args)
@@ -331,7 +351,7 @@ def main() -> None:
     )
     print(
         f"{'d':>5}{'F':>7} {'variant':<10}{'impl':<11}{'samples/s':>10}{'peak MB':>9}{'floor s/s':>11}"
-        f"{'of floor':>9}{'×sae-lens':>10}{'FVU':>8}{'L0':>7}{'sel. diff':>10}"
+        f"{'of floor':>9}{'steady s/s':>11}{'of floor':>9}{'×sae-lens':>10}{'FVU':>8}{'L0':>7}{'sel. diff':>10}"
     )
     for d in args.dims:
         n_rows = args.batch * args.steps + args.held_out
@@ -360,13 +380,15 @@ def main() -> None:
                     ]
                     rate = statistics.median(r[0] for r in runs)
                     floor = statistics.median(r[5] for r in runs)
-                    _, peak, fvu, l0, differs, _ = runs[0]
+                    steady = statistics.median(r[6] for r in runs)
+                    _, peak, fvu, l0, differs, _, _ = runs[0]
                     rates[impl] = rate
                     versus = f"{rate / rates['sae-lens']:.2f}" if "sae-lens" in rates and impl != "sae-lens" else ""
                     missed = "" if math.isnan(differs) else f"{differs:.2%}"
                     print(
                         f"{d:>5}{F:>7} {variant:<10}{impl:<11}{rate:>10,.0f}{peak:>9,.0f}{floor:>11,.0f}"
-                        f"{rate / floor:>9.0%}{versus:>10}{fvu:>8.4f}{l0:>7.1f}{missed:>10}",
+                        f"{rate / floor:>9.0%}{steady:>11,.0f}{steady / floor:>9.0%}{versus:>10}{fvu:>8.4f}"
+                        f"{l0:>7.1f}{missed:>10}",
                         flush=True,
                     )
 

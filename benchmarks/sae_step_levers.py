@@ -10,16 +10,19 @@ Rows (median seconds over ``--repeats``, same process, same tensors):
 - the exact re-read of the B·k chosen entries (sampled product) from each W_enc layout;
 - the sparse W_enc gradient, and the copy autograd makes when its layout differs from W_enc's;
 - Adam over W_enc and W_dec: the default per-op loop, ``foreach`` and ``fused``;
-- argsort of B·k int64 keys and of the same keys as float64 (torch's CPU int sort is slow);
+- argsort of B·k int64 (token, feature) keys, and of the same keys as float64 and int32, and of
+  the B·k feature ids (what ``feature_sums`` sorts: many repeats) as float64 and int32
+  (``sae/base.py: argsort_keys``; int64 sorts turn slow when another process holds the cores);
 - BatchTopK's selection of the batch's top k·B from the bf16 pre-activations: each token's top 4k
   candidates, then the top k·B among them, ordered by token (what ``sae/batchtopk.py`` did), and
   the candidates above a bound sampled from 64 rows (what it does, ``BatchTopKSAE.select_active``);
 - the gradients of the sparse products: W_dec's and W_enc's Sᵀ G as a sparse [F, B]×[B, D] product
   against one ``embedding_bag`` over the entries sorted by feature (``sae/base.py: feature_sums``);
   ∂/∂vals of the sparse decode through ``embedding_bag``'s own backward against a sampled product;
-- the decoder's gradient projection (parallel component removed, ``sae/trainer.py``) in its
-  four passes against one ``addcmul_``, and (``--compile``) compiled by ``torch.compile``, as is TopK's
-  forward and backward (the compile times are printed);
+- the decoder's gradient projection (parallel component removed, ``sae/trainer.py``) in four
+  passes against a row-wise ``vecdot`` and one ``addcmul_`` (what the trainer does), and
+  (``--compile``) compiled by ``torch.compile``, as is TopK's forward and backward (the compile
+  times are printed);
 - whole training steps (TopK and BatchTopK: forward, backward, projection, fused Adam,
   renormalisation): with glibc's default malloc against ``retained_cpu_memory`` (``cpu_memory.py``,
   what the trainer does), at 1 thread against ``--threads``, and at 2× and 4× the batch (seconds
@@ -126,8 +129,11 @@ def main() -> None:
             p.grad = torch.randn(p.shape, generator=g)
         rows.append((f"{name} over W_enc and W_dec", torch.optim.Adam(params, lr=1e-4, **options).step))
     keys_N = rows_N * F + idx_BK.flatten()
-    rows.append(("argsort of B·k int64 keys", keys_N.argsort))
+    rows.append(("argsort of B·k (token, feature) int64 keys", keys_N.argsort))
     rows.append(("argsort of the same keys as float64", lambda: keys_N.double().argsort()))
+    rows.append(("argsort of the same keys as int32", lambda: keys_N.int().argsort()))
+    rows.append(("argsort of the B·k feature ids as float64", lambda: idx_BK.flatten().double().argsort()))
+    rows.append(("argsort of the B·k feature ids as int32", lambda: idx_BK.flatten().int().argsort()))
     pre_bf16_BF = x_BD.bfloat16() @ W_DF.bfloat16()
 
     def per_token_candidates():
@@ -160,13 +166,13 @@ def main() -> None:
     G_FD, unit_FD = torch.randn(F, D, generator=g), torch.nn.functional.normalize(torch.randn(F, D, generator=g), dim=1)
     unit_param = torch.nn.Parameter(unit_FD)
     unit_param.grad = G_FD
-    rows.append(("W_dec gradient projection, in 4 passes", lambda: _project_out_parallel_grad(unit_param)))
     rows.append(
         (
-            "W_dec gradient projection, addcmul_",
-            lambda: unit_param.grad.addcmul_((unit_param.grad * unit_FD).sum(dim=1, keepdim=True), unit_FD, value=-1),
+            "W_dec gradient projection, in 4 passes",
+            lambda: unit_param.grad.sub_((unit_param.grad * unit_FD).sum(dim=1, keepdim=True) * unit_FD),
         )
     )
+    rows.append(("W_dec gradient projection, vecdot + addcmul_", lambda: _project_out_parallel_grad(unit_param)))
     if args.compile:
         started = time.perf_counter()
         compiled = torch.compile(lambda G, W: G - (G * W).sum(dim=1, keepdim=True) * W)
