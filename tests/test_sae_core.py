@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, build_sae, jumprelu, train_sae
-from monosemantic.sae.base import Entries, SparseAutoencoder, feature_sums, selection_dtype, token_rows
+from monosemantic.sae.base import (
+    Entries,
+    SparseAutoencoder,
+    argsort_keys,
+    feature_sums,
+    selection_dtype,
+    token_rows,
+)
 from monosemantic.sae.resampling import pick_inputs, reinitialise_features, resampling_weights
 from monosemantic.sae.trainer import CHECKPOINT_NAME, _project_out_parallel_grad, geometric_median
 
@@ -110,6 +117,13 @@ def test_feature_sums_equal_the_dense_product():
     sums_FD = feature_sums(rows, idx, weights, x, F)
     torch.testing.assert_close(sums_FD, dense_BF.T @ x, rtol=1e-5, atol=1e-5)
     assert torch.equal(sums_FD[F // 2 :], torch.zeros(F - F // 2, D))
+
+
+def test_argsort_keys_sorts_narrow_keys_as_int32_and_wide_ones_exactly():
+    narrow = torch.tensor([5, 3, 3, 7, 0])
+    assert narrow[argsort_keys(narrow, 8)].tolist() == [0, 3, 3, 5, 7]
+    wide = torch.tensor([2**40 + 1, 5, 2**40, 2**31])  # past int32: sorted as float64, exact below 2**53
+    assert wide[argsort_keys(wide, 2**41)].tolist() == [5, 2**31, 2**40, 2**40 + 1]
 
 
 @pytest.mark.parametrize("scaled_rows", ["none", "sampled", "unsampled"])
@@ -290,8 +304,14 @@ def test_bad_input_gives_one_clear_user_error(tmp_path):
     init = torch.cat(list(_batches(2)))
     with pytest.raises(UserError, match=r"shape \[batch, 16\]"):
         train_sae(cfg, iter([torch.randn(128, D + 1)]), init)
-    with pytest.raises(UserError, match="NaN or inf"):
-        train_sae(cfg, iter([torch.full((128, D), float("nan"))]), init)
+    for bad in (float("nan"), float("inf")):
+        x_BD = torch.randn(128, D)
+        x_BD[7, 3] = bad
+        with pytest.raises(UserError, match="NaN or inf"):
+            train_sae(cfg, iter([x_BD]), init)
+    overflowing = torch.full((128, D), 3e38)  # finite entries whose sum overflows: no error from the check
+    with pytest.raises(UserError, match="ran out after 128"):
+        train_sae(cfg, iter([overflowing]), init)
     with pytest.raises(UserError, match="init activations"):
         train_sae(cfg, _batches(2), torch.randn(10, 3))
     with pytest.raises(UserError, match="ran out after 256"):
