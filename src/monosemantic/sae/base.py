@@ -147,8 +147,9 @@ def argsort_keys(keys_N: torch.Tensor, bound: int) -> torch.Tensor:
     """The order that sorts the integer ``keys_N`` [N], each in [0, bound).
 
     As int32 where they fit: torch's CPU sort of int64 keys turns ~400× slower (0.17 → 70 ms for
-    32k keys) when another process keeps the cores busy, float64 keys sort 8–20× slower than int32
-    on an idle machine, and int32 keys are the fastest either way (``benchmarks/sae_step_levers.py``)."""
+    32k keys) when another process keeps the cores busy, float64 keys sort 2× (distinct keys) to 13×
+    (many repeats) slower than int32 on an idle machine, and int32 keys are the fastest either way
+    (``benchmarks/sae_step_levers.py``)."""
     return keys_N.int().argsort() if bound <= 2**31 else keys_N.double().argsort()
 
 
