@@ -4,11 +4,16 @@ For each setting, trains three SAEs by the sae stage's recipe with the compared 
 the given fields changed — SAE A (A's activations, the run's SAE seed), a reseeded A (seed + 1)
 and SAE B (B's activations, the run's seed), each a second run of the sae stage — then prints the
 median best Pearson correlation A → B, A → reseeded A, and neurons A → B over the run's val tokens
-(as ``monosemantic universality`` does). Needs a run directory in which ``monosemantic
-universality`` has finished (``RUN/model_b/`` exists).
+(as ``monosemantic universality`` does), with SAE A's own figures from the sae stage: FVU, L0,
+loss recovered, the dead fraction and the "rare" one (live but firing on at most 10 of the held-out
+tokens: too few to explain or score). Needs a run directory in which ``monosemantic universality``
+has finished (``RUN/model_b/`` exists).
 
     python benchmarks/universality_settings.py --run runs/demo --set d_sae=1024 --set d_sae=1024,n_samples=4000000
     python benchmarks/universality_settings.py --run runs/demo --set variant=batchtopk --set d_sae=1024,k=64
+    python benchmarks/universality_settings.py --run runs/demo \
+        --set variant=standard,k=null,aux_k=null,aux_coeff=null,encoder_init_scale=1 \
+        --set variant=standard,k=null,aux_k=null,aux_coeff=null
 
 Each ``--set`` is one setting: comma-separated SAEConfig fields (values parsed as JSON, else
 strings). The SAEs go to ``--work`` (default: a temporary directory) and a setting whose SAEs are
@@ -30,6 +35,7 @@ from monosemantic.config import RunConfig
 from monosemantic.pipeline import RunDir
 from monosemantic.progress import set_quiet
 from monosemantic.sae.io import load_sae
+from monosemantic.sae.metrics import evaluate_sae
 from monosemantic.stages import MODEL_B, sae_second_run, universality_size
 
 
@@ -45,19 +51,29 @@ def parse_setting(text: str) -> dict:
     return fields
 
 
-def measure(run: Path, fields: dict, folder: Path) -> tuple[dict[str, float], float]:
-    """Train (or reuse) the three SAEs of one setting; return the medians and the training seconds."""
+RARE_FIRINGS = 10  # "rare": fired on at most this many held-out tokens
+
+
+def measure(run: Path, fields: dict, folder: Path) -> tuple[dict[str, float], float, dict[str, float]]:
+    """Train (or reuse) the three SAEs of one setting; return the medians, the training seconds and
+    SAE A's figures."""
     runs = {"a": RunDir(run), "b": RunDir(run / MODEL_B)}
     cfg = RunConfig(**runs["a"].manifest["config"])
     size = universality_size(cfg)
-    seconds, encode = 0.0, {}
+    seconds, encode, quality = 0.0, {}, {}
     for name, source, seed in (("a", "a", cfg.sae.seed), ("a_reseed", "a", cfg.sae.seed + 1), ("b", "b", cfg.sae.seed)):
         own = RunConfig(**runs[source].manifest["config"])
         sweep = own.sae.one_sae(size, **{"seed": seed, **fields})
         result = sae_second_run(runs[source], str(folder / name), own.model_copy(update={"sae": sweep}))
         seconds += sum(s.figures["seconds"] for s in result.stages if not s.skipped)
         (entry,) = result.stages[0].figures["saes"]
-        encode[name] = load_sae(folder / name / entry["path"], "cpu").encode
+        sae = load_sae(folder / name / entry["path"], "cpu")
+        encode[name] = sae.encode
+        if name == "a":
+            quality = {key: entry[key] for key in ("fvu", "l0", "loss_recovered", "dead_frac")}
+            held_out = evaluate_sae(sae, (c for _, c in ActivationStore(run / "activations/val").iter_chunks(16_384)))
+            firings_F = held_out["density"] * held_out["n_tokens"]
+            quality["rare_frac"] = float(((firings_F > 0) & (firings_F <= RARE_FIRINGS + 0.5)).mean())
     units = {
         "features A→B": (encode["a"], encode["b"], "b"),
         "same model": (encode["a"], encode["a_reseed"], "a"),
@@ -65,7 +81,10 @@ def measure(run: Path, fields: dict, folder: Path) -> tuple[dict[str, float], fl
     }
     chunks = zip(*((c for _, c in ActivationStore(rd / "activations/val").iter_chunks(16_384)) for rd in runs.values()))
     matches = compare_units(chunks, units, "cpu")
-    return {name: m.a_to_b.median() for name, m in matches.items()}, seconds
+    medians = {name: m.a_to_b.median() for name, m in matches.items()}
+    for name in ("features A→B", "same model"):  # over A's features that are not rare
+        medians[f"{name}, not rare"] = matches[name].a_to_b.median((RARE_FIRINGS + 1) / matches[name].n_tokens)
+    return medians, seconds, quality
 
 
 def _neurons(x_ND: torch.Tensor) -> torch.Tensor:
@@ -90,15 +109,21 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="universality-settings-"))
     rows = []
     for index, text in enumerate(args.settings or [""]):
-        medians, seconds = measure(args.run, parse_setting(text), work / f"setting-{index}")
-        rows.append((text or "(run's recipe)", medians, seconds))
-        print(f"{rows[-1][0]}: " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()), flush=True)
+        medians, seconds, quality = measure(args.run, parse_setting(text), work / f"setting-{index}")
+        rows.append((text or "(run's recipe)", medians, seconds, quality))
+        print(f"{rows[-1][0]}: " + ", ".join(f"{k} {v:.3f}" for k, v in {**medians, **quality}.items()), flush=True)
     print(f"\nrun {args.run}, {args.threads} threads, SAEs in {work}")
-    print(f"{'setting':<40} {'features A→B':>13} {'same model':>11} {'neurons A→B':>12} {'train s':>8}")
-    for text, medians, seconds in rows:
+    print(
+        f"{'setting':<40} {'features A→B':>13} {'same model':>11} {'neurons A→B':>12} {'train s':>8}"
+        f" │ not rare: {'A→B':>5} {'same':>5} │ A: {'FVU':>6} {'L0':>6} {'loss rec.':>9} {'dead':>6} {'rare':>6}"
+    )
+    for text, medians, seconds, q in rows:
         print(
             f"{text:<40} {medians['features A→B']:>13.3f} {medians['same model']:>11.3f} "
             f"{medians['neurons A→B']:>12.3f} {seconds:>8.0f}"
+            f" │           {medians['features A→B, not rare']:>5.3f} {medians['same model, not rare']:>5.3f}"
+            f" │    {q['fvu']:>6.3f} {q['l0']:>6.1f} {q['loss_recovered']:>9.1%}"
+            f" {q['dead_frac']:>6.1%} {q['rare_frac']:>6.1%}"
         )
 
 

@@ -55,6 +55,18 @@ def test_config_fills_variant_defaults_and_rejects_bad_values():
         SAEConfig(d_in=D, d_sae=F, lambda_=1)
 
 
+def test_standard_encoder_starts_as_a_scaled_decoder_transpose():
+    sae = build_sae(_cfg("standard"))
+    assert sae.cfg.encoder_init_scale == 0.1
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(F))
+    torch.testing.assert_close(sae.W_enc, 0.1 * sae.W_dec.T)
+    torch.testing.assert_close(build_sae(_cfg("standard", encoder_init_scale=1.0)).W_enc, sae.W_dec.T)
+    for variant in ("standard2024", "topk"):  # tied at scale 1, and the field is not theirs to take
+        assert _cfg(variant).encoder_init_scale is None
+        with pytest.raises(ValidationError, match="encoder_init_scale applies to variant standard"):
+            _cfg(variant, encoder_init_scale=0.5)
+
+
 @pytest.mark.parametrize("variant", ["standard", "standard2024", "topk", "batchtopk", "jumprelu"])
 def test_encode_matches_the_documented_math(variant):
     sae = build_sae(_cfg(variant, k=4) if "topk" in variant else _cfg(variant))
@@ -250,7 +262,8 @@ def test_trainer_resamples_on_schedule_and_reuses_the_inputs():
     g = torch.Generator().manual_seed(0)
     c = torch.randn(D, generator=g)
     stream = [c + 0.01 * torch.randn(128, D, generator=g) for _ in range(20)]
-    cfg = _cfg("standard", resample_at=(0.5,), dead_window=0.2, resample_inputs=256)
+    # encoder at full scale: features pointing away from c start far enough below 0 to stay dead
+    cfg = _cfg("standard", resample_at=(0.5,), dead_window=0.2, resample_inputs=256, encoder_init_scale=1.0)
     init = torch.randn(512, D, generator=g)  # b_dec starts near 0, far from c
     never_fire = (c @ build_sae(cfg).W_enc < -0.5).sum().item()
     result = train_sae(cfg, iter(stream), init)  # exactly n_samples: nothing may be skipped
