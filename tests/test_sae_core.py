@@ -43,7 +43,7 @@ def test_config_fills_variant_defaults_and_rejects_bad_values():
     topk = _cfg("topk")
     assert (topk.k, topk.aux_k, topk.aux_coeff, topk.lr) == (32, D // 2, 1 / 32, 2e-4)
     std = _cfg("standard")
-    assert std.resample_at == (0.1, 0.2, 0.3, 0.4) and std.l1_coeff is not None
+    assert std.resample_at == (0.1, 0.2, 0.3, 0.4) and std.l1_coeff is not None and std.sparsity_warmup == 0.3
     assert SAEConfig.model_validate(topk.model_dump()) == topk  # a filled config round-trips
     with pytest.raises(ValidationError, match="k=64 must be smaller"):
         _cfg("topk", k=64)
@@ -61,10 +61,12 @@ def test_standard_encoder_starts_as_a_scaled_decoder_transpose():
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(F))
     torch.testing.assert_close(sae.W_enc, 0.1 * sae.W_dec.T)
     torch.testing.assert_close(build_sae(_cfg("standard", encoder_init_scale=1.0)).W_enc, sae.W_dec.T)
-    for variant in ("standard2024", "topk"):  # tied at scale 1, and the field is not theirs to take
-        assert _cfg(variant).encoder_init_scale is None
-        with pytest.raises(ValidationError, match="encoder_init_scale applies to variant standard"):
-            _cfg(variant, encoder_init_scale=0.5)
+    april = build_sae(_cfg("standard2024", encoder_init_scale=0.5))  # the April 2024 update: its own decoder
+    assert _cfg("standard2024").encoder_init_scale == 0.1
+    torch.testing.assert_close(april.W_enc, 0.5 * april.W_dec.T)
+    assert _cfg("topk").encoder_init_scale is None
+    with pytest.raises(ValidationError, match="encoder_init_scale applies to variant standard"):
+        _cfg("topk", encoder_init_scale=0.5)
 
 
 @pytest.mark.parametrize("variant", ["standard", "standard2024", "topk", "batchtopk", "jumprelu"])
@@ -213,7 +215,7 @@ def test_standard2024_penalty_is_weighted_by_decoder_norms_and_has_its_recipe_de
     assert (cfg.sparsity_warmup, cfg.grad_clip, cfg.resample_at, cfg.decay_frac) == (0.05, 1.0, (), 0.2)
     assert _cfg("standard").grad_clip is None
     sae = build_sae(cfg)
-    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    torch.testing.assert_close(sae.W_enc, 0.1 * sae.W_dec.T)
     latents = torch.rand(5, F)
     with torch.no_grad():
         sae.W_dec[:3] *= 0.25  # rows 0-2 now have norm 0.25, the others 1

@@ -48,9 +48,10 @@ def test_mmcs_of_a_rotated_and_permuted_copy():
     [
         ("topk", {"k": 8, "lr": 2e-3}),
         # 0.1, the default encoder scale, suits LM activations (sae/standard.py); on this small
-        # dictionary it recovers 86-88 % of the true features, 0.25-0.5 all of them (measured)
+        # dictionary it recovers 86-88 % of the true features (standard) or leaves 8-11 % dead
+        # (standard2024), where 0.5 recovers all of them with none dead (measured, seeds 0 and 1)
         ("standard", {"l1_coeff": 0.1, "lr": 2e-3, "encoder_init_scale": 0.5}),
-        ("standard2024", {"l1_coeff": 0.1, "lr": 2e-3}),
+        ("standard2024", {"l1_coeff": 0.1, "lr": 2e-3, "encoder_init_scale": 0.5}),
         ("batchtopk", {"k": 8, "lr": 2e-3}),
         ("jumprelu", {"l0_coeff": 3e-3, "lr": 2e-3}),
     ],

@@ -27,12 +27,12 @@ class StandardSAE(SparseAutoencoder):
     with W_enc = s · W_decᵀ, s = ``cfg.encoder_init_scale`` (default 0.1), as Anthropic's April
     2024 update ties them at a small norm. Measured on ``benchmarks/sae_synthetic.py``'s small
     setting (D=64, 256 true features, F=512, 300k samples, λ=0.03): untied init reaches MMCS 0.44,
-    tied 0.96. Why s < 1: with F random unit rows, x̂ − b_dec starts near s · F/(2D) · x̄ (half the
+    tied (s = 1) 0.96. Why s < 1: with F random unit rows, x̂ − b_dec starts near s · F/(2D) · x̄ (half the
     latents fire), 4 x̄ for s = 1 at F = 8D, and the first steps shrink every latent at once; at the
     demo's budget (1M samples, F = 4,096, λ 0.01) that left nearly all features faint (FVU 0.54,
     loss recovered 14 %), against FVU 0.29 and 67 % for s = 0.1, whose features split into a main
-    cluster (density 1e-3…1e-1) that scores like TopK's and an ultralow one (README, "The 2023
-    recipe at the demo's budget").
+    cluster (density 1e-3…1e-1) that scores like TopK's and a rare one (README, "The 2023
+    recipe at the demo's budget"; all without λ warm-up, which the config adds: ``sae/config.py``).
     """
 
     variant = "standard"
@@ -41,8 +41,7 @@ class StandardSAE(SparseAutoencoder):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
         super().reset_parameters(generator)
-        if self.cfg.encoder_init_scale is not None:  # None in subclasses that do not take it
-            self.W_enc.mul_(self.cfg.encoder_init_scale)
+        self.W_enc.mul_(self.cfg.encoder_init_scale)
 
     def activate(self, pre_BF: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre_BF)
