@@ -3,6 +3,7 @@
     python benchmarks/sae_speed.py                                  # d=1536, F=4d, topk+batchtopk, LM data
     python benchmarks/sae_speed.py --dims 512 1536 3072 --ratios 4 8 16 --steps 8
     python benchmarks/sae_speed.py --data synthetic --dims 512 --variants topk standard jumprelu
+    python benchmarks/sae_speed.py --device cuda --dims 512 1536 3072 --ratios 4 8 16 --batch 8192 --steps 32
 
 For every width d, dictionary size F = ratio·d and variant, fresh subprocesses train ``--steps``
 batches of ``--batch`` rows (the same rows, seed and hyper-parameters for every implementation):
@@ -36,6 +37,12 @@ tokens, the LM's weights and validation loss (printed per width, against the uni
 baselines: how realistic the activations are) and the activations are cached under ``--cache``.
 ``--data synthetic`` draws sparse combinations of known directions (``sae/synthetic.py``). Numbers
 on a shared machine are noisy: compare ratios from one run, and say what else was running.
+
+``--device cuda``: the activations, both trainers and the floor's product live on the GPU (the
+activations are moved there once, so no copy is timed); "peak MB" is then the GPU's peak allocated
+memory, the floor is one [B, d]×[d, F] product at the precision our trainer sets on CUDA (TF32,
+``monosemantic.device``; set for SAELens's process too), and every timed step and product ends
+with a device synchronisation.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monosemantic.device import resolve_device
 from monosemantic.progress import set_quiet
 from monosemantic.sae import SAEConfig, train_sae
 from monosemantic.sae.base import SparseAutoencoder, token_rows
@@ -86,10 +94,10 @@ def _rss_mb(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch.Tensor:
-    """[n_rows, d_mlp] MLP activations of our one-layer LM (d_model 128, d_mlp given), trained
-    ``lm_steps`` steps on the start of the bundled corpus, at random 64-token windows. How well
-    that LM learned (``lm_quality``) is written beside them."""
+def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path, device: str) -> torch.Tensor:
+    """[n_rows, d_mlp] MLP activations (on the CPU) of our one-layer LM (d_model 128, d_mlp given),
+    trained ``lm_steps`` steps on ``device`` on the start of the bundled corpus, at random 64-token
+    windows. How well that LM learned (``lm_quality``) is written beside them."""
     from monosemantic.activations.harvest import activations_at
     from monosemantic.config import LMConfig
     from monosemantic.corpus.bundled import iter_bundled_documents
@@ -126,10 +134,10 @@ def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch
     )
     weights = cache / f"lm_d{d_mlp}_s{lm_steps}.weights.pt"  # other --steps/--batch re-harvest, not re-train
     if weights.exists():
-        model = build_lm(cfg, TokenShards(tokens_dir, "train").vocab_size)
-        model.load_state_dict(torch.load(weights))
+        model = build_lm(cfg, TokenShards(tokens_dir, "train").vocab_size).to(device)
+        model.load_state_dict(torch.load(weights, map_location=device))
     else:
-        model, figures = train_lm(cfg, tokens_dir, cache / f"lm_d{d_mlp}_s{lm_steps}.ckpt")
+        model, figures = train_lm(cfg, tokens_dir, cache / f"lm_d{d_mlp}_s{lm_steps}.ckpt", device)
         quality = {"val_loss": figures["history"][-1]["val_loss"], "train_seconds": figures["train_seconds"]}
         quality |= baseline_losses(TokenShards(tokens_dir, "train"), TokenShards(tokens_dir, "val"), ctx)
         (cache / f"lm_d{d_mlp}_s{lm_steps}.json").write_text(json.dumps(quality))
@@ -138,7 +146,7 @@ def lm_activations(d_mlp: int, n_rows: int, lm_steps: int, cache: Path) -> torch
     windows_BT = TokenShards(tokens_dir, "train").random_windows(-(-n_rows // ctx), ctx, np.random.default_rng(0))
     acts = torch.cat(
         [
-            activations_at(model, torch.from_numpy(chunk), LM_HOOK).flatten(0, 1)
+            activations_at(model, torch.from_numpy(chunk).to(device), LM_HOOK).flatten(0, 1).cpu()
             for chunk in np.array_split(windows_BT, max(1, len(windows_BT) // 64))
         ]
     )
@@ -178,43 +186,45 @@ def _our_params(variant: str, lr: float) -> dict:
 
 
 def _saelens_fit(variant: str, F: int, lr: float, train_ND: torch.Tensor, batch: int, asked: list[float]):
-    """SAELens's ``SAETrainer`` over ``train_ND`` in batches (``timed_batches`` notes the steps in
-    ``asked``); returns (trained SAE, seconds)."""
+    """SAELens's ``SAETrainer`` over ``train_ND`` in batches, on its device (``timed_batches``
+    notes the steps in ``asked``); returns (trained SAE, seconds)."""
     from sae_lens import saes
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    d = train_ND.shape[1]
+    d, device = train_ND.shape[1], str(train_ND.device)
+    shape = {"d_in": d, "d_sae": F, "device": device}
     sae = {
-        "topk": lambda: saes.TopKTrainingSAE(saes.TopKTrainingSAEConfig(d_in=d, d_sae=F, k=32)),
-        "batchtopk": lambda: saes.BatchTopKTrainingSAE(saes.BatchTopKTrainingSAEConfig(d_in=d, d_sae=F, k=32)),
-        "standard": lambda: saes.StandardTrainingSAE(
-            saes.StandardTrainingSAEConfig(d_in=d, d_sae=F, l1_coefficient=0.01)
-        ),
-        "jumprelu": lambda: saes.JumpReLUTrainingSAE(
-            saes.JumpReLUTrainingSAEConfig(d_in=d, d_sae=F, l0_coefficient=3e-3)
-        ),
+        "topk": lambda: saes.TopKTrainingSAE(saes.TopKTrainingSAEConfig(**shape, k=32)),
+        "batchtopk": lambda: saes.BatchTopKTrainingSAE(saes.BatchTopKTrainingSAEConfig(**shape, k=32)),
+        "standard": lambda: saes.StandardTrainingSAE(saes.StandardTrainingSAEConfig(**shape, l1_coefficient=0.01)),
+        "jumprelu": lambda: saes.JumpReLUTrainingSAE(saes.JumpReLUTrainingSAEConfig(**shape, l0_coefficient=3e-3)),
     }[variant]()
     cfg = SAETrainerConfig(
         total_training_samples=len(train_ND),
         train_batch_size_samples=batch,
         lr=lr,
         lr_end=lr / 10,
+        device=device,
         logger=LoggingConfig(log_to_wandb=False),
     )
     trainer = SAETrainer(cfg, sae, timed_batches(train_ND.split(batch), asked))
     started = time.perf_counter()
     trained = trainer.fit()
+    _synchronize(train_ND.device)
     return trained, time.perf_counter() - started
 
 
-def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: str, threads: int):
+def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: str, threads: int, device: str):
     torch.set_num_threads(threads)
     set_quiet(True)
-    train_ND, held_out_ND = torch.load(data_path)
+    resolve_device(device)  # on CUDA: TF32 matmuls, as our trainer sets them, for every implementation here
+    train_ND, held_out_ND = (rows.to(device) for rows in torch.load(data_path))
     d = train_ND.shape[1]
-    floor_seconds = matmul_seconds(d, F, batch)
+    floor_seconds = matmul_seconds(d, F, batch, train_ND.device)
     _reset_peak_rss()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     differs = float("nan")
     asked: list[float] = []
     if impl == "sae-lens":
@@ -235,6 +245,7 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
             d_sae=F,
             n_samples=len(train_ND),
             batch_size=batch,
+            device=device,
             **_our_params(variant, lr),
             **extra,
         )
@@ -246,14 +257,23 @@ def _measure(impl: str, variant: str, F: int, batch: int, lr: float, data_path: 
             differs = selection_mismatch(result.sae, held_out_ND[:batch])
         elif impl == "ours":
             differs = candidates_missed(result.sae, held_out_ND[:batch])
-    floor = batch / statistics.median(floor_seconds + matmul_seconds(d, F, batch))
-    return len(train_ND) / seconds, _rss_mb("VmHWM"), fvu, l0, differs, floor, steady_rate(asked, batch)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mb("VmHWM")
+    floor = batch / statistics.median(floor_seconds + matmul_seconds(d, F, batch, train_ND.device))
+    return len(train_ND) / seconds, peak, fvu, l0, differs, floor, steady_rate(asked, batch)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that a clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def timed_batches(batches: Iterable[torch.Tensor], asked: list[float]) -> Iterator[torch.Tensor]:
     """``batches``, noting in ``asked`` when each is asked for: both trainers ask for the next batch
-    as a step begins, so the gap between two asks is one whole step."""
+    as a step begins, so the gap between two asks is one whole step (on a GPU, once the step's
+    queued work is done)."""
     for x_BD in batches:
+        _synchronize(x_BD.device)
         asked.append(time.perf_counter())
         yield x_BD
 
@@ -269,12 +289,13 @@ def steady_rate(asked: list[float], batch: int) -> float:
 def selection_mismatch(sae, x_BD: torch.Tensor) -> float:
     """Fraction of the latents the fp32 ranking keeps on ``x_BD`` that the bf16 ranking does not."""
     B, F = x_BD.shape[0], sae.cfg.d_sae
+    x_BD = x_BD.to(sae.W_enc.device)
     kept = []
     for dtype in (torch.float32, torch.bfloat16):
         bias_F = sae.b_enc - sae.b_dec @ sae.W_enc
         pre_BF = torch.addmm(bias_F.to(dtype), x_BD.to(dtype), sae.W_enc.to(dtype))
         idx, _, offsets_B = sae.select_active(pre_BF)
-        mask_BF = torch.zeros(B, F, dtype=torch.bool)
+        mask_BF = torch.zeros(B, F, dtype=torch.bool, device=x_BD.device)
         mask_BF[token_rows(idx, offsets_B, B), idx.flatten()] = True
         kept.append(mask_BF)
     return (kept[0] & ~kept[1]).sum().item() / kept[0].sum().item()
@@ -284,7 +305,8 @@ def selection_mismatch(sae, x_BD: torch.Tensor) -> float:
 def candidates_missed(sae, x_BD: torch.Tensor) -> float:
     """Fraction of the entries above the floor (0, or JumpReLU's θ − ε/2) of the exact pre-activations
     on ``x_BD`` that the bf16 candidates (``ranking_above``) miss."""
-    floor_F = torch.zeros(sae.cfg.d_sae)
+    x_BD = x_BD.to(sae.W_enc.device)
+    floor_F = torch.zeros(sae.cfg.d_sae, device=x_BD.device)
     if sae.cfg.variant == "jumprelu":
         floor_F = sae.log_threshold.exp() - sae.cfg.jumprelu_bandwidth / 2
     above_BF = sae.pre_acts(x_BD) > floor_F
@@ -297,15 +319,19 @@ def _run_isolated(*args) -> tuple[float, float, float, float, float, float, floa
         return pool.apply(_measure, args)
 
 
-def matmul_seconds(d: int, F: int, batch: int, min_repeats: int = 5, min_seconds: float = 1.0) -> list[float]:
-    """Seconds of fp32 [B, d]×[d, F] products (the floor's unit of work), after one untimed one:
-    at least ``min_repeats`` of them and at least ``min_seconds`` in all."""
-    x, W = torch.randn(batch, d), torch.randn(d, F)
+def matmul_seconds(
+    d: int, F: int, batch: int, device: torch.device, min_repeats: int = 5, min_seconds: float = 1.0
+) -> list[float]:
+    """Seconds of fp32 [B, d]×[d, F] products on ``device`` (the floor's unit of work), after one
+    untimed one: at least ``min_repeats`` of them and at least ``min_seconds`` in all."""
+    x, W = torch.randn(batch, d, device=device), torch.randn(d, F, device=device)
     x @ W
     times: list[float] = []
     while len(times) < min_repeats or sum(times) < min_seconds:
+        _synchronize(device)
         started = time.perf_counter()
         x @ W
+        _synchronize(device)
         times.append(time.perf_counter() - started)
     return times
 
@@ -332,7 +358,10 @@ def main() -> None:
     parser.add_argument("--lm-steps", type=int, default=300)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "monosemantic-sae-speed")
     parser.add_argument("--held-out", type=int, default=4096, help="rows for FVU and L0")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
     impls = [
         impl for impl in ("sae-lens", "ours-dense", "ours-fp32", "ours") if impl in args.impls
     ]  # theirs first: the ratio
@@ -347,7 +376,7 @@ def main() -> None:
     print(
         f"batch {args.batch}, {args.steps} steps, {args.threads} threads, lr {args.lr}, data {args.data}"
         f"{f' (LM trained {args.lm_steps} steps)' if args.data == 'lm' else ''}, median of {args.repeats}, "
-        f"torch {torch.__version__}, CPU"
+        f"torch {torch.__version__}, {torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}"
     )
     print(
         f"{'d':>5}{'F':>7} {'variant':<10}{'impl':<11}{'samples/s':>10}{'peak MB':>9}{'floor s/s':>11}"
@@ -356,7 +385,7 @@ def main() -> None:
     for d in args.dims:
         n_rows = args.batch * args.steps + args.held_out
         if args.data == "lm":
-            rows_ND = lm_activations(d, n_rows, args.lm_steps, args.cache)
+            rows_ND = lm_activations(d, n_rows, args.lm_steps, args.cache, args.device)
             print(lm_quality(d, args.lm_steps, args.cache), flush=True)
         else:
             rows_ND = synthetic_activations(d, n_rows)
@@ -375,7 +404,7 @@ def main() -> None:
                     if impl == "ours-dense" and variant not in ("standard", "jumprelu"):
                         continue
                     runs = [
-                        _run_isolated(impl, variant, F, args.batch, args.lr, str(data_path), args.threads)
+                        _run_isolated(impl, variant, F, args.batch, args.lr, str(data_path), args.threads, args.device)
                         for _ in range(args.repeats)
                     ]
                     rate = statistics.median(r[0] for r in runs)

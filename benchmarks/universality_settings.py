@@ -54,6 +54,13 @@ def parse_setting(text: str) -> dict:
 RARE_FIRINGS = 10  # "rare": fired on at most this many held-out tokens
 
 
+def rare_fraction(held_out: dict) -> float:
+    """The fraction of an SAE's features that fired, but on at most ``RARE_FIRINGS`` of the tokens
+    ``evaluate_sae`` measured."""
+    firings_F = held_out["density"] * held_out["n_tokens"]
+    return float(((firings_F > 0) & (firings_F <= RARE_FIRINGS + 0.5)).mean())
+
+
 def measure(run: Path, fields: dict, folder: Path) -> tuple[dict[str, float], float, dict[str, float]]:
     """Train (or reuse) the three SAEs of one setting; return the medians, the training seconds and
     SAE A's figures."""
@@ -72,8 +79,7 @@ def measure(run: Path, fields: dict, folder: Path) -> tuple[dict[str, float], fl
         if name == "a":
             quality = {key: entry[key] for key in ("fvu", "l0", "loss_recovered", "dead_frac")}
             held_out = evaluate_sae(sae, (c for _, c in ActivationStore(run / "activations/val").iter_chunks(16_384)))
-            firings_F = held_out["density"] * held_out["n_tokens"]
-            quality["rare_frac"] = float(((firings_F > 0) & (firings_F <= RARE_FIRINGS + 0.5)).mean())
+            quality["rare_frac"] = rare_fraction(held_out)
     units = {
         "features A→B": (encode["a"], encode["b"], "b"),
         "same model": (encode["a"], encode["a_reseed"], "a"),
