@@ -3,11 +3,12 @@ on universality?
 
 For each budget (activations per SAE), train two SAEs of the run's recipe that differ only in
 their seed (initialisation and data order) on model A's activations, streamed from the LM (so a
-budget is never limited by the harvested store), and report the first SAE's held-out FVU, L0, dead
-fraction and "rare" fraction (live, but firing on at most 10 held-out tokens, as in
-``universality_settings.py``), and the median over its live features of the best Pearson
-correlation with the other seed's features, over the run's held-out store, next to the same median
-over features firing on ≥ 1e-5 of tokens and over those that are not rare. With ``--cross``, a
+budget is never limited by the harvested store), and report the first SAE's held-out FVU, L0, loss
+recovered (the sae stage's, against zero-ablating the hook), dead fraction and "rare" fraction
+(live, but firing on at most 10 held-out tokens, as in ``universality_settings.py``), and the
+median over its live features of the best Pearson correlation with the other seed's features, over
+the run's held-out store, next to the same median over features firing on ≥ 1e-5 of tokens and
+over those that are not rare. With ``--cross``, a
 third SAE (the first seed) on model B's streamed activations (``RUN/model_b``, which
 ``monosemantic universality`` leaves) gives the A → B median too, beside the neurons' A → B median.
 
@@ -48,6 +49,8 @@ def main() -> None:
         "--cross", action="store_true", help="also train SAE B on LM B (RUN/model_b) and report the A → B median"
     )
     args = parser.parse_args()
+    if args.cross and not (args.run / MODEL_B / "run.json").exists():
+        parser.error(f"--cross needs {args.run / MODEL_B}: run `monosemantic universality` on {args.run} first")
     set_quiet(True)
 
     runs = {"a": RunDir(args.run), "b": RunDir(args.run / MODEL_B)}
@@ -60,7 +63,7 @@ def main() -> None:
     for budget in args.budgets:
         fields = {**overrides, "n_samples": budget}
         trained = [train(runs[s], size, {**fields, "seed": seed}) for s, seed in zip(sources, seeds, strict=True)]
-        sae_a, sae_a2, *sae_b = (sae for sae, _ in trained)
+        sae_a, sae_a2, *sae_b = (sae for sae, _, _ in trained)
         units = {"same": (sae_a.encode, sae_a2.encode, "a")}
         if args.cross:
             units |= {"a_to_b": (sae_a.encode, sae_b[0].encode, "b"), "neurons": (_rows, _rows, "b")}
@@ -74,19 +77,21 @@ def main() -> None:
                 "budget": budget,
                 "fvu": held_out["fvu"],
                 "l0": held_out["l0"],
+                "loss_recovered": trained[0][1]["loss_recovered"],
                 "dead": held_out["dead_frac"],
                 "rare": rare_fraction(held_out),
                 "median": same.median(),
                 "median_dense": same.median(DENSE_MIN_DENSITY),
                 "median_not_rare": same.median((RARE_FIRINGS + 1) / held_out["n_tokens"]),
                 **({k: matches[k].a_to_b.median() for k in ("a_to_b", "neurons")} if args.cross else {}),
-                "seconds": sum(seconds for _, seconds in trained),
+                "seconds": sum(seconds for _, _, seconds in trained),
             }
         )
         r = rows[-1]
         cross = f", A→B {r['a_to_b']:.3f}, neurons A→B {r['neurons']:.3f}" if args.cross else ""
         print(
-            f"{budget:>12,} samples: FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  dead {r['dead']:.1%}  rare {r['rare']:.1%}"
+            f"{budget:>12,} samples: FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  loss recovered {r['loss_recovered']:.1%}"
+            f"  dead {r['dead']:.1%}  rare {r['rare']:.1%}"
             f"  same-model median {r['median']:.3f} (dense {r['median_dense']:.3f}, not rare"
             f" {r['median_not_rare']:.3f}){cross}  trained in {r['seconds']:.0f}s",
             flush=True,
@@ -95,30 +100,33 @@ def main() -> None:
     name = f"{sae_a.cfg.variant}-{sae_a.cfg.d_sae}"
     cross = " | A → B | neurons A → B" if args.cross else ""
     print(
-        f"\n| {name}: activations per SAE | held-out FVU | L0 | dead | rare | same-model median"
+        f"\n| {name}: activations per SAE | held-out FVU | L0 | loss recovered | dead | rare | same-model median"
         f" | density ≥ 1e-5 | not rare{cross} |"
     )
-    print("| ---: " * (8 + 2 * args.cross) + "|")
+    print("| ---: " * (9 + 2 * args.cross) + "|")
     for r in rows:
         cross = f" | {r['a_to_b']:.3f} | {r['neurons']:.3f}" if args.cross else ""
         print(
-            f"| {r['budget']:,} | {r['fvu']:.3f} | {r['l0']:.1f} | {r['dead']:.1%} | {r['rare']:.1%}"
+            f"| {r['budget']:,} | {r['fvu']:.3f} | {r['l0']:.1f} | {r['loss_recovered']:.1%} | {r['dead']:.1%}"
+            f" | {r['rare']:.1%}"
             f" | {r['median']:.3f} | {r['median_dense']:.3f} | {r['median_not_rare']:.3f}{cross} |"
         )
     if args.plot:
         plot(rows, name, args.plot)
 
 
-def train(rd: RunDir, size: int, fields: dict) -> tuple[SparseAutoencoder, float]:
+def train(rd: RunDir, size: int, fields: dict) -> tuple[SparseAutoencoder, dict, float]:
     """One SAE of the run's recipe with ``fields`` changed, trained (or found trained) on the run
-    LM's streamed activations; with the seconds its training took now."""
+    LM's streamed activations; with the sae stage's figures for it (FVU, loss recovered, …, on
+    the held-out store) and the seconds its training took now."""
     own = RunConfig(**rd.manifest["config"])
     streamed = own.model_copy(update={"harvest": own.harvest.model_copy(update={"stream_train": True})})
     sweep = own.sae.one_sae(size, **fields)
     rel = f"benchmarks/agreement/{sweep.variant}-{size}-{sweep.n_samples}-seed{sweep.seed}"
     result = sae_second_run(rd, rel, streamed.model_copy(update={"sae": sweep}))
     (entry,) = result.stages[0].figures["saes"]
-    return load_sae(rd.path / rel / entry["path"]), sum(s.figures["seconds"] for s in result.stages if not s.skipped)
+    seconds = sum(s.figures["seconds"] for s in result.stages if not s.skipped)
+    return load_sae(rd.path / rel / entry["path"]), entry, seconds
 
 
 def _rows(x_ND: torch.Tensor) -> torch.Tensor:
@@ -140,22 +148,23 @@ def plot(rows: list[dict], name: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    budgets = [r["budget"] for r in rows]
-    ax.plot(budgets, [r["median"] for r in rows], "o-", label="all live features")
-    ax.plot(budgets, [r["median_dense"] for r in rows], "s--", label="density ≥ 1e-5")
-    ax.plot(budgets, [r["median_not_rare"] for r in rows], "^:", label=f"more than {RARE_FIRINGS} firings")
-    if "a_to_b" in rows[0]:
-        ax.plot(budgets, [r["a_to_b"] for r in rows], "D-", label="model A → model B")
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
+    budgets, cross = [r["budget"] for r in rows], "a_to_b" in rows[0]
+    same = "same model, " if cross else ""
+    ax.plot(budgets, [r["median"] for r in rows], "o-", label=f"{same}all live features")
+    ax.plot(budgets, [r["median_dense"] for r in rows], "s--", label=f"{same}density ≥ 1e-5")
+    ax.plot(budgets, [r["median_not_rare"] for r in rows], "^:", label=f"{same}more than {RARE_FIRINGS} firings")
+    if cross:
+        ax.plot(budgets, [r["a_to_b"] for r in rows], "D-", label="model A → model B, all live features")
         ax.plot(budgets, [r["neurons"] for r in rows], "x:", color="grey", label="neurons, A → B")
-    ax.axhline(0.72, color="grey", linestyle=":", label="paper, A/1 → B/1 (8B samples)")
+    ax.axhline(0.72, color="black", linewidth=0.8, linestyle=(0, (1, 3)), label="paper, A/1 → B/1 (8B samples)")
     ax.set_xscale("log")
     ax.set_xticks(budgets, [f"{b / 1e6:g}M" for b in budgets])
     ax.minorticks_off()
     ax.set_xlabel("activations per SAE")
-    ax.set_ylabel("median best correlation, two seeds")
-    ax.set_title(f"Same-model agreement vs budget ({name})")
-    ax.legend(frameon=False, fontsize=8)
+    ax.set_ylabel("median best correlation" if cross else "median best correlation, two seeds")
+    ax.set_title(f"{'Agreement' if cross else 'Same-model agreement'} vs budget ({name})")
+    ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
