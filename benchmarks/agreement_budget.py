@@ -15,14 +15,16 @@ third SAE (the first seed) on model B's streamed activations (``RUN/model_b``, w
     python benchmarks/agreement_budget.py --run runs/demo --budgets 500000 2000000 8000000 \
         [--set d_sae=1024 --set lr=0.002] [--cross] [--plot docs/agreement-budget.png]
 
-Each SAE is a second run of the sae stage under RUN/benchmarks/agreement/, current ones are
-skipped, so an interrupted run continues.
+Each SAE is a second run of the sae stage under RUN/benchmarks/agreement/, in a folder named by
+variant, size, budget, seed and ``--tag``; current ones are skipped, so an interrupted run
+continues. Settings that differ in more than the variant and size need a ``--tag`` of their own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", required=True, help="activations per SAE")
     parser.add_argument("--set", action="append", default=[], help="SAEConfig field=value (JSON, or a string)")
     parser.add_argument("--plot", type=Path, help="write the curve as a PNG here")
+    parser.add_argument("--tag", default="", help="suffix of this setting's SAE folders (e.g. -l1_0.005)")
     parser.add_argument(
         "--cross", action="store_true", help="also train SAE B on LM B (RUN/model_b) and report the A → B median"
     )
@@ -62,7 +65,9 @@ def main() -> None:
     rows = []
     for budget in args.budgets:
         fields = {**overrides, "n_samples": budget}
-        trained = [train(runs[s], size, {**fields, "seed": seed}) for s, seed in zip(sources, seeds, strict=True)]
+        trained = [
+            train(runs[s], size, {**fields, "seed": seed}, args.tag) for s, seed in zip(sources, seeds, strict=True)
+        ]
         sae_a, sae_a2, *sae_b = (sae for sae, _, _ in trained)
         units = {"same": (sae_a.encode, sae_a2.encode, "a")}
         if args.cross:
@@ -115,14 +120,19 @@ def main() -> None:
         plot(rows, name, args.plot)
 
 
-def train(rd: RunDir, size: int, fields: dict) -> tuple[SparseAutoencoder, dict, float]:
+def train(rd: RunDir, size: int, fields: dict, tag: str) -> tuple[SparseAutoencoder, dict, float]:
     """One SAE of the run's recipe with ``fields`` changed, trained (or found trained) on the run
     LM's streamed activations; with the sae stage's figures for it (FVU, loss recovered, …, on
-    the held-out store) and the seconds its training took now."""
+    the held-out store) and the seconds its training took now. An SAE of other settings in its
+    folder is an error, not retrained over."""
     own = RunConfig(**rd.manifest["config"])
     streamed = own.model_copy(update={"harvest": own.harvest.model_copy(update={"stream_train": True})})
     sweep = own.sae.one_sae(size, **fields)
-    rel = f"benchmarks/agreement/{sweep.variant}-{size}-{sweep.n_samples}-seed{sweep.seed}"
+    rel = f"benchmarks/agreement/{sweep.variant}-{sweep.sizes[0]}-{sweep.n_samples}-seed{sweep.seed}{tag}"
+    manifest = rd.path / rel / "run.json"
+    if manifest.exists() and json.loads(manifest.read_text())["config"]["sae"] != sweep.model_dump(mode="json"):
+        print(f"{rd.path / rel} holds an SAE of other settings: give these settings their own --tag", file=sys.stderr)
+        sys.exit(2)
     result = sae_second_run(rd, rel, streamed.model_copy(update={"sae": sweep}))
     (entry,) = result.stages[0].figures["saes"]
     seconds = sum(s.figures["seconds"] for s in result.stages if not s.skipped)
