@@ -361,7 +361,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: torch sees no CUDA device")
+        parser.error("--device cuda: torch sees no CUDA device on this machine")
     impls = [
         impl for impl in ("sae-lens", "ours-dense", "ours-fp32", "ours") if impl in args.impls
     ]  # theirs first: the ratio
