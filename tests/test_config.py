@@ -33,7 +33,8 @@ def test_sweep_params_are_typed_and_only_what_was_set_is_recorded():
     sweep = load_config("demo").sae
     assert isinstance(sweep.params, SAEParams) and sweep.params.lr == 0.001
     assert sweep.model_dump()["params"] == {"lr": 0.001}  # the sae stage's config hash is unchanged
-    assert sweep.sae_config(512, 1024, "cpu").lr == 0.001 and sweep.sae_config(512, 1024, "cpu").k == 32
+    sae = sweep.sae_config(512, 1024, "cpu")
+    assert sae.variant == "standard" and sae.lr == 0.001 and sae.l1_coeff == 0.01 and sae.k is None
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,21 @@ def test_lm_learns_beats_unigram_and_is_deterministic(tokens_dir, tmp_path):
     assert base["bigram_loss"] < base["unigram_loss"]
 
 
+def test_training_is_bitwise_reproducible_on_two_threads(tokens_dir, tmp_path):
+    """2,048 tokens a batch, with repeats: the embedding's backward then runs on both threads and,
+    without ``reproducible_kernels``, sums its partials in whichever order the threads finish."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = LMConfig(**{**TINY, "d_model": 64, "batch_size": 64}, n_steps=3)
+        a, _ = train_lm(cfg, tokens_dir, tmp_path / "a.pt")
+        b, _ = train_lm(cfg, tokens_dir, tmp_path / "b.pt")
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.are_deterministic_algorithms_enabled()  # the setting is restored after training
+
+
 def test_resume_after_interruption_gives_identical_losses(tokens_dir, tmp_path, monkeypatch):
     cfg = LMConfig(**TINY, n_steps=30)
     _, uninterrupted = train_lm(cfg, tokens_dir, tmp_path / "u.pt")

@@ -43,6 +43,7 @@ from transformer_lens import HookedTransformer
 
 from monosemantic.atomic import atomic_path
 from monosemantic.corpus.shards import TokenShards
+from monosemantic.device import reproducible_kernels
 from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.lm.config import LMConfig
@@ -143,7 +144,7 @@ def train_lm(
     device_type = torch.device(device).type
     bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and device_type == "cuda")
     tokens_per_step = cfg.batch_size * cfg.n_ctx
-    with progress("train LM", cfg.n_steps * tokens_per_step, unit="tok") as advance:
+    with reproducible_kernels(device), progress("train LM", cfg.n_steps * tokens_per_step, unit="tok") as advance:
         advance(step * tokens_per_step)
         while step < cfg.n_steps:
             for group in optimizer.param_groups:

@@ -53,7 +53,7 @@ import torch
 
 from monosemantic.atomic import atomic_path
 from monosemantic.cpu_memory import retained_cpu_memory
-from monosemantic.device import resolve_device
+from monosemantic.device import reproducible_kernels, resolve_device
 from monosemantic.distributed import SINGLE, World
 from monosemantic.errors import UserError
 from monosemantic.progress import progress
@@ -200,7 +200,11 @@ def train_sae(
 
     # on CPU, each step's large tensors reuse the last step's pages instead of faulting in fresh ones
     keep_memory = retained_cpu_memory() if device.type == "cpu" else nullcontext()
-    with keep_memory, progress(f"SAE {cfg.variant} F={cfg.d_sae}", total=cfg.n_samples, unit="samples") as advance:
+    with (
+        keep_memory,
+        reproducible_kernels(device),
+        progress(f"SAE {cfg.variant} F={cfg.d_sae}", total=cfg.n_samples, unit="samples") as advance,
+    ):
         advance(state.samples_seen)
         started = time.perf_counter()
         while state.samples_seen < cfg.n_samples:
