@@ -10,10 +10,8 @@ tokens: too few to explain or score). Needs a run directory in which ``monoseman
 has finished (``RUN/model_b/`` exists).
 
     python benchmarks/universality_settings.py --run runs/demo --set d_sae=1024 --set d_sae=1024,n_samples=4000000
-    python benchmarks/universality_settings.py --run runs/demo --set variant=batchtopk --set d_sae=1024,k=64
-    python benchmarks/universality_settings.py --run runs/demo \
-        --set variant=standard,k=null,aux_k=null,aux_coeff=null,encoder_init_scale=1 \
-        --set variant=standard,k=null,aux_k=null,aux_coeff=null
+    python benchmarks/universality_settings.py --run runs/demo --set variant=batchtopk --set variant=topk,k=64
+    python benchmarks/universality_settings.py --run runs/demo --set encoder_init_scale=1 --set l1_coeff=0.005
 
 Each ``--set`` is one setting: comma-separated SAEConfig fields (values parsed as JSON, else
 strings). The SAEs go to ``--work`` (default: a temporary directory) and a setting whose SAEs are

@@ -194,6 +194,20 @@ def test_training_lowers_the_loss_keeps_unit_decoder_rows_and_is_deterministic(v
         assert torch.equal(tensor, second.sae.state_dict()[name]), name
 
 
+def test_training_runs_on_deterministic_kernels_and_restores_the_setting():
+    """Some CPU backward kernels (JumpReLU's at d = 512, F = 2,048, batch 1,024; an embedding's)
+    sum in thread order; training runs with torch's deterministic ones and puts the setting back."""
+    seen = []
+
+    def batches():
+        for x_BD in _batches(20):
+            seen.append(torch.are_deterministic_algorithms_enabled())
+            yield x_BD
+
+    train_sae(_cfg("jumprelu"), batches(), torch.cat(list(_batches(4, seed=9))))
+    assert seen == [True] * 20 and not torch.are_deterministic_algorithms_enabled()
+
+
 @pytest.mark.parametrize("variant", ["standard", "standard2024", "batchtopk", "jumprelu"])
 def test_returned_sae_takes_raw_activations(variant):
     cfg = _cfg(variant, k=4, lr=1e-2) if "topk" in variant else _cfg(variant, lr=1e-2)
