@@ -41,9 +41,9 @@ def reproducible_kernels(device: torch.device | str) -> Iterator[None]:
     kernels otherwise sum float partials in whichever order their threads finish: an embedding's
     (a token repeated in the batch) and JumpReLU's. With 2 threads two identical backward passes
     of the demo LM gave W_E gradients ~1e-10 apart, and two demo runs of one seed ended at
-    validation losses 4.2084 and 4.2072. Measured free: the demo LM's step and the TopK, L1 and
-    JumpReLU SAE steps took the same time either way. CUDA keeps its fast kernels; the
-    same-numbers promise is the CPU's."""
+    validation losses 4.2084 and 4.2072. Measured free (benchmarks/deterministic_kernels.py: the
+    demo LM's step and the TopK, L1 and JumpReLU SAE steps within 0.92–1.05× either way). CUDA
+    keeps its fast kernels; the same-numbers promise is the CPU's."""
     if torch.device(device).type != "cpu":
         yield
         return
