@@ -31,10 +31,10 @@ def test_toy_presets_are_the_yaml_presets(monkeypatch):
 
 def test_sweep_params_are_typed_and_only_what_was_set_is_recorded():
     sweep = load_config("demo").sae
-    assert isinstance(sweep.params, SAEParams) and sweep.params.lr == 0.001
-    assert sweep.model_dump()["params"] == {"lr": 0.001}  # the sae stage's config hash is unchanged
+    assert isinstance(sweep.params, SAEParams) and sweep.params.lr == 0.003
+    assert sweep.model_dump()["params"] == {"lr": 0.003}  # the sae stage's config hash is unchanged
     sae = sweep.sae_config(512, 1024, "cpu")
-    assert sae.variant == "standard" and sae.lr == 0.001 and sae.l1_coeff == 0.01 and sae.k is None
+    assert sae.variant == "standard" and sae.lr == 0.003 and sae.l1_coeff == 0.01 and sae.k is None
 
 
 @pytest.mark.parametrize(
