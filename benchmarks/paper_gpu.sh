@@ -66,7 +66,7 @@ fi
 std=$runs/standard; topk=$runs/topk; s2024=$runs/standard2024; wide=$runs/topk16k
 mkdir -p "$std"
 [[ -n ${CARRY:-} ]] && cp -r "$CARRY"/. "$std/"
-topk_args=(--set sae.variant=topk --set sae.params.l1_coeff=null)
+topk_args=(--set sae.variant=topk)
 
 step "corpus + LM A" "$std" --upto lm
 fork "$std" "$topk"; fork "$std" "$s2024"; fork "$std" "$wide"

@@ -66,6 +66,7 @@ def test_run_writes_manifest_then_skips_current_stages(tmp_path, corpus_file, ca
         (["--device", "cuda:7"], "cuda"),
         (["--set", "sae.params={l1_coeff: -1}"], "l1_coeff must be ≥ 0"),
         (["--set", "sae.variant=topk", "--set", "sae.params={k: 600}"], "k=600 must be smaller"),
+        (["--set", "sae.variant_params.topk.k=600"], "variant_params.topk: k=600 must be smaller"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, corpus_file, capsys, extra, message):

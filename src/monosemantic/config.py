@@ -24,7 +24,7 @@ from monosemantic.corpus.config import CorpusConfig
 from monosemantic.errors import UserError, invalid_config
 from monosemantic.lm.config import LMConfig
 from monosemantic.presets import preset_names, read_preset, read_yaml, yaml_problem
-from monosemantic.sae.config import SAESweepConfig
+from monosemantic.sae.config import SAEConfig, SAESweepConfig
 from monosemantic.toy.config import ToyConfig
 
 __all__ = ["RunConfig", "load_config", "preset_names"]
@@ -47,9 +47,22 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_saes(self) -> RunConfig:
-        # Build every sweep member's config now, so a bad λ or k fails before any training.
+        # Build every sweep member's config now, so a bad λ or k fails before any training, and
+        # each variant's own settings alone, so a preset's are checked before that variant is chosen.
         for size in self.sae.sizes:
             self.sae.sae_config(self.lm.d_mlp, size, self.device)
+        for variant, params in self.sae.variant_params.items():
+            try:
+                SAEConfig(
+                    variant=variant,
+                    d_in=self.lm.d_mlp,
+                    d_sae=max(self.sae.sizes),
+                    **params.model_dump(exclude_unset=True),
+                )
+            except ValidationError as err:
+                raise ValueError(
+                    f"sae.variant_params.{variant}: {err.errors()[0]['msg'].removeprefix('Value error, ')}"
+                ) from None
         return self
 
 
