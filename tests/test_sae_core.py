@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from monosemantic.errors import UserError
 from monosemantic.progress import set_quiet
-from monosemantic.sae import SAEConfig, build_sae, jumprelu, train_sae
+from monosemantic.sae import SAEConfig, build_sae, train_sae
 from monosemantic.sae.base import (
     Entries,
     SparseAutoencoder,
@@ -44,13 +44,18 @@ def test_config_fills_variant_defaults_and_rejects_bad_values():
     assert (topk.k, topk.aux_k, topk.aux_coeff, topk.lr) == (32, D // 2, 1 / 32, 2e-4)
     std = _cfg("standard")
     assert std.resample_at == (0.1, 0.2, 0.3, 0.4) and std.l1_coeff is not None and std.sparsity_warmup == 0.3
+    jump = _cfg("jumprelu")
+    assert (jump.jumprelu_sparsity, jump.jumprelu_tanh_scale, jump.jumprelu_ste_to_input) == ("step", 4.0, False)
     assert SAEConfig.model_validate(topk.model_dump()) == topk  # a filled config round-trips
+    assert SAEConfig.model_validate(jump.model_dump()) == jump
     with pytest.raises(ValidationError, match="k=64 must be smaller"):
         _cfg("topk", k=64)
     with pytest.raises(ValidationError, match="l1_coeff must be"):
         _cfg("standard", l1_coeff=-1.0)
     with pytest.raises(ValidationError, match="l1_coeff applies to variant standard"):
         _cfg("topk", l1_coeff=0.1)
+    with pytest.raises(ValidationError, match="jumprelu_ste_to_input applies to variant jumprelu"):
+        _cfg("standard", jumprelu_ste_to_input=True)
     with pytest.raises(ValidationError, match="extra"):
         SAEConfig(d_in=D, d_sae=F, lambda_=1)
 
@@ -471,13 +476,19 @@ def test_bf16_ranking_trains_to_the_exact_paths_fvu(variant):
 
 
 RELU_FAMILY = ["standard", "standard2024", "jumprelu"]
+# JumpReLU's penalties and estimators: the paper's (L0, θ only) and Anthropic's 2025 parts
+JUMPRELU_SETUPS = [
+    {"jumprelu_sparsity": "tanh"},
+    {"jumprelu_ste_to_input": True},
+    {"jumprelu_sparsity": "tanh", "jumprelu_ste_to_input": True},
+]
 
 
-def _relu_family_sae(variant: str, precision: str = "float32"):
+def _relu_family_sae(variant: str, precision: str = "float32", **options):
     """A ReLU-family SAE with random biases; JumpReLU's θ and ε put many entries in the kernel window."""
     torch.manual_seed(0)
     kw = dict(jumprelu_init_threshold=0.5, jumprelu_bandwidth=0.5, l0_coeff=0.1) if variant == "jumprelu" else {}
-    sae = build_sae(_cfg(variant, select_precision=precision, **kw))
+    sae = build_sae(_cfg(variant, select_precision=precision, **kw, **options))
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_(mean=-1.0)  # about 1 in 5 entries above the floor
@@ -497,13 +508,23 @@ def _step(sae, x, sparse: bool) -> tuple:
     return out.loss.detach(), out.l0, out.fired_F, [p.grad.clone() for p in sae.parameters()]
 
 
+def _straight_through_step(pre, theta, eps, to_input):
+    """H(pre − θ) whose gradient is the rectangle estimator's, −K/ε for θ (and K/ε for pre when
+    ``to_input``), written with detach instead of a custom autograd function."""
+    kernel = (((pre - theta) / eps).abs() < 0.5).float() / eps
+    surrogate = kernel * ((pre if to_input else pre.detach()) - theta)
+    return (pre > theta).float() + surrogate - surrogate.detach()
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-@pytest.mark.parametrize("variant", RELU_FAMILY)
-def test_sparse_relu_family_step_equals_the_dense_one_and_the_written_math(variant, precision):
+@pytest.mark.parametrize(
+    "variant, options", [(v, {}) for v in RELU_FAMILY] + [("jumprelu", setup) for setup in JUMPRELU_SETUPS]
+)
+def test_sparse_relu_family_step_equals_the_dense_one_and_the_written_math(variant, options, precision):
     """Listing only the entries above the floor (exactly, or as candidates of a bf16 product) gives
     the loss, L0, fired features and gradients of the dense step, which are those of the loss
     written out with autograd through the dense pre-activations."""
-    sae = _relu_family_sae(variant, precision)
+    sae = _relu_family_sae(variant, precision, **options)
     x = torch.randn(96, D) * 2
     x[::7, 3] *= 20  # an outlier dimension, as MLP activations have
     dense, sparse = _step(sae, x, sparse=False), _step(sae, x, sparse=True)
@@ -511,10 +532,14 @@ def test_sparse_relu_family_step_equals_the_dense_one_and_the_written_math(varia
     sae.zero_grad()
     pre = sae.pre_acts(x)
     if variant == "jumprelu":
-        theta, eps = sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth
-        latents = jumprelu._JumpReLU.apply(pre, theta, eps)
-        active = jumprelu._Step.apply(pre, theta, eps)
-        penalty = sae.cfg.l0_coeff * active.sum(1).mean()
+        theta, eps, to_input = sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth, sae.cfg.jumprelu_ste_to_input
+        active = _straight_through_step(pre, theta, eps, to_input)
+        # pre · H(pre − θ): ∂/∂pre = H (+ θ K/ε), ∂/∂θ = −θ K/ε
+        latents = pre * (pre > theta) + theta.detach() * (active - active.detach())
+        if sae.cfg.jumprelu_sparsity == "tanh":
+            penalty = sae.cfg.l0_coeff * torch.tanh(sae.cfg.jumprelu_tanh_scale * latents).sum(1).mean()
+        else:
+            penalty = sae.cfg.l0_coeff * active.sum(1).mean()
     else:
         latents = active = pre.relu()
         weights = sae.W_dec.norm(dim=1) if variant == "standard2024" else torch.ones(F)

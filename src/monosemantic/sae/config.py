@@ -26,6 +26,10 @@ Defaults and their sources:
   pre-activations of RMS ≈ 1 under our normalisation, θ₀ = 1 and ε = 0.1 reach L0 ≈ 6 (true 5)
   and MMCS 0.967 in the same run — but θ still only moves 1.0 → 1.1 there, so in short runs θ₀
   sets the sparsity more than ``l0_coeff`` does. Pass the paper's values explicitly for long runs.
+- ``jumprelu_sparsity`` "step" (the paper's L0 penalty, which reaches only θ) and
+  ``jumprelu_ste_to_input`` False (the estimator's gradient reaches θ only): Rajamanoharan et al.
+  2024. "tanh" (λ Σ_f tanh(c · latent_f), c = ``jumprelu_tanh_scale`` 4) and True are Anthropic's
+  2025 JumpReLU setup, with the values SAELens (≥ 6.11) uses for it.
 - ``sparsity_warmup`` 0.1 of the run for ``jumprelu`` (the JumpReLU/Gemma Scope recipe warms λ up
   from 0 over the first 10k steps), 0.05 for ``standard2024`` (Anthropic's April 2024 update), 0.3
   for ``standard`` and 0 otherwise. The 2023 paper has no warm-up; ours overlaps the resamplings
@@ -69,7 +73,14 @@ _VARIANT_FIELDS: dict[str, tuple[str, ...]] = {
     "standard2024": ("l1_coeff", "encoder_init_scale"),
     "topk": ("k", "aux_k", "aux_coeff"),
     "batchtopk": ("k", "aux_k", "aux_coeff", "threshold_ema"),
-    "jumprelu": ("l0_coeff", "jumprelu_bandwidth", "jumprelu_init_threshold"),
+    "jumprelu": (
+        "l0_coeff",
+        "jumprelu_bandwidth",
+        "jumprelu_init_threshold",
+        "jumprelu_sparsity",
+        "jumprelu_tanh_scale",
+        "jumprelu_ste_to_input",
+    ),
 }
 _DEFAULT_LR = {"standard": 1e-4, "standard2024": 1e-4, "topk": 2e-4, "batchtopk": 2e-4, "jumprelu": 7e-5}
 _DEFAULT_SPARSITY_WARMUP = {"jumprelu": 0.1, "standard2024": 0.05, "standard": 0.3}
@@ -99,6 +110,9 @@ class SAEParams(BaseModel):
     l0_coeff: float | None = Field(None, description="λ on the L0 of the latents")
     jumprelu_bandwidth: float | None = Field(None, gt=0, description="STE kernel width ε")
     jumprelu_init_threshold: float | None = Field(None, gt=0)
+    jumprelu_sparsity: Literal["step", "tanh"] | None = Field(None, description="penalty: L0, or Σ tanh(c·latent)")
+    jumprelu_tanh_scale: float | None = Field(None, gt=0, description="c of the tanh penalty")
+    jumprelu_ste_to_input: bool | None = Field(None, description="estimator's gradient to the pre-activations too")
     # dead features: resampling (standard) and AuxK (topk, batchtopk) both use dead_window
     dead_window: float = Field(0.05, gt=0, le=1, description="dead = not fired for this fraction of run")
     resample_at: tuple[float, ...] | None = Field(None, description="fractions of the run")
@@ -157,6 +171,9 @@ class SAEConfig(SAEParams):
             self.l0_coeff = self.l0_coeff if self.l0_coeff is not None else 3e-3
             self.jumprelu_bandwidth = self.jumprelu_bandwidth or 0.1
             self.jumprelu_init_threshold = self.jumprelu_init_threshold or 1.0
+            self.jumprelu_sparsity = self.jumprelu_sparsity or "step"
+            self.jumprelu_tanh_scale = self.jumprelu_tanh_scale or 4.0
+            self.jumprelu_ste_to_input = bool(self.jumprelu_ste_to_input)
         return self
 
 

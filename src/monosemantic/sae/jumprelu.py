@@ -27,43 +27,50 @@ def _rectangle(u: torch.Tensor) -> torch.Tensor:
 
 
 class _JumpReLU(torch.autograd.Function):
-    """y = z · H(z − θ); ∂y/∂z = H(z − θ); ∂y/∂θ ≈ −(θ/ε) K((z − θ)/ε). z is [B, F] with θ [F], or
-    a list of entries [N] with each one's θ [N]."""
+    """y = z · H(z − θ); ∂y/∂z = H(z − θ) (+ (θ/ε) K((z − θ)/ε) when the estimator reaches the
+    input); ∂y/∂θ ≈ −(θ/ε) K((z − θ)/ε). z is [B, F] with θ [F], or a list of entries [N] with each
+    one's θ [N]."""
 
     @staticmethod
-    def forward(ctx: Any, pre_BF: torch.Tensor, threshold_F: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(ctx: Any, pre_BF: torch.Tensor, threshold_F: torch.Tensor, eps: float, to_input: bool) -> torch.Tensor:
         ctx.save_for_backward(pre_BF, threshold_F)
-        ctx.eps = eps
+        ctx.eps, ctx.to_input = eps, to_input
         return pre_BF * (pre_BF > threshold_F)
 
     @staticmethod
-    def backward(ctx: Any, grad_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def backward(ctx: Any, grad_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
         pre_BF, threshold_F = ctx.saved_tensors
-        kernel_BF = _rectangle((pre_BF - threshold_F) / ctx.eps)
-        grad_threshold_F = -(threshold_F / ctx.eps * kernel_BF * grad_BF).sum_to_size(threshold_F.shape)
-        return (pre_BF > threshold_F) * grad_BF, grad_threshold_F, None
+        ste_BF = threshold_F / ctx.eps * _rectangle((pre_BF - threshold_F) / ctx.eps) * grad_BF
+        grad_pre_BF = (pre_BF > threshold_F) * grad_BF
+        return grad_pre_BF + ste_BF if ctx.to_input else grad_pre_BF, -ste_BF.sum_to_size(threshold_F.shape), None, None
 
 
 class _Step(torch.autograd.Function):
-    """y = H(z − θ); ∂y/∂z = 0; ∂y/∂θ ≈ −(1/ε) K((z − θ)/ε)."""
+    """y = H(z − θ); ∂y/∂z = 0 (or (1/ε) K((z − θ)/ε) when the estimator reaches the input);
+    ∂y/∂θ ≈ −(1/ε) K((z − θ)/ε)."""
 
     @staticmethod
-    def forward(ctx: Any, pre_BF: torch.Tensor, threshold_F: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(ctx: Any, pre_BF: torch.Tensor, threshold_F: torch.Tensor, eps: float, to_input: bool) -> torch.Tensor:
         ctx.save_for_backward(pre_BF, threshold_F)
-        ctx.eps = eps
+        ctx.eps, ctx.to_input = eps, to_input
         return (pre_BF > threshold_F).to(pre_BF.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_BF: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+    def backward(ctx: Any, grad_BF: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, None, None]:
         pre_BF, threshold_F = ctx.saved_tensors
-        kernel_BF = _rectangle((pre_BF - threshold_F) / ctx.eps)
-        return None, -(kernel_BF * grad_BF).sum_to_size(threshold_F.shape) / ctx.eps, None
+        ste_BF = _rectangle((pre_BF - threshold_F) / ctx.eps) * grad_BF / ctx.eps
+        return ste_BF if ctx.to_input else None, -ste_BF.sum_to_size(threshold_F.shape), None, None
 
 
 class JumpReLUSAE(SparseAutoencoder):
     """σ(pre) = pre · H(pre − θ) with θ_F = exp(log_threshold_F) > 0 per feature.
 
-    loss = MSE(x̂, x) + λ · Σ_f H(pre_f − θ_f)   (mean over the batch; λ warmed up by the trainer).
+    loss = MSE(x̂, x) + λ · Σ_f H(pre_f − θ_f)   (``jumprelu_sparsity`` step: the L0, as in the paper)
+    loss = MSE(x̂, x) + λ · Σ_f tanh(c · σ(pre_f))   (tanh: Anthropic's 2025 penalty, c the
+    ``jumprelu_tanh_scale``; their ‖W_dec,f‖ factor is 1 here, the decoder rows being unit-norm)
+    (means over the batch; λ warmed up by the trainer). The L0 penalty reaches only θ, through the
+    estimator; tanh also shrinks the kept values, as a saturating L1. With ``jumprelu_ste_to_input``
+    the estimator's gradient reaches the pre-activations, and so the encoder, too (Anthropic's setup).
     """
 
     variant = "jumprelu"
@@ -82,17 +89,21 @@ class JumpReLUSAE(SparseAutoencoder):
         eps = self.cfg.jumprelu_bandwidth
         # entries at or below θ − ε/2 are 0 and outside the kernel: no value, no gradient
         pre = self.pre_acts_above(x_BD, (threshold_F - eps / 2).detach())
-        threshold = pre.at(threshold_F)
-        latents = pre._replace(values=_JumpReLU.apply(pre.values, threshold, eps))
+        threshold, to_input = pre.at(threshold_F), self.cfg.jumprelu_ste_to_input
+        latents = pre._replace(values=_JumpReLU.apply(pre.values, threshold, eps, to_input))
         recon_BD = self.decode_entries(latents)
         mse_loss = mse(recon_BD, x_BD)
-        active = pre._replace(values=_Step.apply(pre.values, threshold, eps))
+        active = pre._replace(values=_Step.apply(pre.values, threshold, eps, to_input))
         l0 = active.total() / x_BD.shape[0]
+        penalty, terms = l0, {"mse": mse_loss.detach(), "l0": l0.detach()}
+        if self.cfg.jumprelu_sparsity == "tanh":
+            penalty = torch.tanh(self.cfg.jumprelu_tanh_scale * latents.values).sum() / x_BD.shape[0]
+            terms["tanh"] = penalty.detach()
         return StepOutput(
-            loss=mse_loss + sparsity_scale * self.cfg.l0_coeff * l0,
+            loss=mse_loss + sparsity_scale * self.cfg.l0_coeff * penalty,
             fired_F=active.fired(self.cfg.d_sae),
             l0=l0.detach(),
-            terms={"mse": mse_loss.detach(), "l0": l0.detach()},
+            terms=terms,
         )
 
     @torch.no_grad()
