@@ -46,6 +46,7 @@ def test_config_fills_variant_defaults_and_rejects_bad_values():
     assert std.resample_at == (0.1, 0.2, 0.3, 0.4) and std.l1_coeff is not None and std.sparsity_warmup == 0.3
     jump = _cfg("jumprelu")
     assert (jump.jumprelu_sparsity, jump.jumprelu_tanh_scale, jump.jumprelu_ste_to_input) == ("step", 4.0, False)
+    assert jump.jumprelu_pre_act_coeff == 0.0
     assert SAEConfig.model_validate(topk.model_dump()) == topk  # a filled config round-trips
     assert SAEConfig.model_validate(jump.model_dump()) == jump
     with pytest.raises(ValidationError, match="k=64 must be smaller"):
@@ -554,6 +555,25 @@ def test_sparse_relu_family_step_equals_the_dense_one_and_the_written_math(varia
         assert got[1] == written[1] and torch.equal(got[2], written[2])
         for g, w in zip(got[3], written[3]):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_jumprelu_pre_activation_loss_pulls_only_dead_features_up_to_their_threshold():
+    """μ · mean_B Σ_{f dead} ReLU(θ_f − pre_bf) joins the loss; the live features' parameters get
+    none of its gradient, and a dead feature's bias is pushed up."""
+    sae = _relu_family_sae("jumprelu", jumprelu_pre_act_coeff=0.5)
+    x, dead_F = torch.randn(96, D), torch.zeros(F, dtype=torch.bool)
+    dead_F[::3] = True
+    grads = {}
+    for mask in (torch.zeros(F, dtype=torch.bool), dead_F):
+        sae.zero_grad()
+        out = sae.training_output(x, mask, 0.7)
+        out.loss.backward()
+        grads[bool(mask.any())] = (out.loss.detach(), sae.b_enc.grad.clone(), sae.W_enc.grad.clone())
+    below = (sae.log_threshold.exp() - sae.pre_acts(x)).relu()[:, dead_F].sum(1).mean()
+    torch.testing.assert_close(grads[True][0], grads[False][0] + 0.5 * below.detach())
+    torch.testing.assert_close(grads[True][1][~dead_F], grads[False][1][~dead_F])
+    torch.testing.assert_close(grads[True][2][:, ~dead_F], grads[False][2][:, ~dead_F])
+    assert (grads[True][1] - grads[False][1])[dead_F].lt(0).all()  # descent raises b_enc
 
 
 @pytest.mark.parametrize("variant", RELU_FAMILY)

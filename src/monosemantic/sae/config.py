@@ -29,7 +29,8 @@ Defaults and their sources:
 - ``jumprelu_sparsity`` "step" (the paper's L0 penalty, which reaches only θ) and
   ``jumprelu_ste_to_input`` False (the estimator's gradient reaches θ only): Rajamanoharan et al.
   2024. "tanh" (λ Σ_f tanh(c · latent_f), c = ``jumprelu_tanh_scale`` 4) and True are Anthropic's
-  2025 JumpReLU setup, with the values SAELens (≥ 6.11) uses for it.
+  2025 JumpReLU setup, with the values SAELens (≥ 6.11) uses for it; its third part, the dead
+  features' pre-activation loss (``jumprelu_pre_act_coeff``), is 0 (off) unless set.
 - ``sparsity_warmup`` 0.1 of the run for ``jumprelu`` (the JumpReLU/Gemma Scope recipe warms λ up
   from 0 over the first 10k steps), 0.05 for ``standard2024`` (Anthropic's April 2024 update), 0.3
   for ``standard`` and 0 otherwise. The 2023 paper has no warm-up; ours overlaps the resamplings
@@ -80,6 +81,7 @@ _VARIANT_FIELDS: dict[str, tuple[str, ...]] = {
         "jumprelu_sparsity",
         "jumprelu_tanh_scale",
         "jumprelu_ste_to_input",
+        "jumprelu_pre_act_coeff",
     ),
 }
 _DEFAULT_LR = {"standard": 1e-4, "standard2024": 1e-4, "topk": 2e-4, "batchtopk": 2e-4, "jumprelu": 7e-5}
@@ -113,6 +115,7 @@ class SAEParams(BaseModel):
     jumprelu_sparsity: Literal["step", "tanh"] | None = Field(None, description="penalty: L0, or Σ tanh(c·latent)")
     jumprelu_tanh_scale: float | None = Field(None, gt=0, description="c of the tanh penalty")
     jumprelu_ste_to_input: bool | None = Field(None, description="estimator's gradient to the pre-activations too")
+    jumprelu_pre_act_coeff: float | None = Field(None, ge=0, description="μ on dead features' ReLU(θ − pre)")
     # dead features: resampling (standard) and AuxK (topk, batchtopk) both use dead_window
     dead_window: float = Field(0.05, gt=0, le=1, description="dead = not fired for this fraction of run")
     resample_at: tuple[float, ...] | None = Field(None, description="fractions of the run")
@@ -174,6 +177,7 @@ class SAEConfig(SAEParams):
             self.jumprelu_sparsity = self.jumprelu_sparsity or "step"
             self.jumprelu_tanh_scale = self.jumprelu_tanh_scale or 4.0
             self.jumprelu_ste_to_input = bool(self.jumprelu_ste_to_input)
+            self.jumprelu_pre_act_coeff = self.jumprelu_pre_act_coeff or 0.0
         return self
 
 

@@ -70,7 +70,9 @@ class JumpReLUSAE(SparseAutoencoder):
     ``jumprelu_tanh_scale``; their ‖W_dec,f‖ factor is 1 here, the decoder rows being unit-norm)
     (means over the batch; λ warmed up by the trainer). The L0 penalty reaches only θ, through the
     estimator; tanh also shrinks the kept values, as a saturating L1. With ``jumprelu_ste_to_input``
-    the estimator's gradient reaches the pre-activations, and so the encoder, too (Anthropic's setup).
+    the estimator's gradient reaches the pre-activations, and so the encoder, too. Anthropic's setup
+    takes both, and adds μ · Σ_{f dead} ReLU(θ_f − pre_f) (μ = ``jumprelu_pre_act_coeff``): a dead
+    feature, which no other term reaches, has its pre-activations pulled up to its threshold.
     """
 
     variant = "jumprelu"
@@ -99,8 +101,16 @@ class JumpReLUSAE(SparseAutoencoder):
         if self.cfg.jumprelu_sparsity == "tanh":
             penalty = torch.tanh(self.cfg.jumprelu_tanh_scale * latents.values).sum() / x_BD.shape[0]
             terms["tanh"] = penalty.detach()
+        loss = mse_loss + sparsity_scale * self.cfg.l0_coeff * penalty
+        if self.cfg.jumprelu_pre_act_coeff and dead_F.any():
+            dead_G = dead_F.nonzero().squeeze(1)
+            W_enc_DG = self.W_enc[:, dead_G]
+            pre_BG = torch.addmm(self.b_enc[dead_G] - self.b_dec @ W_enc_DG, x_BD, W_enc_DG)
+            below = (threshold_F[dead_G] - pre_BG).relu().sum() / x_BD.shape[0]
+            loss = loss + self.cfg.jumprelu_pre_act_coeff * below
+            terms["pre_act"] = below.detach()
         return StepOutput(
-            loss=mse_loss + sparsity_scale * self.cfg.l0_coeff * penalty,
+            loss=loss,
             fired_F=active.fired(self.cfg.d_sae),
             l0=l0.detach(),
             terms=terms,
