@@ -43,6 +43,8 @@ def test_sweep_params_are_typed_and_only_what_was_set_is_recorded():
 def test_each_variant_takes_its_own_preset_settings_and_params_override_them():
     lr = {v: load_config("demo", overrides=[f"sae.variant={v}"]).sae.sae_config(512, 1024, "cpu").lr for v in VARIANTS}
     assert lr == {"standard": 0.003, "standard2024": 0.001, "topk": 0.001, "batchtopk": 0.001, "jumprelu": 0.001}
+    jumprelu = load_config("demo", overrides=["sae.variant=jumprelu"]).sae.sae_config(512, 1024, "cpu")
+    assert (jumprelu.jumprelu_sparsity, jumprelu.jumprelu_ste_to_input, jumprelu.l0_coeff) == ("tanh", True, 0.001)
     topk = load_config("demo", overrides=["sae.variant=topk", "sae.params.lr=0.002"]).sae
     assert topk.sae_config(512, 1024, "cpu").lr == 0.002 and topk.model_dump()["params"] == {"lr": 0.002}
     assert topk.one_sae(1024, variant="standard").sae_config(512, 1024, "cpu").lr == 0.002

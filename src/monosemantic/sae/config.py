@@ -30,7 +30,10 @@ Defaults and their sources:
   ``jumprelu_ste_to_input`` False (the estimator's gradient reaches θ only): Rajamanoharan et al.
   2024. "tanh" (λ Σ_f tanh(c · latent_f), c = ``jumprelu_tanh_scale`` 4) and True are Anthropic's
   2025 JumpReLU setup, with the values SAELens (≥ 6.11) uses for it; its third part, the dead
-  features' pre-activation loss (``jumprelu_pre_act_coeff``), is 0 (off) unless set.
+  features' pre-activation loss (``jumprelu_pre_act_coeff``), is 0 (off) unless set. On the demo's
+  LM (4,096 features, 1M samples, lr 1e-3), tanh + estimator at λ 1e-3 agreed more across models
+  than the L0 penalty (0.38 against 0.28) with no dead features; at λ 3e-3 a third died, and the
+  pre-activation loss made them rare rather than live (README, "JumpReLU at the demo's budget").
 - ``sparsity_warmup`` 0.1 of the run for ``jumprelu`` (the JumpReLU/Gemma Scope recipe warms λ up
   from 0 over the first 10k steps), 0.05 for ``standard2024`` (Anthropic's April 2024 update), 0.3
   for ``standard`` and 0 otherwise. The 2023 paper has no warm-up; ours overlaps the resamplings
