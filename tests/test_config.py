@@ -35,7 +35,9 @@ def test_sweep_params_are_typed_and_only_what_was_set_is_recorded():
     sweep = load_config("demo").sae
     assert isinstance(sweep.variant_params["standard"], SAEParams) and sweep.variant_params["standard"].lr == 0.003
     # only the trained variant's settings, as `params`: the sae stage's config hash is unchanged
-    assert sweep.model_dump()["params"] == {"lr": 0.003} and "variant_params" not in sweep.model_dump()
+    assert sweep.resolved()["params"] == {"lr": 0.003} and "variant_params" not in sweep.resolved()
+    assert sweep.model_dump()["params"] == {} and sweep.model_dump()["variant_params"]["topk"] == {"lr": 0.001}
+    assert load_config("demo").model_validate(load_config("demo").model_dump()).sae == sweep  # manifests round-trip
     sae = sweep.sae_config(512, 1024, "cpu")
     assert sae.variant == "standard" and sae.lr == 0.003 and sae.l1_coeff == 0.01 and sae.k is None
 
@@ -46,16 +48,17 @@ def test_each_variant_takes_its_own_preset_settings_and_params_override_them():
     jumprelu = load_config("demo", overrides=["sae.variant=jumprelu"]).sae.sae_config(512, 1024, "cpu")
     assert (jumprelu.jumprelu_sparsity, jumprelu.jumprelu_ste_to_input, jumprelu.l0_coeff) == ("tanh", True, 0.001)
     topk = load_config("demo", overrides=["sae.variant=topk", "sae.params.lr=0.002"]).sae
-    assert topk.sae_config(512, 1024, "cpu").lr == 0.002 and topk.model_dump()["params"] == {"lr": 0.002}
+    assert topk.sae_config(512, 1024, "cpu").lr == 0.002 and topk.resolved()["params"] == {"lr": 0.002}
     assert topk.one_sae(1024, variant="standard").sae_config(512, 1024, "cpu").lr == 0.002
     sweep = load_config("demo").sae
     assert sweep.one_sae(1024, variant="topk").sae_config(512, 1024, "cpu").lr == 0.001
     assert sweep.one_sae(1024, variant="topk", lr=0.005).model_dump()["params"] == {"lr": 0.005}
+    assert "variant_params" not in sweep.one_sae(1024).model_dump()  # folded into params
     # the paper preset's λ is the L1 variants' only, so TopK needs nothing unset
     paper = load_config("paper", overrides=["sae.variant=topk"]).sae.sae_config(512, 4096, "cpu")
     assert paper.l1_coeff is None and paper.lr == 0.0002
     other = load_config("demo", overrides=["sae.variant_params.topk.lr=0.01"]).sae
-    assert other.model_dump() == load_config("demo").sae.model_dump()  # another variant's settings: same hash
+    assert other.resolved() == load_config("demo").sae.resolved()  # another variant's settings: same hash
 
 
 @pytest.mark.parametrize(

@@ -254,7 +254,7 @@ def sae_stage(cfg: RunConfig) -> Stage:
         return f"{len(f['saes'])} {f['variant']} SAEs: {at}"
 
     config = {
-        **sweep.model_dump(exclude={"shard"}),
+        **{k: v for k, v in sweep.resolved().items() if k != "shard"},
         "hook_name": main,
         "stream_train": cfg.harvest.stream_train,
     }

@@ -212,12 +212,19 @@ class SAESweepConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _given_params(self, handler: Any) -> dict[str, Any]:
-        # Only what was set, for the variant trained: the rest is the variant's default, filled in
-        # by SAEConfig, and another variant's settings do not change this sweep's config hash.
+        # only what was set: the rest is each variant's default, filled in by SAEConfig
         data = handler(self)
-        del data["variant_params"]
-        data["params"] = self.given_params()
+        data["params"] = self.params.model_dump(exclude_unset=True)
+        if self.variant_params:
+            data["variant_params"] = {v: p.model_dump(exclude_unset=True) for v, p in self.variant_params.items()}
+        else:  # a sweep without them dumps (and hashes) as before they existed
+            data.pop("variant_params", None)
         return data
+
+    def resolved(self) -> dict[str, Any]:
+        """The sweep as its SAEs see it, for the sae stage's config hash: the trained variant's
+        settings as ``params``, and no other variant's (changing those retrains nothing)."""
+        return {**self.model_copy(update={"variant_params": {}}).model_dump(), "params": self.given_params()}
 
     def given_params(self, variant: Variant | None = None) -> dict[str, Any]:
         """The ``SAEParams`` fields set for ``variant`` (default: the sweep's): its
