@@ -102,8 +102,8 @@ class JumpReLUSAE(SparseAutoencoder):
             penalty = torch.tanh(self.cfg.jumprelu_tanh_scale * latents.values).sum() / x_BD.shape[0]
             terms["tanh"] = penalty.detach()
         loss = mse_loss + sparsity_scale * self.cfg.l0_coeff * penalty
-        if self.cfg.jumprelu_pre_act_coeff and dead_F.any():
-            dead_G = dead_F.nonzero().squeeze(1)
+        if self.cfg.jumprelu_pre_act_coeff:
+            dead_G = dead_F.nonzero().squeeze(1)  # none dead: an empty product, and the term is 0
             W_enc_DG = self.W_enc[:, dead_G]
             pre_BG = torch.addmm(self.b_enc[dead_G] - self.b_dec @ W_enc_DG, x_BD, W_enc_DG)
             below = (threshold_F[dead_G] - pre_BG).relu().sum() / x_BD.shape[0]
