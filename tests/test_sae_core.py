@@ -332,6 +332,12 @@ def test_killed_run_resumes_from_checkpoint_and_matches_an_uninterrupted_one(tmp
         train_sae(cfg, dies_after(12), init, checkpoint_dir=tmp_path / "b")
     with pytest.raises(TypeError, match="function of the start batch"):
         train_sae(cfg, _batches(20), init, checkpoint_dir=tmp_path / "b")  # a plain stream cannot start mid-way
+    # a checkpoint of a version before some of today's config fields resumes: they take their defaults
+    payload = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)
+    payload["config"] = {k: v for k, v in payload["config"].items() if not k.startswith("jumprelu_")}
+    torch.save(payload, tmp_path / "b" / CHECKPOINT_NAME)
+    resumed = train_sae(cfg, from_batch, init, checkpoint_dir=tmp_path / "b")
+    torch.testing.assert_close(resumed.sae.W_dec, full.sae.W_dec)
 
 
 def test_bad_input_gives_one_clear_user_error(tmp_path):

@@ -419,7 +419,9 @@ def _load_checkpoint(
             raise ValueError("not an SAE training checkpoint")
         if set(payload["state"]) != {f.name for f in fields(_State)}:
             raise ValueError("its training state has other fields than this version's")
-        saved_cfg = {k: v for k, v in payload["config"].items() if k != "device"}
+        # through today's SAEConfig: a field added since the checkpoint takes its default, which
+        # (by the rule for new fields) trains as the code before it did
+        saved_cfg = {k: v for k, v in type(cfg)(**payload["config"]).model_dump(mode="json").items() if k != "device"}
         ours = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "device"}
         if saved_cfg != ours:
             changed = sorted(k for k in ours if saved_cfg.get(k) != ours[k])
