@@ -4,7 +4,9 @@ Rajamanoharan et al. 2024, *Jumping Ahead: Improving Reconstruction Fidelity wit
 Autoencoders* (arXiv 2407.14435). Per-feature thresholds θ = exp(log θ); the loss penalises the L0
 of the latents directly. The step function has zero gradient almost everywhere, so the paper
 gives θ a pseudo-derivative through a rectangle kernel of width ε (the bandwidth); the encoder
-weights get gradient only from the reconstruction, through the kept pre-activations. Training is
+weights get gradient only from the reconstruction, through the kept pre-activations. Anthropic's
+2025 setup (a tanh penalty, the pseudo-derivative passed to the pre-activations too, a loss that
+lifts dead features) is available as options (``JumpReLUSAE``). Training is
 sparse once few latents are active (``SparseAutoencoder.pre_acts_above``): only the entries above
 θ − ε/2 (the active ones and those in the kernel's window) are read with gradient and decoded,
 the others' latents and gradients being 0; with ``select_precision=bfloat16`` those entries are
